@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Machine-specific pins live here, not in pyproject: TORCH_SPEC installs the CPU torch first
+# so that the package's `torch>=2.1` range is already satisfied and pip pulls no CUDA wheels.
+# Override it (e.g. TORCH_SPEC=) to keep a torch you installed yourself.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test lint format clean install
+
+$(VENV)/.stamp-base:
+	$(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then echo "keeping installed torch"; \
+	elif [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
+	touch $@
+
+$(VENV)/.stamp-demo: $(VENV)/.stamp-base pyproject.toml
+	$(PY) -m pip install -q -e ".[models,faiss,train,serve]"
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base pyproject.toml
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.stamp-demo
+
+demo: $(VENV)/.stamp-demo
+	$(VENV)/bin/xmr demo --out $(DEMO_OUT)
+
+test: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""xmr: cross-modal retrieval. ``import xmr`` is light: heavy parts load on first use."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it. Resolved on first attribute access (PEP 562) so that importing
+# xmr never imports torch, transformers or faiss.
+_EXPORTS = {
+    "XmrError": "xmr.errors",
+    "DataError": "xmr.errors",
+    "ModelMismatchError": "xmr.errors",
+    "RetrievalDataset": "xmr.data.dataset",
+    "Split": "xmr.data.dataset",
+    "Item": "xmr.data.dataset",
+    "Query": "xmr.data.dataset",
+    "ImageRef": "xmr.data.images",
+    "load_dataset": "xmr.data.readers",
+    "detect_format": "xmr.data.readers",
+    "list_readers": "xmr.data.readers",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xmr' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

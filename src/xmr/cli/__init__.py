@@ -1,0 +1,69 @@
+"""The ``xmr`` command: parse arguments, call the library, print. No logic of its own.
+
+Each subcommand lives in ``xmr/cli/<name>.py`` with ``add_parser(subparsers)`` that sets
+``func(args) -> int``. Errors from bad user input (XmrError) print one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from xmr.errors import XmrError
+
+# Subcommand modules, in the order `xmr --help` lists them. A module that is absent (a stage not
+# built yet) is simply not offered.
+COMMAND_MODULES = [
+    "data",
+    "model",
+    "encode",
+    "index",
+    "search",
+    "evaluate",
+    "predict",
+    "similarity",
+    "train",
+    "serve",
+    "demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xmr import __version__
+
+    parser = argparse.ArgumentParser(prog="xmr", description="Cross-modal retrieval toolkit.")
+    parser.add_argument("--version", action="version", version=f"xmr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"xmr.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"xmr.cli.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except XmrError as exc:
+        print(f"xmr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "xmr: interrupted; finished work is kept and the job resumes when re-run",
+            file=sys.stderr,
+        )
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

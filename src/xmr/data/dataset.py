@@ -1,0 +1,89 @@
+"""The one in-memory model of a retrieval data set, shared by every reader and stage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xmr.data.images import ImageRef
+from xmr.errors import XmrError
+
+
+@dataclass
+class Item:
+    """A retrievable thing: an image, optionally with captions, an attribute string, a category.
+
+    Text-only corpora (BEIR) have ``image=None`` and the document text as their one caption.
+    """
+
+    id: str
+    image: ImageRef | None = None
+    captions: list[str] = field(default_factory=list)
+    attribute: str | None = None
+    category: str | None = None
+
+
+@dataclass
+class Query:
+    id: str
+    text: str
+    category: str | None = None
+
+
+@dataclass
+class Split:
+    """One split (train/valid/test). ``relevance`` maps query id -> relevant item ids (many-to-many).
+
+    ``pairs`` are the training pairs: item id -> the texts that describe it (several captions are
+    sampled per step when training).
+    """
+
+    name: str
+    items: dict[str, Item] = field(default_factory=dict)
+    queries: dict[str, Query] = field(default_factory=dict)
+    relevance: dict[str, set[str]] = field(default_factory=dict)
+    pairs: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def has_relevance(self) -> bool:
+        return any(self.relevance.values())
+
+    def item_relevance(self) -> dict[str, set[str]]:
+        """The inverse relation: item id -> query ids it is relevant to (for image->text)."""
+        inverse: dict[str, set[str]] = {}
+        for qid, item_ids in self.relevance.items():
+            for iid in item_ids:
+                inverse.setdefault(iid, set()).add(qid)
+        return inverse
+
+    def categories(self) -> Counter:
+        return Counter(it.category for it in self.items.values() if it.category)
+
+    def n_relevant_pairs(self) -> int:
+        return sum(len(v) for v in self.relevance.values())
+
+
+@dataclass
+class RetrievalDataset:
+    """A data set in one of the registered formats, as splits of items, queries and relevance."""
+
+    format: str
+    root: Path
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    def split(self, name: str | None = None, *, need_relevance: bool = False) -> Split:
+        """Return split ``name``; without a name, the only split (or the only one with relevance
+        when ``need_relevance``). Ambiguity is an error that lists the choices."""
+        if name is not None:
+            if name not in self.splits:
+                raise XmrError(
+                    f"{self.root}: no split '{name}' (available: {', '.join(self.splits) or 'none'})"
+                )
+            return self.splits[name]
+        candidates = [s for s in self.splits.values() if s.has_relevance or not need_relevance]
+        if len(candidates) == 1:
+            return candidates[0]
+        what = "splits with relevance" if need_relevance else "splits"
+        names = ", ".join(s.name for s in candidates) or "none"
+        raise XmrError(f"{self.root}: choose a split with --split ({what}: {names})")

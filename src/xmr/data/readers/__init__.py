@@ -1,0 +1,64 @@
+"""Reader registry: one module per format; ``detect_format`` picks one by the files present.
+
+A reader is a class with ``name``, ``detect(path) -> bool`` and
+``read(path, *, split=None, images=None, skip_bad=False) -> RetrievalDataset``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from xmr.errors import XmrError
+from xmr.registry import Registry
+
+READERS: Registry = Registry("dataset format")
+register_reader = READERS.register
+
+# Imported lazily on first use so `import xmr` stays cheap; order is the detection order
+# (more specific layouts before the generic csv/folder fallbacks).
+_READER_MODULES = ["track2", "muge", "tianchi", "evalscope", "beir", "coco", "csv", "folder"]
+_loaded = False
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in _READER_MODULES:
+        importlib.import_module(f"xmr.data.readers.{mod}")
+    _loaded = True
+
+
+def list_readers() -> list[str]:
+    _load_all()
+    return [m for m in _READER_MODULES if m in READERS]
+
+
+def detect_format(path: str | Path) -> str:
+    """The first registered format whose files are present at ``path``."""
+    _load_all()
+    p = Path(path)
+    if not p.exists():
+        raise XmrError(f"{p}: no such file or directory")
+    for name in list_readers():
+        if READERS.get(name).detect(p):
+            return name
+    raise XmrError(
+        f"{p}: cannot detect the data set format; pass --format ({', '.join(list_readers())})"
+    )
+
+
+def load_dataset(
+    path: str | Path,
+    format: str | None = None,
+    split: str | None = None,
+    *,
+    images: str | Path | None = None,
+    skip_bad: bool = False,
+):
+    """Read a data set. ``format=None`` detects it; ``split`` limits reading to one split."""
+    _load_all()
+    fmt = format if format and format != "auto" else detect_format(path)
+    reader = READERS.get(fmt)
+    return reader().read(Path(path), split=split, images=images, skip_bad=skip_bad)
