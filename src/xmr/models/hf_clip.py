@@ -1,0 +1,239 @@
+"""The ``hf:`` backend: transformers CLIPModel, ChineseCLIPModel, SiglipModel and Siglip2Model.
+
+Loading goes through transformers' own ``from_pretrained`` (hub ids and local directories alike);
+the family is read from ``config.model_type``. The image preprocessing comes from the saved
+``preprocessor_config.json`` (or ``processor_config.json``) and runs in xmr's torchvision-free
+``ImagePreprocess``; the tokenizer is the saved one.
+
+SigLIP models are fed texts padded to the full context length and *without* an attention mask:
+that is how they were trained (big_vision pools the last position, which is padding), and it is
+what transformers 4.x's SiglipTokenizer produced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xmr.errors import XmrError
+from xmr.models.base import Encoder, resolve_device, resolve_precision
+from xmr.models.preprocess import ImagePreprocess
+from xmr.models.registry import HF_MODEL_TYPES
+
+IMAGE_PROCESSOR_TYPES = {
+    "clip": "CLIPImageProcessor",
+    "chinese_clip": "ChineseCLIPImageProcessor",
+    "siglip": "SiglipImageProcessor",
+    "siglip2": "Siglip2ImageProcessor",
+}
+# Token tensors each family's get_text_features takes.
+TEXT_INPUTS = {
+    "clip": ("input_ids", "attention_mask"),
+    "chinese_clip": ("input_ids", "attention_mask", "token_type_ids"),
+    "siglip": ("input_ids",),
+    "siglip2": ("input_ids",),
+}
+
+
+def _transformers_version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' per-file progress bars (loading/writing shards) while we call it."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _features(output: Any) -> torch.Tensor:
+    """get_*_features returns a tensor (transformers 4.x) or a ModelOutput whose pooler_output
+    holds the projected features (5.x)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise XmrError(f"unexpected output from the model: {type(output).__name__}")
+    return pooled
+
+
+def load_image_processor_config(source: str, **hub_kwargs: Any) -> dict[str, Any] | None:
+    """The saved image processor dict (hub id or local dir), or None when there is none."""
+    if os.path.isdir(source):
+        for name, key in (
+            ("preprocessor_config.json", None),
+            ("processor_config.json", "image_processor"),
+        ):
+            path = Path(source) / name
+            if path.is_file():
+                data = json.loads(path.read_text(encoding="utf-8"))
+                data = data.get(key) if key else data
+                if data:
+                    return data
+        return None
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        return ImageProcessingMixin.get_image_processor_dict(source, **hub_kwargs)[0]
+    except OSError:
+        return None
+
+
+class HFEncoder(Encoder):
+    """A transformers CLIP-family model with its tokenizer and image preprocessing."""
+
+    backend = "hf"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        preprocess: ImagePreprocess,
+        *,
+        spec: str,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        context_length: int | None = None,
+        processor_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.spec = spec
+        self.model_type = model.config.model_type
+        self.processor_config = dict(processor_config or {})
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        text_cfg = model.config.text_config
+        if context_length is None:
+            context_length = int(text_cfg.max_position_embeddings)
+            tok_max = getattr(tokenizer, "model_max_length", None)
+            if isinstance(tok_max, int) and 0 < tok_max < context_length:
+                context_length = tok_max
+        self.context_length = int(context_length)
+        self.embed_dim = self._embed_dim()
+        self.model.to(self.device)
+        self.model.eval()
+
+    def _embed_dim(self) -> int:
+        cfg = self.model.config
+        if self.model_type in ("siglip", "siglip2"):
+            return int(
+                getattr(cfg.text_config, "projection_size", None) or cfg.vision_config.hidden_size
+            )
+        return int(cfg.projection_dim)
+
+    @classmethod
+    def load(
+        cls,
+        target: str,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        context_length: int | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> HFEncoder:
+        """Load ``target`` (hub id or local directory) with transformers' from_pretrained."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        is_local = os.path.isdir(target)
+        hub_kwargs: dict[str, Any] = {}
+        if revision is not None:
+            hub_kwargs["revision"] = revision
+        if local_files_only is not None:
+            hub_kwargs["local_files_only"] = local_files_only
+        where = f"local directory {target}" if is_local else f"'{target}' (hub id)"
+        try:
+            config = AutoConfig.from_pretrained(target, **hub_kwargs)
+        except (OSError, ValueError) as exc:
+            raise XmrError(f"cannot load model config from {where}: {exc}") from None
+        model_type = getattr(config, "model_type", None)
+        if model_type not in HF_MODEL_TYPES:
+            raise XmrError(
+                f"{where}: model_type '{model_type}' is not a CLIP-family model "
+                f"(supported: {', '.join(HF_MODEL_TYPES)})"
+            )
+        dtype_kw = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
+        try:
+            with quiet_transformers():
+                model = AutoModel.from_pretrained(
+                    target, config=config, **{dtype_kw: torch.float32}, **hub_kwargs
+                )
+            tokenizer = AutoTokenizer.from_pretrained(target, **hub_kwargs)
+        except (OSError, ValueError) as exc:
+            raise XmrError(f"cannot load model from {where}: {exc}") from None
+        processor_config = load_image_processor_config(target, **hub_kwargs)
+        if processor_config is None:
+            raise XmrError(
+                f"{where}: no preprocessor_config.json (the image preprocessing is unknown)"
+            )
+        preprocess = ImagePreprocess.from_hf_config(processor_config, model_type)
+        spec = f"hf:{Path(target).resolve()}" if is_local else f"hf:{target}"
+        return cls(
+            model,
+            tokenizer,
+            preprocess,
+            spec=spec,
+            device=device,
+            precision=precision,
+            context_length=context_length,
+            processor_config=processor_config,
+        )
+
+    # ---- training-facing API ------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str):
+            texts = [texts]
+        padding = "max_length" if self.model_type in ("siglip", "siglip2") else "longest"
+        encoded = self.tokenizer(
+            list(texts),
+            padding=padding,
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )
+        return {k: encoded[k] for k in TEXT_INPUTS[self.model_type] if k in encoded}
+
+    def text_features(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return _features(self.model.get_text_features(**tokens))
+
+    def image_features(
+        self, pixel_values: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        if isinstance(pixel_values, Mapping):
+            return _features(self.model.get_image_features(**pixel_values))
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write weights (safetensors), config, tokenizer and preprocessor_config.json in
+        transformers' layout: ``hf:out_dir`` and ``AutoModel.from_pretrained(out_dir)`` load it."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        kwargs = {} if _transformers_version() >= (5, 0) else {"safe_serialization": True}
+        with quiet_transformers():
+            self.model.save_pretrained(out, **kwargs)
+        self.tokenizer.save_pretrained(out)
+        processor = {**self.processor_config}
+        processor.update(self.preprocess.to_hf_config(IMAGE_PROCESSOR_TYPES[self.model_type]))
+        (out / "preprocessor_config.json").write_text(
+            json.dumps(processor, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        return out

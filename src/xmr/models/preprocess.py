@@ -1,0 +1,333 @@
+"""Image preprocessing that travels with a model's weights, without torchvision.
+
+``ImagePreprocess`` is a small picklable class (safe to send to DataLoader workers) that does what
+the weights' saved processor config says: resize (shortest edge, or to a fixed size), centre crop,
+rescale to [0, 1] and normalise with the model's mean/std. It reproduces transformers' PIL/NumPy
+image processors (CLIPImageProcessor, ChineseCLIPImageProcessor, SiglipImageProcessor) step by
+step — PIL resize of the uint8 image, integer centre-crop offsets, float32 rescale and normalise —
+so its output equals theirs to float rounding (tests/test_preprocess.py checks max abs diff < 1e-5).
+
+SigLIP2's NaFlex processor (``mode="naflex"``: aspect-preserving resize to at most
+``max_num_patches`` patches, patchified and padded) returns a dict of tensors instead of one
+tensor; ``torch.utils.data.default_collate`` batches both forms.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+# PIL resampling filter ids (as transformers stores them in `resample`) and names.
+_RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_RESAMPLE_IDS = {v: k for k, v in _RESAMPLE_NAMES.items()}
+
+# Class defaults of transformers' image processors, per model_type: a saved config overrides them
+# key by key (a config may omit keys whose value equals the class default).
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "clip": {
+        "do_resize": True,
+        "size": {"shortest_edge": 224},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD),
+        "do_convert_rgb": True,
+    },
+    "siglip": {
+        "do_resize": True,
+        "size": {"height": 224, "width": 224},
+        "resample": 3,
+        "do_center_crop": False,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(HALF),
+        "image_std": list(HALF),
+        "do_convert_rgb": True,
+    },
+    "siglip2": {
+        "do_resize": True,
+        "resample": 2,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(HALF),
+        "image_std": list(HALF),
+        "do_convert_rgb": True,
+        "patch_size": 16,
+        "max_num_patches": 256,
+    },
+}
+HF_DEFAULTS["chinese_clip"] = HF_DEFAULTS["clip"]
+# Processors whose int `size` means a square (transformers' default_to_square=True).
+_SQUARE_WHEN_INT = {"siglip"}
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, Mapping):
+        return int(value["height"]), int(value["width"])
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1]))
+    return int(value), int(value)
+
+
+@dataclass
+class ImagePreprocess:
+    """Callable: PIL image (or HxWxC uint8 array) -> float32 tensor (3, H, W) (or, for NaFlex, a
+    dict of tensors). Picklable; holds only plain fields.
+
+    Attributes:
+        mode: "shortest_edge" (resize the short side to ``size``, keep aspect), "resize" (to exactly
+            ``size`` = (h, w)), "naflex" (SigLIP2) or "none".
+        size: shortest edge (int) or (height, width).
+        crop_size: centre crop (height, width), or None for no crop.
+        resample: PIL filter name ("bicubic", "bilinear", ...).
+    """
+
+    mode: str = "shortest_edge"
+    size: int | tuple[int, int] = 224
+    crop_size: tuple[int, int] | None = (224, 224)
+    resample: str = "bicubic"
+    rescale_factor: float | None = 1 / 255
+    mean: tuple[float, ...] | None = OPENAI_CLIP_MEAN
+    std: tuple[float, ...] | None = OPENAI_CLIP_STD
+    patch_size: int = 16
+    max_num_patches: int = 256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("shortest_edge", "resize", "naflex", "none"):
+            raise ValueError(f"unknown resize mode '{self.mode}'")
+        if isinstance(self.size, list):
+            self.size = tuple(self.size)
+        if self.crop_size is not None:
+            self.crop_size = _pair(self.crop_size)
+        if self.mean is not None:
+            self.mean = tuple(float(m) for m in self.mean)
+            self.std = tuple(float(s) for s in self.std)
+
+    # ---- construction from / to configs -------------------------------------------------------
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any], model_type: str = "clip") -> ImagePreprocess:
+        """Build from a transformers ``preprocessor_config.json`` dict (missing keys take the class
+        defaults of the processor for ``model_type``)."""
+        cfg = {**HF_DEFAULTS.get(model_type, HF_DEFAULTS["clip"]), **dict(config)}
+        resample = cfg.get("resample", 3)
+        resample = (
+            _RESAMPLE_NAMES.get(int(resample), "bicubic") if resample is not None else "bilinear"
+        )
+        mean = cfg.get("image_mean") if cfg.get("do_normalize", True) else None
+        std = cfg.get("image_std") if cfg.get("do_normalize", True) else None
+        if isinstance(mean, (int, float)):
+            mean, std = (mean,) * 3, (std,) * 3
+        rescale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else None
+        crop = cfg.get("crop_size") if cfg.get("do_center_crop", False) else None
+        if model_type == "siglip2" or "max_num_patches" in config:
+            return cls(
+                mode="naflex" if cfg.get("do_resize", True) else "none",
+                size=0,
+                crop_size=None,
+                resample=resample,
+                rescale_factor=rescale,
+                mean=mean,
+                std=std,
+                patch_size=int(cfg.get("patch_size", 16)),
+                max_num_patches=int(cfg.get("max_num_patches", 256)),
+            )
+        size = cfg.get("size")
+        if not cfg.get("do_resize", True) or size is None:
+            mode, size = "none", 0
+        elif isinstance(size, Mapping) and "shortest_edge" in size:
+            mode, size = "shortest_edge", int(size["shortest_edge"])
+        elif isinstance(size, (Mapping, list, tuple)):
+            mode, size = "resize", _pair(size)
+        else:
+            mode = "resize" if model_type in _SQUARE_WHEN_INT else "shortest_edge"
+            size = _pair(size) if mode == "resize" else int(size)
+        return cls(
+            mode=mode,
+            size=size,
+            crop_size=crop,
+            resample=resample,
+            rescale_factor=rescale,
+            mean=mean,
+            std=std,
+        )
+
+    def to_hf_config(self, image_processor_type: str = "CLIPImageProcessor") -> dict[str, Any]:
+        """The ``preprocessor_config.json`` dict transformers reads back to the same processing."""
+        cfg: dict[str, Any] = {
+            "image_processor_type": image_processor_type,
+            "do_convert_rgb": True,
+            "do_resize": self.mode != "none",
+            "resample": _RESAMPLE_IDS[self.resample],
+            "do_center_crop": self.crop_size is not None,
+            "do_rescale": self.rescale_factor is not None,
+            "rescale_factor": self.rescale_factor if self.rescale_factor is not None else 1 / 255,
+            "do_normalize": self.mean is not None,
+        }
+        if self.mean is not None:
+            cfg["image_mean"], cfg["image_std"] = list(self.mean), list(self.std)
+        if self.mode == "shortest_edge":
+            cfg["size"] = {"shortest_edge": int(self.size)}
+        elif self.mode == "resize":
+            h, w = _pair(self.size)
+            cfg["size"] = {"height": h, "width": w}
+        elif self.mode == "naflex":
+            cfg["patch_size"], cfg["max_num_patches"] = self.patch_size, self.max_num_patches
+        if self.crop_size is not None:
+            cfg["crop_size"] = {"height": self.crop_size[0], "width": self.crop_size[1]}
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (for manifests)."""
+        d = asdict(self)
+        d.pop("extra")
+        if self.mode != "naflex":
+            d.pop("patch_size")
+            d.pop("max_num_patches")
+        for key in ("size", "crop_size", "mean", "std"):
+            if isinstance(d[key], tuple):
+                d[key] = list(d[key])
+        return d
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every output image, or None when it depends on the input."""
+        if self.crop_size is not None:
+            return self.crop_size
+        if self.mode == "resize":
+            return _pair(self.size)
+        return None
+
+    # ---- the transform ------------------------------------------------------------------------
+
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the resize step produces for an input of that size."""
+        if self.mode == "resize":
+            return _pair(self.size)
+        if self.mode == "shortest_edge":
+            # transformers' get_resize_output_image_size (default_to_square=False): floor, not round.
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = int(self.size), int(int(self.size) * long / short)
+            return (new_long, new_short) if width <= height else (new_short, new_long)
+        if self.mode == "naflex":
+            return naflex_size(height, width, self.patch_size, self.max_num_patches)
+        return height, width
+
+    def __call__(self, image: Any) -> Any:
+        import torch
+
+        pil = to_rgb_pil(image)
+        if self.mode != "none":
+            from PIL import Image
+
+            h, w = self.target_size(pil.height, pil.width)
+            if (h, w) != (pil.height, pil.width):
+                resample = getattr(Image.Resampling, self.resample.upper())
+                pil = pil.resize((w, h), resample=resample)
+        array = np.array(pil)  # H, W, 3 uint8, writable (torch.from_numpy wants that)
+        if self.crop_size is not None:
+            array = center_crop(array, self.crop_size)
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        if self.rescale_factor is not None:
+            # float64 multiply then float32, like transformers' rescale (bit-identical results).
+            tensor = (tensor.to(torch.float64) * self.rescale_factor).to(torch.float32)
+        else:
+            tensor = tensor.to(torch.float32)
+        if self.mean is not None:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+            tensor = (tensor - mean) / std
+        if self.mode == "naflex":
+            return patchify(tensor, self.patch_size, self.max_num_patches)
+        return tensor
+
+
+def to_rgb_pil(image: Any) -> Any:
+    """PIL RGB image from a PIL image of any mode (transparency composited on white, as
+    transformers does) or an HxW / HxWxC uint8 array."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"expected a uint8 image array, got {image.dtype}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre crop of an HxWxC array with transformers' offsets, zero-padding when too small."""
+    crop_h, crop_w = size
+    h, w = array.shape[:2]
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    if top >= 0 and left >= 0:
+        return array[top : top + crop_h, left : left + crop_w]
+    new_h, new_w = max(crop_h, h), max(crop_w, w)
+    padded = np.zeros((new_h, new_w, *array.shape[2:]), dtype=array.dtype)
+    pad_top, pad_left = math.ceil((new_h - h) / 2), math.ceil((new_w - w) / 2)
+    padded[pad_top : pad_top + h, pad_left : pad_left + w] = array
+    top, left = top + pad_top, left + pad_left
+    return padded[max(0, top) : min(new_h, top + crop_h), max(0, left) : min(new_w, left + crop_w)]
+
+
+def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int) -> tuple[int, int]:
+    """SigLIP2's target size: the largest aspect-preserving scale, rounded up to whole patches,
+    that gives at most ``max_num_patches`` patches (transformers' binary search, reproduced)."""
+
+    def scaled(scale: float, size: int) -> int:
+        return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
+
+    eps = 1e-5
+    lo, hi = eps / 10, 100.0
+    while hi - lo >= eps:
+        mid = (lo + hi) / 2
+        if (scaled(mid, height) / patch_size) * (
+            scaled(mid, width) / patch_size
+        ) <= max_num_patches:
+            lo = mid
+        else:
+            hi = mid
+    return scaled(lo, height), scaled(lo, width)
+
+
+def patchify(tensor: Any, patch_size: int, max_num_patches: int) -> dict[str, Any]:
+    """(C, H, W) -> SigLIP2 inputs: patches (max_num_patches, p*p*C) zero-padded, their mask and
+    the (rows, cols) patch grid."""
+    import torch
+
+    c, h, w = tensor.shape
+    rows, cols = h // patch_size, w // patch_size
+    patches = tensor.reshape(c, rows, patch_size, cols, patch_size)
+    patches = patches.permute(1, 3, 2, 4, 0).reshape(rows * cols, patch_size * patch_size * c)
+    n = patches.shape[0]
+    padded = torch.zeros((max_num_patches, patches.shape[1]), dtype=patches.dtype)
+    padded[:n] = patches
+    mask = torch.zeros(max_num_patches, dtype=torch.int32)
+    mask[:n] = 1
+    return {
+        "pixel_values": padded,
+        "pixel_attention_mask": mask,
+        "spatial_shapes": torch.tensor([rows, cols], dtype=torch.int64),
+    }

@@ -1,0 +1,116 @@
+"""One registry of encoder backends; a model is named by a spec string.
+
+Spec forms:
+    ``hf:<hub id or local dir>``           transformers CLIP / ChineseCLIP / SigLIP / SigLIP2
+    ``open_clip:<arch>[@<tag or ckpt>]``   open_clip (optional extra ``xmr[open_clip]``)
+    ``<local dir>``                         resolved by what is in it
+    ``<backend>:<target>``                 any backend added with ``register_backend``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xmr.errors import XmrError
+from xmr.registry import Registry
+
+if TYPE_CHECKING:
+    from xmr.models.base import Encoder
+
+BackendFactory = Callable[..., "Encoder"]
+BACKENDS: Registry[BackendFactory] = Registry("encoder backend")
+
+# config.json model_type values the hf backend loads.
+HF_MODEL_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Decorator: register ``factory(target, *, device, precision, **kwargs) -> Encoder`` for
+    specs ``name:<target>``."""
+    return BACKENDS.register(name)
+
+
+def list_backends() -> list[str]:
+    return BACKENDS.names()
+
+
+def parse_spec(spec: str | os.PathLike) -> tuple[str, str]:
+    """Split a spec into (backend, target); a bare local directory is resolved by its contents."""
+    text = os.fspath(spec)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in BACKENDS:
+        if not rest:
+            raise XmrError(f"model spec '{text}' names no model after '{prefix}:'")
+        return prefix, rest
+    if os.path.isdir(text):
+        return detect_backend(text), text
+    if os.path.exists(text):
+        raise XmrError(
+            f"model spec '{text}' is a file; name a model directory, or a checkpoint as "
+            "open_clip:<arch>@<checkpoint>"
+        )
+    raise XmrError(
+        f"unknown model spec '{text}': use hf:<hub id or local dir>, "
+        f"open_clip:<arch>[@<pretrained tag or checkpoint>], or a local model directory "
+        f"(backends: {', '.join(list_backends())})"
+    )
+
+
+def detect_backend(directory: str | os.PathLike) -> str:
+    """Which backend loads a local directory, from the files in it."""
+    path = Path(directory)
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise XmrError(f"{config}: not a readable model config ({exc})") from None
+        if model_type in HF_MODEL_TYPES:
+            return "hf"
+        raise XmrError(
+            f"{config}: model_type '{model_type}' is not a CLIP-family model xmr can load "
+            f"(supported: {', '.join(HF_MODEL_TYPES)})"
+        )
+    if (path / "open_clip_config.json").is_file() or any(path.glob("*.pt")):
+        return "open_clip"
+    raise XmrError(
+        f"{path}: cannot tell what model this directory holds (expected config.json of a "
+        "transformers CLIP/ChineseCLIP/SigLIP model, or open_clip_config.json / a *.pt checkpoint)"
+    )
+
+
+def create_encoder(
+    spec: str | os.PathLike,
+    device: str | None = None,
+    precision: str = "fp32",
+    **kwargs: Any,
+) -> Encoder:
+    """Load the encoder named by ``spec`` onto ``device`` (default: cuda when available).
+
+    Args:
+        spec: see the module docstring.
+        device: "cpu", "cuda", "cuda:1", ... or None for automatic.
+        precision: "fp32", "fp16" or "bf16" (autocast during encoding).
+        **kwargs: backend options (e.g. ``context_length`` to override the text length).
+    """
+    backend, target = parse_spec(spec)
+    factory = BACKENDS.get(backend)
+    return factory(target, device=device, precision=precision, **kwargs)
+
+
+@register_backend("hf")
+def _hf_backend(target: str, **kwargs: Any) -> Encoder:
+    from xmr.models.hf_clip import HFEncoder
+
+    return HFEncoder.load(target, **kwargs)
+
+
+@register_backend("open_clip")
+def _open_clip_backend(target: str, **kwargs: Any) -> Encoder:
+    from xmr.models.open_clip_backend import OpenClipEncoder
+
+    return OpenClipEncoder.load(target, **kwargs)

@@ -1,0 +1,231 @@
+"""Tiny random CLIP-family models in transformers' exact on-disk format, built offline.
+
+Tests and the demo use these instead of downloaded weights: the directory ``create_tiny_clip``
+writes loads with ``create_encoder("hf:OUT")`` and with ``transformers.CLIPModel`` /
+``AutoTokenizer`` / ``AutoImageProcessor`` themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from xmr.models.hf_clip import quiet_transformers
+from xmr.models.offline_tokenizer import BOS, EOS, PAD, train_wordpiece
+from xmr.models.preprocess import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
+
+
+def _save_tokenizer(tokenizer: Any, out: Path) -> None:
+    tokenizer.save_pretrained(out)
+    # transformers 5 writes its internal class name; PreTrainedTokenizerFast loads the same
+    # tokenizer.json in transformers 4.x and 5.x alike.
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _seeded_init(seed: int, build: Any) -> Any:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def create_tiny_clip(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str] | None = None,
+    embed_dim: int = 64,
+    seed: int = 0,
+    image_size: int = 64,
+    patch_size: int = 8,
+    vision_width: int = 128,
+    vision_layers: int = 3,
+    text_width: int = 128,
+    text_layers: int = 2,
+    heads: int = 4,
+    context_length: int = 48,
+) -> Path:
+    """Write a random CLIPModel with an offline-trained tokenizer and a CLIPImageProcessor config.
+
+    Args:
+        out_dir: directory to write (created; existing files are overwritten).
+        texts: texts to train the tokenizer's vocabulary on (default: built-in English and
+            traffic words). Lowercased, punctuation split ("A white SUV." -> a / white / suv / .).
+        embed_dim: joint embedding dimension (projection_dim).
+        seed: weight initialisation seed (the global RNG is left untouched).
+        image_size: input resolution; the processor resizes the short side to it and centre-crops.
+
+    Returns:
+        The output directory.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_wordpiece(texts, model_max_length=context_length)
+    vocab = tokenizer.get_vocab()
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": text_width,
+            "intermediate_size": 4 * text_width,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": context_length,
+            # The text tower pools at the first eos_token_id (any id but 2, which transformers
+            # treats as "legacy: pool at the highest id").
+            "pad_token_id": vocab[PAD],
+            "bos_token_id": vocab[BOS],
+            "eos_token_id": vocab[EOS],
+            "projection_dim": embed_dim,
+        },
+        vision_config={
+            "hidden_size": vision_width,
+            "intermediate_size": 4 * vision_width,
+            "num_hidden_layers": vision_layers,
+            "num_attention_heads": heads,
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "projection_dim": embed_dim,
+        },
+        projection_dim=embed_dim,
+    )
+    model = _seeded_init(seed, lambda: CLIPModel(config))
+    with quiet_transformers():
+        model.save_pretrained(out)
+    _save_tokenizer(tokenizer, out)
+    preprocess = ImagePreprocess(
+        mode="shortest_edge",
+        size=image_size,
+        crop_size=(image_size, image_size),
+        mean=OPENAI_CLIP_MEAN,
+        std=OPENAI_CLIP_STD,
+    )
+    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("CLIPImageProcessor"))
+    return out
+
+
+def create_tiny_chinese_clip(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str] | None = None,
+    embed_dim: int = 32,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    context_length: int = 32,
+) -> Path:
+    """A random ChineseCLIPModel (BERT text tower) with a BertTokenizerFast built from a small
+    vocab file (characters of ``texts`` plus BERT's special tokens) and its image processor."""
+    from transformers import BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chars: set[str] = set("abcdefghijklmnopqrstuvwxyz0123456789.,!?")
+    words: set[str] = set()
+    for text in texts if texts is not None else ["一辆白色的轿车", "a white suv", "红色卡车在路上"]:
+        for token in text.lower().split():
+            if token.isascii():
+                words.add(token)
+            chars.update(ch for ch in token if not ch.isascii())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars), *sorted(words - chars)]
+    vocab += [f"##{ch}" for ch in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(
+        vocab_file=str(out / "vocab.txt"), model_max_length=context_length
+    )
+    config = ChineseCLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": context_length,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "projection_dim": embed_dim,
+        },
+        projection_dim=embed_dim,
+    )
+    model = _seeded_init(seed, lambda: ChineseCLIPModel(config))
+    with quiet_transformers():
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    preprocess = ImagePreprocess(
+        mode="shortest_edge", size=image_size, crop_size=(image_size, image_size)
+    )
+    _write_json(
+        out / "preprocessor_config.json", preprocess.to_hf_config("ChineseCLIPImageProcessor")
+    )
+    return out
+
+
+def create_tiny_siglip(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str] | None = None,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    width: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    context_length: int = 16,
+) -> Path:
+    """A random SiglipModel with a tokenizer.json-based fast tokenizer (eos appended, padded to
+    ``context_length``, as SigLIP expects) and a SiglipImageProcessor config (plain square
+    resize, mean/std 0.5)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
+    vocab = tokenizer.get_vocab()
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": context_length,
+            "pad_token_id": vocab[PAD],
+            "eos_token_id": vocab[EOS],
+            "bos_token_id": vocab[BOS],
+        },
+        vision_config={
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "image_size": image_size,
+            "patch_size": patch_size,
+        },
+    )
+    model = _seeded_init(seed, lambda: SiglipModel(config))
+    with quiet_transformers():
+        model.save_pretrained(out)
+    _save_tokenizer(tokenizer, out)
+    preprocess = ImagePreprocess(
+        mode="resize", size=(image_size, image_size), crop_size=None, mean=HALF, std=HALF
+    )
+    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("SiglipImageProcessor"))
+    return out
