@@ -1,0 +1,119 @@
+"""Cross-encoder backends: spec parsing, tiny BLIP / BLIP-2 saved and loaded back like a user's
+checkpoint, and scores equal to transformers' own ITM forward pass."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from PIL import Image  # noqa: E402
+
+from xmr.errors import XmrError  # noqa: E402
+from xmr.models.blip_itm import create_tiny_cross_encoder, tiny_vocab  # noqa: E402
+from xmr.models.cross_encoders import (  # noqa: E402
+    create_cross_encoder,
+    list_cross_encoders,
+    match_probability,
+    parse_cross_encoder_spec,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cross")
+    return {
+        kind: create_tiny_cross_encoder(root / kind, kind, seed=1) for kind in ("blip", "blip2")
+    }
+
+
+def _images():
+    red = Image.new("RGB", (40, 48), (230, 20, 20))
+    blue = Image.new("RGB", (33, 30), (10, 20, 240))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 36, 3), dtype=np.uint8))
+    return red, blue, noise
+
+
+def test_spec_parsing(tiny_dirs, tmp_path):
+    assert parse_cross_encoder_spec("blip2-itm-vit-g") == ("blip2", "Salesforce/blip2-itm-vit-g")
+    assert parse_cross_encoder_spec("blip:org/some-model") == ("blip", "org/some-model")
+    assert parse_cross_encoder_spec("Salesforce/blip-itm-large-flickr")[0] == "blip"
+    assert parse_cross_encoder_spec("someone/blip2-finetuned")[0] == "blip2"
+    for kind, path in tiny_dirs.items():
+        assert parse_cross_encoder_spec(str(path)) == (kind, str(path))
+        assert parse_cross_encoder_spec(f"hf:{path}") == (kind, str(path))
+    assert "blip" in list_cross_encoders() and "blip2-itm-vit-g" in list_cross_encoders()
+    with pytest.raises(XmrError, match="cannot tell the backend"):
+        parse_cross_encoder_spec("org/clip-model")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(XmrError, match="not a cross-encoder directory"):
+        parse_cross_encoder_spec(str(tmp_path))
+    with pytest.raises(XmrError, match="unknown cross-encoder"):
+        parse_cross_encoder_spec(str(tmp_path / "missing" / "dir"))
+
+
+def test_saved_files_are_the_real_format(tiny_dirs):
+    for kind, path in tiny_dirs.items():
+        names = {p.name for p in path.iterdir()}
+        assert {"config.json", "model.safetensors", "processor_config.json"} <= names
+        assert "tokenizer.json" in names or "vocab.txt" in names
+        model_type = json.loads((path / "config.json").read_text())["model_type"]
+        assert model_type == {"blip": "blip", "blip2": "blip-2"}[kind]
+
+
+@pytest.mark.parametrize("kind", ["blip", "blip2"])
+def test_scores_equal_transformers_itm_forward(tiny_dirs, kind):
+    ce = create_cross_encoder(str(tiny_dirs[kind]), device="cpu")
+    red, blue, noise = _images()
+    images = [red, blue, red, noise, blue]
+    texts = ["a red square", "blue", "a longer text about nothing at all", "noise?", "red"]
+    logits = ce.logits(images, texts, batch_size=2)
+    inputs = ce.processor(images=images, text=texts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        if kind == "blip":
+            ref = ce.model(**inputs, use_itm_head=True).itm_score
+        else:
+            ref = ce.model(**inputs, use_image_text_matching_head=True).logits_per_image
+    np.testing.assert_allclose(logits, ref.numpy(), atol=1e-5)
+    probs = ce.score(images, texts, batch_size=3)
+    np.testing.assert_allclose(probs, torch.softmax(ref, dim=1)[:, 1].numpy(), atol=1e-5)
+    assert probs.dtype == np.float32 and probs.shape == (5,)
+    # Pairs are scored independently of how they are batched.
+    np.testing.assert_allclose(ce.score(images[3:4], texts[3:4]), probs[3:4], atol=1e-5)
+    # A random model still distinguishes pairs (the test above would pass on constants too).
+    assert np.ptp(logits[:, 1]) > 1e-4
+
+
+def test_save_and_reload_gives_same_scores(tiny_dirs, tmp_path):
+    ce = create_cross_encoder(f"hf:{tiny_dirs['blip']}", device="cpu")
+    red, blue, _ = _images()
+    before = ce.score([red, blue], ["red", "blue"])
+    again = create_cross_encoder(str(ce.save(tmp_path / "copy")), device="cpu")
+    np.testing.assert_allclose(again.score([red, blue], ["red", "blue"]), before, atol=1e-6)
+    assert create_cross_encoder(ce) is ce
+
+
+def test_errors_are_clear(tiny_dirs):
+    ce = create_cross_encoder(str(tiny_dirs["blip"]), device="cpu")
+    red, _, _ = _images()
+    with pytest.raises(XmrError, match="aligned pairs"):
+        ce.score([red], ["a", "b"])
+    assert ce.score([], []).shape == (0,)
+    with pytest.raises(XmrError):
+        create_cross_encoder("blip:/no/such/dir")
+
+
+def test_match_probability_is_softmax_column_one():
+    logits = np.array([[0.0, 0.0], [1000.0, -1000.0], [-3.0, 2.0]])
+    np.testing.assert_allclose(
+        match_probability(logits), [0.5, 0.0, 1 / (1 + np.exp(-5.0))], atol=1e-7
+    )
+
+
+def test_tiny_vocab_spells_any_text():
+    vocab = tiny_vocab(["shoe"])
+    assert "shoe" in vocab and "##z" in vocab and len(set(vocab.values())) == len(vocab)
