@@ -1,0 +1,129 @@
+"""``xmr index build|add|info``: FAISS indexes over embedding directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build, extend and describe vector indexes")
+    cmds = p.add_subparsers(dest="index_command", metavar="COMMAND")
+    cmds.required = True
+
+    b = cmds.add_parser(
+        "build",
+        help="build an index from `xmr encode` output",
+        description=(
+            "Build an index over the item embeddings of EMB_DIR and write it to INDEX_DIR "
+            "(replaced atomically). --spec auto builds exact search (Flat) for small "
+            "collections and an IVF index for large ones; an approximate index reports its "
+            "recall@10 against exact search."
+        ),
+    )
+    b.add_argument("emb_dir", metavar="EMB_DIR")
+    b.add_argument("--out", required=True, metavar="INDEX_DIR")
+    b.add_argument(
+        "--spec",
+        default="auto",
+        help="auto, Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64 or any faiss index_factory string",
+    )
+    b.add_argument(
+        "--kind",
+        default=None,
+        choices=["images", "captions", "texts"],
+        help="which vectors to index (default: images, else captions)",
+    )
+    b.add_argument(
+        "--exact-max",
+        type=int,
+        default=None,
+        help="auto: largest collection searched exactly [50000]",
+    )
+    b.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
+    b.add_argument("--ef-search", type=int, default=None, help="HNSW search depth [128]")
+    b.add_argument("--train-size", type=int, default=None, help="vectors sampled to train IVF/PQ")
+    b.add_argument("--json", action="store_true", help="print the index info as JSON")
+    b.set_defaults(func=run_build)
+
+    a = cmds.add_parser("add", help="append new embeddings to an index without a rebuild")
+    a.add_argument("index_dir", metavar="INDEX_DIR")
+    a.add_argument("emb_dir", metavar="EMB_DIR")
+    a.add_argument("--kind", default=None, choices=["images", "captions", "texts"])
+    a.set_defaults(func=run_add)
+
+    i = cmds.add_parser("info", help="describe an index")
+    i.add_argument("index_dir", metavar="INDEX_DIR")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=run_info)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import logging
+
+    from xmr.index.build import index_embeddings
+
+    logging.getLogger("xmr.index").setLevel(logging.WARNING)
+    index = index_embeddings(
+        args.emb_dir,
+        args.out,
+        args.spec,
+        kind=args.kind,
+        exact_max=args.exact_max,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        train_size=args.train_size,
+    )
+    if args.json:
+        print(json.dumps(index.info(), indent=2, ensure_ascii=False))
+        return 0
+    m = index.manifest
+    if m.get("auto_reason"):
+        print(f"auto: {m['auto_reason']}")
+    print(
+        f"built {m['index']['type']} index of {len(index)} vectors (dim {index.dim}) in {args.out}"
+    )
+    _print_recall(m.get("recall"))
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    from xmr.index.build import add_embeddings
+
+    index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind)
+    print(f"added {added} vectors; {args.index_dir} now holds {len(index)}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from xmr.index import load_index
+
+    info = load_index(args.index_dir).info()
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    idx = info["index"]
+    params = ", ".join(f"{k}={idx[k]}" for k in ("nlist", "nprobe", "efSearch") if k in idx)
+    print(f"index:    {info['path']}")
+    print(
+        f"type:     {idx['type']} ({'exact' if idx.get('exact') else 'approximate'}"
+        f"{', ' + params if params else ''}; {idx.get('device', 'cpu')})"
+    )
+    print(f"vectors:  {info['count']} x {info['dim']} ({info['metric']})")
+    print(f"model:    {info['model']}")
+    if info.get("auto_reason"):
+        print(f"auto:     {info['auto_reason']}")
+    _print_recall(info.get("recall"), prefix="recall:   ")
+    if info.get("categories"):
+        cats = ", ".join(f"{c} ({n})" for c, n in list(info["categories"].items())[:10])
+        print(f"categories: {cats}")
+    print(f"created:  {info['created']} (xmr {info['xmr_version']}); updated {info['updated']}")
+    return 0
+
+
+def _print_recall(recall, prefix: str = "") -> None:
+    if recall:
+        print(
+            f"{prefix}recall@{recall['k']} vs exact search: {recall['value']:.4f} "
+            f"({recall['queries']} queries from the {recall['query_source']})"
+        )

@@ -1,0 +1,56 @@
+"""``xmr search INDEX_DIR "text"`` / ``--image FILE``: ranked results from an index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search an index by text or by image",
+        description=(
+            "Rank the items of INDEX_DIR for a text query (or --image FILE) with the model that "
+            "built the index. Another model (--model) must be the same weights."
+        ),
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR")
+    p.add_argument("query", nargs="?", default=None, metavar="TEXT")
+    p.add_argument("--image", default=None, metavar="FILE", help="query by this image instead")
+    p.add_argument("-k", type=int, default=10, help="results to show [10]")
+    p.add_argument("--category", default=None, help="only items of this category")
+    p.add_argument("--model", default=None, help="model spec (default: the one the index names)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... [cpu]")
+    p.add_argument("--json", action="store_true", help='print {"results": [...]} as JSON')
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmr.errors import XmrError
+    from xmr.search import Searcher
+
+    if (args.query is None) == (args.image is None):
+        raise XmrError("give a query TEXT or --image FILE (one of them)")
+    if args.query is not None and not args.query.strip():
+        raise XmrError("the query text is empty")
+    searcher = Searcher.from_index_dir(args.index_dir, device=args.device, model=args.model)
+    if args.image is not None:
+        results = searcher.search_image(args.image, args.k, category=args.category)
+    else:
+        results = searcher.search_text(args.query, args.k, category=args.category)
+    if args.json:
+        out = {"query": args.query, "image": args.image, "results": [r.to_dict() for r in results]}
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    for r in results:
+        text = " | ".join(r.captions[:2]) or r.attribute or ""
+        cat = f" [{r.category}]" if r.category else ""
+        print(f"{r.rank:>3}  {r.score:.4f}  {r.id}{cat}  {r.image_source}")
+        if text:
+            print(f"     {text}")
+        if r.attribute and r.captions:
+            print(f"     attribute: {r.attribute}")
+    if not results:
+        print("no results")
+    return 0

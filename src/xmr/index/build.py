@@ -1,0 +1,106 @@
+"""Index an embeddings directory written by ``xmr encode`` (what ``xmr index build/add`` call)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from xmr.errors import XmrError
+from xmr.index.store import Index, build_index, load_index
+
+log = logging.getLogger(__name__)
+
+
+def default_kind(emb_dir: str | Path) -> str:
+    """The kind to index: item images when encoded, else item captions (text corpora)."""
+    from xmr.encode import read_manifest
+
+    kinds = read_manifest(emb_dir).get("kinds") or {}
+    for kind in ("images", "captions"):
+        if kinds.get(kind, {}).get("count"):
+            return kind
+    raise XmrError(
+        f"{emb_dir}: holds no item embeddings to index (encoded: {', '.join(kinds) or 'none'}); "
+        "encode images or captions first"
+    )
+
+
+def _records(emb_dir: Path, kind: str, ids: list[str]) -> list[dict[str, Any]]:
+    from xmr.encode import load_metadata
+
+    meta = load_metadata(emb_dir, kind)
+    return [meta.get(i, {"id": i}) for i in ids]
+
+
+def index_embeddings(
+    emb_dir: str | Path,
+    out_dir: str | Path | None = None,
+    spec: str = "auto",
+    *,
+    kind: str | None = None,
+    **options: Any,
+) -> Index:
+    """Build an index over the ``kind`` vectors of ``emb_dir`` (default: images) and save it to
+    ``out_dir`` when given. The query texts encoded beside them, if any, measure the recall of an
+    approximate index. ``options`` go to :func:`xmr.index.build_index`."""
+    from xmr.encode import load_embeddings
+
+    emb_dir = Path(emb_dir)
+    kind = kind or default_kind(emb_dir)
+    emb = load_embeddings(emb_dir, kind)
+    if len(emb) == 0:
+        raise XmrError(f"{emb_dir}: no {kind} vectors to index")
+    manifest = emb.manifest
+    if (
+        kind != "texts"
+        and "texts" in (manifest.get("kinds") or {})
+        and "recall_queries" not in options
+    ):
+        try:
+            queries = load_embeddings(emb_dir, "texts")
+            if len(queries):
+                options["recall_queries"] = queries.vectors
+                options["recall_query_source"] = "texts"
+        except XmrError as exc:
+            log.warning("not using the query texts for recall: %s", exc)
+    index = build_index(
+        emb.vectors,
+        emb.ids,
+        spec,
+        items=_records(emb_dir, kind, emb.ids),
+        model=emb.model,
+        source={
+            "embeddings": str(emb_dir.resolve()),
+            "kind": kind,
+            "data": manifest.get("source"),
+            "split": manifest.get("split"),
+            "precision": manifest.get("precision"),
+            "preprocessing": manifest.get("preprocessing"),
+        },
+        **options,
+    )
+    if out_dir is not None:
+        index.save(out_dir)
+    return index
+
+
+def add_embeddings(
+    index: Index | str | Path, emb_dir: str | Path, *, kind: str | None = None, save: bool = True
+) -> tuple[Index, int]:
+    """Append the vectors of ``emb_dir`` to an index without a rebuild; returns (index, n added).
+
+    The embeddings must come from the model that built the index (ModelMismatchError otherwise)
+    and bring only new ids. The index directory is replaced atomically when ``save``.
+    """
+    from xmr.encode import load_embeddings
+
+    if not isinstance(index, Index):
+        index = load_index(index)
+    emb_dir = Path(emb_dir)
+    kind = kind or (index.manifest.get("source") or {}).get("kind") or default_kind(emb_dir)
+    emb = load_embeddings(emb_dir, kind)
+    index.add(emb.vectors, emb.ids, _records(emb_dir, kind, emb.ids), model=emb.model)
+    if save:
+        index.save()
+    return index, len(emb)

@@ -1,0 +1,210 @@
+"""The encoding pipeline: shards equal the encoder's own output, resume, bad images, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from xmr.data import ImageRef, Item, Query, Split  # noqa: E402
+from xmr.encode import encode_split, load_embeddings, read_manifest  # noqa: E402
+from xmr.errors import ModelMismatchError, XmrError  # noqa: E402
+
+N_IMAGES = 18
+
+
+def make_images(root, n=N_IMAGES, size=(40, 56), seed=0):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = root / f"img{i:03d}.jpg"
+        Image.fromarray((rng.random((*size, 3)) * 255).astype("uint8")).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def make_split(paths, extra=()):
+    items = {
+        f"it{i:03d}": Item(
+            f"it{i:03d}", ImageRef(path=str(p)), [f"photo {i}"], category="a" if i % 2 else "b"
+        )
+        for i, p in enumerate(paths)
+    }
+    for item in extra:
+        items[item.id] = item
+    queries = {f"q{i}": Query(f"q{i}", f"a white car number {i}") for i in range(5)}
+    return Split("test", items, queries)
+
+
+def tiny_model(path, seed=0, embed_dim=32):
+    from xmr.models import create_tiny_clip
+
+    return create_tiny_clip(
+        path,
+        embed_dim=embed_dim,
+        seed=seed,
+        image_size=32,
+        patch_size=8,
+        vision_width=64,
+        vision_layers=1,
+        text_width=64,
+        text_layers=1,
+        heads=2,
+        context_length=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    from xmr.models import create_encoder
+
+    torch.set_num_threads(2)
+    return create_encoder(f"hf:{tiny_model(tmp_path_factory.mktemp('model'))}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    return make_split(make_images(tmp_path_factory.mktemp("images")))
+
+
+class Counting:
+    """Wraps an encoder and counts the images it embeds (to prove shards are not recomputed)."""
+
+    def __init__(self, encoder):
+        self._encoder = encoder
+        self.images = 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_images(self, pixels, *args, **kwargs):
+        out = self._encoder.encode_images(pixels, *args, **kwargs)
+        self.images += len(out)
+        return out
+
+
+def test_shards_equal_the_encoders_own_output(tmp_path, encoder, split):
+    summary = encode_split(
+        encoder, split, tmp_path / "emb", batch_size=4, shard_size=8, progress=False
+    )
+    assert summary.kinds["images"].encoded == N_IMAGES and summary.kinds["images"].shards == 3
+    images = load_embeddings(tmp_path / "emb", "images")
+    texts = load_embeddings(tmp_path / "emb", "texts")
+    assert images.ids == list(split.items) and texts.ids == list(split.queries)
+    refs = [it.image for it in split.items.values()]
+    np.testing.assert_allclose(images.vectors, encoder.encode_images(refs), atol=1e-5)
+    np.testing.assert_allclose(
+        texts.vectors, encoder.encode_texts([q.text for q in split.queries.values()]), atol=1e-5
+    )
+    np.testing.assert_allclose(np.linalg.norm(images.vectors, axis=1), 1.0, atol=1e-5)
+
+    manifest = read_manifest(tmp_path / "emb")
+    assert manifest["model"] == encoder.manifest() and manifest["dim"] == 32
+    assert manifest["preprocessing"]["size"] == 32 and manifest["precision"] == "fp32"
+    assert manifest["kinds"]["images"]["complete"] and manifest["kinds"]["texts"]["count"] == 5
+    items = [
+        json.loads(line) for line in (tmp_path / "emb" / "items.jsonl").read_text().splitlines()
+    ]
+    assert items[0]["image"]["path"].endswith("img000.jpg") and items[0]["category"] == "b"
+    assert not (tmp_path / "emb" / "failed.jsonl").exists()
+
+
+def test_worker_processes_give_the_same_embeddings(tmp_path, encoder, split):
+    encode_split(encoder, split, tmp_path / "a", kinds=("images",), progress=False)
+    encode_split(
+        encoder, split, tmp_path / "b", kinds=("images",), workers=2, batch_size=5, progress=False
+    )
+    a, b = load_embeddings(tmp_path / "a"), load_embeddings(tmp_path / "b")
+    assert a.ids == b.ids
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5)
+
+
+def test_killed_run_resumes_from_finished_shards(tmp_path, encoder, split):
+    opts = {"kinds": ("images",), "batch_size": 2, "shard_size": 4, "progress": False}
+    encode_split(encoder, split, tmp_path / "full", **opts)
+    full = load_embeddings(tmp_path / "full")
+
+    def kill_after_five_batches(kind, done):
+        if done >= 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_split(encoder, split, tmp_path / "run", on_batch=kill_after_five_batches, **opts)
+    shards = sorted((tmp_path / "run" / "images").glob("*.npz"))
+    assert [p.name for p in shards] == ["00000.npz", "00001.npz"]  # 2.5 shards done: 2 written
+    assert not list((tmp_path / "run" / "images").glob(".*"))  # nothing half-written
+    with pytest.raises(XmrError, match="unfinished"):
+        load_embeddings(tmp_path / "run")
+    first_mtime = shards[0].stat().st_mtime_ns
+
+    counting = Counting(encoder)
+    summary = encode_split(counting, split, tmp_path / "run", **opts)
+    assert counting.images == N_IMAGES - 8 and summary.kinds["images"].shards_reused == 2
+    assert shards[0].stat().st_mtime_ns == first_mtime
+    resumed = load_embeddings(tmp_path / "run")
+    assert resumed.ids == full.ids
+    np.testing.assert_allclose(resumed.vectors, full.vectors, atol=1e-6)
+
+    # A truncated (corrupt) shard is re-encoded, and only that one.
+    last = tmp_path / "run" / "images" / "00004.npz"
+    last.write_bytes(last.read_bytes()[:50])
+    counting.images = 0
+    encode_split(counting, split, tmp_path / "run", **opts)
+    assert counting.images == N_IMAGES - 16
+    np.testing.assert_allclose(load_embeddings(tmp_path / "run").vectors, full.vectors, atol=1e-6)
+
+
+def test_resume_refuses_other_data_or_model(tmp_path, encoder, split):
+    from xmr.models import create_encoder
+
+    encode_split(encoder, split, tmp_path / "emb", kinds=("texts",), progress=False)
+    other_split = Split("test", split.items, {"q0": Query("q0", "something else")})
+    with pytest.raises(XmrError, match="different list of inputs"):
+        encode_split(encoder, other_split, tmp_path / "emb", kinds=("texts",), progress=False)
+    other = create_encoder(f"hf:{tiny_model(tmp_path / 'm2', seed=1)}", device="cpu")
+    with pytest.raises(ModelMismatchError):
+        encode_split(other, split, tmp_path / "emb", kinds=("texts",), progress=False)
+    encode_split(other, split, tmp_path / "emb", kinds=("texts",), progress=False, overwrite=True)
+    assert read_manifest(tmp_path / "emb")["model"]["fingerprint"] == other.fingerprint()
+
+
+def test_undecodable_images_are_reported_and_skipped(tmp_path, encoder, split):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    extra = [
+        Item("broken", ImageRef(path=str(bad))),
+        Item("missing", ImageRef(path=str(tmp_path / "nope.jpg"))),
+        Item("text-only", None, ["a document without an image"]),
+    ]
+    paths = [it.image.path for it in list(split.items.values())[:5]]
+    bad_split = make_split(paths, extra)
+    summary = encode_split(
+        encoder,
+        bad_split,
+        tmp_path / "emb",
+        kinds=("images", "captions"),
+        batch_size=3,
+        progress=False,
+    )
+    s = summary.kinds["images"]
+    assert (s.count, s.encoded, s.failed) == (7, 5, 2)
+    assert {f["id"] for f in s.first_failures} == {"broken", "missing"}
+    failed = [json.loads(x) for x in (tmp_path / "emb" / "failed.jsonl").read_text().splitlines()]
+    assert {f["id"] for f in failed} == {"broken", "missing"}
+    assert any("broken.jpg" in f["error"] for f in failed)
+    images = load_embeddings(tmp_path / "emb", "images")
+    assert images.ids == [f"it{i:03d}" for i in range(5)]
+    captions = load_embeddings(tmp_path / "emb", "captions")
+    assert captions.ids[-1] == "text-only" and len(captions) == 6
+
+
+def test_unknown_kind_is_an_error(tmp_path, encoder, split):
+    with pytest.raises(XmrError, match="unknown embedding kind"):
+        encode_split(encoder, split, tmp_path / "emb", kinds=("videos",), progress=False)
