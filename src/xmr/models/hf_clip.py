@@ -95,6 +95,32 @@ def load_image_processor_config(source: str, **hub_kwargs: Any) -> dict[str, Any
         return None
 
 
+def load_tokenizer(source: str, **hub_kwargs: Any) -> Any:
+    """AutoTokenizer, except that a local tokenizer saved as the generic PreTrainedTokenizerFast
+    (tokenizer.json only, as xmr's tiny models are) loads as exactly that: transformers 5 would
+    otherwise force its own class for some model types (siglip2 -> a Gemma tokenizer)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_path = Path(source) / "tokenizer_config.json"
+    if config_path.is_file() and (Path(source) / "tokenizer.json").is_file():
+        saved_class = json.loads(config_path.read_text(encoding="utf-8")).get("tokenizer_class")
+        if saved_class == "PreTrainedTokenizerFast":
+            return PreTrainedTokenizerFast.from_pretrained(source, **hub_kwargs)
+    return AutoTokenizer.from_pretrained(source, **hub_kwargs)
+
+
+def save_tokenizer(tokenizer: Any, out: Path) -> None:
+    """save_pretrained, naming a generic tokenizer.json tokenizer "PreTrainedTokenizerFast" (the
+    class transformers 4.x and 5.x both load it as; 5.x writes its internal "TokenizersBackend")."""
+    tokenizer.save_pretrained(out)
+    if type(tokenizer).__name__ not in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+        return
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 class HFEncoder(Encoder):
     """A transformers CLIP-family model with its tokenizer and image preprocessing."""
 
@@ -151,7 +177,7 @@ class HFEncoder(Encoder):
         local_files_only: bool | None = None,
     ) -> HFEncoder:
         """Load ``target`` (hub id or local directory) with transformers' from_pretrained."""
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
 
         is_local = os.path.isdir(target)
         hub_kwargs: dict[str, Any] = {}
@@ -176,7 +202,7 @@ class HFEncoder(Encoder):
                 model = AutoModel.from_pretrained(
                     target, config=config, **{dtype_kw: torch.float32}, **hub_kwargs
                 )
-            tokenizer = AutoTokenizer.from_pretrained(target, **hub_kwargs)
+            tokenizer = load_tokenizer(target, **hub_kwargs)
         except (OSError, ValueError) as exc:
             raise XmrError(f"cannot load model from {where}: {exc}") from None
         processor_config = load_image_processor_config(target, **hub_kwargs)
@@ -230,7 +256,7 @@ class HFEncoder(Encoder):
         kwargs = {} if _transformers_version() >= (5, 0) else {"safe_serialization": True}
         with quiet_transformers():
             self.model.save_pretrained(out, **kwargs)
-        self.tokenizer.save_pretrained(out)
+        save_tokenizer(self.tokenizer, out)
         processor = {**self.processor_config}
         processor.update(self.preprocess.to_hf_config(IMAGE_PROCESSOR_TYPES[self.model_type]))
         (out / "preprocessor_config.json").write_text(

@@ -94,6 +94,8 @@ class ImagePreprocess:
         size: shortest edge (int) or (height, width).
         crop_size: centre crop (height, width), or None for no crop.
         resample: PIL filter name ("bicubic", "bilinear", ...).
+        crop_rounding: how a centre crop's offset is rounded: "floor" (transformers) or "round"
+            (torchvision's CenterCrop, which open_clip uses).
     """
 
     mode: str = "shortest_edge"
@@ -105,11 +107,14 @@ class ImagePreprocess:
     std: tuple[float, ...] | None = OPENAI_CLIP_STD
     patch_size: int = 16
     max_num_patches: int = 256
+    crop_rounding: str = "floor"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("shortest_edge", "resize", "naflex", "none"):
             raise ValueError(f"unknown resize mode '{self.mode}'")
+        if self.crop_rounding not in ("floor", "round"):
+            raise ValueError(f"unknown crop rounding '{self.crop_rounding}'")
         if isinstance(self.size, list):
             self.size = tuple(self.size)
         if self.crop_size is not None:
@@ -199,6 +204,8 @@ class ImagePreprocess:
         if self.mode != "naflex":
             d.pop("patch_size")
             d.pop("max_num_patches")
+        if self.crop_rounding == "floor":
+            d.pop("crop_rounding")  # the default; keeps hf manifests as they were
         for key in ("size", "crop_size", "mean", "std"):
             if isinstance(d[key], tuple):
                 d[key] = list(d[key])
@@ -241,7 +248,7 @@ class ImagePreprocess:
                 pil = pil.resize((w, h), resample=resample)
         array = np.array(pil)  # H, W, 3 uint8, writable (torch.from_numpy wants that)
         if self.crop_size is not None:
-            array = center_crop(array, self.crop_size)
+            array = center_crop(array, self.crop_size, self.crop_rounding)
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
         if self.rescale_factor is not None:
             # float64 multiply then float32, like transformers' rescale (bit-identical results).
@@ -277,10 +284,14 @@ def to_rgb_pil(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre crop of an HxWxC array with transformers' offsets, zero-padding when too small."""
+def center_crop(array: np.ndarray, size: tuple[int, int], rounding: str = "floor") -> np.ndarray:
+    """Centre crop of an HxWxC array, zero-padding when too small. Offsets are floored like
+    transformers' (``rounding="floor"``) or rounded half-to-even like torchvision's CenterCrop."""
     crop_h, crop_w = size
     h, w = array.shape[:2]
+    if rounding == "round" and h >= crop_h and w >= crop_w:
+        top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+        return array[top : top + crop_h, left : left + crop_w]
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
     if top >= 0 and left >= 0:
         return array[top : top + crop_h, left : left + crop_w]

@@ -13,19 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from xmr.models.hf_clip import quiet_transformers
+from xmr.models.hf_clip import quiet_transformers, save_tokenizer
 from xmr.models.offline_tokenizer import BOS, EOS, PAD, train_wordpiece
 from xmr.models.preprocess import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
-
-
-def _save_tokenizer(tokenizer: Any, out: Path) -> None:
-    tokenizer.save_pretrained(out)
-    # transformers 5 writes its internal class name; PreTrainedTokenizerFast loads the same
-    # tokenizer.json in transformers 4.x and 5.x alike.
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _seeded_init(seed: int, build: Any) -> Any:
@@ -102,7 +92,7 @@ def create_tiny_clip(
     model = _seeded_init(seed, lambda: CLIPModel(config))
     with quiet_transformers():
         model.save_pretrained(out)
-    _save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out)
     preprocess = ImagePreprocess(
         mode="shortest_edge",
         size=image_size,
@@ -128,7 +118,7 @@ def create_tiny_chinese_clip(
 ) -> Path:
     """A random ChineseCLIPModel (BERT text tower) with a BertTokenizerFast built from a small
     vocab file (characters of ``texts`` plus BERT's special tokens) and its image processor."""
-    from transformers import BertTokenizerFast, ChineseCLIPConfig, ChineseCLIPModel
+    from transformers import AutoTokenizer, ChineseCLIPConfig, ChineseCLIPModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,9 +132,18 @@ def create_tiny_chinese_clip(
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars), *sorted(words - chars)]
     vocab += [f"##{ch}" for ch in "abcdefghijklmnopqrstuvwxyz0123456789"]
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(
-        vocab_file=str(out / "vocab.txt"), model_max_length=context_length
+    # The layout of the published Chinese-CLIP repos: vocab.txt + a BertTokenizer config; loading
+    # it through AutoTokenizer builds the fast tokenizer (and save_pretrained adds tokenizer.json).
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": True,
+            "model_max_length": context_length,
+        },
     )
+    (out / "tokenizer.json").unlink(missing_ok=True)  # a stale one would take precedence
+    tokenizer = AutoTokenizer.from_pretrained(out)
     config = ChineseCLIPConfig(
         text_config={
             "vocab_size": len(vocab),
@@ -223,9 +222,67 @@ def create_tiny_siglip(
     model = _seeded_init(seed, lambda: SiglipModel(config))
     with quiet_transformers():
         model.save_pretrained(out)
-    _save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out)
     preprocess = ImagePreprocess(
         mode="resize", size=(image_size, image_size), crop_size=None, mean=HALF, std=HALF
     )
     _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("SiglipImageProcessor"))
+    return out
+
+
+def create_tiny_siglip2(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str] | None = None,
+    seed: int = 0,
+    patch_size: int = 8,
+    max_num_patches: int = 16,
+    width: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    context_length: int = 16,
+) -> Path:
+    """A random Siglip2Model (NaFlex: variable resolution, at most ``max_num_patches`` patches)
+    with an offline tokenizer and a Siglip2ImageProcessor config."""
+    from transformers import Siglip2Config, Siglip2Model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
+    vocab = tokenizer.get_vocab()
+    config = Siglip2Config(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": context_length,
+            "pad_token_id": vocab[PAD],
+            "eos_token_id": vocab[EOS],
+            "bos_token_id": vocab[BOS],
+        },
+        vision_config={
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "patch_size": patch_size,
+            "num_patches": max_num_patches,
+        },
+    )
+    model = _seeded_init(seed, lambda: Siglip2Model(config))
+    with quiet_transformers():
+        model.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
+    preprocess = ImagePreprocess(
+        mode="naflex",
+        size=0,
+        crop_size=None,
+        resample="bilinear",
+        mean=HALF,
+        std=HALF,
+        patch_size=patch_size,
+        max_num_patches=max_num_patches,
+    )
+    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("Siglip2ImageProcessor"))
     return out
