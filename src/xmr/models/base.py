@@ -198,7 +198,9 @@ class Encoder:
         images = list(images)
 
         def run(chunk: list[Any]) -> torch.Tensor:
-            pixels = [self.preprocess(load_image(im, self._draft_size())) for im in chunk]
+            # Full decode here (no JPEG draft): exact parity with the reference processor. The
+            # encode pipeline opts into draft decoding for speed.
+            pixels = [self.preprocess(load_image(im)) for im in chunk]
             return self.image_features(self._to_device(_collate(pixels)))
 
         batch_size = batch_size or self.default_image_batch_size
@@ -233,10 +235,6 @@ class Encoder:
         )
 
     # ---- helpers ------------------------------------------------------------------------------
-
-    def _draft_size(self) -> tuple[int, int] | None:
-        size = self.preprocess.output_size
-        return None if size is None else (size[1], size[0])
 
     def _to_device(self, batch: Any) -> Any:
         non_blocking = self.device.type == "cuda"

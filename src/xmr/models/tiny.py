@@ -30,6 +30,24 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def dataset_texts(dataset: Any, split: str | None = None) -> list[str]:
+    """Every text of a RetrievalDataset (queries, training pairs, captions, attributes), in a
+    stable order without duplicates: the corpus a tiny model's tokenizer is trained on."""
+    seen: dict[str, None] = {}
+    splits = [dataset.split(split)] if split else list(dataset.splits.values())
+    for sp in splits:
+        for query in sp.queries.values():
+            seen.setdefault(query.text, None)
+        for texts in sp.pairs.values():
+            for text in texts:
+                seen.setdefault(text, None)
+        for item in sp.items.values():
+            for text in [*item.captions, item.attribute]:
+                if text:
+                    seen.setdefault(text, None)
+    return list(seen)
+
+
 def create_tiny_clip(
     out_dir: str | os.PathLike,
     texts: Iterable[str] | None = None,

@@ -1,0 +1,74 @@
+"""``xmr model tiny | info``: make a tiny offline model, describe a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("model", help="create a tiny offline model, describe a model")
+    actions = parser.add_subparsers(dest="model_command", metavar="ACTION")
+    actions.required = True
+
+    tiny = actions.add_parser(
+        "tiny",
+        help="write a small random CLIP in transformers' format (no download)",
+        description=(
+            "Write a small random CLIPModel with a tokenizer trained offline (on the data set's "
+            "texts with --data, else on built-in English and traffic words) and its image "
+            "processor config. Load it with --model hf:OUT (or transformers itself)."
+        ),
+    )
+    tiny.add_argument("out", metavar="OUT", help="output directory")
+    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
+    tiny.add_argument("--format", default=None, help="data set format (default: detected)")
+    tiny.add_argument("--split", default=None, help="only this split's texts (default: all)")
+    tiny.add_argument("--embed-dim", type=int, default=64, help="embedding dimension [64]")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed [0]")
+    tiny.add_argument("--image-size", type=int, default=64, metavar="PX", help="input size [64]")
+    tiny.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
+    tiny.set_defaults(func=run_tiny)
+
+    info = actions.add_parser(
+        "info",
+        help="print a model's manifest (spec, backend, dimension, preprocessing, fingerprint)",
+    )
+    info.add_argument("spec", metavar="SPEC", help="hf:<id or dir>, open_clip:<arch>[@w], a dir")
+    info.add_argument("--device", default="cpu", help="device to load on [cpu]")
+    info.set_defaults(func=run_info)
+
+
+def run_tiny(args: argparse.Namespace) -> int:
+    from xmr.errors import XmrError
+    from xmr.models import create_encoder
+    from xmr.models.tiny import create_tiny_clip, dataset_texts
+
+    for name in ("embed_dim", "image_size"):
+        if getattr(args, name) <= 0:
+            raise XmrError(f"--{name.replace('_', '-')} must be positive")
+    texts = None
+    if args.data:
+        from xmr.data.readers import load_dataset
+
+        dataset = load_dataset(args.data, args.format, args.split)
+        texts = dataset_texts(dataset, args.split)
+        if not texts:
+            raise XmrError(f"{args.data}: the data set has no texts to build a vocabulary from")
+    out = create_tiny_clip(
+        args.out, texts=texts, embed_dim=args.embed_dim, seed=args.seed, image_size=args.image_size
+    )
+    if args.json:
+        print(json.dumps(create_encoder(f"hf:{out}", device="cpu").manifest(), indent=2))
+    else:
+        source = f"{len(texts)} texts of {args.data}" if texts else "the built-in vocabulary"
+        print(f"wrote a tiny CLIP to {out} (tokenizer from {source}); use it as --model hf:{out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from xmr.models import create_encoder
+
+    encoder = create_encoder(args.spec, device=args.device)
+    print(json.dumps(encoder.manifest(), indent=2))
+    return 0
