@@ -110,7 +110,7 @@ def test_auto_picks_flat_small_and_ivf_large(data, caplog):
     assert recall["k"] == 10 and recall["queries"] == 7 and 0.0 < recall["value"] <= 1.0
 
 
-@pytest.mark.parametrize("spec", ["HNSW32", "IVF8,PQ4", "IVF16,Flat"])
+@pytest.mark.parametrize("spec", ["HNSW32", "IVF8,PQ4x4", "IVF16,Flat"])
 def test_approximate_specs_report_recall(tmp_path, data, spec):
     x, ids, q = data
     index = build_index(x, ids, spec, items=_items(ids))

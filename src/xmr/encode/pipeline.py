@@ -1,0 +1,416 @@
+"""``encode_split``: DataLoader workers decode and preprocess, the model runs batched.
+
+Images are decoded (JPEG draft mode: big photos decode at 1/2..1/8 scale) and preprocessed with
+the encoder's picklable ``preprocess`` in ``torch.utils.data.DataLoader`` workers; the model runs
+batched under ``inference_mode`` and the encoder's autocast precision. Batches never straddle a
+shard, and a shard is written as soon as its last batch is in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.encode.store import (
+    FORMAT,
+    FORMAT_VERSION,
+    ITEMS_FILE,
+    KINDS,
+    MANIFEST,
+    QUERIES_FILE,
+    clear,
+    read_manifest,
+    read_shard,
+    shard_failures,
+    shard_path,
+    shard_ranges,
+    write_failed,
+    write_shard,
+)
+from xmr.errors import DataError, ModelMismatchError, XmrError
+from xmr.index.atomic import atomic_write, atomic_write_json
+from xmr.index.metadata import item_record, write_jsonl
+
+DEFAULT_SHARD_SIZE = 4096
+SHOW_FAILURES = 5
+
+
+@dataclass
+class KindSummary:
+    """What one kind's encoding did: inputs, vectors written, failures, shards reused, speed."""
+
+    kind: str
+    count: int
+    encoded: int = 0
+    failed: int = 0
+    shards: int = 0
+    shards_reused: int = 0
+    seconds: float = 0.0
+    items_per_s: float = 0.0
+    first_failures: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class EncodeSummary:
+    out_dir: str
+    kinds: dict[str, KindSummary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": self.out_dir, "kinds": {k: asdict(v) for k, v in self.kinds.items()}}
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def split_inputs(split, kind: str) -> tuple[list[str], list[Any]]:
+    """(ids, inputs) of ``kind`` in the split's order: ImageRefs for images, strings otherwise."""
+    if kind == "images":
+        pairs = [(i.id, i.image) for i in split.items.values() if i.image is not None]
+    elif kind == "texts":
+        pairs = [(q.id, q.text) for q in split.queries.values()]
+    elif kind == "captions":
+        pairs = [(i.id, i.captions[0]) for i in split.items.values() if i.captions]
+    else:
+        raise XmrError(f"unknown embedding kind '{kind}' (choose from {', '.join(KINDS)})")
+    return [str(p[0]) for p in pairs], [p[1] for p in pairs]
+
+
+def inputs_hash(ids: Sequence[str], inputs: Sequence[Any]) -> str:
+    """Identifies the input list: a resumed run must see exactly the same one."""
+    h = hashlib.sha256()
+    for id_, x in zip(ids, inputs, strict=True):
+        if isinstance(x, str):
+            source = x
+        elif x.data is not None:
+            source = hashlib.sha256(x.data).hexdigest()
+        else:
+            source = f"{x.describe()}@{x.offset}"
+        h.update(f"{id_}\t{source}\n".encode())
+    return h.hexdigest()
+
+
+def draft_size_for(preprocess) -> tuple[int, int] | None:
+    """The (width, height) JPEG draft mode may decode down to and keep what the resize keeps."""
+    mode, size = getattr(preprocess, "mode", None), getattr(preprocess, "size", None)
+    if mode == "shortest_edge" and size:
+        return int(size), int(size)
+    if mode == "resize" and size:
+        h, w = (size, size) if isinstance(size, int) else size
+        return int(w), int(h)
+    return None
+
+
+# --- DataLoader parts (module level, so worker processes can unpickle them) ---------------------
+
+
+class ImageDataset:
+    """Position -> (position, preprocessed pixels or None, error or None); never raises on a bad
+    image, so one corrupt file cannot stop a long run."""
+
+    def __init__(self, refs: Sequence[Any], preprocess: Callable, draft_size=None) -> None:
+        self.refs = list(refs)
+        self.preprocess = preprocess
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, position: int):
+        ref = self.refs[position]
+        try:
+            image = ref.open(draft_size=self.draft_size)
+        except DataError as exc:
+            return position, None, str(exc)
+        try:
+            return position, self.preprocess(image), None
+        except Exception as exc:  # a truncated image can still fail inside PIL's resize
+            return position, None, f"{ref.describe()}: cannot preprocess ({exc})"
+
+
+def collate_images(batch):
+    """-> (ok positions, stacked pixels or None, [(position, error)])."""
+    from torch.utils.data import default_collate
+
+    ok = [(p, x) for p, x, err in batch if err is None]
+    failed = [(p, err) for p, _, err in batch if err is not None]
+    pixels = default_collate([x for _, x in ok]) if ok else None
+    return [p for p, _ in ok], pixels, failed
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # workers decode; one thread each keeps them off the model's cores
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def encode_split(
+    encoder,
+    split,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    kinds: Sequence[str] = ("images", "texts"),
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    precision: str | None = None,
+    draft: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    source: dict[str, Any] | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
+) -> EncodeSummary:
+    """Encode a split's images and texts into resumable embedding shards under ``out_dir``.
+
+    Args:
+        encoder: an :class:`xmr.models.Encoder` (``create_encoder(spec, device=...)``).
+        split: an :class:`xmr.data.Split`.
+        out_dir: the embeddings directory (created; an earlier run there is resumed).
+        batch_size: inputs per forward pass.
+        workers: DataLoader processes decoding and preprocessing images (0: in this process).
+        kinds: any of ``images`` (item images), ``texts`` (query texts, ids = query ids) and
+            ``captions`` (each item's first caption, ids = item ids).
+        shard_size: inputs per shard, the unit of resumption.
+        precision: ``fp32``/``fp16``/``bf16`` autocast (default: the encoder's).
+        draft: let JPEGs decode at reduced scale when at least twice the model's input size.
+        overwrite: discard what ``out_dir`` holds instead of resuming.
+        source: where the split came from (path, format, split), recorded in the manifest.
+        on_batch: called as ``on_batch(kind, n_done)`` after every batch (progress hooks, tests).
+
+    Returns:
+        An :class:`EncodeSummary`: counts, speed and the first undecodable images.
+    """
+    if shard_size <= 0 or batch_size <= 0:
+        raise XmrError("batch size and shard size must be positive")
+    if precision is not None:
+        from xmr.models.base import resolve_precision
+
+        encoder.precision = resolve_precision(precision, encoder.device)
+    out = Path(out_dir)
+    if overwrite and out.exists():
+        clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    work = {kind: split_inputs(split, kind) for kind in dict.fromkeys(kinds)}
+    manifest = _new_manifest(encoder, split, work, shard_size, draft, source)
+    if (out / MANIFEST).exists():
+        old = read_manifest(out)
+        _check_resumable(old, manifest, out)
+        manifest["created"] = old.get("created", manifest["created"])
+        manifest["kinds"] = {**old.get("kinds", {}), **manifest["kinds"]}
+    atomic_write_json(out / MANIFEST, manifest)
+    records = [item_record(it) for it in split.items.values()]
+    atomic_write(out / ITEMS_FILE, lambda tmp: write_jsonl(tmp, records))
+    queries = [{"id": q.id, "text": q.text, "category": q.category} for q in split.queries.values()]
+    atomic_write(out / QUERIES_FILE, lambda tmp: write_jsonl(tmp, queries))
+
+    summaries: dict[str, KindSummary] = {}
+    for kind, (ids, inputs) in work.items():
+        info = manifest["kinds"][kind]
+        run = _KindRun(encoder, out, kind, ids, inputs, info, manifest["dim"])
+        summary = run.encode(batch_size, workers, draft, progress, on_batch)
+        info.update(complete=True, encoded=summary.encoded, failed=summary.failed)
+        manifest["updated"] = _now()
+        atomic_write_json(out / MANIFEST, manifest)
+        summaries[kind] = summary
+    write_failed(out, manifest)
+    return EncodeSummary(str(out), summaries)
+
+
+def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, Any]:
+    model = encoder.manifest()
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "xmr_version": _xmr_version(),
+        "created": _now(),
+        "updated": _now(),
+        "model": model,
+        "dim": int(model["embed_dim"]),
+        "precision": encoder.precision,
+        "draft": bool(draft),
+        "preprocessing": {**model.get("preprocess", {}), "jpeg_draft": bool(draft)},
+        "source": source,
+        "split": getattr(split, "name", None),
+        "kinds": {
+            kind: {
+                "count": len(ids),
+                "shard_size": int(shard_size),
+                "n_shards": math.ceil(len(ids) / shard_size),
+                "inputs_hash": inputs_hash(ids, inputs),
+                "complete": False,
+            }
+            for kind, (ids, inputs) in work.items()
+        },
+    }
+
+
+def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
+    om, nm = old.get("model") or {}, new["model"]
+    if om.get("fingerprint") != nm.get("fingerprint"):
+        raise ModelMismatchError(
+            f"{out} holds embeddings of model {om.get('spec')!r} (fingerprint "
+            f"{om.get('fingerprint')}), not {nm.get('spec')!r}; use another --out or --overwrite"
+        )
+    for key in ("precision", "draft"):
+        if old.get(key) != new.get(key):
+            raise XmrError(
+                f"{out} was encoded with {key}={old.get(key)!r}, this run asks for "
+                f"{new.get(key)!r}; use another --out or --overwrite"
+            )
+    for kind, info in new["kinds"].items():
+        prev = (old.get("kinds") or {}).get(kind)
+        if prev and (prev["inputs_hash"], prev["shard_size"]) != (
+            info["inputs_hash"],
+            info["shard_size"],
+        ):
+            raise XmrError(
+                f"{out}: the {kind} there were encoded from a different list of inputs (another "
+                "data set or split, or another --shard-size); use another --out or --overwrite"
+            )
+
+
+class _KindRun:
+    """Encodes the pending shards of one kind, collecting each shard's batches until it is whole."""
+
+    def __init__(self, encoder, out: Path, kind: str, ids, inputs, info, dim: int) -> None:
+        self.encoder, self.out, self.kind = encoder, out, kind
+        self.ids, self.inputs, self.info, self.dim = ids, inputs, info, int(dim)
+        self.summary = KindSummary(kind, len(ids), shards=info["n_shards"])
+        self.pending: dict[int, tuple[int, int]] = {}
+        self.buffers: dict[int, dict[str, list]] = {}
+
+    def encode(self, batch_size, workers, draft, progress, on_batch) -> KindSummary:
+        (self.out / self.kind).mkdir(exist_ok=True)
+        for stale in (self.out / self.kind).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)  # a temporary shard left by a killed run
+        self._scan_finished()
+        s = self.summary
+        done_before = s.count - sum(end - start for start, end in self.pending.values())
+        bar = _progress_bar(progress, s.count, done_before, self.kind)
+        started, done_now = time.perf_counter(), 0
+        try:
+            for shard, positions, vectors, failed in self._batches(batch_size, workers, draft):
+                self._collect(shard, positions, vectors, failed)
+                done_now += len(positions) + len(failed)
+                if bar is not None:
+                    bar.update(len(positions) + len(failed))
+                if on_batch is not None:
+                    on_batch(self.kind, done_before + done_now)
+        finally:
+            if bar is not None:
+                bar.close()
+        s.first_failures = s.first_failures[:SHOW_FAILURES]
+        s.seconds = round(time.perf_counter() - started, 3)
+        s.items_per_s = round(done_now / s.seconds, 2) if s.seconds > 0 else 0.0
+        if self.kind == "images" and s.count and s.failed == s.count:
+            first = s.first_failures[0]["error"] if s.first_failures else "?"
+            raise XmrError(f"none of the {s.count} images could be decoded (first: {first})")
+        return s
+
+    def _scan_finished(self) -> None:
+        for i, start, end in shard_ranges(self.info):
+            data = read_shard(
+                shard_path(self.out, self.kind, i),
+                start=start,
+                end=end,
+                inputs_hash=self.info["inputs_hash"],
+                dim=self.dim,
+            )
+            if data is None:
+                self.pending[i] = (start, end)
+            else:
+                self.summary.shards_reused += 1
+                self.summary.encoded += len(data["ids"])
+                self.summary.failed += len(data["failed_ids"])
+                self.summary.first_failures.extend(shard_failures(data)[:SHOW_FAILURES])
+
+    def _batches(self, batch_size: int, workers: int, draft: bool):
+        """Yield (shard, ok positions, vectors, [(position, error)]) in input order."""
+        plan = [
+            (shard, list(range(b, min(end, b + batch_size))))
+            for shard, (start, end) in self.pending.items()
+            for b in range(start, end, batch_size)
+        ]
+        if not plan:
+            return
+        if self.kind != "images":
+            for shard, positions in plan:
+                texts = [self.inputs[p] for p in positions]
+                vectors = self.encoder.encode_texts(texts, batch_size=len(texts))
+                yield shard, positions, np.asarray(vectors, dtype=np.float32), []
+            return
+        from torch.utils.data import DataLoader
+
+        draft_size = draft_size_for(self.encoder.preprocess) if draft else None
+        loader = DataLoader(
+            ImageDataset(self.inputs, self.encoder.preprocess, draft_size),
+            batch_sampler=[positions for _, positions in plan],
+            num_workers=int(workers),
+            collate_fn=collate_images,
+            pin_memory=self.encoder.device.type == "cuda",
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+        for (shard, _), (positions, pixels, failed) in zip(plan, loader, strict=True):
+            if pixels is None:
+                vectors = np.zeros((0, self.dim), np.float32)
+            else:
+                vectors = self.encoder.encode_images(pixels, batch_size=len(positions))
+            yield shard, positions, np.asarray(vectors, dtype=np.float32), failed
+
+    def _collect(self, shard: int, positions, vectors, failed) -> None:
+        buf = self.buffers.setdefault(shard, {"pos": [], "vec": [], "failed": []})
+        buf["pos"].extend(positions)
+        buf["vec"].append(vectors)
+        buf["failed"].extend((self.ids[p], err) for p, err in failed)
+        start, end = self.pending[shard]
+        if len(buf["pos"]) + len(buf["failed"]) < end - start:
+            return
+        order = np.argsort(buf["pos"], kind="stable")
+        vecs = np.concatenate(buf["vec"]).reshape(-1, self.dim)[order]
+        write_shard(
+            shard_path(self.out, self.kind, shard),
+            vectors=vecs,
+            ids=[self.ids[buf["pos"][j]] for j in order],
+            start=start,
+            end=end,
+            inputs_hash=self.info["inputs_hash"],
+            failed=buf["failed"],
+        )
+        self.summary.encoded += len(buf["pos"])
+        self.summary.failed += len(buf["failed"])
+        self.summary.first_failures.extend(
+            {"id": fid, "error": err} for fid, err in buf["failed"][:SHOW_FAILURES]
+        )
+        del self.buffers[shard], self.pending[shard]
+
+
+def _progress_bar(progress: bool, total: int, initial: int, kind: str):
+    if not progress or total == 0:
+        return None
+    from tqdm import tqdm
+
+    unit = "img" if kind == "images" else "text"
+    return tqdm(
+        total=total, initial=initial, unit=unit, desc=f"encoding {kind}", dynamic_ncols=True
+    )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _xmr_version() -> str:
+    from xmr import __version__
+
+    return __version__

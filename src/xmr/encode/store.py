@@ -1,0 +1,201 @@
+"""The embeddings directory on disk: manifest, shards, metadata; reading it back.
+
+Shard ``i`` of a kind covers the fixed input positions ``[i*shard_size, (i+1)*shard_size)`` and
+holds ``embeddings`` (float32 ``[m, dim]``), ``ids``, its ``start``/``end``, the hash of the whole
+input list, and the ids and errors of the inputs that failed. A shard is valid only when all of
+that matches the manifest, so a truncated or foreign shard is simply encoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.errors import XmrError
+from xmr.index.atomic import atomic_write
+from xmr.index.metadata import read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+FORMAT = "xmr-embeddings"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ITEMS_FILE = "items.jsonl"
+QUERIES_FILE = "queries.jsonl"
+FAILED_FILE = "failed.jsonl"
+KINDS = ("images", "texts", "captions")
+
+
+@dataclass
+class Embeddings:
+    """One kind's vectors, concatenated from its shards in input order (failed inputs left out)."""
+
+    kind: str
+    ids: list[str]
+    vectors: np.ndarray
+    manifest: dict[str, Any]
+
+    @property
+    def model(self) -> dict[str, Any] | None:
+        return self.manifest.get("model")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def shard_path(out: Path, kind: str, i: int) -> Path:
+    return out / kind / f"{i:05d}.npz"
+
+
+def shard_ranges(info: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """(shard number, start, end) of every shard of a kind."""
+    n, size = int(info["count"]), int(info["shard_size"])
+    return [(i, i * size, min(n, (i + 1) * size)) for i in range(int(info["n_shards"]))]
+
+
+def write_shard(path: Path, *, vectors, ids, start, end, inputs_hash, failed) -> None:
+    """Write one shard atomically; ``failed`` is a list of (id, error)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                embeddings=np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1),
+                ids=np.asarray(ids, dtype=np.str_),
+                start=np.int64(start),
+                end=np.int64(end),
+                inputs_hash=np.str_(inputs_hash),
+                failed_ids=np.asarray([f[0] for f in failed], dtype=np.str_),
+                failed_errors=np.asarray([f[1] for f in failed], dtype=np.str_),
+            )
+
+    atomic_write(path, write)
+
+
+def read_shard(path: Path, *, start: int, end: int, inputs_hash: str, dim: int) -> dict | None:
+    """The shard's arrays, or None when it is missing, corrupt or made from other inputs."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # truncated zip, bad header, ...: it gets encoded again
+        log.warning("%s: unreadable shard (%s); re-encoding it", path, exc)
+        return None
+    try:
+        ok = (
+            int(data["start"]) == start
+            and int(data["end"]) == end
+            and str(data["inputs_hash"]) == inputs_hash
+            and data["embeddings"].shape == (len(data["ids"]), dim)
+            and len(data["ids"]) + len(data["failed_ids"]) == end - start
+        )
+    except KeyError:
+        ok = False
+    if not ok:
+        log.warning("%s: shard does not match this run; re-encoding it", path)
+        return None
+    return data
+
+
+def shard_failures(data: dict) -> list[dict[str, str]]:
+    ids, errors = data["failed_ids"], data["failed_errors"]
+    return [{"id": str(i), "error": str(e)} for i, e in zip(ids, errors, strict=True)]
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an embeddings directory (an error names what is wrong)."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise XmrError(f"{out_dir}: no {MANIFEST} (not an xmr embeddings directory)") from None
+    except json.JSONDecodeError as exc:
+        raise XmrError(f"{path}: bad JSON ({exc.msg})") from None
+    if manifest.get("format") != FORMAT:
+        raise XmrError(f"{out_dir}: not an xmr embeddings directory")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise XmrError(f"{out_dir}: embeddings format {manifest['format_version']} is too new")
+    return manifest
+
+
+def write_failed(out: Path, manifest: dict[str, Any]) -> None:
+    """Gather every shard's failures into failed.jsonl (the shards are the source of truth)."""
+    records = []
+    for kind, info in manifest["kinds"].items():
+        for i, _, _ in shard_ranges(info):
+            path = shard_path(out, kind, i)
+            if path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    records.extend({"kind": kind, **f} for f in shard_failures(z))
+    if records or (out / FAILED_FILE).exists():
+        atomic_write(out / FAILED_FILE, lambda tmp: write_jsonl(tmp, records))
+
+
+def clear(out: Path) -> None:
+    """Delete what an earlier encoding wrote into ``out`` (refusing a directory not ours)."""
+    if (out / MANIFEST).exists():
+        read_manifest(out)
+    elif any(out.iterdir()):
+        raise XmrError(f"{out}: exists and is not an xmr embeddings directory; not overwriting it")
+    for kind in KINDS:
+        shutil.rmtree(out / kind, ignore_errors=True)
+    for name in (MANIFEST, ITEMS_FILE, QUERIES_FILE, FAILED_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def load_embeddings(out_dir: str | Path, kind: str = "images") -> Embeddings:
+    """Concatenate the shards of ``kind``; an unfinished encoding is an error saying so."""
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    info = (manifest.get("kinds") or {}).get(kind)
+    if info is None:
+        have = ", ".join(manifest.get("kinds") or {}) or "none"
+        raise XmrError(f"{out}: no {kind} embeddings (encoded: {have})")
+    dim = int(manifest["dim"])
+    ids: list[str] = []
+    parts: list[np.ndarray] = []
+    missing = 0
+    for i, start, end in shard_ranges(info):
+        data = read_shard(
+            shard_path(out, kind, i), start=start, end=end, inputs_hash=info["inputs_hash"], dim=dim
+        )
+        if data is None:
+            missing += 1
+            continue
+        ids.extend(str(x) for x in data["ids"])
+        parts.append(data["embeddings"])
+    if missing:
+        raise XmrError(
+            f"{out}: the {kind} encoding is unfinished ({missing} of {info['n_shards']} shards "
+            "missing); re-run the same `xmr encode` command to finish it"
+        )
+    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return Embeddings(kind, ids, vectors, manifest)
+
+
+def load_metadata(out_dir: str | Path, kind: str = "images") -> dict[str, dict[str, Any]]:
+    """id -> metadata record for the vectors of ``kind`` (the items, or the queries for texts)."""
+    out = Path(out_dir)
+    if kind == "texts":
+        path = out / QUERIES_FILE
+        if not path.exists():
+            return {}
+        return {
+            str(r["id"]): {
+                "id": str(r["id"]),
+                "image": None,
+                "captions": [r.get("text", "")],
+                "attribute": None,
+                "category": r.get("category"),
+            }
+            for r in read_jsonl(path)
+        }
+    path = out / ITEMS_FILE
+    return {str(r["id"]): r for r in read_jsonl(path)} if path.exists() else {}
