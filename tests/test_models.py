@@ -248,3 +248,22 @@ def test_no_warnings_on_plain_use(enc):
         warnings.simplefilter("error")
         enc.encode_texts(TEXTS)
         enc.encode_images(random_images(2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_precisions(tiny_dir, enc, precision):
+    gpu = create_encoder(f"hf:{tiny_dir}", device="cuda", precision=precision)
+    assert gpu.device.type == "cuda" and gpu.precision == precision
+    images = random_images(3)
+    for got, ref in (
+        (gpu.encode_texts(TEXTS), enc.encode_texts(TEXTS)),
+        (gpu.encode_images(images), enc.encode_images(images)),
+    ):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-3)
+        assert np.min(np.sum(got * ref, axis=1)) > 0.99
+    on_gpu = gpu.encode_texts(TEXTS, as_tensor=True)
+    assert on_gpu.is_cuda and on_gpu.dtype == torch.float32
+    assert gpu.fingerprint() == enc.fingerprint()

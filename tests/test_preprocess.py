@@ -71,7 +71,6 @@ def _images(mode):
 
 CASES = [
     ("clip", {"size": {"shortest_edge": 64}, "crop_size": {"height": 64, "width": 64}}),
-    ("clip", {}),  # defaults: 224 / 224
     ("clip", {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 48}}),
     ("chinese_clip", {"size": {"shortest_edge": 48}, "crop_size": {"height": 48, "width": 48}}),
     ("siglip", {"size": {"height": 48, "width": 48}}),
@@ -90,6 +89,16 @@ def test_matches_transformers_processor(family, kwargs, mode):
         assert got.dtype == torch.float32
         assert got.shape == expected.shape, (img.size, got.shape, expected.shape)
         assert (got - expected).abs().max().item() < TOL, img.size
+
+
+def test_default_224_matches_transformers():
+    reference = _processor("clip")  # class defaults: shortest edge 224, crop 224
+    ours = ImagePreprocess.from_hf_config(reference.to_dict(), "clip")
+    rng = np.random.default_rng(3)
+    for w, h in [(300, 200), (180, 260), (224, 224)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        expected = reference(img, return_tensors="pt")["pixel_values"][0]
+        assert (ours(img) - expected).abs().max().item() < TOL
 
 
 def test_siglip2_naflex_matches_transformers():
@@ -136,3 +145,22 @@ def test_accepts_uint8_arrays():
     assert torch.equal(pre(arr), pre(Image.fromarray(arr)))
     with pytest.raises(TypeError):
         pre(arr.astype(np.float32))
+
+
+def test_legacy_int_sizes_match_transformers():
+    # The form of openai/clip-vit-* configs saved by older transformers: ints, a feature extractor.
+    legacy = {
+        "crop_size": 48,
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "resample": 3,
+        "size": 48,
+    }
+    reference = type(_processor("clip")).from_dict(legacy)
+    ours = ImagePreprocess.from_hf_config(legacy, "clip")
+    assert (ours.mode, ours.size, ours.crop_size) == ("shortest_edge", 48, (48, 48))
+    for img in _images("RGB"):
+        expected = reference(img, return_tensors="pt")["pixel_values"][0]
+        assert (ours(img) - expected).abs().max().item() < TOL
