@@ -1,0 +1,299 @@
+"""Evaluators: rankings, score matrices, embeddings or prediction files -> metric dicts.
+
+Every evaluator returns ``dict[str, float]`` with keys ``{direction}/{metric}`` (``t2i/R@1``,
+``i2t/mAP@10``...) and, where queries have categories, ``{direction}/{category}/{metric}``.
+Metric definitions: :mod:`xmr.eval.metrics`; ranking order and tie-breaking:
+:mod:`xmr.eval.ranking`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.data.dataset import Split
+from xmr.eval.metrics import (
+    COUNT_KEYS,
+    DEFAULT_K,
+    RANK_KEYS,
+    RECALL_KS,
+    HitTable,
+    hits_from_rankings,
+    hits_from_topk,
+    per_query_metrics,
+    summarize_by_category,
+)
+from xmr.eval.predictions import read_predictions, validate_predictions
+
+DIRECTIONS = ("t2i", "i2t")
+
+
+def recall_ks(k: int) -> tuple[int, ...]:
+    """The recall cut-offs reported for a cut-off ``k``: 1, 5, 10 up to ``k``, and ``k``."""
+    return tuple(sorted({r for r in RECALL_KS if r <= k} | {k}))
+
+
+def evaluate_rankings(
+    rankings: Mapping[str, Sequence[str]],
+    relevance: Mapping[str, Collection[str]],
+    *,
+    ks: Sequence[int] = RECALL_KS,
+    k: int = DEFAULT_K,
+    direction: str = "t2i",
+    categories: Mapping[str, str | None] | None = None,
+    query_ids: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Metrics of ranked id lists (query id -> item ids, best first) against ``relevance``.
+
+    The rankings may be of any length (fewer than K is fine) and MRR/first-hit ranks look as
+    deep as they go. Queries with no relevant item are skipped and counted in ``n_skipped``;
+    queries with relevance but no ranking score 0 (see :func:`hits_from_rankings`).
+    """
+    table = hits_from_rankings(rankings, relevance, query_ids)
+    return summarize_by_category(table, categories or {}, ks, k, prefix=f"{direction}/")
+
+
+def _scored_rows(query_ids: Sequence[str], relevance: Mapping[str, Collection[str]]):
+    rows = np.array([i for i, q in enumerate(query_ids) if relevance.get(q)], dtype=np.int64)
+    return rows, [query_ids[i] for i in rows]
+
+
+def _evaluate_topk(
+    topk,
+    query_ids: Sequence[str],
+    item_ids: Sequence[str],
+    relevance: Mapping[str, Collection[str]],
+    ks: Sequence[int],
+    k: int,
+    depth: int | None,
+    direction: str,
+    categories: Mapping[str, str | None] | None,
+) -> dict[str, float]:
+    rows, kept = _scored_rows(query_ids, relevance)
+    index, _ = topk(rows, max(depth or 0, k, *ks))
+    table = hits_from_topk(index, kept, item_ids, relevance, len(query_ids) - len(kept))
+    return summarize_by_category(table, categories or {}, ks, k, prefix=f"{direction}/")
+
+
+def evaluate_scores(
+    scores: Any,
+    query_ids: Sequence[str],
+    item_ids: Sequence[str],
+    relevance: Mapping[str, Collection[str]],
+    *,
+    ks: Sequence[int] = RECALL_KS,
+    k: int = DEFAULT_K,
+    depth: int | None = None,
+    direction: str = "t2i",
+    categories: Mapping[str, str | None] | None = None,
+    device: Any = None,
+    query_chunk: int | None = None,
+    item_chunk: int | None = None,
+) -> dict[str, float]:
+    """Metrics of a ``[len(query_ids), len(item_ids)]`` score matrix (numpy array or tensor).
+
+    Rankings are computed chunk by chunk with torch (see :mod:`xmr.eval.ranking`) to
+    ``depth`` (default: the largest cut-off), which is also how deep MRR and the first-hit
+    ranks look. Only queries with relevant items are ranked.
+    """
+    from xmr.eval.ranking import topk_from_scores
+
+    def topk(rows, depth_):
+        return topk_from_scores(
+            scores,
+            depth_,
+            rows=rows,
+            device=device,
+            query_chunk=query_chunk,
+            item_chunk=item_chunk,
+        )
+
+    return _evaluate_topk(topk, query_ids, item_ids, relevance, ks, k, depth, direction, categories)
+
+
+def evaluate_embeddings(
+    query_emb: Any,
+    item_emb: Any,
+    query_ids: Sequence[str],
+    item_ids: Sequence[str],
+    relevance: Mapping[str, Collection[str]],
+    *,
+    ks: Sequence[int] = RECALL_KS,
+    k: int = DEFAULT_K,
+    depth: int | None = None,
+    direction: str = "t2i",
+    categories: Mapping[str, str | None] | None = None,
+    device: Any = None,
+    query_chunk: int | None = None,
+    item_chunk: int | None = None,
+) -> dict[str, float]:
+    """Metrics of inner-product retrieval from embeddings (rows follow the id lists).
+
+    The similarity matrix is never materialised: it is computed one block at a time and reduced
+    to a running top-``depth`` (see :func:`evaluate_scores` for ``depth`` and the skipping).
+    """
+    from xmr.eval.ranking import topk_from_embeddings
+
+    def topk(rows, depth_):
+        return topk_from_embeddings(
+            query_emb,
+            item_emb,
+            depth_,
+            rows=rows,
+            device=device,
+            query_chunk=query_chunk,
+            item_chunk=item_chunk,
+        )
+
+    return _evaluate_topk(topk, query_ids, item_ids, relevance, ks, k, depth, direction, categories)
+
+
+def split_categories(split: Split, direction: str) -> dict[str, str | None]:
+    """Category of each query of ``direction``: for t2i the query's own, else the one category
+    all its relevant items share; for i2t the item's."""
+    if direction == "i2t":
+        return {iid: item.category for iid, item in split.items.items()}
+    out: dict[str, str | None] = {}
+    for qid, query in split.queries.items():
+        cats = {split.items[i].category for i in split.relevance.get(qid, ()) if i in split.items}
+        out[qid] = query.category or (cats.pop() if len(cats) == 1 else None)
+    return out
+
+
+def evaluate_split(
+    split: Split,
+    text_emb: Any,
+    image_emb: Any,
+    *,
+    directions: Sequence[str] = DIRECTIONS,
+    ks: Sequence[int] = RECALL_KS,
+    k: int = DEFAULT_K,
+    **kwargs: Any,
+) -> dict[str, float]:
+    """t2i and/or i2t metrics of a split from its text embeddings (rows in ``split.queries``
+    order) and image embeddings (rows in ``split.items`` order), with per-category keys."""
+    query_ids, item_ids = list(split.queries), list(split.items)
+    out: dict[str, float] = {}
+    for direction in directions:
+        if direction == "t2i":
+            args = (text_emb, image_emb, query_ids, item_ids, split.relevance)
+        else:
+            args = (image_emb, text_emb, item_ids, query_ids, split.item_relevance())
+        out |= evaluate_embeddings(
+            *args,
+            ks=ks,
+            k=k,
+            direction=direction,
+            categories=split_categories(split, direction),
+            **kwargs,
+        )
+    return out
+
+
+def per_query_rows(
+    table: HitTable, k: int = DEFAULT_K, texts: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per evaluated query: ``id``, ``text``, ``first_hit_rank`` (None when no relevant
+    item was ranked), ``AP`` (Track2 AP@K) and ``hits`` (relevant items in the top K)."""
+    pq = per_query_metrics(table, k)
+    texts = texts or {}
+    return [
+        {
+            "id": qid,
+            "text": texts.get(qid, ""),
+            "first_hit_rank": int(rank) or None,
+            "AP": float(ap),
+            "hits": int(hits),
+        }
+        for qid, rank, ap, hits in zip(
+            table.query_ids, pq["first_rank"], pq["AP"], pq["hits"], strict=True
+        )
+    ]
+
+
+def evaluate_predictions(
+    pred_path: str | Path,
+    split: Split,
+    *,
+    k: int = DEFAULT_K,
+    kind: str | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Validate and score a prediction file against ``split``'s relevance.
+
+    Returns ``(metrics, per_query_rows)``; the direction (t2i/i2t) follows from the file.
+    Raises :class:`~xmr.eval.predictions.PredictionError` when the scorers would reject the file.
+    """
+    pf = read_predictions(pred_path, kind)
+    direction, rankings = validate_predictions(pf, split, k=k)
+    if direction == "t2i":
+        relevance = split.relevance
+        texts = {q: query.text for q, query in split.queries.items()}
+    else:
+        relevance = split.item_relevance()
+        texts = {i: _item_label(item) for i, item in split.items.items()}
+    table = hits_from_rankings(rankings, relevance)
+    metrics = summarize_by_category(
+        table, split_categories(split, direction), recall_ks(k), k, prefix=f"{direction}/"
+    )
+    return metrics, per_query_rows(table, k, texts)
+
+
+def _item_label(item) -> str:
+    if item.captions:
+        return item.captions[0]
+    if item.image is not None and item.image.path:
+        return Path(item.image.path).name
+    return item.id
+
+
+def write_per_query_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write :func:`per_query_rows` output as CSV (header: id,text,first_hit_rank,AP,hits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "text", "first_hit_rank", "AP", "hits"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "AP": f"{row['AP']:.6f}"})
+    return path
+
+
+def _format_value(metric: str, value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if metric in COUNT_KEYS:
+        return str(int(value))
+    if metric in RANK_KEYS:
+        return f"{value:.2f}"
+    return f"{100 * value:.2f}"
+
+
+def format_metrics_table(metrics: Mapping[str, float]) -> str:
+    """A plain-text table of an evaluator's dict: one block per direction, one row per metric,
+    a column for all queries and one per category. Fractions are shown as percentages, ranks
+    (MeanRank, MedianRank) and counts as they are."""
+    blocks: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in metrics.items():
+        direction, *rest = key.split("/")
+        group = "all" if len(rest) == 1 else "/".join(rest[:-1])
+        blocks.setdefault(direction, {}).setdefault(rest[-1], {})[group] = value
+    lines: list[str] = []
+    for direction, rows in blocks.items():
+        groups = ["all", *sorted({g for cols in rows.values() for g in cols} - {"all"})]
+        width = max(len(m) for m in rows) + 2
+        col = max(10, *(len(g) + 2 for g in groups))
+        if lines:
+            lines.append("")
+        lines.append(f"{direction:<{width}}" + "".join(f"{g:>{col}}" for g in groups))
+        for metric, cols in rows.items():
+            unit = "" if metric in COUNT_KEYS or metric in RANK_KEYS else " %"
+            cells = "".join(
+                f"{_format_value(metric, cols.get(g, math.nan)):>{col}}" for g in groups
+            )
+            lines.append(f"{metric + unit:<{width}}" + cells)
+    return "\n".join(lines)
