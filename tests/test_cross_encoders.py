@@ -117,3 +117,97 @@ def test_match_probability_is_softmax_column_one():
 def test_tiny_vocab_spells_any_text():
     vocab = tiny_vocab(["shoe"])
     assert "shoe" in vocab and "##z" in vocab and len(set(vocab.values())) == len(vocab)
+
+
+# ---- ITM fine-tuning --------------------------------------------------------------------------
+
+
+class _ColorWords:
+    """A hand-made first stage: images and texts embedded by how red/blue they are."""
+
+    def encode_images(self, images, batch_size=None):
+        from xmr.models.base import load_image
+
+        rows = [np.asarray(load_image(im), dtype=float).reshape(-1, 3).mean(0) for im in images]
+        out = np.array([[r[0], r[2]] for r in rows], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def encode_texts(self, texts, batch_size=None):
+        out = np.array([[("red" in t) + 0.1, ("blue" in t) + 0.1] for t in texts], np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def color_split():
+    """Two red and two blue noisy images; each item's training text names its color."""
+    import io
+
+    from xmr.data.dataset import Item, Split
+    from xmr.data.images import ImageRef
+
+    rng = np.random.default_rng(0)
+    split = Split("train")
+    for n in range(2):
+        for color, rgb in (("red", (220, 20, 20)), ("blue", (10, 20, 240))):
+            pixels = np.clip(np.array(rgb) + rng.integers(-30, 30, (32, 32, 3)), 0, 255)
+            buf = io.BytesIO()
+            Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+            split.items[f"{color}{n}"] = Item(f"{color}{n}", ImageRef(data=buf.getvalue()))
+            split.pairs[f"{color}{n}"] = [f"a {color} thing"]
+    return split
+
+
+def test_hard_negatives_are_the_first_stage_top_non_matches():
+    from xmr.models.itm_training import mine_hard_negatives
+
+    red, blue, _ = _images()
+    images = [red, blue, red]
+    texts = ["red", "blue", "a red car", "blue sky"]
+    positives = [(0, 0), (1, 1), (2, 2)]
+    for_image, for_text = mine_hard_negatives(_ColorWords(), images, texts, positives, n=2)
+    assert for_image[0] == [2, 1] or for_image[0] == [2, 3]  # the other red text first
+    assert 0 not in for_image[0] and 1 not in for_image[1] and 2 not in for_image[2]
+    assert for_text[0][0] == 2 and for_text[2][0] == 0  # the other red image is hardest
+    assert for_text[3] == [1, 0] or for_text[3] == [1, 2]  # nothing matches "blue sky"
+
+
+@pytest.fixture
+def one_thread():
+    # A model this small gains nothing from intra-op threads, and they stall when other
+    # processes compete for the cores (25x slower on a loaded 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_itm_fine_tuning_learns_the_pairs_and_saves(tmp_path, one_thread):
+    from xmr.models.itm_training import ItmTrainConfig, train_itm
+
+    path = create_tiny_cross_encoder(tmp_path / "start", "blip", words=["red", "blue", "thing"])
+    ce = create_cross_encoder(str(path), device="cpu")
+    split = color_split()
+    red, blue = (split.items[i].image.open() for i in ("red0", "blue0"))
+    pairs = ([red, blue, red, blue], ["a red thing", "a blue thing", "a blue thing", "a red thing"])
+    before = ce.score(*pairs)
+    config = ItmTrainConfig(steps=150, batch_size=6, lr=5e-3, weight_decay=0.0)
+    result = train_itm(
+        ce, split, config=config, first_stage=_ColorWords(), out_dir=tmp_path / "out"
+    )
+    assert result["negatives"] == "first-stage" and len(result["losses"]) == 150
+    assert np.mean(result["losses"][-10:]) < 0.1 < np.mean(result["losses"][:10])
+    after = ce.score(*pairs)
+    assert abs(before[0] - before[2]) < 0.05  # untrained: no idea which pairs match
+    assert after[0] > 0.9 and after[1] > 0.9 and after[2] < 0.1 and after[3] < 0.1
+    again = create_cross_encoder(str(tmp_path / "out"), device="cpu")
+    np.testing.assert_allclose(again.score(*pairs), after, atol=1e-5)
+    meta = json.loads((tmp_path / "out" / "itm_train.json").read_text())
+    assert meta["config"]["steps"] == 150 and meta["n_pairs"] == 4
+    # The trained cross-encoder fixes a wrong first stage within the top 3 (items as lookup).
+    from xmr.rerank import rerank
+
+    first = [
+        {"id": i, "score": 0.9 - 0.1 * n} for n, i in enumerate(["blue0", "blue1", "red0", "red1"])
+    ]
+    out = rerank("a red thing", first, again, lookup=split.items, k=3)
+    ids = [r["id"] for r in out]
+    assert ids[0] == "red0" and set(ids[1:3]) == {"blue0", "blue1"} and ids[3] == "red1"
