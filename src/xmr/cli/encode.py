@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+
+DEFAULT_WORKERS = max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +27,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="embeddings directory")
     p.add_argument(
         "--kinds",
-        default="images,texts",
-        help="what to encode, comma-separated: images, texts (queries), captions "
-        "(first caption of each item) [images,texts]",
+        default=None,
+        help="what to encode, comma-separated: images, texts (queries), captions (first "
+        "caption of each item) [images,texts; captions,texts for a corpus without images]",
     )
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes [2]")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"image decoding processes [{DEFAULT_WORKERS}: one core is left to the model]",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--shard-size", type=int, default=4096, help="inputs per shard [4096]")
@@ -47,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.format, args.split)
     split = dataset.split(args.split)
     encoder = create_encoder(args.model, device=args.device, precision=args.precision)
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.kinds is None:
+        has_images = any(item.image is not None for item in split.items.values())
+        kinds = ["images" if has_images else "captions", "texts"]
+    else:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     summary = encode_split(
         encoder,
         split,

@@ -361,7 +361,8 @@ class _KindRun:
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=4 if workers else None,
         )
-        for (shard, _), (positions, pixels, failed) in zip(plan, loader, strict=True):
+        batches = loader if workers else _single_threaded(loader)
+        for (shard, _), (positions, pixels, failed) in zip(plan, batches, strict=True):
             if pixels is None:
                 vectors = np.zeros((0, self.dim), np.float32)
             else:
@@ -393,6 +394,25 @@ class _KindRun:
             {"id": fid, "error": err} for fid, err in buf["failed"][:SHOW_FAILURES]
         )
         del self.buffers[shard], self.pending[shard]
+
+
+def _single_threaded(loader):
+    """Iterate an in-process DataLoader with one torch thread while it decodes and preprocesses:
+    per-image tensor ops are too small to split, and splitting them costs 5x on a busy machine.
+    The model then runs with all threads again."""
+    import torch
+
+    threads = torch.get_num_threads()
+    batches = iter(loader)
+    while True:
+        torch.set_num_threads(1)
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        finally:
+            torch.set_num_threads(threads)
+        yield batch
 
 
 def _progress_bar(progress: bool, total: int, initial: int, kind: str):
