@@ -1,0 +1,131 @@
+"""``xmr serve INDEX_DIR``: the search API and web page on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve search over an index: HTTP API, web page at /, API docs at /docs",
+        description=(
+            "Serve an index built by `xmr index build`: a JSON API (/api/search, /api/items/ID/"
+            "image, /api/info, /api/health), API docs at /docs and a search page at /. "
+            "Read-only unless started with --allow-writes and a token."
+        ),
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own model and index (default: 1)",
+    )
+    p.add_argument("--device", default="cpu", help="device of the query encoder (default: cpu)")
+    p.add_argument("--max-k", type=int, default=100, help="most results per query (default: 100)")
+    p.add_argument(
+        "--max-query-chars", type=int, default=512, help="longest text query (default: 512)"
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest upload in MiB (default: 10)"
+    )
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="encode each query on its own instead of micro-batching concurrent ones",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a query waits for others to share an encoder call (default: 5)",
+    )
+    p.add_argument("--max-batch", type=int, default=64, help="most queries per encoder call")
+    p.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="accept POST /api/items (adds an image) from clients that send the token",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="bearer token for writes (or set XMR_SERVE_TOKEN, which keeps it out of `ps`)",
+    )
+    p.add_argument(
+        "--upload-dir",
+        default=None,
+        help="where added images are kept (default: INDEX_DIR.uploads)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xmr.errors import XmrError
+    from xmr.serve.limits import INDEX_ENV, SETTINGS_ENV, ServeSettings, token_from_env
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise XmrError("xmr serve needs the serve extra: pip install 'xmr[serve]'") from None
+
+    index_dir = Path(args.index_dir)
+    if not (index_dir / "manifest.json").is_file():
+        raise XmrError(
+            f"{index_dir}: not an index directory (no manifest.json); see `xmr index build`"
+        )
+    if args.workers < 1:
+        raise XmrError("--workers must be at least 1")
+    settings = ServeSettings(
+        max_k=args.max_k,
+        max_query_chars=args.max_query_chars,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch=args.max_batch,
+        device=args.device,
+        allow_writes=args.allow_writes,
+        token=args.token or token_from_env(),
+        upload_dir=args.upload_dir,
+    )
+    if settings.allow_writes and args.workers > 1:
+        raise XmrError("--allow-writes needs --workers 1 (each process holds its own index copy)")
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback:
+        print(
+            f"xmr serve: listening on {args.host}, reachable from other machines", file=sys.stderr
+        )
+    url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+    if args.workers == 1:
+        from xmr.serve import create_app
+
+        app = create_app(index_dir, settings)
+        backend = app.state.backend
+        info = backend.info()
+        print(
+            f"xmr serve: {len(backend)} items, model {info.get('model')}, index "
+            f"{info.get('index_type')}; page {url}  API docs {url}docs",
+            file=sys.stderr,
+        )
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    # Several processes: each imports the app factory and reads its settings from the environment.
+    os.environ[INDEX_ENV] = str(index_dir.resolve())
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    print(f"xmr serve: {args.workers} workers; page {url}  API docs {url}docs", file=sys.stderr)
+    uvicorn.run(
+        "xmr.serve:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0

@@ -1,0 +1,158 @@
+"""What the service needs from a Searcher, in one small adapter.
+
+The HTTP layer talks only to :class:`SearchBackend`: encode texts/images, search vectors
+(optionally within a category), look up an item's metadata and stored vector, describe the
+index, and (when writes are allowed) add an item. Underneath are an :class:`xmr.index.Index`
+(vectors, ids, metadata, manifest) and an encoder with ``encode_texts`` / ``encode_images``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.data.images import ImageRef
+
+
+class SearchBackend:
+    """An index and the encoder of the model that built it.
+
+    Args:
+        index: a loaded :class:`xmr.index.Index`.
+        encoder: an object with ``encode_texts(list[str])`` and ``encode_images(list[PIL])``
+            returning L2-normalised float32 arrays (an :class:`xmr.models.base.Encoder`).
+        searcher: the Searcher these came from, kept for reference.
+    """
+
+    def __init__(self, index: Any, encoder: Any, *, searcher: Any = None) -> None:
+        self.index = index
+        self.encoder = encoder
+        self.searcher = searcher
+        self._lock = threading.RLock()
+        # Set by the app when writes are allowed: searches then wait for an add to finish.
+        self.writable = False
+
+    @classmethod
+    def from_searcher(cls, searcher: Any) -> SearchBackend:
+        index = getattr(searcher, "index", None)
+        encoder = getattr(searcher, "encoder", None) or getattr(searcher, "model", None)
+        if index is None or encoder is None:
+            raise TypeError(
+                f"{type(searcher).__name__} has no .index and .encoder; pass a xmr Searcher"
+            )
+        return cls(index, encoder, searcher=searcher)
+
+    @classmethod
+    def load(cls, index_dir: str | Path, *, device: str = "cpu") -> SearchBackend:
+        """Load an index directory and the model its manifest names (checked to be the same)."""
+        from xmr.search import Searcher
+
+        return cls.from_searcher(Searcher.from_index_dir(index_dir, device=device))
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def item(self, item_id: str) -> dict[str, Any] | None:
+        """The metadata record of ``item_id`` (a dict lookup: ids never become paths)."""
+        if not isinstance(item_id, str) or item_id not in self.index:
+            return None
+        return self.index.item(item_id)
+
+    def image_ref(self, item_id: str) -> ImageRef | None:
+        from xmr.index.metadata import image_ref_from_record
+
+        rec = self.item(item_id)
+        return image_ref_from_record(rec.get("image")) if rec else None
+
+    def categories(self) -> dict[str, int]:
+        return self.index.categories()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    # -- model -----------------------------------------------------------------------------
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.encoder.encode_texts(list(texts)), dtype=np.float32)
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return np.asarray(self.encoder.encode_images(list(images)), dtype=np.float32)
+
+    # -- index -----------------------------------------------------------------------------
+
+    def item_vector(self, item_id: str) -> np.ndarray | None:
+        """The stored vector of an item (for query by example)."""
+        try:
+            vec = self.index.vector(item_id)
+        except Exception:  # noqa: BLE001 - some compressed indexes cannot reconstruct
+            return None
+        return np.asarray(vec, dtype=np.float32).reshape(-1)
+
+    def search_vectors(
+        self, vectors: np.ndarray, k: int, *, category: str | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (id, score) per query vector, within ``category`` when given."""
+        q = np.asarray(vectors, dtype=np.float32)
+        if self.writable:
+            with self._lock:
+                hits = self.index.search(q, k, category=category)
+        else:
+            hits = self.index.search(q, k, category=category)
+        return [[(str(h.id), float(h.score)) for h in row] for row in hits]
+
+    def info(self) -> dict[str, Any]:
+        describe = getattr(self.searcher, "info", None)
+        info = dict(describe() if callable(describe) else self.index.info())
+        info.pop("path", None)  # the server's file layout is nobody's business
+        model = info.get("model")
+        spec = model.get("spec") if isinstance(model, dict) else model
+        return {
+            "model": spec or (self.index.model or {}).get("spec"),
+            "index_type": (info.get("index") or {}).get("type") or info.get("requested_spec"),
+            "size": len(self.index),
+            "dim": self.index.dim,
+            "exact": (info.get("index") or {}).get("exact"),
+            "categories": self.categories(),
+            "index": info,
+        }
+
+    # -- writes (only reachable with --allow-writes and the token) --------------------------
+
+    def add_item(
+        self,
+        item_id: str,
+        data: bytes,
+        image: Any,
+        caption: str,
+        category: str | None,
+        upload_dir: Path,
+    ) -> None:
+        """Encode an uploaded image, keep its bytes under ``upload_dir`` (named by content hash,
+        never by the id) and append it to the index, which is then saved atomically."""
+        from xmr.serve.images import sniff_web_type
+
+        vec = self.encode_images([image])
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        ext = {"image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}.get(
+            sniff_web_type(data) or "", ".jpg"
+        )
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        path = upload_dir / f"{digest}{ext}"
+        if ext == ".jpg" and sniff_web_type(data) != "image/jpeg":
+            image.save(path, format="JPEG", quality=92)
+        else:
+            path.write_bytes(data)
+        record = {
+            "id": item_id,
+            "image": {"path": str(path.resolve())},
+            "captions": [caption] if caption else [],
+            "attribute": None,
+            "category": category,
+        }
+        with self._lock:
+            self.index.add(vec, [item_id], [record])
+            if self.index.path is not None:
+                self.index.save()

@@ -1,0 +1,214 @@
+"""End to end: `xmr serve` on loopback, the page in headless Chromium (Debian's), a real search.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it) and Playwright's
+Python package; skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from serve_index import shared_index
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium)",
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("fastapi")
+    built = shared_index(tmp_path_factory)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xmr",
+                "serve",
+                str(built["index_dir"]),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"xmr serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"xmr serve did not start in 60 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield {"base": base, **built}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _new_page(browser, server, **options):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, **options)
+    # Loopback only: any request elsewhere is refused.
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_() if route.request.url.startswith(server["base"]) else route.abort()
+        ),
+    )
+    return context.new_page()
+
+
+@pytest.fixture
+def page(browser, server):
+    # The page's CSP forbids eval, which Playwright's wait_for_function needs;
+    # test_page_obeys_its_csp checks the page with the CSP in force.
+    page = _new_page(browser, server, bypass_csp=True)
+    yield page
+    page.context.close()
+
+
+def _loaded_images(page) -> list[int]:
+    return page.eval_on_selector_all(
+        "#results img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)"
+    )
+
+
+def test_search_page_end_to_end(server, page, tmp_path):
+    base = server["base"]
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{base}/")
+    # The category filter is filled from /api/info.
+    page.wait_for_function("document.querySelectorAll('#category option').length === 3")
+    assert page.is_visible("#category")
+
+    page.fill("#q", "a red circle")
+    page.fill("#k", "8")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#results li.card")
+    assert page.locator("#results li.card").count() == 8
+    # Result images really load (decoded, non-zero size).
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)",
+        timeout=15000,
+    )
+    assert all(w > 0 for w in _loaded_images(page))
+    # Score and caption under each image.
+    first = page.locator("#results li.card").first
+    assert float(first.locator(".score").inner_text()) <= 1.0
+    assert first.locator(".caption").inner_text()
+    # The query is kept in the URL.
+    assert "q=a+red+circle" in page.url and "k=8" in page.url
+    status = page.inner_text("#status")
+    assert "8 results" in status
+
+    shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "search-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+
+    # Category filter narrows the results.
+    page.select_option("#category", "square")
+    page.wait_for_function("location.search.includes('category=square')")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results .chip')].every(c => c.textContent === 'square')"
+    )
+
+    # "Similar" searches by a result's stored vector.
+    target = page.locator("#results li.card").first.get_attribute("data-id")
+    page.locator("#results li.card").first.locator("button.similar").click()
+    page.wait_for_function(f"location.search.includes('similar={target}')")
+    page.wait_for_function("document.querySelector('#status').textContent.includes('similar')")
+    ids = page.eval_on_selector_all("#results li.card", "cs => cs.map(c => c.dataset.id)")
+    assert ids and target not in ids
+
+    # Back restores the previous query from the URL.
+    page.go_back()
+    page.wait_for_function("location.search.includes('q=a+red+circle')")
+    page.wait_for_function("document.querySelector('#q').value === 'a red circle'")
+
+    # A reload of a URL restores the search.
+    page.goto(f"{base}/?q=a+green+square&k=3")
+    page.wait_for_function("document.querySelectorAll('#results li.card').length === 3")
+    assert page.input_value("#q") == "a green square"
+
+    # Query by uploading an image: the same picture comes first.
+    page.set_input_files("#upload", str(server["images"] / "blue-square-0.jpg"))
+    page.wait_for_function("document.querySelector('#status').textContent.includes('your image')")
+    assert page.locator("#results li.card").first.get_attribute("data-id") == "blue-square-0"
+
+    # A bad query shows the service's message, not a blank page.
+    page.goto(f"{base}/?q=red&k=1000")
+    page.wait_for_selector("#status.error")
+    assert "at most" in page.inner_text("#status")
+    assert errors == []
+
+
+def test_page_obeys_its_csp(server, browser):
+    page = _new_page(browser, server)
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(m.text))
+    page.on("pageerror", lambda e: messages.append(str(e)))
+    try:
+        page.goto(f"{server['base']}/?q=a+blue+circle&k=4")
+        page.wait_for_selector("#results li.card >> nth=3")
+        page.wait_for_selector("#results img >> nth=3")
+    finally:
+        page.context.close()
+    assert not [m for m in messages if "Content Security Policy" in m or "Error" in m], messages

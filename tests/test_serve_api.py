@@ -1,0 +1,452 @@
+"""The HTTP API against a real small index (tiny CLIP -> encode -> build_index), via TestClient."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import shutil
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from serve_index import BMP_ITEM, TSV_ITEM, shared_index  # noqa: E402
+from xmr.serve import ServeSettings, create_app  # noqa: E402
+from xmr.serve.backend import SearchBackend  # noqa: E402
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return shared_index(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def searcher(built):
+    from xmr.search import Searcher
+
+    return Searcher.from_index_dir(built["index_dir"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    app = create_app(
+        searcher, ServeSettings(max_k=10, max_query_chars=64, max_upload_bytes=200_000)
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def jpeg_bytes(size=(64, 64), colour=(220, 30, 30)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def assert_error(r, status: int, code: str | None = None):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["error"]["status"] == status
+    assert body["error"]["message"] and body["detail"] == body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body
+
+
+# --- service facts ------------------------------------------------------------------------------
+
+
+def test_health_and_info(client, built):
+    assert client.get("/api/health").json() == {"status": "ok", "items": built["n"]}
+    info = client.get("/api/info").json()
+    assert info["size"] == built["n"]
+    assert info["dim"] == 32
+    assert info["index_type"] == "Flat"
+    assert info["model"] == f"hf:{built['model_dir']}"
+    assert info["categories"] == {"circle": 13, "square": 13}
+    assert info["limits"]["max_k"] == 10
+    assert info["writes"] is False
+    assert "path" not in info["index"]  # the server's layout is not exposed
+
+
+def test_openapi_docs(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/info", "/api/health"} <= set(spec["paths"])
+    post = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(post)
+
+
+def test_page_and_static(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert '<script src="/static/app.js"' in r.text
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        s = client.get(f"/static/{name}")
+        assert s.status_code == 200 and kind in s.headers["content-type"]
+    assert_error(client.get("/static/../../etc/passwd"), 404)
+
+
+# --- searching ----------------------------------------------------------------------------------
+
+
+def test_text_search_get_and_post(client, built):
+    r = client.get("/api/search", params={"q": "a red circle", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"] == {"type": "text", "text": "a red circle"}
+    assert body["k"] == 5 and body["took_ms"] >= 0
+    results = body["results"]
+    assert len(results) == 5
+    scores = [x["score"] for x in results]
+    assert scores == sorted(scores, reverse=True)
+    for x in results:
+        assert x["id"] in built["ids"]
+        assert set(x) >= {"id", "score", "image_url", "caption", "attribute", "category"}
+        assert x["image_url"] == f"/api/items/{x['id']}/image"
+        assert client.get(x["image_url"]).status_code == 200
+    post = client.post("/api/search", json={"q": "a red circle", "k": 5}).json()
+    assert [x["id"] for x in post["results"]] == [x["id"] for x in results]
+    # The default k applies when none is given.
+    assert len(client.get("/api/search", params={"q": "red"}).json()["results"]) == 10
+
+
+def test_results_match_the_searcher(client, searcher):
+    body = client.get("/api/search", params={"q": "a blue square", "k": 7}).json()
+    expected = searcher.search_text("a blue square", k=7)
+    assert [x["id"] for x in body["results"]] == [h.id for h in expected]
+    assert [x["score"] for x in body["results"]] == pytest.approx(
+        [h.score for h in expected], abs=1e-5
+    )
+
+
+def test_category_filter(client):
+    for cat in ("circle", "square"):
+        body = client.get("/api/search", params={"q": "green", "k": 10, "category": cat}).json()
+        assert body["results"] and all(x["category"] == cat for x in body["results"])
+        assert body["category"] == cat
+    by_post = client.post("/api/search", json={"q": "green", "k": 3, "category": "square"}).json()
+    assert all(x["category"] == "square" for x in by_post["results"])
+    body = assert_error(
+        client.get("/api/search", params={"q": "x", "category": "triangle"}),
+        400,
+        "unknown_category",
+    )
+    assert "circle" in body["error"]["message"]
+
+
+def test_query_by_example(client, searcher):
+    body = client.post("/api/search", json={"item_id": "green-square-0", "k": 4}).json()
+    ids = [x["id"] for x in body["results"]]
+    assert body["query"] == {"type": "item", "item_id": "green-square-0"}
+    assert "green-square-0" not in ids and len(ids) == 4
+    assert ids == [h.id for h in searcher.search_item("green-square-0", k=4)]
+    assert_error(client.post("/api/search", json={"item_id": "no-such-item"}), 404, "unknown_item")
+
+
+def test_query_by_uploaded_image(client, built):
+    data = (built["images"] / "yellow-circle-0.jpg").read_bytes()
+    r = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": "3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["query"]["type"] == "image" and body["query"]["width"] == 96
+    assert body["results"][0]["id"] == "yellow-circle-0"
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    r = client.post(
+        "/api/search",
+        files={"image": ("q.jpg", data, "image/jpeg")},
+        data={"k": "3", "category": "square"},
+    )
+    assert all(x["category"] == "square" for x in r.json()["results"])
+
+
+# --- bad input: every case is a 4xx with a JSON body --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"q": "red", "k": "11"}, "k_too_large"),
+        ({"q": "red", "k": "100000"}, "k_too_large"),
+        ({"q": "red", "k": "0"}, "k_too_small"),
+        ({"q": "red", "k": "-3"}, "k_too_small"),
+        ({"q": "red", "k": "abc"}, "bad_k"),
+        ({"q": "red", "k": "1.5"}, "bad_k"),
+        ({"k": "3"}, "empty_query"),
+        ({"q": ""}, "empty_query"),
+        ({"q": "   \t "}, "empty_query"),
+        ({"q": "x" * 65}, "query_too_long"),
+        ({"q": "a\x00b"}, "bad_query"),
+        ({"q": "red", "category": "nope"}, "unknown_category"),
+    ],
+)
+def test_bad_get_queries(client, params, code):
+    assert_error(client.get("/api/search", params=params), 400, code)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{broken", 400, "bad_json"),
+        (b"", 400, "bad_json"),
+        (b"\xff\xfe", 400, "bad_json"),
+        (b"[1, 2]", 400, "bad_json"),
+        (b'"just a string"', 400, "bad_json"),
+        (b'{"q": "red", "k": 11}', 400, "k_too_large"),
+        (b'{"q": "red", "k": 0}', 400, "k_too_small"),
+        (b'{"q": "red", "k": true}', 400, "bad_k"),
+        (b'{"q": "red", "k": "many"}', 400, "bad_k"),
+        (b'{"q": ""}', 400, "empty_query"),
+        (b'{"q": 42}', 400, "bad_query"),
+        (b"{}", 400, "empty_query"),
+        (b'{"q": "red", "colour": "x"}', 400, "unknown_field"),
+        (b'{"q": "red", "item_id": "red-circle-0"}', 400, "ambiguous_query"),
+        (b'{"item_id": "../../etc/passwd"}', 404, "unknown_item"),
+        (b'{"item_id": 7}', 404, "unknown_item"),
+        (b'{"q": "red", "category": "nope"}', 400, "unknown_category"),
+    ],
+)
+def test_bad_json_bodies(client, body, status, code):
+    r = client.post("/api/search", content=body, headers={"content-type": "application/json"})
+    assert_error(r, status, code)
+
+
+def test_over_long_json_query(client):
+    assert_error(client.post("/api/search", json={"q": "y" * 65}), 400, "query_too_long")
+
+
+def test_unsupported_content_type(client):
+    r = client.post("/api/search", content=b"q=red", headers={"content-type": "text/plain"})
+    assert_error(r, 415, "unsupported_media_type")
+
+
+def test_bad_uploads(client):
+    def upload(data, name="image", **form):
+        return client.post("/api/search", files={name: ("x.jpg", data, "image/jpeg")}, data=form)
+
+    assert_error(upload(b"this is not an image"), 400, "bad_upload")
+    assert_error(upload(b""), 400, "bad_upload")
+    assert_error(upload(jpeg_bytes()[:200]), 400, "bad_upload")  # truncated JPEG
+    assert_error(upload(jpeg_bytes(), name="file_field_with_another_name"), 400, "bad_upload")
+    assert_error(upload(jpeg_bytes(), k="11"), 400, "k_too_large")
+    assert_error(upload(jpeg_bytes(), category="nope"), 400, "unknown_category")
+    # Over the upload limit (200 kB here): refused before it is parsed.
+    assert_error(upload(b"\xff\xd8\xff" + b"0" * 300_000), 413, "too_large")
+    # A broken multipart body.
+    r = client.post(
+        "/api/search",
+        content=b'--xx\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc',
+        headers={"content-type": "multipart/form-data; boundary=xx"},
+    )
+    assert_error(r, 400, "bad_upload")
+
+
+def test_decompression_bomb_upload_is_refused(client):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buf, format="PNG")  # 144 Mpx in ~20 kB
+    assert len(buf.getvalue()) < 200_000
+    r = client.post("/api/search", files={"image": ("bomb.png", buf.getvalue(), "image/png")})
+    body = assert_error(r, 400, "bad_upload")
+    assert "12000x12000" in body["error"]["message"]
+
+
+def test_unknown_routes_and_methods_are_json(client):
+    assert_error(client.get("/api/nothing"), 404, "not_found")
+    assert_error(client.delete("/api/search"), 405, "method_not_allowed")
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def test_item_images(client, built):
+    path = built["images"] / "red-circle-0.jpg"
+    r = client.get("/api/items/red-circle-0/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert r.content == path.read_bytes()
+    etag = r.headers["etag"]
+    assert (
+        client.get("/api/items/red-circle-0/image", headers={"if-none-match": etag}).status_code
+        == 304
+    )
+
+    from PIL import Image
+
+    for url in ("/api/items/red-circle-1/thumbnail", "/api/items/red-circle-1/image?size=thumb"):
+        t = client.get(url)
+        assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+        assert max(Image.open(io.BytesIO(t.content)).size) <= 256
+    assert_error(client.get("/api/items/red-circle-1/image?size=huge"), 400, "bad_size")
+
+
+def test_images_from_tsv_and_bmp(client):
+    r = client.get(f"/api/items/{TSV_ITEM}/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    # The BMP is re-encoded to a format every browser shows.
+    r = client.get(f"/api/items/{BMP_ITEM}/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content.startswith(b"\x89PNG")
+    item = client.get(f"/api/items/{TSV_ITEM}").json()
+    assert item["attribute"] == "red square from a TSV" and item["category"] == "square"
+    assert "image" not in item  # the source path is not exposed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/items/../../etc/passwd/image",
+        "/api/items/..%2F..%2Fetc%2Fpasswd/image",
+        "/api/items/%2e%2e%2f%2e%2e%2fetc%2fpasswd/image",
+        "/api/items/%2E%2E/%2E%2E/etc/passwd/image",
+        "/api/items/..%252F..%252Fetc%252Fpasswd/image",
+        "/api/items/%2Fetc%2Fpasswd/image",
+        "/api/items//etc/passwd/thumbnail",
+        "/api/items/..%5C..%5Cwindows%5Cwin.ini/image",
+        "/api/items/red-circle-0%00.jpg/image",
+        "/api/items/no-such-item/image",
+        "/api/items/no-such-item",
+    ],
+)
+def test_path_traversal_and_unknown_ids_are_404(client, url):
+    r = client.get(url)
+    assert r.status_code == 404, (url, r.status_code)
+    assert b"root:" not in r.content
+    assert r.headers["content-type"].startswith("application/json")
+
+
+def test_unreadable_image_is_a_404(client, built):
+    path = built["images"] / "purple-square-1.jpg"
+    moved = path.with_suffix(".moved")
+    path.rename(moved)
+    try:
+        assert_error(client.get("/api/items/purple-square-1/image"), 404, "image_unavailable")
+    finally:
+        moved.rename(path)
+    assert client.get("/api/items/purple-square-1/image").status_code == 200
+
+
+# --- micro-batching -----------------------------------------------------------------------------
+
+
+class CountingEncoder:
+    """Delegates to the real encoder and counts encode_texts calls and their sizes."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.text_calls: list[int] = []
+
+    def encode_texts(self, texts):
+        self.text_calls.append(len(texts))
+        return self.inner.encode_texts(texts)
+
+    def encode_images(self, images):
+        return self.inner.encode_images(images)
+
+
+async def _concurrent_queries(app, texts):
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+        rs = await asyncio.gather(*(ac.get("/api/search", params={"q": t, "k": 3}) for t in texts))
+    return [r.json() for r in rs]
+
+
+def test_concurrent_queries_share_encoder_calls(searcher):
+    texts = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square")]
+    texts = texts * 2  # 16 requests
+    counting = CountingEncoder(searcher.encoder)
+    backend = SearchBackend(searcher.index, counting, searcher=searcher)
+    # A generous window makes the grouping independent of machine speed.
+    app = create_app(backend, ServeSettings(batch_wait_ms=250, max_batch=64))
+    try:
+        bodies = asyncio.run(_concurrent_queries(app, texts))
+    finally:
+        app.state.text_batcher.close()
+    assert sum(counting.text_calls) == len(texts)
+    assert len(counting.text_calls) < len(texts)
+    assert max(counting.text_calls) > 1
+    # Each request got its own answer, the same as a search on its own.
+    for text, body in zip(texts, bodies, strict=True):
+        assert body["query"]["text"] == text
+        assert [x["id"] for x in body["results"]] == [h.id for h in searcher.search_text(text, k=3)]
+
+
+def test_batching_can_be_disabled(searcher):
+    counting = CountingEncoder(searcher.encoder)
+    backend = SearchBackend(searcher.index, counting, searcher=searcher)
+    app = create_app(backend, ServeSettings(batching=False))
+    try:
+        asyncio.run(_concurrent_queries(app, ["a red circle"] * 6))
+    finally:
+        app.state.text_batcher.close()
+    assert counting.text_calls == [1] * 6
+
+
+# --- writes -------------------------------------------------------------------------------------
+
+
+def _add(client, item_id="new-one", token=TOKEN, data=None):
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return client.post(
+        "/api/items",
+        files={"image": ("n.jpg", data or jpeg_bytes(colour=(10, 200, 200)), "image/jpeg")},
+        data={"id": item_id, "caption": "a cyan block", "category": "square"},
+        headers=headers,
+    )
+
+
+def _tree_digest(path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_read_only_by_default(client, built):
+    before = _tree_digest(built["index_dir"])
+    assert_error(_add(client), 403, "read_only")
+    assert_error(_add(client, token=None), 403, "read_only")
+    assert _tree_digest(built["index_dir"]) == before
+    assert not (built["index_dir"].parent / "index.uploads").exists()
+
+
+def test_writes_need_the_flag_and_the_token(tmp_path, built):
+    from xmr.errors import XmrError
+
+    with pytest.raises(XmrError, match="token"):
+        ServeSettings(allow_writes=True)
+    index_dir = tmp_path / "index"
+    shutil.copytree(built["index_dir"], index_dir)
+    app = create_app(index_dir, ServeSettings(allow_writes=True, token=TOKEN))
+    with TestClient(app) as c:
+        assert c.get("/api/info").json()["writes"] is True
+        assert_error(_add(c, token=None), 403, "forbidden")
+        assert_error(_add(c, token="wrong-token-xyz"), 403, "forbidden")
+        assert_error(_add(c, data=b"not an image"), 400, "bad_upload")
+        assert_error(_add(c, item_id="red-circle-0"), 409, "duplicate_id")
+        r = _add(c)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"added": "new-one", "items": built["n"] + 1}
+        assert c.get("/api/items/new-one/image").status_code == 200
+        hit = c.post(
+            "/api/search",
+            files={"image": ("q.jpg", jpeg_bytes(colour=(10, 200, 200)), "image/jpeg")},
+        )
+        assert hit.json()["results"][0]["id"] == "new-one"
+    # The addition is on disk: a fresh load sees it; the image sits beside the index, not in it.
+    from xmr.index import load_index
+
+    assert "new-one" in load_index(index_dir)
+    assert list((tmp_path / "index.uploads").glob("*.jpg"))
