@@ -37,6 +37,10 @@ class Split:
 
     ``pairs`` are the training pairs: item id -> the texts that describe it (several captions are
     sampled per step when training).
+
+    Readers may share one relevance set between queries with the same relevant items (Track2
+    texts of one attribute string: thousands of texts x thousands of images); treat the sets as
+    read-only and copy one before changing it.
     """
 
     name: str
@@ -66,11 +70,17 @@ class Split:
 
 @dataclass
 class RetrievalDataset:
-    """A data set in one of the registered formats, as splits of items, queries and relevance."""
+    """A data set in one of the registered formats, as splits of items, queries and relevance.
+
+    ``skipped`` counts the bad records a reader dropped with ``skip_bad=True``;
+    ``skipped_examples`` keeps the first few errors (file:line: field: what is wrong).
+    """
 
     format: str
     root: Path
     splits: dict[str, Split] = field(default_factory=dict)
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
 
     def split(self, name: str | None = None, *, need_relevance: bool = False) -> Split:
         """Return split ``name``; without a name, the only split (or the only one with relevance

@@ -79,9 +79,14 @@ class ImageRef:
             except OSError as exc:
                 raise DataError(f"cannot read image: {exc.strerror}", file=self.path) from None
         if self.tsv is not None:
-            with open(self.tsv, "rb") as fh:
-                fh.seek(self.offset)
-                raw = fh.readline()
+            try:
+                with open(self.tsv, "rb") as fh:
+                    fh.seek(self.offset)
+                    raw = fh.readline()
+            except OSError as exc:
+                raise DataError(
+                    f"cannot read image: {exc.strerror}", file=self.tsv, line=self.line
+                ) from None
             parts = raw.rstrip(b"\r\n").split(b"\t")
             if len(parts) < 2:
                 raise DataError(
