@@ -161,3 +161,80 @@ def test_real_blip_cross_encoder_reranks_end_to_end(tmp_path):
     assert [r["id"] for r in out] == ["img2", "img0", "img1", "img3", "img4"]
     assert out[0]["match_prob"] == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-4)
     assert out[1]["match_prob"] == pytest.approx(1 / (1 + np.exp(2.0)), abs=1e-4)
+
+
+# --- on top of a Searcher (index built by the encode/index pipeline) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def color_index(tmp_path_factory):
+    """An index over eight solid-color images (tiny random CLIP: its ranking is arbitrary)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("faiss")
+    from test_encode import tiny_model
+    from xmr.data.dataset import Item, Split
+    from xmr.data.images import ImageRef
+    from xmr.encode import encode_split
+    from xmr.index.build import index_embeddings
+    from xmr.models import create_encoder
+
+    root = tmp_path_factory.mktemp("rerank_index")
+    (root / "images").mkdir()
+    items = {}
+    for i in range(8):
+        color = ["red", "green", "blue"][i % 3]
+        path = root / "images" / f"{color}{i}.png"
+        Image.new("RGB", (24, 24), COLORS[color]).save(path)
+        items[f"{color}{i}"] = Item(f"{color}{i}", ImageRef(path=str(path)), [f"a {color} thing"])
+    encoder = create_encoder(f"hf:{tiny_model(root / 'model')}", device="cpu")
+    encode_split(encoder, Split("test", items), root / "emb", batch_size=4, progress=False)
+    index_embeddings(root / "emb", root / "index")
+    return root / "index"
+
+
+def test_search_reranked_moves_only_the_top_k(color_index):
+    from xmr.rerank import RerankedResult, search_reranked
+    from xmr.search import Searcher
+
+    searcher = Searcher.from_index_dir(color_index)
+    plain = searcher.search_text("red", k=8)
+    out = search_reranked(searcher, ["red"], ColorMatcher(), k=8, rerank_k=5)[0]
+    assert all(isinstance(r, RerankedResult) for r in out)
+    top = [r.id for r in plain[:5]]
+    want = [i for i in top if i.startswith("red")] + [i for i in top if not i.startswith("red")]
+    assert [r.id for r in out[:5]] == want
+    assert [r.id for r in out[5:]] == [r.id for r in plain[5:]]
+    assert [r.rank for r in out] == list(range(1, 9))
+    assert [r.first_stage_rank for r in out[5:]] == [6, 7, 8]
+    assert {r.id: r.first_stage_score for r in out} == pytest.approx({r.id: r.score for r in plain})
+    assert out[0].captions and out[0].image["path"].endswith(".png")
+    # Fewer results than the reranking depth: the first stage still fetched rerank_k.
+    assert len(search_reranked(searcher, ["red"], ColorMatcher(), k=2, rerank_k=8)[0]) == 2
+    # An image query is reranked against the item captions.
+    query = Image.new("RGB", (24, 24), COLORS["blue"])
+    by_image = search_reranked(searcher, [query], ColorMatcher(), k=8, rerank_k=8)[0]
+    assert sorted(r.id for r in by_image[:2]) == ["blue2", "blue5"]  # the only blue items
+
+
+def test_cli_search_with_rerank(color_index, tmp_path, capsys):
+    import json
+
+    from xmr.cli import main
+    from xmr.models.blip_itm import create_tiny_cross_encoder
+    from xmr.models.cross_encoders import create_cross_encoder
+
+    blip = create_tiny_cross_encoder(tmp_path / "blip", "blip")
+    base = ["search", str(color_index), "a red thing", "-k", "6", "--json"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)["results"]
+    assert main([*base, "--rerank", str(blip), "--rerank-k", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)["results"]
+    assert sorted(r["id"] for r in out[:4]) == sorted(r["id"] for r in plain[:4])
+    assert [r["id"] for r in out[4:]] == [r["id"] for r in plain[4:]]
+    probs = [r["match_prob"] for r in out[:4]]
+    assert probs == sorted(probs, reverse=True) and out[4]["match_prob"] is None
+    ce = create_cross_encoder(str(blip), device="cpu")
+    image = Image.open(out[0]["image"]["path"]).convert("RGB")
+    assert probs[0] == pytest.approx(float(ce.score([image], ["a red thing"])[0]), abs=1e-5)
+    assert main([*base, "--rerank", str(blip), "--rerank-mode", "itm+sim"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["reranked"] is True

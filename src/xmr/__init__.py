@@ -21,6 +21,9 @@ _EXPORTS = {
     "load_dataset": "xmr.data.readers",
     "detect_format": "xmr.data.readers",
     "list_readers": "xmr.data.readers",
+    "pipeline": "xmr.pipelines",
+    "create_cross_encoder": "xmr.models.cross_encoders",
+    "list_cross_encoders": "xmr.models.cross_encoders",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -21,11 +21,13 @@ same ranking as the list order.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.search import SearchResult
 
 RERANK_MODES = ("itm", "itm+sim")
 DEFAULT_RERANK_K = 16
@@ -266,3 +268,96 @@ def dataset_lookup(split: Any, *, side: str = "image") -> Callable[[str], Any]:
 
         return text
     raise XmrError(f"dataset_lookup side must be 'image' or 'text', got '{side}'")
+
+
+# --- on top of a Searcher ----------------------------------------------------------------------
+
+
+@dataclass
+class RerankedResult(SearchResult):
+    """A search hit after reranking: ``score`` is the final score (see the module docstring),
+    ``rank`` the final rank; the first stage's score and rank are kept beside them."""
+
+    first_stage_score: float | None = None
+    first_stage_rank: int | None = None
+    match_prob: float | None = None
+    reranked: bool = False
+
+
+def searcher_lookup(searcher: Any, *, text_queries: bool) -> Callable[[str], Any]:
+    """id -> the item's image (text queries) or its first caption (image queries)."""
+
+    def image(item_id: str) -> Any:
+        ref = searcher.image_ref(item_id)
+        if ref is None:
+            raise XmrError(f"rerank: item '{item_id}' has no image for the cross-encoder to read")
+        return ref
+
+    def caption(item_id: str) -> str:
+        captions = searcher.item(item_id).get("captions") or []
+        if not captions:
+            raise XmrError(
+                f"rerank: item '{item_id}' has no caption; an image query is reranked against "
+                "item captions"
+            )
+        return captions[0]
+
+    return image if text_queries else caption
+
+
+def search_reranked(
+    searcher: Any,
+    queries: Sequence[Any],
+    cross_encoder: Any,
+    *,
+    k: int = 10,
+    rerank_k: int = DEFAULT_RERANK_K,
+    mode: str = "itm",
+    alpha: float = 1.0,
+    category: str | None = None,
+    batch_size: int = 32,
+) -> list[list[Any]]:
+    """Two-stage search: the Searcher retrieves ``max(k, rerank_k)`` per query, the cross-encoder
+    rescores the first ``rerank_k``, and the best ``k`` are returned.
+
+    ``queries`` are all texts (matched against item images) or all images (matched against item
+    captions). Results are ``SearchResult``s with ``first_stage_score``, ``first_stage_rank``,
+    ``match_prob`` and ``reranked`` added.
+    """
+    if not queries:
+        return []
+    text_queries = all(isinstance(q, str) for q in queries)
+    if not text_queries and any(isinstance(q, str) for q in queries):
+        raise XmrError("rerank: queries must be all texts or all images")
+    depth = max(int(k), int(rerank_k))
+    if text_queries:
+        first = searcher.search_texts(list(queries), depth, category=category)
+    else:
+        first = searcher.search_images(list(queries), depth, category=category)
+    candidate_lists = [[{"id": r.id, "score": r.score, "result": r} for r in row] for row in first]
+    reranked = rerank_many(
+        queries,
+        candidate_lists,
+        cross_encoder,
+        lookup=searcher_lookup(searcher, text_queries=text_queries),
+        k=rerank_k,
+        mode=mode,
+        alpha=alpha,
+        batch_size=batch_size,
+    )
+    out = []
+    for row in reranked:
+        results = []
+        for rank, r in enumerate(row[:k], 1):
+            base = asdict(r["result"])
+            base.update(
+                score=r["score"],
+                rank=rank,
+                first_stage_score=r["first_stage_score"],
+                first_stage_rank=r["result"].rank,
+                match_prob=r.get("match_prob"),
+                reranked=r["reranked"],
+            )
+            results.append(RerankedResult(**base))
+        out.append(results)
+    return out

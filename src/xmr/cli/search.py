@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model spec (default: the one the index names)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... [cpu]")
     p.add_argument("--json", action="store_true", help='print {"results": [...]} as JSON')
+    from xmr.cli.rerank_options import add_rerank_arguments
+
+    add_rerank_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -35,7 +38,25 @@ def run(args: argparse.Namespace) -> int:
     if args.query is not None and not args.query.strip():
         raise XmrError("the query text is empty")
     searcher = Searcher.from_index_dir(args.index_dir, device=args.device, model=args.model)
-    if args.image is not None:
+    if args.rerank:
+        from xmr.cli.rerank_options import load_cross_encoder, rerank_options
+        from xmr.rerank import search_reranked
+
+        query = args.query
+        if args.image is not None:
+            from xmr.models.base import load_image
+
+            query = load_image(args.image)
+        results = search_reranked(
+            searcher,
+            [query],
+            load_cross_encoder(args),
+            k=args.k,
+            rerank_k=args.rerank_k,
+            category=args.category,
+            **rerank_options(args),
+        )[0]
+    elif args.image is not None:
         results = searcher.search_image(args.image, args.k, category=args.category)
     else:
         results = searcher.search_text(args.query, args.k, category=args.category)

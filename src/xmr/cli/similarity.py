@@ -1,0 +1,83 @@
+"""``xmr similarity --model M IMAGE TEXT [TEXT...]``: score one image against texts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "similarity",
+        help="score an image against one or more texts (bi-encoder cosine, optional ITM)",
+        description=(
+            "Score one image against each TEXT: the bi-encoder's cosine similarity (what search "
+            "ranks by) and, with --cross-encoder, the image-text matching probability. IMAGE is "
+            "a file, an http(s) URL or, with --data, an item id; with --item every positional "
+            "argument is a text. Results come in the order the texts were given."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE TEXT", help="IMAGE then TEXT [TEXT...]")
+    p.add_argument("--model", required=True, help="bi-encoder spec (hf:DIR, open_clip:..., a dir)")
+    p.add_argument(
+        "--cross-encoder",
+        default=None,
+        metavar="SPEC",
+        help="also report the match probability of this cross-encoder (blip:..., blip2:..., a dir)",
+    )
+    p.add_argument(
+        "--data", default=None, metavar="PATH", help="data set whose item ids name images"
+    )
+    p.add_argument("--format", default=None, help="data set format (default: detected)")
+    p.add_argument("--split", default=None, help="split of --data to look items up in")
+    p.add_argument(
+        "--item", default=None, metavar="ID", help="take the image from this item of --data"
+    )
+    p.add_argument("--json", action="store_true", help='print {"scores": [...]} as JSON')
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmr.errors import XmrError
+    from xmr.pipelines import pipeline
+
+    if args.item is not None and args.data is None:
+        raise XmrError("--item needs --data (the data set the item comes from)")
+    if args.item is not None:
+        image, texts = args.item, args.inputs
+    else:
+        image, texts = args.inputs[0], args.inputs[1:]
+    if not texts:
+        raise XmrError("give at least one TEXT after the IMAGE")
+    dataset = None
+    if args.data is not None:
+        from xmr.data.readers import load_dataset
+
+        dataset = load_dataset(args.data, args.format, args.split)
+    scorer = pipeline(
+        "image-text-retrieval",
+        model=args.model,
+        cross_encoder=args.cross_encoder,
+        dataset=dataset,
+        split=args.split,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+    )
+    if args.item is not None and str(args.item) not in (scorer.items or {}):
+        raise XmrError(f"{args.data}: no item '{args.item}'")
+    scores = scorer({"image": image, "text": list(texts)})
+    if args.json:
+        print(json.dumps({"scores": scores}, ensure_ascii=False))
+        return 0
+    header = "similarity" + ("  match_prob" if args.cross_encoder else "") + "  text"
+    print(header)
+    for row in scores:
+        line = f"{row['similarity']:10.4f}"
+        if "match_prob" in row:
+            line += f"  {row['match_prob']:10.4f}"
+        print(f"{line}  {row['text']}")
+    return 0

@@ -1,0 +1,171 @@
+"""Fused items: the documented formula, caption averaging, weight tuning, and tianchi-format
+data evaluated image-only, caption-only and fused on the same queries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from xmr.data.readers import load_dataset  # noqa: E402
+from xmr.errors import XmrError  # noqa: E402
+from xmr.fusion import (  # noqa: E402
+    FUSION_MODES,
+    ItemEmbeddings,
+    encode_items,
+    evaluate_fused,
+    fuse_embeddings,
+    normalize,
+    tune_fusion_weight,
+)
+from xmr.models.base import load_image  # noqa: E402
+
+WORDS = ["red", "blue", "circle", "square"]
+COLORS = {"red": (220, 10, 10), "blue": (10, 10, 220)}
+
+
+class WordColorEncoder:
+    """A hand-made bi-encoder: texts are bags of WORDS, images know only their color. So an
+    image cannot tell shapes apart and a caption (the shape) cannot tell colors apart."""
+
+    def encode_texts(self, texts, batch_size=None):
+        out = np.array([[w in t.split() for w in WORDS] for t in texts], dtype=np.float32)
+        return normalize(out)
+
+    def encode_images(self, images, batch_size=None):
+        rows = []
+        for im in images:
+            r, _, b = np.asarray(load_image(im)).reshape(-1, 3).mean(0)
+            rows.append([r > b, b > r, 0, 0])
+        return normalize(np.array(rows, dtype=np.float32))
+
+
+def write_tianchi(root, split="valid"):
+    """Four items (color x shape) as files named by id, captions naming only the shape, and
+    one query per item naming both."""
+    images = root / f"{split}_images"
+    images.mkdir(parents=True)
+    items = {}
+    for n, (color, shape) in enumerate(
+        [("red", "circle"), ("red", "square"), ("blue", "circle"), ("blue", "square")]
+    ):
+        iid = str(1000 + n)
+        Image.new("RGB", (12, 12), COLORS[color]).save(images / f"{iid}.png")
+        items[iid] = (color, shape)
+    name = {
+        "valid": "MR_valid_queries_with_captions_standard_simple.jsonl",
+        "train": "MR_train_queries_with_captions.json",
+    }[split]
+    with open(root / name, "w") as fh:
+        for n, (iid, (color, shape)) in enumerate(items.items()):
+            record = {"query_id": n, "query_text": f"{color} {shape}", "item_ids": {iid: shape}}
+            fh.write(json.dumps(record) + "\n")
+    return root
+
+
+def test_fused_embedding_and_score_follow_the_documented_formula():
+    rng = np.random.default_rng(0)
+    img = normalize(rng.normal(size=(6, 8)))
+    cap = normalize(rng.normal(size=(6, 8)))
+    q = normalize(rng.normal(size=(3, 8)))
+    w = 0.3
+    fused = fuse_embeddings(img, cap, w)
+    mix = w * img + (1 - w) * cap
+    np.testing.assert_allclose(fused, mix / np.linalg.norm(mix, axis=1, keepdims=True), atol=1e-6)
+    # q . fused = (w q.img + (1 - w) q.cap) / ||w img + (1 - w) cap||
+    expected = (w * q @ img.T + (1 - w) * q @ cap.T) / np.linalg.norm(mix, axis=1)
+    np.testing.assert_allclose(q @ fused.T, expected, atol=1e-6)
+    np.testing.assert_allclose(fuse_embeddings(img, cap, 1.0), img, atol=1e-6)
+    np.testing.assert_allclose(fuse_embeddings(img, cap, 0.0), cap, atol=1e-6)
+    # A missing side: the other one alone.
+    img[2] = np.nan
+    cap[4] = np.nan
+    fused = fuse_embeddings(img, cap, w)
+    np.testing.assert_allclose(fused[2], cap[2])
+    np.testing.assert_allclose(fused[4], img[4])
+    with pytest.raises(XmrError, match="in \\[0, 1\\]"):
+        fuse_embeddings(img, cap, 1.5)
+    with pytest.raises(XmrError, match="unknown fusion mode"):
+        ItemEmbeddings(["a"], img[:1], cap[:1]).mode("both")
+
+
+def test_several_captions_are_averaged(tmp_path):
+    from xmr.data.dataset import Item
+
+    enc = WordColorEncoder()
+    items = [Item("a", None, ["red", "circle"]), Item("b", None, ["square"]), Item("c", None, [])]
+    emb = encode_items(enc, items)
+    np.testing.assert_allclose(emb.caption[0], normalize(np.array([[1, 0, 1, 0.0]]))[0], atol=1e-6)
+    np.testing.assert_allclose(emb.caption[1], [0, 0, 0, 1.0])
+    assert np.isnan(emb.caption[2]).all() and np.isnan(emb.image).all()
+
+
+def test_tianchi_data_evaluates_in_all_three_modes(tmp_path):
+    root = write_tianchi(tmp_path / "tianchi")
+    split = load_dataset(root).split("valid")
+    assert all(item.captions and item.image is not None for item in split.items.values())
+    out = evaluate_fused(WordColorEncoder(), split, weight=0.5)
+    for mode in FUSION_MODES:
+        assert out[f"{mode}/t2i/n_queries"] == 4
+    # Each side alone ties the right item with a wrong one (first by id wins): half right.
+    assert out["image/t2i/R@1"] == pytest.approx(0.5)
+    assert out["caption/t2i/R@1"] == pytest.approx(0.5)
+    # Fused, every query finds its item first: what fusion buys, measured.
+    assert out["fused/t2i/R@1"] == pytest.approx(1.0)
+    assert out["fused/weight"] == 0.5
+    keys = list(out)
+    assert keys.index("image/t2i/R@1") < keys.index("caption/t2i/R@1") < keys.index("fused/t2i/R@1")
+
+
+def test_weight_is_tuned_on_a_validation_split(tmp_path):
+    valid = load_dataset(write_tianchi(tmp_path / "v")).split("valid")
+    enc = WordColorEncoder()
+    qids = list(valid.queries)
+    items = encode_items(enc, valid.items)
+    query = enc.encode_texts([valid.queries[q].text for q in qids])
+    best, curve = tune_fusion_weight(query, qids, items, valid.relevance)
+    # MeanRecall = mean(R@1, R@5, R@10): each side alone gets R@1 = 0.5 and finds all by 5.
+    assert curve[0.0] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert curve[1.0] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert curve[1.0] < curve[best] and curve[0.0] < curve[best]
+    assert 0.0 < best < 1.0
+    out = evaluate_fused(enc, valid, tune_split=valid, grid=(0.0, 0.5, 1.0), metric="R@1")
+    assert out["fused/weight"] == 0.5
+    assert out["fused/tuned/w=0/R@1"] == pytest.approx(0.5)
+    assert out["fused/tuned/w=0.5/R@1"] == pytest.approx(1.0)
+    with pytest.raises(XmrError, match="unknown metric"):
+        tune_fusion_weight(query, qids, items, valid.relevance, metric="R@2")
+
+
+def test_real_bi_encoder_on_tianchi_data(tmp_path):
+    pytest.importorskip("transformers")
+    from xmr.models import create_encoder
+    from xmr.models.tiny import create_tiny_clip
+
+    clip = create_tiny_clip(
+        tmp_path / "clip",
+        texts=["red circle", "blue square"],
+        embed_dim=16,
+        image_size=32,
+        vision_width=32,
+        vision_layers=1,
+        text_width=32,
+        text_layers=1,
+        heads=2,
+    )
+    split = load_dataset(write_tianchi(tmp_path / "t")).split("valid")
+    enc = create_encoder(clip, device="cpu")
+    out = evaluate_fused(enc, split, weight=0.7)
+    for mode in FUSION_MODES:
+        assert 0.0 <= out[f"{mode}/t2i/R@1"] <= out[f"{mode}/t2i/R@10"] == 1.0
+    # The fused scores the evaluation ranked by are the formula's.
+    items = encode_items(enc, split.items)
+    q = enc.encode_texts(["red circle"])[0]
+    mix = 0.7 * items.image + 0.3 * items.caption
+    expected = (0.7 * items.image @ q + 0.3 * items.caption @ q) / np.linalg.norm(mix, axis=1)
+    np.testing.assert_allclose(items.mode("fused", 0.7) @ q, expected, atol=1e-5)
