@@ -211,3 +211,16 @@ def test_itm_fine_tuning_learns_the_pairs_and_saves(tmp_path, one_thread):
     out = rerank("a red thing", first, again, lookup=split.items, k=3)
     ids = [r["id"] for r in out]
     assert ids[0] == "red0" and set(ids[1:3]) == {"blue0", "blue1"} and ids[3] == "red1"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["blip", "blip2"])
+def test_cuda_scores_match_the_cpu(tiny_dirs, kind):
+    red, blue, noise = _images()
+    images, texts = [red, blue, noise, red], ["red", "a blue thing", "noise", "blue"]
+    cpu = create_cross_encoder(str(tiny_dirs[kind]), device="cpu").logits(images, texts)
+    for precision, tol in (("fp32", 1e-4), ("fp16", 2e-2), ("bf16", 5e-2)):
+        gpu = create_cross_encoder(str(tiny_dirs[kind]), device="cuda", precision=precision)
+        assert gpu.device.startswith("cuda") and next(gpu.model.parameters()).is_cuda
+        np.testing.assert_allclose(gpu.logits(images, texts, batch_size=3), cpu, atol=tol)

@@ -238,3 +238,38 @@ def test_cli_search_with_rerank(color_index, tmp_path, capsys):
     assert probs[0] == pytest.approx(float(ce.score([image], ["a red thing"])[0]), abs=1e-5)
     assert main([*base, "--rerank", str(blip), "--rerank-mode", "itm+sim"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["reranked"] is True
+
+
+def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
+    pytest.importorskip("transformers")
+    from test_encode import tiny_model
+    from xmr.data.dataset import Item, Query, Split
+    from xmr.data.images import ImageRef
+    from xmr.eval.evaluate import evaluate_split
+    from xmr.models import create_encoder
+    from xmr.rerank import evaluate_reranked
+
+    items, queries, relevance = {}, {}, {}
+    for i in range(9):
+        color = ["red", "green", "blue"][i % 3]
+        path = tmp_path / f"{color}{i}.png"
+        Image.new("RGB", (16, 16), COLORS[color]).save(path)
+        items[f"{color}{i}"] = Item(f"{color}{i}", ImageRef(path=str(path)), [color])
+    for color in COLORS:
+        queries[color] = Query(color, f"a {color} thing")
+        relevance[color] = {i for i in items if i.startswith(color)}
+    queries["none"] = Query("none", "nothing relevant")  # skipped by both stages
+    split = Split("test", items, queries, relevance)
+    enc = create_encoder(f"hf:{tiny_model(tmp_path / 'model')}", device="cpu")
+    text_emb = enc.encode_texts([q.text for q in queries.values()])
+    image_emb = enc.encode_images([it.image for it in items.values()])
+
+    out = evaluate_reranked(
+        split, text_emb, image_emb, ColorMatcher(), rerank_k=9, directions=("t2i", "i2t"), k=5
+    )
+    plain = evaluate_split(split, text_emb, image_emb, k=5, ks=(1, 5))
+    for key in ("t2i/R@1", "t2i/R@5", "t2i/mAP@5", "i2t/R@1", "t2i/n_skipped"):
+        assert out[f"first_stage/{key}"] == pytest.approx(plain[key])
+    # Reranking the whole gallery with a perfect cross-encoder: every stage-2 list is right.
+    assert out["t2i/R@1"] == 1.0 and out["t2i/mAP@5"] == 1.0 and out["i2t/R@1"] == 1.0
+    assert out["t2i/n_queries"] == 3 and out["t2i/n_skipped"] == 1

@@ -293,9 +293,11 @@ def _tiny_processor(kind: str, image_size: int, words: Sequence[str]):
 
         image_processor_class = transformers.BlipImageProcessor
     except ImportError:
-        image_processor_class = getattr(
-            transformers, "BlipImageProcessorPil", transformers.BlipImageProcessor
-        )
+        # (no getattr default: touching BlipImageProcessor is what prints the fallback warning)
+        if hasattr(transformers, "BlipImageProcessorPil"):
+            image_processor_class = transformers.BlipImageProcessorPil
+        else:
+            image_processor_class = transformers.BlipImageProcessor
 
     tokenizer = BertTokenizer(vocab=tiny_vocab(words))
     image_processor = image_processor_class(size={"height": image_size, "width": image_size})
