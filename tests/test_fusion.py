@@ -169,3 +169,57 @@ def test_real_bi_encoder_on_tianchi_data(tmp_path):
     mix = 0.7 * items.image + 0.3 * items.caption
     expected = (0.7 * items.image @ q + 0.3 * items.caption @ q) / np.linalg.norm(mix, axis=1)
     np.testing.assert_allclose(items.mode("fused", 0.7) @ q, expected, atol=1e-5)
+
+
+def test_fused_index_through_encode_index_search(tmp_path, capsys):
+    """xmr encode (images, captions, texts) -> xmr index build --fused W -> xmr search: the
+    search scores are the documented fused scores."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("faiss")
+    from test_encode import tiny_model
+    from xmr.cli import main
+    from xmr.encode import load_embeddings
+    from xmr.index.build import add_embeddings
+    from xmr.search import Searcher
+
+    data = write_tianchi(tmp_path / "tianchi")
+    model = f"hf:{tiny_model(tmp_path / 'model')}"
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    encode = ["encode", "--model", model, "--data", str(data), "--out", str(emb), "--device", "cpu"]
+    assert main([*encode, "--kinds", "images,captions,texts", "--workers", "0"]) == 0
+    assert main(["index", "build", str(emb), "--out", str(index), "--fused", "0.25"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(index), "red circle", "-k", "4", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+
+    img = {i: v for i, v in zip(*_ids_vectors(load_embeddings(emb, "images")), strict=True)}
+    cap = {i: v for i, v in zip(*_ids_vectors(load_embeddings(emb, "captions")), strict=True)}
+    searcher = Searcher.from_index_dir(index)
+    q = searcher.encoder.encode_texts(["red circle"])[0]
+    for r in results:
+        mix = 0.25 * img[r["id"]] + 0.75 * cap[r["id"]]
+        expected = (0.25 * q @ img[r["id"]] + 0.75 * q @ cap[r["id"]]) / np.linalg.norm(mix)
+        assert r["score"] == pytest.approx(float(expected), abs=1e-5)
+    assert len(results) == 4 and results[0]["captions"]
+    assert searcher.index.manifest["source"]["kind"] == "fused"
+    assert searcher.index.manifest["source"]["fusion_weight"] == 0.25
+    # Adding more items keeps the index's fusion (same weight, same formula).
+    more = write_tianchi(tmp_path / "more")
+    for f in (more / "valid_images").iterdir():
+        f.rename(f.with_name(f"9{f.name}"))
+    text = (more / "MR_valid_queries_with_captions_standard_simple.jsonl").read_text()
+    (more / "MR_valid_queries_with_captions_standard_simple.jsonl").write_text(
+        text.replace('"1', '"91')
+    )
+    emb2 = tmp_path / "emb2"
+    encode2 = ["encode", "--model", model, "--data", str(more), "--out", str(emb2)]
+    assert main([*encode2, "--kinds", "images,captions", "--workers", "0", "--device", "cpu"]) == 0
+    _, added = add_embeddings(index, emb2)
+    assert added == 4
+    top = Searcher.from_index_dir(index).search_text("red circle", k=8)
+    by_id = {r.id: r.score for r in top}
+    assert by_id["91000"] == pytest.approx(by_id["1000"], abs=1e-5)  # same image and caption
+
+
+def _ids_vectors(emb):
+    return emb.ids, emb.vectors

@@ -244,3 +244,35 @@ def evaluate_fused(
     )
     # Image, caption, fused; each mode's metrics in display order (a stable sort by mode).
     return dict(sorted(out.items(), key=lambda kv: FUSION_MODES.index(kv[0].split("/")[0])))
+
+
+def fused_embeddings(emb_dir: Any, weight: float = DEFAULT_FUSION_WEIGHT) -> Any:
+    """Fused item vectors from an ``xmr encode`` directory holding ``images`` and ``captions``.
+
+    ``xmr encode --kinds images,captions`` stores each item's *first* caption, so here
+    ``e_cap`` is that caption's embedding (for tianchi's validation data, one caption per item,
+    it is the same as :func:`encode_items`' mean). Items with only one side take that side.
+    Returns an ``Embeddings`` of kind ``fused`` (ids: the items with an image, then those with
+    only a caption) whose manifest records the weight.
+    """
+    from xmr.encode import load_embeddings
+    from xmr.encode.store import Embeddings
+
+    _check_weight(weight)
+    images = load_embeddings(emb_dir, "images")
+    captions = load_embeddings(emb_dir, "captions")
+    if images.model != captions.model:
+        raise XmrError(f"{emb_dir}: images and captions were encoded by different models")
+    seen = set(images.ids)
+    ids = images.ids + [i for i in captions.ids if i not in seen]
+    row = {i: n for n, i in enumerate(ids)}
+    dim = images.vectors.shape[1] if len(images) else captions.vectors.shape[1]
+    image = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    caption = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    image[[row[i] for i in images.ids]] = images.vectors
+    caption[[row[i] for i in captions.ids]] = captions.vectors
+    manifest = {
+        **images.manifest,
+        "fusion": {"weight": float(weight), "formula": "normalize(w * image + (1 - w) * caption)"},
+    }
+    return Embeddings("fused", ids, fuse_embeddings(image, caption, weight), manifest)

@@ -35,6 +35,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="which vectors to index (default: images, else captions)",
     )
     b.add_argument(
+        "--fused",
+        type=float,
+        default=None,
+        metavar="W",
+        help="index fused items: normalize(W * image + (1 - W) * caption), from images and "
+        "captions encoded together (xmr encode --kinds images,captions,texts)",
+    )
+    b.add_argument(
         "--exact-max",
         type=int,
         default=None,
@@ -69,6 +77,7 @@ def run_build(args: argparse.Namespace) -> int:
         args.out,
         args.spec,
         kind=args.kind,
+        fusion_weight=args.fused,
         exact_max=args.exact_max,
         nprobe=args.nprobe,
         ef_search=args.ef_search,

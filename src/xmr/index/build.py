@@ -33,6 +33,18 @@ def _records(emb_dir: Path, kind: str, ids: list[str]) -> list[dict[str, Any]]:
     return [meta.get(i, {"id": i}) for i in ids]
 
 
+def _load_vectors(emb_dir: Path, kind: str, fusion_weight: float | None):
+    """One kind's embeddings; ``fused`` combines images and captions (see :mod:`xmr.fusion`)."""
+    from xmr.encode import load_embeddings
+
+    if kind == "fused":
+        from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings
+
+        weight = DEFAULT_FUSION_WEIGHT if fusion_weight is None else fusion_weight
+        return fused_embeddings(emb_dir, weight)
+    return load_embeddings(emb_dir, kind)
+
+
 def index_embeddings(
     emb_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -47,8 +59,9 @@ def index_embeddings(
     from xmr.encode import load_embeddings
 
     emb_dir = Path(emb_dir)
-    kind = kind or default_kind(emb_dir)
-    emb = load_embeddings(emb_dir, kind)
+    fusion_weight = options.pop("fusion_weight", None)
+    kind = "fused" if fusion_weight is not None else kind or default_kind(emb_dir)
+    emb = _load_vectors(emb_dir, kind, fusion_weight)
     if len(emb) == 0:
         raise XmrError(f"{emb_dir}: no {kind} vectors to index")
     manifest = emb.manifest
@@ -77,6 +90,7 @@ def index_embeddings(
             "split": manifest.get("split"),
             "precision": manifest.get("precision"),
             "preprocessing": manifest.get("preprocessing"),
+            **({"fusion_weight": manifest["fusion"]["weight"]} if kind == "fused" else {}),
         },
         **options,
     )
@@ -93,13 +107,13 @@ def add_embeddings(
     The embeddings must come from the model that built the index (ModelMismatchError otherwise)
     and bring only new ids. The index directory is replaced atomically when ``save``.
     """
-    from xmr.encode import load_embeddings
 
     if not isinstance(index, Index):
         index = load_index(index)
     emb_dir = Path(emb_dir)
-    kind = kind or (index.manifest.get("source") or {}).get("kind") or default_kind(emb_dir)
-    emb = load_embeddings(emb_dir, kind)
+    source = index.manifest.get("source") or {}
+    kind = kind or source.get("kind") or default_kind(emb_dir)
+    emb = _load_vectors(emb_dir, kind, source.get("fusion_weight"))
     index.add(emb.vectors, emb.ids, _records(emb_dir, kind, emb.ids), model=emb.model)
     if save:
         index.save()
