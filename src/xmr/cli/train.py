@@ -1,0 +1,106 @@
+"""``xmr train``: contrastive fine-tuning (the library's ``xmr.train.train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+EPILOG = """\
+options as key=value (after the flags; any TrainConfig field, see `xmr.train.TrainConfig`):
+  epochs=10 batch_size=64 accum_steps=1 accum_mode=features|gradients
+  lr=5e-4 image_lr=... text_lr=... weight_decay=0.1 warmup_ratio=0.05 min_lr_ratio=0
+  grad_clip=1.0 loss=clip|siglip multi_positive=soft|mask|none max_logit_scale=100
+  freeze_image=true freeze_text=true freeze_image_layers=N freeze_text_layers=N
+  grad_checkpointing=true precision=fp32|fp16|bf16 device=auto workers=2 seed=0
+  eval_every=0 (0: every epoch) best_metric=t2i/mAP@10 save_every=0 resume=true
+
+multi-GPU / multi-process: torchrun --nproc_per_node N -m xmr train ...
+  (NCCL on GPUs, gloo on CPU; features are gathered so the contrastive batch is global)
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model contrastively on a data set",
+        description=(
+            "Fine-tune a CLIP-family model with a contrastive loss (CLIP's InfoNCE or SigLIP's "
+            "sigmoid loss; items of one relevance group are not negatives), validate on a "
+            "split, and write OUT: the best model (loadable as hf:OUT), the resolved config, "
+            "logs and metrics. Re-running the same command resumes an interrupted run."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="model spec to start from (hf:DIR, a hub id, open_clip:...)")
+    p.add_argument("--data", metavar="PATH", help="data set directory or file")
+    p.add_argument("--out", metavar="DIR", help="output directory (the trained model)")
+    p.add_argument("--format", default=None, help="data set format (default: detected)")
+    p.add_argument(
+        "--images", default=None, metavar="DIR", help="image folder, for formats that need one"
+    )
+    p.add_argument("--split", default=None, help="training split [train]")
+    p.add_argument(
+        "--valid-split", default=None, help="validation split [valid]; 'none' disables validation"
+    )
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML (or JSON) training config")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="per process and micro-batch")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if OUT has a checkpoint"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any TrainConfig field")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmr.train.config import load_config, parse_overrides
+    from xmr.train.loop import train
+
+    valid = args.valid_split
+    fields = {
+        "model": args.model,
+        "data": args.data,
+        "out": args.out,
+        "format": args.format,
+        "images": args.images,
+        "split": args.split,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": args.device,
+        "precision": args.precision,
+        "workers": args.workers,
+    }
+    overrides = parse_overrides(args.overrides)
+    if valid is not None:
+        overrides.setdefault("valid_split", None if valid.lower() in ("none", "") else valid)
+    if args.no_resume:
+        overrides["resume"] = False
+    if args.quiet or args.json:
+        overrides.setdefault("progress", False)
+    config = load_config(args.config, overrides, **fields)
+    result = train(config)
+    summary = {
+        "out": str(result.out_dir),
+        "global_step": result.global_step,
+        "total_steps": result.total_steps,
+        "best_metric": result.best_metric,
+        "best_value": result.best_value,
+        "best_step": result.best_step,
+        "last_loss": result.last_loss,
+        "samples_per_s": round(result.samples_per_s, 2),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        if result.best_metric:
+            print(f"best {result.best_metric} = {result.best_value:.4f} at step {result.best_step}")
+        print(f"model in {result.out_dir} (use it as --model hf:{result.out_dir})")
+    return 0

@@ -1,0 +1,302 @@
+"""The typed training configuration: defaults < YAML file < ``key=value`` overrides.
+
+The resolved configuration is written as ``train_config.json`` in the output directory (not
+``config.json``: that name belongs to the saved transformers model beside it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from xmr.errors import XmrError
+
+CONFIG_FILE = "train_config.json"
+
+# Fields that change the training trajectory: a resumed run must agree with its checkpoint on
+# all of them (the others, such as workers, logging or the progress bar, may change).
+TRAJECTORY_FIELDS = (
+    "model",
+    "split",
+    "epochs",
+    "batch_size",
+    "accum_steps",
+    "accum_mode",
+    "lr",
+    "image_lr",
+    "text_lr",
+    "weight_decay",
+    "betas",
+    "eps",
+    "warmup_steps",
+    "warmup_ratio",
+    "min_lr_ratio",
+    "grad_clip",
+    "loss",
+    "multi_positive",
+    "max_logit_scale",
+    "init_logit_scale",
+    "init_logit_bias",
+    "freeze_image",
+    "freeze_text",
+    "freeze_image_layers",
+    "freeze_text_layers",
+    "precision",
+    "seed",
+    "max_train_items",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``xmr train`` needs. Field names are the CLI's ``key=value`` overrides.
+
+    Data:
+        model: encoder spec to start from (``hf:DIR``, a hub id, ``open_clip:ARCH@TAG``, a dir).
+        data: data set path; ``format`` its format (None: detected); ``images`` an image folder
+            for formats that keep images apart.
+        split / valid_split: training and validation split names; ``valid_split=None`` (or "")
+            trains without validation. A missing validation split is skipped with a warning.
+        max_train_items: use only the first N training items (quick experiments).
+    Optimisation:
+        epochs, batch_size (per process and micro-batch; the contrastive batch is
+        ``batch_size * world_size * accum_steps`` with ``accum_mode="features"``).
+        accum_steps / accum_mode: gradient accumulation. "features" (default) caches the
+            features of all micro-batches and recomputes each with grad (open_clip's scheme), so
+            the contrastive batch really is the accumulated batch and the gradient equals one
+            big batch; "gradients" sums the gradients of independent micro-batch losses
+            (cheaper, but each micro-batch is its own contrastive batch).
+        lr (base, also for the temperature), image_lr / text_lr (per-tower overrides),
+        weight_decay (AdamW; not applied to norms, biases, logit scale/bias), betas, eps,
+        warmup_steps (or warmup_ratio of all optimiser steps when None), min_lr_ratio (cosine
+        floor), grad_clip (max global norm; None/0 disables).
+    Loss:
+        loss: "clip" (symmetric InfoNCE) or "siglip" (sigmoid). multi_positive: "soft", "mask" or
+        "none" (see ``xmr.train.losses``). max_logit_scale: the temperature's cap (CLIP: 100).
+        init_logit_scale / init_logit_bias: override the model's values (log-space scale);
+        SigLIP on a model without a bias starts the bias at -10.
+    Model surgery:
+        freeze_image / freeze_text: freeze a whole tower; freeze_image_layers /
+        freeze_text_layers: freeze the embeddings and the lowest N transformer blocks.
+        grad_checkpointing: recompute activations in backward (less memory, ~30% slower).
+    Runtime:
+        precision: fp32, fp16 (CUDA, with a GradScaler) or bf16 (autocast). device: auto, cpu,
+        cuda. workers: DataLoader processes decoding images. cache_images: keep preprocessed
+        training images in memory ("auto": when they fit in ``cache_max_mb``).
+    Validation, checkpoints, logs:
+        eval_every: validate every N optimiser steps (0: at the end of each epoch).
+        best_metric: validation metric that picks the best model (None: ``t2i/mAP@10`` for
+        track2 data, ``t2i/MeanRecall`` otherwise). save_every: also checkpoint every N steps
+        (0: at each validation / epoch end). resume: continue from ``out/checkpoints/last.pt``
+        when present. log_every: steps between log lines. progress: tqdm bar.
+    """
+
+    model: str = ""
+    data: str = ""
+    out: str = ""
+    format: str | None = None
+    images: str | None = None
+    split: str = "train"
+    valid_split: str | None = "valid"
+    max_train_items: int | None = None
+
+    epochs: int = 10
+    batch_size: int = 64
+    accum_steps: int = 1
+    accum_mode: str = "features"
+    lr: float = 5e-4
+    image_lr: float | None = None
+    text_lr: float | None = None
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+
+    loss: str = "clip"
+    multi_positive: str = "soft"
+    max_logit_scale: float = 100.0
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
+
+    freeze_image: bool = False
+    freeze_text: bool = False
+    freeze_image_layers: int = 0
+    freeze_text_layers: int = 0
+    grad_checkpointing: bool = False
+
+    precision: str = "fp32"
+    device: str = "auto"
+    workers: int = 2
+    cache_images: str = "auto"
+    cache_max_mb: int = 2048
+    seed: int = 0
+
+    eval_every: int = 0
+    eval_batch_size: int = 256
+    best_metric: str | None = None
+    save_every: int = 0
+    resume: bool = True
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        """Check values; raise XmrError naming the bad field."""
+        for name in ("model", "data", "out"):
+            if not getattr(self, name):
+                raise XmrError(f"training config: '{name}' is required")
+        positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size", "log_every")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise XmrError(f"training config: '{name}' must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "eps", "warmup_ratio", "min_lr_ratio"):
+            if float(getattr(self, name)) < 0:
+                raise XmrError(f"training config: '{name}' must be >= 0")
+        choices = {
+            "accum_mode": ("features", "gradients"),
+            "loss": ("clip", "siglip"),
+            "multi_positive": ("soft", "mask", "none"),
+            "precision": ("fp32", "fp16", "bf16"),
+            "cache_images": ("auto", "yes", "no"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise XmrError(
+                    f"training config: '{name}' must be one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        if self.freeze_image and self.freeze_text:
+            raise XmrError("training config: freezing both towers leaves nothing to train")
+        if self.max_logit_scale <= 0:
+            raise XmrError("training config: 'max_logit_scale' must be > 0")
+        if len(tuple(self.betas)) != 2:
+            raise XmrError("training config: 'betas' must be two numbers")
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.valid_split == "":
+            self.valid_split = None
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, known, n=1)
+                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise XmrError(f"{where}: unknown training option(s) {', '.join(hints)}")
+        cfg = cls()
+        for key, value in data.items():
+            setattr(cfg, key, _coerce(known[key], value, where))
+        return cfg
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Convert a YAML/JSON/override value to the field's type (ints for float fields, "null")."""
+    type_text = str(f.type)
+    if value is None:
+        if "None" not in type_text:
+            raise XmrError(f"{where}: '{f.name}' cannot be null")
+        return None
+    try:
+        if type_text.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v]
+            return tuple(float(v) for v in value)
+        if type_text.startswith("bool"):
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered in ("true", "yes", "1", "on"):
+                    return True
+                if lowered in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if type_text.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if type_text.startswith("float"):
+            return float(value)
+        if type_text.startswith("str"):
+            return str(value)
+        if type_text.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+    except (TypeError, ValueError):
+        raise XmrError(f"{where}: '{f.name}' expects {type_text}, got {value!r}") from None
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "freeze_text=true", "valid_split=null"]`` -> a dict with YAML-typed values."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise XmrError(f"override '{item}' is not key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        # "1e-4" is a string to YAML 1.1; the field's type converts it.
+        out[key] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    **fields_: Any,
+) -> TrainConfig:
+    """Defaults, then the YAML (or JSON) file at ``path``, then ``fields_``, then ``overrides``."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise XmrError(f"{p}: cannot read config ({exc.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise XmrError(f"{p}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise XmrError(f"{p}: expected a mapping of training options")
+        data.update(loaded)
+    data.update({k: v for k, v in fields_.items() if v is not None})
+    data.update(overrides or {})
+    return TrainConfig.from_dict(data, where=str(path) if path else "config").validate()
+
+
+def trajectory_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Names (with both values) of the trajectory fields on which ``a`` and ``b`` differ."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]!r} != {db[k]!r}" for k in TRAJECTORY_FIELDS if da[k] != db[k]]

@@ -1,0 +1,231 @@
+"""Contrastive losses for two-tower training: CLIP's symmetric InfoNCE and SigLIP's sigmoid loss.
+
+Both take *L2-normalised* features. Under data parallelism every rank passes its local features
+plus the features of the whole global batch (gathered with gradients, see ``distributed``); the
+rank scores its own rows against all columns ("local loss", as open_clip's ``local_loss=True``).
+With a gather whose backward sums gradients over ranks and DDP averaging parameter gradients,
+this gives exactly the gradient of the loss over the global batch, at ``1 / world`` of the cost
+of every rank scoring the full ``N x N`` matrix.
+
+Many-to-many data: in Track2 thousands of images share one attribute string and one text, so a
+batch routinely holds two images of the same group. Plain InfoNCE would treat the second as a
+negative and push a true match away. Every example carries *group keys* (int64 hashes: the
+relevance group, e.g. the Track2 attribute, and the identity of its sampled text); image ``i``
+and text ``j`` are positives when any key matches, and always on the diagonal.
+
+``multi_positive`` decides what positives do:
+
+- ``"soft"`` (default): the cross-entropy target of a row is spread uniformly over its positives
+  (``target = P / P.sum(1)``). This is SupCon's ``L_out`` form (Khosla et al. 2020), which they
+  found better than the alternatives, and it pulls *every* true match of a query up, not only the
+  one the example was paired with. That is what mAP@10 over many relevant images rewards. A
+  row with a single positive reduces to ordinary InfoNCE, so nothing changes on one-to-one data.
+- ``"mask"``: the paired column stays the only target and the other positives are removed from
+  the softmax denominator (set to -inf): true matches are neither pushed away nor pulled.
+- ``"none"``: plain CLIP InfoNCE (other positives are negatives); for ablations.
+
+For SigLIP, positives simply get label +1 (the sigmoid loss is multi-label by nature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from xmr.errors import XmrError
+from xmr.registry import Registry
+
+MULTI_POSITIVE_MODES = ("soft", "mask", "none")
+
+LOSSES: Registry = Registry("loss")
+register_loss = LOSSES.register
+
+
+def group_key(value: str) -> int:
+    """A stable signed 64-bit hash of a group name (the same on every rank and every run; Python's
+    ``hash`` is salted per process)."""
+    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def group_keys(groups: Iterable[Sequence[str]]) -> torch.Tensor:
+    """``(N, G)`` int64 keys from ``N`` tuples of ``G`` group names."""
+    rows = [[group_key(g) for g in gs] for gs in groups]
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def row_indices(n_rows: int, row_index: torch.Tensor | int | None, device) -> torch.Tensor:
+    """The global column index of each local row: ``row_index`` itself, or ``offset + arange``."""
+    if isinstance(row_index, torch.Tensor):
+        return row_index.to(device=device, dtype=torch.long)
+    return torch.arange(n_rows, device=device) + int(row_index or 0)
+
+
+def positive_mask(
+    row_keys: torch.Tensor, col_keys: torch.Tensor, row_index: torch.Tensor | int | None = None
+) -> torch.Tensor:
+    """``P[i, j]`` = row ``i`` and column ``j`` share any key, or are the same example.
+
+    Args:
+        row_keys: ``(R, G)`` keys of the local rows; ``(R,)`` is taken as one key per row.
+        col_keys: ``(C, G)`` keys of all columns (the global batch).
+        row_index: global column index of each row (a tensor), or the index of the first row
+            (an int: rows are contiguous, as ``rank * local batch size``); default 0.
+    """
+    if row_keys.ndim == 1:
+        row_keys = row_keys[:, None]
+    if col_keys.ndim == 1:
+        col_keys = col_keys[:, None]
+    pos = (row_keys[:, None, :] == col_keys[None, :, :]).any(dim=-1)
+    own = row_indices(row_keys.shape[0], row_index, pos.device)
+    pos[torch.arange(row_keys.shape[0], device=pos.device), own] = True
+    return pos
+
+
+def multi_positive_cross_entropy(
+    logits: torch.Tensor, positives: torch.Tensor, targets: torch.Tensor, mode: str = "soft"
+) -> torch.Tensor:
+    """Mean over rows of the cross-entropy of ``logits`` (R, C).
+
+    Args:
+        positives: ``(R, C)`` bool, True where the column is a true match of the row.
+        targets: ``(R,)`` index of each row's own (paired) column.
+        mode: ``"soft"``, ``"mask"`` or ``"none"`` (see the module docstring).
+    """
+    logits = logits.float()
+    if mode == "none":
+        return F.cross_entropy(logits, targets)
+    if mode == "mask":
+        own = torch.zeros_like(positives)
+        own[torch.arange(own.shape[0], device=own.device), targets] = True
+        logits = logits.masked_fill(positives & ~own, float("-inf"))
+        return F.cross_entropy(logits, targets)
+    if mode == "soft":
+        weights = positives.float()
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        return -(weights * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    raise XmrError(
+        f"unknown multi_positive mode '{mode}' (choose from {', '.join(MULTI_POSITIVE_MODES)})"
+    )
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """Base class: ``forward`` returns a scalar loss for the local rows.
+
+    Args (of ``forward``):
+        image_local, text_local: ``(B, D)`` normalised features of this rank's examples.
+        image_all, text_all: ``(N, D)`` features of the global batch (``N = world * B``); the
+            local tensors when not distributed.
+        keys_local, keys_all: ``(B, G)`` / ``(N, G)`` int64 group keys (see ``positive_mask``).
+        logit_scale: the log of the inverse temperature (a scalar tensor).
+        logit_bias: SigLIP's bias (a scalar tensor), or None.
+        row_index: where the local rows sit among the columns: a ``(B,)`` tensor of global
+            indices, or the int index of the first row (contiguous rows: ``rank * B``).
+    """
+
+    def forward(  # noqa: D102 - documented on the class
+        self,
+        image_local: torch.Tensor,
+        text_local: torch.Tensor,
+        image_all: torch.Tensor,
+        text_all: torch.Tensor,
+        keys_local: torch.Tensor,
+        keys_all: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+        row_index: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_loss("clip")
+class ClipLoss(ContrastiveLoss):
+    """Symmetric InfoNCE (CLIP): the mean of image->text and text->image cross-entropies over
+    ``exp(logit_scale) * cosine`` logits, with multi-positive targets (module docstring)."""
+
+    needs_bias = False
+
+    def __init__(self, multi_positive: str = "soft") -> None:
+        super().__init__()
+        if multi_positive not in MULTI_POSITIVE_MODES:
+            raise XmrError(
+                f"unknown multi_positive mode '{multi_positive}' "
+                f"(choose from {', '.join(MULTI_POSITIVE_MODES)})"
+            )
+        self.multi_positive = multi_positive
+
+    def forward(
+        self,
+        image_local,
+        text_local,
+        image_all,
+        text_all,
+        keys_local,
+        keys_all,
+        logit_scale,
+        logit_bias=None,
+        row_index=None,
+    ):
+        scale = logit_scale.float().exp()
+        image_local, text_local = image_local.float(), text_local.float()
+        image_all, text_all = image_all.float(), text_all.float()
+        logits_i2t = scale * image_local @ text_all.t()
+        logits_t2i = scale * text_local @ image_all.t()
+        positives = positive_mask(keys_local, keys_all, row_index)
+        targets = row_indices(image_local.shape[0], row_index, image_local.device)
+        loss_i2t = multi_positive_cross_entropy(logits_i2t, positives, targets, self.multi_positive)
+        loss_t2i = multi_positive_cross_entropy(logits_t2i, positives, targets, self.multi_positive)
+        return (loss_i2t + loss_t2i) / 2
+
+
+@register_loss("siglip")
+class SigLipLoss(ContrastiveLoss):
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every (image, text) pair is a binary
+    problem, label +1 for positives (all of them, multi-positive by nature) and -1 otherwise;
+    ``-sum log sigmoid(label * (exp(t) * cos + b))`` divided by the number of images. Summed over
+    the rows of all ranks and divided by the global batch, it equals the paper's loss."""
+
+    needs_bias = True
+
+    def __init__(self, multi_positive: str = "soft") -> None:
+        super().__init__()
+        # "none" makes other positives negatives, as the paper's one-to-one labels do.
+        self.multi_positive = multi_positive
+
+    def forward(
+        self,
+        image_local,
+        text_local,
+        image_all,
+        text_all,
+        keys_local,
+        keys_all,
+        logit_scale,
+        logit_bias=None,
+        row_index=None,
+    ):
+        logits = logit_scale.float().exp() * image_local.float() @ text_all.float().t()
+        if logit_bias is not None:
+            logits = logits + logit_bias.float()
+        if self.multi_positive == "none":
+            positives = torch.zeros_like(logits, dtype=torch.bool)
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            positives[rows, row_indices(logits.shape[0], row_index, logits.device)] = True
+        else:
+            positives = positive_mask(keys_local, keys_all, row_index)
+        labels = positives.float() * 2 - 1
+        return -F.logsigmoid(labels * logits).sum() / image_local.shape[0]
+
+
+def create_loss(name: str, multi_positive: str = "soft") -> ContrastiveLoss:
+    """The registered loss ``name`` ("clip" or "siglip")."""
+    return LOSSES.get(name)(multi_positive=multi_positive)
+
+
+# SigLIP's initialisation (paper, section 3): t' = log 10, b = -10.
+SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
