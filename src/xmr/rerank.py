@@ -4,7 +4,9 @@ The first stage (a bi-encoder and an index) returns a ranked list of candidates 
 similarity. :func:`rerank` lets a cross-encoder (:mod:`xmr.models.cross_encoders`) read the query
 together with each of the first ``k`` candidates and reorders only those ``k``:
 
-* ``mode="itm"`` (mPLUG): ``score = p_match``, the ITM head's softmax probability of "match".
+* ``mode="itm"`` (mPLUG): ``score = p_match = softmax(itm_logits)[1]``, the ITM head's
+  probability of "match" (the number a pair score reports; ranking by it orders pairs by
+  ``logit_match - logit_no_match``).
 * ``mode="itm+sim"`` (BLIP / BLIP-2 in LAVIS): ``score = itm_logit_match + alpha * similarity``,
   where ``itm_logit_match`` is the raw ITM logit of the "match" class (column 1; for BLIP-2 the
   mean over query tokens) and ``similarity`` the first-stage score (cosine). ``alpha=1`` is
