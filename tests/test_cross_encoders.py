@@ -224,3 +224,52 @@ def test_cuda_scores_match_the_cpu(tiny_dirs, kind):
         gpu = create_cross_encoder(str(tiny_dirs[kind]), device="cuda", precision=precision)
         assert gpu.device.startswith("cuda") and next(gpu.model.parameters()).is_cuda
         np.testing.assert_allclose(gpu.logits(images, texts, batch_size=3), cpu, atol=tol)
+
+
+def _color_tianchi(root):
+    """tianchi-format train and valid splits: noisy red and blue images, queries naming colors."""
+    rng = np.random.default_rng(1)
+    colors = {"red": (220, 20, 20), "blue": (10, 20, 240)}
+    records = []
+    for split in ("train", "valid"):
+        (root / f"{split}_images").mkdir(parents=True)
+        for n in range(4):
+            color = ("red", "blue")[n % 2]
+            iid = f"{split[0]}{n}"
+            pixels = np.clip(np.array(colors[color]) + rng.integers(-30, 30, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / f"{split}_images" / f"{iid}.png")
+            if split == "train":
+                text = f"a {color} thing"
+                records.append(
+                    {"query_id": n, "query_text": text, "image_id": iid, "text_input": [color]}
+                )
+        if split == "valid":
+            for q, color in enumerate(("red", "blue")):
+                ids = {f"v{n}": color for n in range(4) if ("red", "blue")[n % 2] == color}
+                records.append({"query_id": q, "query_text": f"a {color} thing", "item_ids": ids})
+    lines = "\n".join(json.dumps(r) for r in records if "item_ids" not in r)
+    (root / "MR_train_queries_with_captions.json").write_text(lines + "\n")
+    valid = "\n".join(json.dumps(r) for r in records if "item_ids" in r)
+    (root / "MR_valid_queries_with_captions_standard_simple.jsonl").write_text(valid + "\n")
+    return root
+
+
+def test_xmr_train_cross_encoder_command(tmp_path, one_thread, capsys):
+    from test_encode import tiny_model
+    from xmr.cli import main
+
+    data = _color_tianchi(tmp_path / "data")
+    start = create_tiny_cross_encoder(tmp_path / "start", "blip", words=["red", "blue", "thing"])
+    clip = tiny_model(tmp_path / "clip")
+    out = tmp_path / "itm"
+    args = ["train", "--cross-encoder", str(start), "--model", f"hf:{clip}", "--data", str(data)]
+    args += ["--out", str(out), "--device", "cpu", "--rerank-k", "4", "--json"]
+    assert main([*args, "steps=150", "batch_size=6", "lr=5e-3", "weight_decay=0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["negatives"] == "first-stage" and summary["steps"] == 150
+    # Validation reranks the first stage's top 4 (the whole gallery): the trained model sorts it.
+    assert summary["valid"]["t2i/R@1"] == 1.0
+    assert "first_stage/t2i/R@1" in summary["valid"]
+    assert (out / "itm_train.json").is_file() and create_cross_encoder(str(out), device="cpu")
+    assert main([*args, "bogus=1"]) == 2
+    assert "unknown ITM training option" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 EPILOG = """\
 options as key=value (after the flags; any TrainConfig field, see `xmr.train.TrainConfig`):
@@ -56,10 +57,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any TrainConfig field")
+    from xmr.cli.train_itm import add_itm_arguments
+
+    add_itm_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cross_encoder:
+        from xmr.cli.train_itm import run_itm
+
+        return run_itm(args)
     from xmr.train.config import load_config, parse_overrides
     from xmr.train.loop import train
 
@@ -87,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.setdefault("progress", False)
     config = load_config(args.config, overrides, **fields)
     result = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
     summary = {
         "out": str(result.out_dir),
         "global_step": result.global_step,

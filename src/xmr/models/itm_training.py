@@ -17,7 +17,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class ItmTrainConfig:
     """Options of :func:`train_itm` (all have working defaults for a small fine-tune)."""
 
     steps: int = 1000
+    epochs: float | None = None  # when set: steps = ceil(epochs * positive pairs / batch_size)
     batch_size: int = 16
     lr: float = 1e-5
     weight_decay: float = 0.05
@@ -39,6 +40,27 @@ class ItmTrainConfig:
     hard_negatives: int = 16
     seed: int = 0
     log_every: int = 50
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> ItmTrainConfig:
+        """From ``key=value`` strings or values (``lr=5e-3``, ``grad_clip=none``), type-checked."""
+        types = {f.name: str(f.type) for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in options.items():
+            if key not in types:
+                known = ", ".join(types)
+                raise XmrError(f"unknown ITM training option '{key}' (known: {known})")
+            kind = types[key]
+            if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+                if "None" not in kind:
+                    raise XmrError(f"ITM training option {key} cannot be empty")
+                values[key] = None
+                continue
+            try:
+                values[key] = int(value) if kind.startswith("int") else float(value)
+            except (TypeError, ValueError):
+                raise XmrError(f"ITM training option {key}={value!r} is not a number") from None
+        return cls(**values)
 
 
 def positive_pairs(split: Any) -> list[tuple[str, str]]:
@@ -168,6 +190,13 @@ def train_itm(
         raise XmrError(f"{type(ce).__name__} cannot be trained (no differentiable forward)")
 
     pairs = positive_pairs(split)
+    if config.epochs is not None:
+        config = ItmTrainConfig(
+            **{
+                **asdict(config),
+                "steps": max(1, math.ceil(config.epochs * len(pairs) / config.batch_size)),
+            }
+        )
     item_ids = sorted({i for i, _ in pairs})
     texts = list(dict.fromkeys(t for _, t in pairs))
     item_index = {i: n for n, i in enumerate(item_ids)}
