@@ -273,3 +273,30 @@ def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
     # Reranking the whole gallery with a perfect cross-encoder: every stage-2 list is right.
     assert out["t2i/R@1"] == 1.0 and out["t2i/mAP@5"] == 1.0 and out["i2t/R@1"] == 1.0
     assert out["t2i/n_queries"] == 3 and out["t2i/n_skipped"] == 1
+
+
+def test_rerank_options_give_two_stage_metrics(tmp_path):
+    import argparse
+
+    pytest.importorskip("transformers")
+    from xmr.cli.rerank_options import add_rerank_arguments, rerank_metrics
+    from xmr.data.dataset import Item, Query, Split
+    from xmr.data.images import ImageRef
+    from xmr.models.blip_itm import create_tiny_cross_encoder
+
+    blip = create_tiny_cross_encoder(tmp_path / "blip", "blip")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--k", type=int, default=5)
+    add_rerank_arguments(parser)
+    items = {}
+    for color in COLORS:
+        Image.new("RGB", (8, 8), COLORS[color]).save(tmp_path / f"{color}.png")
+        items[color] = Item(color, ImageRef(path=str(tmp_path / f"{color}.png")))
+    queries = {c: Query(c, f"a {c} thing") for c in COLORS}
+    split = Split("test", items, queries, {c: {c} for c in COLORS})
+    emb = np.eye(3, dtype=np.float32)
+    assert rerank_metrics(parser.parse_args([]), split, emb, emb) == {}
+    args = parser.parse_args(["--rerank", str(blip), "--rerank-k", "3", "--rerank-mode", "itm+sim"])
+    out = rerank_metrics(args, split, emb, emb)
+    assert out["first_stage/t2i/R@1"] == 1.0  # identity embeddings: the first stage is perfect
+    assert 0.0 <= out["t2i/R@1"] <= 1.0 and out["t2i/n_queries"] == 3

@@ -60,3 +60,28 @@ def load_cross_encoder(args: argparse.Namespace):
     return create_cross_encoder(
         args.rerank, device=getattr(args, "device", None), precision=precision
     )
+
+
+def rerank_metrics(
+    args: argparse.Namespace,
+    split,
+    text_emb,
+    image_emb,
+    directions=("t2i",),
+) -> dict:
+    """Two-stage metrics (``{direction}/...`` reranked, ``first_stage/{direction}/...``) when
+    ``--rerank`` was given, else {}; for ``xmr evaluate --model``."""
+    if not args.rerank:
+        return {}
+    from xmr.rerank import evaluate_reranked
+
+    return evaluate_reranked(
+        split,
+        text_emb,
+        image_emb,
+        load_cross_encoder(args),
+        rerank_k=args.rerank_k,
+        directions=directions,
+        k=getattr(args, "k", 10),
+        **rerank_options(args),
+    )
