@@ -90,6 +90,23 @@ def build_index(root: Path, items: int, width: int, layers: int, context: int) -
     return index.save(root / "index")
 
 
+def encoder_curve(index: Path, texts: list[str], sizes=(1, 8, 32)) -> list[tuple[int, float]]:
+    """Texts/s of the index's model alone at a few batch sizes: the ceiling batching aims at."""
+    from xmr.index import load_index
+    from xmr.models import create_encoder
+
+    encoder = create_encoder(load_index(index).model["spec"], device="cpu")
+    out = []
+    for b in sizes:
+        encoder.encode_texts(texts[:b])
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < 1.0:
+            encoder.encode_texts(texts[(n * b) % 500 : (n * b) % 500 + b])
+            n += 1
+        out.append((b, b * n / (time.perf_counter() - t0)))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,10 +184,14 @@ async def load(base: str, clients: int, n_requests: int, texts: list[str], k: in
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        # Warm-up: connections open, the encoder's first calls done.
-        await asyncio.gather(
-            *(client.get("/api/search", params={"q": t, "k": k}) for t in texts[:clients])
-        )
+        # Warm-up: connections open; every query length and batch shape seen once (the first
+        # call of a new shape is slow in torch), so the timed part measures steady state.
+        for t in texts[:20]:
+            await client.get("/api/search", params={"q": t, "k": k})
+        for _ in range(2):
+            await asyncio.gather(
+                *(client.get("/api/search", params={"q": t, "k": k}) for t in texts[:clients])
+            )
         before = get_json(f"{base}/api/info")["batching"]["text_calls"]
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
@@ -193,7 +214,7 @@ async def load(base: str, clients: int, n_requests: int, texts: list[str], k: in
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--index", type=Path, help="an index directory (default: build one)")
-    p.add_argument("--items", type=int, default=1000, help="images in the built index")
+    p.add_argument("--items", type=int, default=500, help="images in the built index")
     p.add_argument("--text-width", type=int, default=384, help="text tower width (built index)")
     p.add_argument("--text-layers", type=int, default=6, help="text tower layers (built index)")
     p.add_argument("--context", type=int, default=32, help="text tokens (built index)")
@@ -216,21 +237,28 @@ def main() -> None:
                 f"built a {args.items}-item index (text tower {args.text_width} x "
                 f"{args.text_layers}, {args.context} tokens) in {time.perf_counter() - t0:.1f} s"
             )
-        info = None
+        curve = encoder_curve(index, texts)
+        print("encoder alone: " + ", ".join(f"batch {b}: {r:.0f} texts/s" for b, r in curve))
         rows = []
-        for batching in (True, False):
-            with Server(index, batching, args.batch_wait_ms) as server:
-                info = info or get_json(f"{server.base}/api/info")
-                for clients in levels:
+        # Both servers run side by side (an idle one costs nothing) and the levels alternate
+        # between them, so a neighbour's load on the machine hits both sides alike.
+        with (
+            Server(index, True, args.batch_wait_ms) as on,
+            Server(index, False, args.batch_wait_ms) as off,
+        ):
+            info = get_json(f"{on.base}/api/info")
+            for clients in levels:
+                for server, mode in ((on, "on"), (off, "off")):
                     r = asyncio.run(load(server.base, clients, args.requests, texts, args.k))
-                    r["batching"] = "on" if batching else "off"
+                    r["batching"] = mode
                     rows.append(r)
                     print(
-                        f"  batching {r['batching']:>3}  clients {clients:>3}: "
+                        f"  batching {mode:>3}  clients {clients:>3}: "
                         f"{r['rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
                         f"p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch']:.1f}",
                         flush=True,
                     )
+        rows.sort(key=lambda r: (r["batching"] != "on", r["clients"]))
 
     print()
     print(

@@ -64,7 +64,7 @@ def build_index_dir(root: Path) -> dict:
                 )
     # One image served from a line of a base64 TSV, one from a BMP file (re-encoded to PNG).
     buf = io.BytesIO()
-    _draw(COLOURS["red"], "square", variant=1).save(buf, format="JPEG", quality=90)
+    _draw((200, 50, 40), "square", size=80, variant=1).save(buf, format="JPEG", quality=90)
     tsv = root / "images.tsv"
     line0 = "other\t" + base64.b64encode(b"not used").decode() + "\n"
     tsv.write_text(line0 + f"{TSV_ITEM}\t{base64.b64encode(buf.getvalue()).decode()}\n")

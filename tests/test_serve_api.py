@@ -61,6 +61,15 @@ def assert_error(r, status: int, code: str | None = None):
     return body
 
 
+def assert_same_ranking(results, hits, tol=1e-4):
+    """Same scores, and the same ids except where scores tie (a batched encoder call may differ
+    from a single one in the last float bits)."""
+    assert [x["score"] for x in results] == pytest.approx([h.score for h in hits], abs=tol)
+    for x, h in zip(results, hits, strict=True):
+        if x["id"] != h.id:
+            assert abs(x["score"] - h.score) <= tol, (x, h)
+
+
 # --- service facts ------------------------------------------------------------------------------
 
 
@@ -122,11 +131,7 @@ def test_text_search_get_and_post(client, built):
 
 def test_results_match_the_searcher(client, searcher):
     body = client.get("/api/search", params={"q": "a blue square", "k": 7}).json()
-    expected = searcher.search_text("a blue square", k=7)
-    assert [x["id"] for x in body["results"]] == [h.id for h in expected]
-    assert [x["score"] for x in body["results"]] == pytest.approx(
-        [h.score for h in expected], abs=1e-5
-    )
+    assert_same_ranking(body["results"], searcher.search_text("a blue square", k=7))
 
 
 def test_category_filter(client):
@@ -222,6 +227,11 @@ def test_bad_json_bodies(client, body, status, code):
 
 def test_over_long_json_query(client):
     assert_error(client.post("/api/search", json={"q": "y" * 65}), 400, "query_too_long")
+
+
+def test_over_large_json_body(client):
+    r = client.post("/api/search", json={"q": "red", "pad": "x" * 70_000})
+    assert_error(r, 413, "too_large")
 
 
 def test_unsupported_content_type(client):
@@ -379,7 +389,40 @@ def test_concurrent_queries_share_encoder_calls(searcher):
     # Each request got its own answer, the same as a search on its own.
     for text, body in zip(texts, bodies, strict=True):
         assert body["query"]["text"] == text
-        assert [x["id"] for x in body["results"]] == [h.id for h in searcher.search_text(text, k=3)]
+        assert_same_ranking(body["results"], searcher.search_text(text, k=3))
+
+
+def test_one_batch_serves_different_k_and_categories(searcher):
+    import httpx
+
+    counting = CountingEncoder(searcher.encoder)
+    backend = SearchBackend(searcher.index, counting, searcher=searcher)
+    app = create_app(backend, ServeSettings(batch_wait_ms=250))
+    asks = [
+        {"q": "a red circle", "k": 2},
+        {"q": "a red circle", "k": 9, "category": "square"},
+        {"q": "a blue square", "k": 5, "category": "circle"},
+        {"q": "a blue square", "k": 1},
+        {"q": "a green thing", "k": 7, "category": "square"},
+    ]
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+            rs = await asyncio.gather(*(ac.get("/api/search", params=a) for a in asks))
+        return [r.json() for r in rs]
+
+    try:
+        bodies = asyncio.run(run())
+    finally:
+        app.state.text_batcher.close()
+    assert len(counting.text_calls) < len(asks)
+    for ask, body in zip(asks, bodies, strict=True):
+        expected = searcher.search_text(ask["q"], k=ask["k"], category=ask.get("category"))
+        assert len(body["results"]) == ask["k"]
+        assert_same_ranking(body["results"], expected)
+        if "category" in ask:
+            assert {x["category"] for x in body["results"]} == {ask["category"]}
 
 
 def test_batching_can_be_disabled(searcher):

@@ -160,3 +160,31 @@ def test_cli_help_and_bad_arguments(tmp_path, capsys):
         main(["serve", str(tmp_path), "--allow-writes", "--token", "0123456789", "--workers", "2"])
         == 2
     )
+
+
+def test_a_lone_sequential_client_does_not_wait():
+    import time
+
+    fn = Recorder()
+    b = MicroBatcher(fn, max_wait_ms=300)
+
+    async def sequential(n):
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await b.submit(i)
+            out.append(time.perf_counter() - t0)
+        return out
+
+    try:
+        waits = asyncio.run(sequential(10))
+        # Concurrent clients again: they share calls.
+        before = len(fn.calls)
+        assert asyncio.run(_submit_all(b, list(range(12)))) == [x * 10 for x in range(12)]
+        assert len(fn.calls) - before < 12
+    finally:
+        b.close()
+    # Without history the batcher waits; once queries are seen to come one at a time (none
+    # finds another in flight), a query goes straight to the encoder.
+    assert min(waits[:3]) >= 0.25
+    assert max(waits[4:]) < 0.25

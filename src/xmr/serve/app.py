@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmr.errors import DataError, XmrError
-from xmr.serve.backend import SearchBackend
+from xmr.serve.backend import SearchBackend, TextQuery
 from xmr.serve.batching import MicroBatcher
 from xmr.serve.images import ImageStore
 from xmr.serve.limits import ApiError, ServeSettings, check_category, check_k, check_query
@@ -42,6 +42,9 @@ PAGE_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
+
+# A search's JSON body is a few short fields; anything bigger is not a search.
+MAX_JSON_BYTES = 64 * 1024
 
 _SEARCH_BODY_DOC = {
     "requestBody": {
@@ -101,8 +104,8 @@ def create_app(
         backend = SearchBackend.from_searcher(index)
     backend.writable = settings.allow_writes
 
-    text_batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(
-        lambda texts: list(backend.encode_texts(texts)),
+    text_batcher: MicroBatcher[TextQuery, list[tuple[str, float]]] = MicroBatcher(
+        backend.search_texts,
         max_batch=settings.max_batch,
         max_wait_ms=settings.batch_wait_ms,
         enabled=settings.batching,
@@ -208,8 +211,9 @@ def create_app(
         k = check_k(k, settings)
         text = check_query(q, settings)
         category = check_category(category, backend.categories())
-        vector = await text_batcher.submit(text)
-        results = await run_search(vector, k, category)
+        # One batched call encodes the text and searches the index (no second thread hop).
+        hits = await text_batcher.submit(TextQuery(text, k, category))
+        results = [result_of(i, s) for i, s in hits]
         return respond({"type": "text", "text": text}, k, category, results, started)
 
     # -- routes: API -----------------------------------------------------------------------
@@ -252,8 +256,8 @@ def create_app(
         """Search by text, by an uploaded image, or by the example of an indexed item."""
         started = time.perf_counter()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await _read_body(request, settings.max_upload_bytes)
         if ctype == "multipart/form-data":
+            body = await _read_body(request, settings.max_upload_bytes)
             return await image_search(request, body, started)
         if ctype not in ("application/json", ""):
             raise ApiError(
@@ -261,6 +265,7 @@ def create_app(
                 "unsupported_media_type",
                 "send application/json or multipart/form-data (an image upload)",
             )
+        body = await _read_body(request, MAX_JSON_BYTES)
         payload = _parse_json(body)
         if not isinstance(payload, dict):
             raise ApiError(400, "bad_json", "the JSON body must be an object {q, k, ...}")

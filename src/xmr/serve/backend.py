@@ -11,11 +11,17 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from xmr.data.images import ImageRef
+
+
+class TextQuery(NamedTuple):
+    text: str
+    k: int
+    category: str | None = None
 
 
 class SearchBackend:
@@ -102,6 +108,21 @@ class SearchBackend:
         else:
             hits = self.index.search(q, k, category=category)
         return [[(str(h.id), float(h.score)) for h in row] for row in hits]
+
+    def search_texts(self, queries: list[TextQuery]) -> list[list[tuple[str, float]]]:
+        """Encode every query text in one call, then search once per category present (with the
+        largest k asked for there, each list cut to its own k)."""
+        vectors = self.encode_texts([q.text for q in queries])
+        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.category, []).append(i)
+        for category, rows in groups.items():
+            k = max(queries[i].k for i in rows)
+            hits = self.search_vectors(vectors[rows], k, category=category)
+            for i, row in zip(rows, hits, strict=True):
+                out[i] = row[: queries[i].k]
+        return out
 
     def info(self) -> dict[str, Any]:
         describe = getattr(self.searcher, "info", None)

@@ -8,7 +8,9 @@ query and awaits its future, so it stays free to accept requests while the encod
 batcher works whatever event loop (or loops) the requests come from.
 
 While a batch is being encoded, new queries queue up; the next batch takes them all at once
-(no extra wait), so batches grow with load and throughput grows with it.
+(no extra wait), so batches grow with load and throughput grows with it. A lone query waits up
+to ``max_wait_ms`` for company only when recent queries arrived while others were still in
+flight (concurrent clients), so a single sequential client pays no waiting time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +50,8 @@ class MicroBatcher(Generic[T, R]):
         fn: the batch function (one output per input, in order); it runs in worker threads.
         max_batch: the most inputs one call takes.
         max_wait_ms: how long the first input of a batch waits for others when the queue is
-            empty; a backlog is taken at once without waiting.
+            empty and inputs have lately been arriving concurrently; a backlog is taken at once
+            without waiting.
         enabled: when False every submission is its own call (run in a thread pool of
             ``threads``), for comparison.
         threads: worker threads (each runs its own batches); 1 suits an encoder that already
@@ -76,6 +80,8 @@ class MicroBatcher(Generic[T, R]):
         self._closed = False
         self._start_lock = threading.Lock()
         self._n_threads = max(1, int(threads))
+        self._recent: deque[bool] = deque(maxlen=16)  # did each arrival find others in flight?
+        self._in_flight = 0
         self._name = name
 
     # -- public API ------------------------------------------------------------------------
@@ -91,6 +97,7 @@ class MicroBatcher(Generic[T, R]):
             return results[0]
         self._ensure_threads()
         future: asyncio.Future = loop.create_future()
+        self._note_arrival()
         self._queue.put((item, future, loop))
         return await future
 
@@ -135,6 +142,24 @@ class MicroBatcher(Generic[T, R]):
             self.stats.largest = max(self.stats.largest, len(items))
         return results
 
+    def _note_arrival(self) -> None:
+        with self._stats_lock:
+            self._recent.append(self._in_flight > 0)
+            self._in_flight += 1
+
+    def _done(self, n: int) -> None:
+        with self._stats_lock:
+            self._in_flight -= n
+
+    def _company_expected(self) -> bool:
+        """Whether more queries are likely soon: lately, queries came while others were in
+        flight. Without history, assume so."""
+        with self._stats_lock:
+            recent = list(self._recent)
+        if len(recent) < 4:
+            return True
+        return 4 * sum(recent) >= len(recent)
+
     def _collect(self, first: Any) -> tuple[list, bool]:
         """The batch that starts with ``first``: the backlog, then what arrives in max_wait."""
         batch = [first]
@@ -148,7 +173,7 @@ class MicroBatcher(Generic[T, R]):
             if entry is _STOP:
                 return batch, True
             batch.append(entry)
-        if len(batch) > 1:
+        if len(batch) > 1 or not self._company_expected():
             return batch, stop
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
@@ -170,19 +195,23 @@ class MicroBatcher(Generic[T, R]):
             if first is _STOP:
                 return
             batch, stop = self._collect(first)
-            # A request whose client went away needs no work.
-            live = [e for e in batch if not e[1].cancelled()]
-            if live:
-                try:
-                    results = self._call([e[0] for e in live])
-                except BaseException as exc:  # noqa: BLE001 - delivered to every waiter
-                    for _, fut, loop in live:
-                        _deliver(loop, fut, exc=exc)
-                else:
-                    for (_, fut, loop), result in zip(live, results, strict=True):
-                        _deliver(loop, fut, result=result)
+            self._run(batch)
             if stop:
                 return
+
+    def _run(self, batch: list) -> None:
+        # A request whose client went away needs no work.
+        live = [e for e in batch if not e[1].cancelled()]
+        try:
+            if live:
+                results = self._call([e[0] for e in live])
+                for (_, fut, loop), result in zip(live, results, strict=True):
+                    _deliver(loop, fut, result=result)
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiter
+            for _, fut, loop in live:
+                _deliver(loop, fut, exc=exc)
+        finally:
+            self._done(len(batch))
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, *, result=None, exc=None):
