@@ -50,7 +50,8 @@ def quiet_transformers():
 def _hub_error(source: str, exc: Exception) -> XmrError:
     where = "directory" if Path(source).exists() else "hub id"
     return XmrError(
-        f"cannot load cross-encoder {where} '{source}': {exc}. Hub downloads need network access "
+        f"cannot load cross-encoder {where} '{source}': {str(exc).strip().rstrip('.')}. "
+        "Hub downloads need network access "
         "or a filled HF cache; a local directory needs config.json, the weights, the tokenizer "
         "files and processor_config.json (save_pretrained writes all of them)."
     )
