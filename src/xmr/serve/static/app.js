@@ -162,6 +162,9 @@
     renderMore();
   }
 
+  const VECTOR = /^\s*-?\d+(\.\d+)?(\s*,\s*-?\d+(\.\d+)?){3,}\s*$/;
+  const isVector = (text) => typeof text === "string" && VECTOR.test(text);
+
   function card(r, rank) {
     const li = document.createElement("li");
     li.className = "card";
@@ -194,7 +197,16 @@
     const cap = document.createElement("figcaption");
     const text = document.createElement("p");
     text.className = "caption";
-    text.textContent = r.caption || r.attribute || r.id;
+    const vector = !(r.captions && r.captions.length) && isVector(r.attribute);
+    if (vector) {
+      // An attribute vector (Track2 pedestrians: 0/1 flags) reads better as a compact bit row.
+      text.classList.add("vector");
+      const values = r.attribute.split(",").map((v) => v.trim());
+      const bits = values.every((v) => v === "0" || v === "1");
+      text.textContent = bits ? values.join("") : values.join(", ");
+    } else {
+      text.textContent = r.caption || r.attribute || r.id;
+    }
     const details = [...(r.captions || [])];
     if (r.attribute && !details.includes(r.attribute)) details.push(`attribute: ${r.attribute}`);
     text.title = [`id: ${r.id}`, ...details].join("\n");
