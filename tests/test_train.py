@@ -284,3 +284,24 @@ def test_cli_train(setup, tmp_path, capsys):
     assert (
         main(["train", "--model", "m", "--data", setup["data"], "--out", str(out), "nope=1"]) == 2
     )
+
+
+def test_undecodable_training_image_and_rerun_of_a_finished_run(setup, tmp_path):
+    """A broken JPEG does not stop training: streaming replaces it in its batch by another
+    example, caching leaves it out. Re-running a finished run trains no further."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    victim = sorted((data / "train" / "train_images").glob("*.jpg"))[0]
+    victim.write_bytes(b"not a jpeg")
+    # 16 items, one of them broken: 2 steps of 8 when streaming, 15 // 8 = 1 when cached.
+    for cache, steps in (("no", 2), ("yes", 1)):
+        out = tmp_path / f"broken-{cache}"
+        kw = dict(data=str(data), epochs=1, max_train_items=16, cache_images=cache)
+        result = train(_config(setup, out, **kw))
+        assert result.global_step == steps and result.last_loss is not None
+        again = train(_config(setup, out, **kw))
+        assert again.global_step == steps and again.last_loss == pytest.approx(result.last_loss)
+    derived = json.loads((tmp_path / "broken-yes" / "train_config.json").read_text())["extra"]
+    assert derived["derived"]["train_examples"] == 15

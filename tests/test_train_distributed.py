@@ -54,7 +54,7 @@ def _loss_and_grads(module, pixels, texts, keys, rank: int, world: int):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        runner = DistributedDataParallel(module, broadcast_buffers=False)
+        runner = DistributedDataParallel(module)
     tokens = module.encoder.tokenize(texts[rows])
     image, text, scale, _ = runner(pixels[rows], tokens)
     local_keys = keys[rows]

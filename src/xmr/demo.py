@@ -44,7 +44,7 @@ class DemoConfig:
     heads: int = 4
     context_length: int = 48
     # training
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05

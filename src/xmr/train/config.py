@@ -161,6 +161,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "eps", "warmup_ratio", "min_lr_ratio"):
             if float(getattr(self, name)) < 0:
                 raise XmrError(f"training config: '{name}' must be >= 0")
+        if isinstance(self.cache_images, bool):
+            self.cache_images = "yes" if self.cache_images else "no"
         choices = {
             "accum_mode": ("features", "gradients"),
             "loss": ("clip", "siglip"),
@@ -240,6 +242,8 @@ def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
         if type_text.startswith("float"):
             return float(value)
         if type_text.startswith("str"):
+            if isinstance(value, bool):  # YAML reads yes/no/true/false as booleans
+                return "yes" if value else "no"
             return str(value)
         if type_text.startswith("dict"):
             if not isinstance(value, dict):

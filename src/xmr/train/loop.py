@@ -18,6 +18,7 @@ again continues from it and ends with the same weights an uninterrupted run woul
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -223,8 +224,18 @@ class _Run:
             "last_metrics": {},
             "elapsed_s": 0.0,
             "samples": 0,
+            "global_batch": self.plan.step_size,
+            "train_examples": len(self.examples),
         }
         if state is not None:
+            saved = state["progress"]
+            for key in ("global_batch", "train_examples"):
+                if key in saved and saved[key] != self.progress[key]:
+                    raise XmrError(
+                        f"{self.out}: the checkpoint was trained with {key.replace('_', ' ')} "
+                        f"{saved[key]}, this run has {self.progress[key]} (same data, batch size "
+                        "and number of processes are needed to resume; resume=false starts over)"
+                    )
             self.progress.update(
                 ckpt.restore(
                     state,
@@ -275,10 +286,15 @@ class _Run:
             from torch.nn.parallel import DistributedDataParallel
 
             self._freeze_unused()
+            # The buffers (position ids) are constants: no need to sync them every forward.
+            params = inspect.signature(DistributedDataParallel).parameters
+            no_sync = (
+                "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            )
             self.ddp = DistributedDataParallel(
                 self.module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
+                **{no_sync: False},
             )
         self.tb = TensorBoard(self.out / "tensorboard", cfg.tensorboard and self.main)
         try:
@@ -288,7 +304,8 @@ class _Run:
 
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
         path = ckpt.last_checkpoint(self.out)
-        if not path.is_file():
+        # Rank 0 decides: another rank looking after rank 0 removed the file would disagree.
+        if not broadcast_object(path.is_file()):
             return None
         if not self.cfg.resume:
             self.say(f"{path} exists; resume=false: starting over")
@@ -421,7 +438,7 @@ class _Run:
         window_samples = 0
         interrupted = False
         in_update = False
-        last_loss = None
+        last_loss = progress.get("last_loss")
         try:
             for epoch, step in plan.positions(start[0], start[1], cfg.epochs):
                 micro = [
@@ -450,6 +467,7 @@ class _Run:
                 stop = self.stop_after is not None and steps_this_run >= self.stop_after
                 if g % cfg.log_every == 0 or done or stop or epoch_end:
                     last_loss = float(np.mean(window_loss))
+                    progress["last_loss"] = last_loss
                     self._log_step(g, last_loss, sps, prior_elapsed + now - run_start)
                     window_loss, window_samples, window_start = [], 0, now
                 validate = self.validator is not None and (
@@ -473,7 +491,9 @@ class _Run:
                     interrupted = True
                     break
         except KeyboardInterrupt:
-            if not in_update:
+            # Under torchrun the other ranks are not at the same point (a collective would
+            # hang): the last periodic checkpoint stands. One process saves where it stopped.
+            if not in_update and not self.info.enabled:
                 for p in self.params:
                     p.grad = None
                 self._save(export=False)
