@@ -14,6 +14,7 @@ options as key=value (after the flags; any TrainConfig field, see `xmr.train.Tra
   freeze_image=true freeze_text=true freeze_image_layers=N freeze_text_layers=N
   grad_checkpointing=true precision=fp32|fp16|bf16 device=auto workers=2 seed=0
   eval_every=0 (0: every epoch) best_metric=t2i/mAP@10 save_every=0 resume=true
+  text_source=auto|pairs|captions|both (captions: one of an image's captions per step)
 
 multi-GPU / multi-process: torchrun --nproc_per_node N -m xmr train ...
   (NCCL on GPUs, gloo on CPU; features are gathered so the contrastive batch is global)

@@ -48,6 +48,7 @@ TRAJECTORY_FIELDS = (
     "precision",
     "seed",
     "max_train_items",
+    "text_source",
 )
 
 
@@ -62,6 +63,8 @@ class TrainConfig:
         split / valid_split: training and validation split names; ``valid_split=None`` (or "")
             trains without validation. A missing validation split is skipped with a warning.
         max_train_items: use only the first N training items (quick experiments).
+        text_source: an item's training texts: "auto" (its pairs, else captions), "pairs",
+            "captions" (seed 001: one of an image's captions per step) or "both".
     Optimisation:
         epochs, batch_size (per process and micro-batch; the contrastive batch is
         ``batch_size * world_size * accum_steps`` with ``accum_mode="features"``).
@@ -103,6 +106,7 @@ class TrainConfig:
     split: str = "train"
     valid_split: str | None = "valid"
     max_train_items: int | None = None
+    text_source: str = "auto"
 
     epochs: int = 10
     batch_size: int = 64
@@ -169,6 +173,7 @@ class TrainConfig:
             "multi_positive": ("soft", "mask", "none"),
             "precision": ("fp32", "fp16", "bf16"),
             "cache_images": ("auto", "yes", "no"),
+            "text_source": ("auto", "pairs", "captions", "both"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

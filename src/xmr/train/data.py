@@ -34,7 +34,7 @@ class TrainExample:
         image: its ``ImageRef``.
         texts: the texts that describe it (one is sampled per step).
         group: the relevance group: items of one group are all relevant to each other's texts
-            (Track2: the attribute string). ``item:<id>`` when the data set has no groups.
+            (Track2: the attribute string; otherwise the item's set of texts).
     """
 
     item_id: str
@@ -43,15 +43,31 @@ class TrainExample:
     group: str
 
 
-def training_examples(split, max_items: int | None = None) -> list[TrainExample]:
+TEXT_SOURCES = ("auto", "pairs", "captions", "both")
+
+
+def training_examples(
+    split, max_items: int | None = None, text_source: str = "auto"
+) -> list[TrainExample]:
     """The examples of a split: items with an image and at least one text.
 
-    Texts come from ``split.pairs`` (the training pairs), else the item's captions, else the
-    query texts the relevance marks it relevant to. The group is the item's attribute string when
-    it has one (Track2); otherwise the item alone, and texts shared between items are caught by
-    the text-identity key (see ``example_keys``).
+    Args:
+        split: the training split.
+        max_items: keep only the first N examples.
+        text_source: where an item's texts come from. ``"auto"``: ``split.pairs`` (the training
+            pairs: Track2 label texts, MUGE/tianchi query texts), else the item's captions, else
+            the query texts the relevance marks it relevant to. ``"captions"``: the captions
+            only (seed 001 samples one of an image's three captions per step); ``"pairs"``: the
+            pairs only; ``"both"``: pairs and captions together.
+
+    The group is the item's attribute string when it has one (Track2), else its set of texts
+    (items with the same texts are interchangeable); texts shared by items of different groups
+    are caught by the text-identity key (see ``example_keys``).
     """
-    by_item: dict[str, list[str]] = {}
+    if text_source not in TEXT_SOURCES:
+        raise XmrError(
+            f"unknown text source '{text_source}' (choose from {', '.join(TEXT_SOURCES)})"
+        )
     inverse = None
     examples: list[TrainExample] = []
     skipped = 0
@@ -59,18 +75,29 @@ def training_examples(split, max_items: int | None = None) -> list[TrainExample]
         if item.image is None:
             skipped += 1
             continue
-        texts = list(split.pairs.get(iid) or item.captions or [])
-        if not texts:
-            if inverse is None:
-                inverse = split.item_relevance()
-            qids = sorted(inverse.get(iid, ()))
-            texts = [split.queries[q].text for q in qids if q in split.queries]
+        pairs, captions = list(split.pairs.get(iid) or []), list(item.captions or [])
+        if text_source == "pairs":
+            texts = pairs
+        elif text_source == "captions":
+            texts = captions
+        elif text_source == "both":
+            texts = pairs + captions
+        else:
+            texts = pairs or captions
+            if not texts:
+                if inverse is None:
+                    inverse = split.item_relevance()
+                qids = sorted(inverse.get(iid, ()))
+                texts = [split.queries[q].text for q in qids if q in split.queries]
         texts = list(dict.fromkeys(t for t in texts if t and t.strip()))
         if not texts:
             skipped += 1
             continue
-        by_item[iid] = texts
-        group = f"attr:{item.attribute}" if item.attribute else f"item:{iid}"
+        # Without an attribute, items described by exactly the same texts are one group (a CSV
+        # or MUGE export of many-to-many data lists every relevant text for every image).
+        group = (
+            f"attr:{item.attribute}" if item.attribute else "texts:" + "\x1f".join(sorted(texts))
+        )
         examples.append(TrainExample(iid, item.image, texts, group))
         if max_items is not None and len(examples) >= max_items:
             break

@@ -174,7 +174,9 @@ class _Run:
         from xmr.models.base import resolve_precision
 
         dataset = load_dataset(cfg.data, cfg.format, split=cfg.split, images=cfg.images)
-        self.examples = training_examples(dataset.split(cfg.split), cfg.max_train_items)
+        self.examples = training_examples(
+            dataset.split(cfg.split), cfg.max_train_items, cfg.text_source
+        )
         self.best_metric = cfg.best_metric or default_best_metric(dataset.format)
         self.validator = self._validator(dataset.format)
 
