@@ -89,3 +89,37 @@ def test_plan_is_deterministic_and_splits_ranks_like_one_big_batch():
     assert positions == [(1, 2), (2, 0), (2, 1), (2, 2)]
     with pytest.raises(XmrError, match="lower batch_size"):
         BatchPlan([1] * 5, micro_batch=4, world_size=2, accum_steps=1, seed=0)
+
+
+def test_cosine_schedule_with_warmup():
+    from xmr.train.model import cosine_schedule
+
+    f = cosine_schedule(total_steps=110, warmup_steps=10, min_ratio=0.1)
+    assert [round(f(s), 6) for s in range(3)] == [0.1, 0.2, 0.3]
+    assert f(9) == 1.0 and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55)  # half-way down the cosine: (1 + 0.1) / 2
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from xmr.train import checkpoint as ckpt
+
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt.atomic_torch_save({"step": 1}, path)
+    assert torch.load(path)["step"] == 1
+
+    def failing_save(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.atomic_torch_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary left behind
+    with pytest.raises(XmrError, match="not an xmr training checkpoint"):
+        ckpt.load_checkpoint(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,6 +175,7 @@ def run_demo(
 
     model_dir = out / "model"
     _out(f"[4/6] training from scratch -> {model_dir}")
+    shutil.rmtree(model_dir, ignore_errors=True)  # an earlier demo's model: start afresh
     train_cfg = TrainConfig(
         model=f"hf:{tiny}",
         data=str(data),

@@ -133,7 +133,9 @@ def train(
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)  # above the progress bar, not through it
 
 
 def export_model(encoder, out: Path) -> None:
