@@ -1,6 +1,7 @@
 """Two processes on CPU (gloo on 127.0.0.1): the contrastive loss and the gradients over a
 global batch split across ranks equal one process holding the whole batch, and ``train`` with
-2 x batch B ends with the same weights as one process with batch 2B."""
+2 ranks x 2 accumulated micro-batches of B ends with the same weights as one process with
+batch 4B."""
 
 from __future__ import annotations
 
@@ -93,7 +94,10 @@ def _worker(rank: int, port: int, spec: str, data: str, out: str) -> None:
         loss, grads = _loss_and_grads(module, pixels, texts, keys, rank, WORLD)
         torch.save({"loss": loss, "grads": grads}, Path(out) / f"grads{rank}.pt")
         dist.barrier()
-        train(_train_config(spec, data, Path(out) / "ddp", batch_size=GLOBAL_BATCH // WORLD))
+        # 2 ranks x micro-batch 2 x 2 accumulated micro-batches (cached features): the same
+        # contrastive batch of 8 as one process with batch 8.
+        cfg = _train_config(spec, data, Path(out) / "ddp", batch_size=GLOBAL_BATCH // WORLD // 2)
+        train(cfg.replace(accum_steps=2))
     finally:
         dist.destroy_process_group()
 
