@@ -202,16 +202,22 @@ class MicroBatcher(Generic[T, R]):
     def _run(self, batch: list) -> None:
         # A request whose client went away needs no work.
         live = [e for e in batch if not e[1].cancelled()]
+        results: Sequence[Any] = ()
+        error: BaseException | None = None
         try:
             if live:
                 results = self._call([e[0] for e in live])
-                for (_, fut, loop), result in zip(live, results, strict=True):
-                    _deliver(loop, fut, result=result)
         except BaseException as exc:  # noqa: BLE001 - delivered to every waiter
+            error = exc
+        # Leave "in flight" before answering: a sequential client's next query can arrive as
+        # soon as its answer does, and must not be counted as arriving alongside this batch.
+        self._done(len(batch))
+        if error is not None:
             for _, fut, loop in live:
-                _deliver(loop, fut, exc=exc)
-        finally:
-            self._done(len(batch))
+                _deliver(loop, fut, exc=error)
+            return
+        for (_, fut, loop), result in zip(live, results, strict=True):
+            _deliver(loop, fut, result=result)
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, *, result=None, exc=None):
