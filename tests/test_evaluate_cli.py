@@ -188,11 +188,6 @@ def test_bad_prediction_file_is_one_clear_error(tmp_path, muge):
     assert "no prediction for query '3'" in out.stderr
 
 
-def test_model_mode_is_not_available_yet(tmp_path, capsys, muge):
-    code, _, err = run_cli(capsys, "--model", "hf:whatever", "--data", muge)
-    assert code == 2 and "not available yet" in err
-
-
 def test_predictions_and_model_are_exclusive(tmp_path, capsys, muge):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--predictions", "x", "--model", "m", "--data", str(muge)])

@@ -125,6 +125,23 @@ def test_table_shows_percentages_ranks_and_counts():
     assert format_metrics_table(out).startswith("i2t")
 
 
+def test_table_puts_variants_side_by_side():
+    """Reranked runs (first_stage/...) and fused items (image/, caption/, fused/) are compared
+    in columns on the same queries; bare extras are listed after the tables."""
+    final = evaluate_rankings({"q": ["a", "x"]}, {"q": {"a"}})
+    first = evaluate_rankings({"q": ["x", "a"]}, {"q": {"a"}})
+    out = dict(final)
+    out |= {f"first_stage/{k}": v for k, v in first.items()}
+    out |= {f"image/{k}": v for k, v in first.items()} | {"fused/weight": 0.25}
+    lines = format_metrics_table(out).splitlines()
+    header = next(ln for ln in lines if ln.startswith("t2i side by side")).split()
+    assert header[4:] == ["first_stage", "reranked", "image"]
+    r1 = [ln.split() for ln in lines if ln.startswith("R@1 ")]
+    assert r1[0][-1] == "100.00"  # the main block: the reranked run
+    assert r1[1][-3:] == ["0.00", "100.00", "0.00"]
+    assert lines[-1] == "fused/weight: 0.25"
+
+
 def _random_case(rng: random.Random):
     items = [f"d{j:02d}" for j in range(rng.randint(1, 30))]
     rankings, relevance = {}, {}

@@ -19,6 +19,9 @@ def test_lazy_exports_resolve():
     import xmr
 
     assert xmr.RetrievalDataset.__name__ == "RetrievalDataset"
+    for name in xmr.__all__:  # every documented export exists under its own name
+        value = getattr(xmr, name)
+        assert value is not None and (name == "__version__" or value.__name__ == name), name
     with pytest.raises(AttributeError):
         _ = xmr.not_a_thing
 

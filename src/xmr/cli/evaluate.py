@@ -1,4 +1,4 @@
-"""``xmr evaluate``: score a prediction file (or, later, a model) against a data set's relevance.
+"""``xmr evaluate``: score a prediction file or a model against a data set's relevance.
 
 ``--predictions FILE`` and ``--model M`` are the two sources of rankings, mutually exclusive;
 everything after the rankings (the metric dict, the table, ``--json``, ``--per-query``) is
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", metavar="FILE", help="prediction or submission file")
     source.add_argument(
-        "--model", metavar="M", help="encode, search and evaluate with model M (not available yet)"
+        "--model",
+        metavar="M",
+        help="encode the split with model M (hf:DIR, open_clip:..., a dir), rank exactly, score",
     )
     p.add_argument("--data", required=True, metavar="PATH", help="the data set with relevance")
     p.add_argument(
@@ -52,7 +55,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="OUT.csv",
         help="write id,text,first_hit_rank,AP,hits per query",
     )
+    add_model_arguments(p)
+    from xmr.cli.fusion_options import add_fusion_arguments
+    from xmr.cli.rerank_options import add_rerank_arguments
+
+    add_rerank_arguments(p)
+    add_fusion_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, directions: bool = True) -> None:
+    """Options of the --model path, shared with ``xmr predict``."""
+    from xmr.cli.encode import DEFAULT_WORKERS
+
+    g = p.add_argument_group("with --model")
+    if directions:
+        g.add_argument(
+            "--directions",
+            default=None,
+            metavar="D",
+            help="t2i, i2t or t2i,i2t [both when items are images, else t2i]",
+        )
+    g.add_argument(
+        "--emb-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the embeddings here (a killed run resumes; a re-run reuses them) "
+        "[a temporary directory]",
+    )
+    g.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass [64]")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"image decoding processes [{DEFAULT_WORKERS}]",
+    )
+    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,12 +123,64 @@ def _from_predictions(args: argparse.Namespace):
     return evaluate_predictions(args.predictions, split, k=args.k, kind=args.prediction_kind)
 
 
-def _from_model(args: argparse.Namespace):
-    from xmr.errors import XmrError
+def embed_for_cli(args: argparse.Namespace, dataset, split):
+    """Load ``--model`` and embed ``split`` as the ``--model`` options say (shared with
+    ``xmr predict``); returns (encoder, SplitEmbeddings)."""
+    from xmr.eval.model_eval import embed_split
+    from xmr.models import create_encoder
 
-    raise XmrError(
-        "xmr evaluate --model is not available yet; score a prediction file with --predictions"
+    encoder = create_encoder(args.model, device=args.device, precision=args.precision)
+    emb = embed_split(
+        encoder,
+        split,
+        emb_dir=args.emb_dir,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not getattr(args, "json", False),
+        source={"path": str(args.data), "format": dataset.format, "split": split.name},
     )
+    if emb.failed:
+        print(
+            f"xmr: warning: {len(emb.failed)} item(s) could not be encoded and rank last "
+            f"(first: {emb.failed[0]})",
+            file=sys.stderr,
+        )
+    return encoder, emb
+
+
+def _from_model(args: argparse.Namespace):
+    from xmr.cli.fusion_options import fusion_metrics
+    from xmr.cli.rerank_options import rerank_metrics
+    from xmr.data.readers import load_dataset
+    from xmr.errors import XmrError
+    from xmr.eval.model_eval import default_directions, evaluate_embedded
+
+    dataset = load_dataset(args.data, args.format, args.split)
+    split = dataset.split(args.split, need_relevance=True)
+    if not split.has_relevance:
+        raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")
+    encoder, emb = embed_for_cli(args, dataset, split)
+    directions = default_directions(emb)
+    if args.directions:
+        directions = tuple(d.strip() for d in args.directions.split(",") if d.strip())
+    metrics = evaluate_embedded(emb, directions=directions, k=args.k, device=args.device)
+    if args.rerank:
+        # The reranked numbers replace the first stage's keys; the first stage stays beside them.
+        metrics |= rerank_metrics(args, split, emb.text, emb.items, directions=directions)
+    metrics |= fusion_metrics(args, encoder, dataset, split)
+    return metrics, _model_per_query(args, split, emb) if args.per_query else []
+
+
+def _model_per_query(args: argparse.Namespace, split, emb) -> list:
+    """Per-query rows of the first-stage text->image ranking, cut at K as a submission is."""
+    from xmr.eval.evaluate import per_query_rows
+    from xmr.eval.metrics import hits_from_rankings
+    from xmr.eval.model_eval import rank_embedded
+
+    ranked = rank_embedded(emb, min(args.k, len(split.items)), device=args.device)
+    rankings = {q: [i for i, _ in row] for q, row in ranked.items()}
+    table = hits_from_rankings(rankings, split.relevance)
+    return per_query_rows(table, args.k, {q: query.text for q, query in split.queries.items()})
 
 
 def report(metrics: dict, rows: list, args: argparse.Namespace) -> int:

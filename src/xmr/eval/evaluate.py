@@ -273,27 +273,55 @@ def _format_value(metric: str, value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _table(title: str, rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> list:
+    width = max(len(title), *(len(m) + 2 for m in rows)) + 2
+    col = max(10, *(len(c) + 2 for c in columns))
+    lines = [f"{title:<{width}}" + "".join(f"{c:>{col}}" for c in columns)]
+    for metric, cols in rows.items():
+        unit = "" if metric in COUNT_KEYS or metric in RANK_KEYS else " %"
+        cells = "".join(f"{_format_value(metric, cols.get(c, math.nan)):>{col}}" for c in columns)
+        lines.append(f"{metric + unit:<{width}}" + cells)
+    return lines
+
+
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
     """A plain-text table of an evaluator's dict: one block per direction, one row per metric,
     a column for all queries and one per category. Fractions are shown as percentages, ranks
-    (MeanRank, MedianRank) and counts as they are."""
+    (MeanRank, MedianRank) and counts as they are.
+
+    Keys with a prefix before the direction (``first_stage/t2i/R@1`` of a reranked run,
+    ``image/t2i/R@1``, ``caption/...``, ``fused/...`` of fused items) are variants of the same
+    retrieval on the same queries: they get one block per direction with a column per variant
+    (``reranked`` being the unprefixed run), side by side. Other keys (``fused/weight``...) are
+    listed after the tables."""
     blocks: dict[str, dict[str, dict[str, float]]] = {}
+    variants: dict[str, dict[str, dict[str, float]]] = {}
+    extras: dict[str, float] = {}
     for key, value in metrics.items():
-        direction, *rest = key.split("/")
-        group = "all" if len(rest) == 1 else "/".join(rest[:-1])
-        blocks.setdefault(direction, {}).setdefault(rest[-1], {})[group] = value
+        parts = key.split("/")
+        at = next((i for i, part in enumerate(parts) if part in DIRECTIONS), None)
+        if at is None or at == len(parts) - 1:
+            extras[key] = value
+            continue
+        prefix, direction, rest = "/".join(parts[:at]), parts[at], parts[at + 1 :]
+        if not prefix:
+            group = "all" if len(rest) == 1 else "/".join(rest[:-1])
+            blocks.setdefault(direction, {}).setdefault(rest[-1], {})[group] = value
+        elif len(rest) == 1:  # variants are compared on all queries, not per category
+            variants.setdefault(direction, {}).setdefault(rest[-1], {})[prefix] = value
     lines: list[str] = []
     for direction, rows in blocks.items():
         groups = ["all", *sorted({g for cols in rows.values() for g in cols} - {"all"})]
-        width = max(len(m) for m in rows) + 2
-        col = max(10, *(len(g) + 2 for g in groups))
-        if lines:
-            lines.append("")
-        lines.append(f"{direction:<{width}}" + "".join(f"{g:>{col}}" for g in groups))
-        for metric, cols in rows.items():
-            unit = "" if metric in COUNT_KEYS or metric in RANK_KEYS else " %"
-            cells = "".join(
-                f"{_format_value(metric, cols.get(g, math.nan)):>{col}}" for g in groups
-            )
-            lines.append(f"{metric + unit:<{width}}" + cells)
+        lines += ([""] if lines else []) + _table(direction, rows, groups)
+    for direction, rows in variants.items():
+        names = list(dict.fromkeys(p for cols in rows.values() for p in cols))
+        if "first_stage" in names and direction in blocks:
+            for metric, cols in rows.items():
+                cols["reranked"] = blocks[direction].get(metric, {}).get("all", math.nan)
+            names.insert(names.index("first_stage") + 1, "reranked")
+        lines += ([""] if lines else []) + _table(f"{direction} side by side", rows, names)
+    if extras:
+        lines.append("")
+        lines += [f"{key}: {value:g}" if isinstance(value, float) else f"{key}: {value}"
+                  for key, value in extras.items()]  # fmt: skip
     return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""Model-level evaluation and submissions: embed a split with a bi-encoder, rank exactly, then
+score the rankings (``xmr evaluate --model``) or write them as a submission (``xmr predict``).
+
+Embedding goes through :func:`xmr.encode.encode_split`, the same resumable, parallel pipeline as
+``xmr encode``: with ``emb_dir`` the shards are kept and a killed run resumes; without it they go
+to a temporary directory. Ranking is exact (chunked inner products, :mod:`xmr.eval.ranking`), so
+the numbers are those of a Flat index, with no approximation error in them.
+
+An item whose image could not be decoded keeps a row of NaN: it ranks below every decodable item
+for every text (it is never "found"), and it is counted in ``n_failed_items``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.errors import XmrError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitEmbeddings:
+    """A split's embeddings aligned with its dicts: ``text`` rows follow ``split.queries``,
+    ``items`` rows follow ``split.items`` (NaN rows for items that failed to encode)."""
+
+    split: Any
+    text: np.ndarray
+    items: np.ndarray
+    item_kind: str  # "images", or "captions" for a corpus without images (BEIR)
+    failed: list[str] = field(default_factory=list)
+    model: dict[str, Any] | None = None
+
+    @property
+    def query_ids(self) -> list[str]:
+        return list(self.split.queries)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self.split.items)
+
+
+def item_kind(split) -> str:
+    """What represents an item: its image, or its first caption when no item has an image."""
+    return "images" if any(it.image is not None for it in split.items.values()) else "captions"
+
+
+def _aligned(emb, ids: Sequence[str], dim: int) -> tuple[np.ndarray, list[str]]:
+    rows = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    position = {i: n for n, i in enumerate(ids)}
+    where = [position[i] for i in emb.ids]
+    rows[where] = emb.vectors
+    found = set(emb.ids)
+    return rows, [i for i in ids if i not in found]
+
+
+def embed_split(
+    encoder,
+    split,
+    *,
+    emb_dir: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    source: dict[str, Any] | None = None,
+) -> SplitEmbeddings:
+    """Encode ``split``'s query texts and items with ``encoder`` (see the module docstring)."""
+    from xmr.encode import encode_split, load_embeddings
+
+    if not split.queries:
+        raise XmrError(f"split '{split.name}' has no queries to evaluate or predict")
+    if not split.items:
+        raise XmrError(f"split '{split.name}' has no items to rank")
+    kind = item_kind(split)
+
+    def run(directory: Path) -> SplitEmbeddings:
+        encode_split(
+            encoder,
+            split,
+            directory,
+            batch_size=batch_size,
+            workers=workers,
+            kinds=(kind, "texts"),
+            overwrite=overwrite,
+            progress=progress,
+            source=source,
+        )
+        texts = load_embeddings(directory, "texts")
+        items = load_embeddings(directory, kind)
+        dim = int(texts.manifest["dim"])
+        text_rows, missing_texts = _aligned(texts, list(split.queries), dim)
+        if missing_texts:  # texts never fail to encode; a mismatch means a foreign directory
+            raise XmrError(f"{directory}: no text embedding for query {missing_texts[0]}")
+        item_rows, failed = _aligned(items, list(split.items), dim)
+        if kind == "captions":
+            failed = []  # items without a caption are not failures, just unrepresented
+        if failed:
+            log.warning("%d item(s) could not be encoded and rank last", len(failed))
+        return SplitEmbeddings(split, text_rows, item_rows, kind, failed, texts.model)
+
+    if emb_dir is not None:
+        return run(Path(emb_dir))
+    with tempfile.TemporaryDirectory(prefix="xmr-emb-") as tmp:
+        return run(Path(tmp))
+
+
+def default_directions(emb: SplitEmbeddings) -> tuple[str, ...]:
+    """t2i always; i2t too when items are images (image->text over a text corpus is not a task)."""
+    return ("t2i", "i2t") if emb.item_kind == "images" else ("t2i",)
+
+
+def evaluate_embedded(
+    emb: SplitEmbeddings,
+    *,
+    directions: Sequence[str] | None = None,
+    k: int = 10,
+    device: Any = None,
+) -> dict[str, float]:
+    """The evaluator's metrics (``t2i/R@1`` ... and, per direction, per category) of exact
+    inner-product retrieval with ``emb``. Items that failed to encode (``emb.failed``) are
+    never found by a text, and as image queries they find nothing."""
+    from xmr.eval.evaluate import evaluate_split, recall_ks
+
+    if not emb.split.has_relevance:
+        raise XmrError(f"split '{emb.split.name}' has no relevance to score against")
+    directions = tuple(directions or default_directions(emb))
+    unknown = [d for d in directions if d not in ("t2i", "i2t")]
+    if unknown:
+        raise XmrError(f"unknown direction '{unknown[0]}' (t2i or i2t)")
+    ks = recall_ks(k)
+    metrics: dict[str, float] = {}
+    if "t2i" in directions:  # NaN rows of failed items rank last for every text
+        metrics |= evaluate_split(
+            emb.split, emb.text, emb.items, directions=("t2i",), ks=ks, k=k, device=device
+        )
+    if "i2t" in directions and not emb.failed:
+        metrics |= evaluate_split(
+            emb.split, emb.text, emb.items, directions=("i2t",), ks=ks, k=k, device=device
+        )
+    elif "i2t" in directions:
+        metrics |= _i2t_with_failures(emb, ks, k, device)
+    return metrics
+
+
+def _i2t_with_failures(emb: SplitEmbeddings, ks, k: int, device: Any) -> dict[str, float]:
+    """image->text when some images have no embedding: those queries are ranked nothing, so
+    they count as misses (never skipped, never credited with hits by tie order)."""
+    from xmr.eval.evaluate import evaluate_rankings, split_categories
+    from xmr.eval.ranking import topk_from_embeddings
+
+    failed = set(emb.failed)
+    item_ids, query_ids = emb.item_ids, emb.query_ids
+    rows = np.array([n for n, i in enumerate(item_ids) if i not in failed], dtype=np.int64)
+    depth = min(max(k, *ks), len(query_ids))
+    index, _ = topk_from_embeddings(emb.items, emb.text, depth, rows=rows, device=device)
+    rankings = {i: [] for i in item_ids}
+    for n, row in enumerate(rows):
+        rankings[item_ids[row]] = [query_ids[j] for j in index[n]]
+    return evaluate_rankings(
+        rankings,
+        emb.split.item_relevance(),
+        ks=ks,
+        k=k,
+        direction="i2t",
+        categories=split_categories(emb.split, "i2t"),
+        query_ids=item_ids,
+    )
+
+
+def rank_embedded(
+    emb: SplitEmbeddings,
+    k: int,
+    *,
+    device: Any = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """Text->item top-``k`` for every query of the split (with or without relevance), as
+    ``query id -> [(item id, score), ...]`` best first; items that failed to encode rank last."""
+    from xmr.eval.ranking import topk_from_embeddings
+
+    if k < 1:
+        raise XmrError(f"k must be at least 1 (got {k})")
+    item_ids = emb.item_ids
+    if k > len(item_ids):
+        raise XmrError(
+            f"split '{emb.split.name}' has {len(item_ids)} items, fewer than the {k} "
+            "results each query needs"
+        )
+    index, scores = topk_from_embeddings(emb.text, emb.items, k, device=device)
+    return {
+        qid: [(item_ids[j], float(s)) for j, s in zip(index[n], scores[n], strict=True)]
+        for n, qid in enumerate(emb.query_ids)
+    }
+
+
+def _encoder(model, device, precision):
+    if isinstance(model, str):
+        from xmr.models import create_encoder
+
+        return create_encoder(model, device=device, precision=precision)
+    return model
+
+
+def evaluate_model(
+    model,
+    data,
+    *,
+    split: str | None = None,
+    format: str | None = None,
+    directions: Sequence[str] | None = None,
+    k: int = 10,
+    device: Any = None,
+    precision: str = "fp32",
+    **embed_options: Any,
+) -> dict[str, float]:
+    """``xmr evaluate --model`` as a function: ``model`` is a spec string or an encoder, ``data``
+    a path (or a loaded :class:`~xmr.data.dataset.RetrievalDataset`); ``embed_options`` go to
+    :func:`embed_split` (``emb_dir``, ``batch_size``, ``workers``, ``progress``)."""
+    from xmr.data.readers import load_dataset
+
+    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    chosen = dataset.split(split, need_relevance=True)
+    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
+    return evaluate_embedded(emb, directions=directions, k=k, device=device)
+
+
+def predict(
+    model,
+    data,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    format: str | None = None,
+    submission_format: str | None = None,
+    k: int = 10,
+    device: Any = None,
+    precision: str = "fp32",
+    **embed_options: Any,
+) -> Path:
+    """``xmr predict`` without reranking as a function: the top ``k`` of every query of the split
+    (``test`` when there is one) written to ``out`` as a validated submission file."""
+    from xmr.data.readers import load_dataset
+    from xmr.eval.submission import default_submission_format, write_submission
+
+    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    if split is None and "test" in dataset.splits:
+        split = "test"
+    chosen = dataset.split(split)
+    kind = submission_format or default_submission_format(dataset, chosen)
+    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
+    ranked = rank_embedded(emb, min(k, len(chosen.items)), device=device)
+    return write_submission(out, ranked, chosen, kind=kind, k=k)
