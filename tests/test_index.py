@@ -110,6 +110,24 @@ def test_auto_picks_flat_small_and_ivf_large(data, caplog):
     assert recall["k"] == 10 and recall["queries"] == 7 and 0.0 < recall["value"] <= 1.0
 
 
+@pytest.mark.parametrize(
+    ("spec", "exact"), [("Flat", True), ("auto", True), ("HNSW32", False), ("IVF16,Flat", False)]
+)
+def test_exactness_survives_save_and_load(tmp_path, data, spec, exact):
+    # Regression: faiss reads a saved Flat inner-product index back as IndexFlatIP (a subclass
+    # of the IndexFlat that index_factory made), and a class-name check called it approximate.
+    x, ids, _ = data
+    build_index(x, ids, spec).save(tmp_path / "i")
+    loaded = load_index(tmp_path / "i")
+    assert loaded.backend.is_exact is exact
+    assert loaded.backend.describe()["exact"] is exact
+    assert loaded.info()["index"]["exact"] is exact
+    loaded.save()
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert manifest["index"]["exact"] is exact
+    assert load_index(tmp_path / "i").backend.is_exact is exact
+
+
 @pytest.mark.parametrize("spec", ["HNSW32", "IVF8,PQ4x4", "IVF16,Flat"])
 def test_approximate_specs_report_recall(tmp_path, data, spec):
     x, ids, q = data

@@ -133,7 +133,9 @@ class FaissBackend(IndexBackend):
 
     @property
     def is_exact(self) -> bool:
-        return type(_faiss().downcast_index(self._cpu_index)).__name__ == "IndexFlat"
+        # isinstance, not the class name: index_factory("Flat", IP) makes an IndexFlat, but
+        # read_index returns the IndexFlatIP subclass for the same index.
+        return isinstance(_faiss().downcast_index(self._cpu_index), _faiss().IndexFlat)
 
     @property
     def needs_training(self) -> bool:
