@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_rerank_arguments(p: argparse.ArgumentParser) -> None:
+def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = None) -> None:
     """``--rerank SPEC --rerank-k K --rerank-mode itm|itm+sim --rerank-alpha A``."""
     from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
 
@@ -22,7 +22,8 @@ def add_rerank_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_RERANK_K,
         metavar="K",
-        help=f"how many first-stage results the cross-encoder rescores [{DEFAULT_RERANK_K}]",
+        help=k_help
+        or f"how many first-stage results the cross-encoder rescores [{DEFAULT_RERANK_K}]",
     )
     g.add_argument(
         "--rerank-mode",

@@ -14,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Serve an index built by `xmr index build`: a JSON API (/api/search, /api/items/ID/"
             "image, /api/info, /api/health), API docs at /docs and a search page at /. "
-            "Read-only unless started with --allow-writes and a token."
+            "Read-only unless started with --allow-writes and a token. With --rerank MODEL a "
+            "cross-encoder rescores the first --rerank-k results of every query (a request may "
+            "send rerank=false, or a smaller rerank_k)."
         ),
     )
     p.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
@@ -62,6 +64,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where added images are kept (default: INDEX_DIR.uploads)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from xmr.cli.rerank_options import add_rerank_arguments
+
+    add_rerank_arguments(
+        p,
+        k_help="how many first-stage results the cross-encoder rescores; a request may ask for "
+        "fewer (rerank_k) or none (rerank=false) [%(default)s]",
+    )
     p.set_defaults(func=run)
 
 
@@ -94,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         allow_writes=args.allow_writes,
         token=args.token or token_from_env(),
         upload_dir=args.upload_dir,
+        rerank=args.rerank,
+        rerank_k=args.rerank_k,
+        rerank_mode=args.rerank_mode,
+        rerank_alpha=args.rerank_alpha,
+        rerank_batch_size=args.rerank_batch_size,
     )
     if settings.allow_writes and args.workers > 1:
         raise XmrError("--allow-writes needs --workers 1 (each process holds its own index copy)")
@@ -114,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             f"{info.get('index_type')}; page {url}  API docs {url}docs",
             file=sys.stderr,
         )
+        rerank = backend.rerank_info()
+        if rerank:
+            print(_describe_rerank(rerank, settings), file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
     # Several processes: each imports the app factory and reads its settings from the environment.
@@ -129,3 +146,15 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def _describe_rerank(rerank: dict, settings) -> str:
+    line = (
+        f"xmr serve: reranking the top {settings.rerank_k} with {rerank['model']} "
+        f"({settings.rerank_mode})"
+    )
+    for kind in ("text", "image"):
+        why = rerank.get(f"{kind}_queries_reason")
+        if why:
+            line += f"; {why}"
+    return line

@@ -14,11 +14,11 @@ from xmr.serve.limits import INDEX_ENV, SETTINGS_ENV, ServeSettings
 __all__ = ["ServeSettings", "app_from_env", "create_app"]
 
 
-def create_app(index: Any, settings: ServeSettings | None = None) -> Any:
+def create_app(index: Any, settings: ServeSettings | None = None, *, reranker: Any = None) -> Any:
     """Build the FastAPI app; see :func:`xmr.serve.app.create_app`."""
     from xmr.serve.app import create_app as _create_app
 
-    return _create_app(index, settings)
+    return _create_app(index, settings, reranker=reranker)
 
 
 def app_from_env() -> Any:

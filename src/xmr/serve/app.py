@@ -8,6 +8,7 @@ uvicorn. Every client error is a 4xx JSON body ``{"error": {"status", "code", "m
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -27,10 +28,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xmr.errors import DataError, XmrError
-from xmr.serve.backend import SearchBackend, TextQuery
+from xmr.serve.backend import RerankJob, SearchBackend, TextQuery
 from xmr.serve.batching import MicroBatcher
 from xmr.serve.images import ImageStore
-from xmr.serve.limits import ApiError, ServeSettings, check_category, check_k, check_query
+from xmr.serve.limits import (
+    ApiError,
+    ServeSettings,
+    check_category,
+    check_k,
+    check_query,
+    check_rerank,
+)
 
 log = logging.getLogger("xmr.serve")
 
@@ -49,9 +57,11 @@ MAX_JSON_BYTES = 64 * 1024
 _SEARCH_BODY_DOC = {
     "requestBody": {
         "description": (
-            "A JSON body {q, k, category, item_id} (text query, or query by the example of an "
-            "indexed item), or a multipart form with an image file field `image` (query by "
-            "image) and optional `k` and `category` fields."
+            "A JSON body {q, k, category, item_id, rerank, rerank_k} (text query, or query by "
+            "the example of an indexed item), or a multipart form with an image file field "
+            "`image` (query by image) and optional `k`, `category`, `rerank` and `rerank_k` "
+            "fields. `rerank` (true/false) turns the service's cross-encoder on or off for this "
+            "query; `rerank_k` rescores fewer first-stage results than the service's --rerank-k."
         ),
         "content": {
             "application/json": {
@@ -62,6 +72,8 @@ _SEARCH_BODY_DOC = {
                         "k": {"type": "integer", "minimum": 1},
                         "category": {"type": "string"},
                         "item_id": {"type": "string"},
+                        "rerank": {"type": "boolean"},
+                        "rerank_k": {"type": "integer", "minimum": 1},
                     },
                 }
             },
@@ -72,6 +84,8 @@ _SEARCH_BODY_DOC = {
                         "image": {"type": "string", "format": "binary"},
                         "k": {"type": "integer"},
                         "category": {"type": "string"},
+                        "rerank": {"type": "string"},
+                        "rerank_k": {"type": "integer"},
                     },
                     "required": ["image"],
                 }
@@ -84,6 +98,8 @@ _SEARCH_BODY_DOC = {
 def create_app(
     index: str | Path | Any,
     settings: ServeSettings | None = None,
+    *,
+    reranker: Any = None,
 ) -> FastAPI:
     """Build the search service.
 
@@ -91,11 +107,18 @@ def create_app(
         index: an index directory written by ``xmr index build``, or a loaded
             :class:`xmr.search.Searcher` (or a :class:`~xmr.serve.backend.SearchBackend`).
         settings: limits, batching and write permission; defaults are safe for a public host.
+            ``settings.rerank`` (a cross-encoder spec) turns on two-stage search.
+        reranker: a loaded :class:`~xmr.models.cross_encoders.CrossEncoder` to use instead of
+            loading ``settings.rerank``.
 
     Returns:
         A FastAPI application; run it with uvicorn or test it with ``TestClient``.
     """
     settings = settings or ServeSettings()
+    if reranker is not None:
+        settings = dataclasses.replace(
+            settings, rerank=getattr(reranker, "spec", "") or type(reranker).__name__
+        )
     if isinstance(index, SearchBackend):
         backend = index
     elif isinstance(index, (str, Path)):
@@ -103,6 +126,14 @@ def create_app(
     else:
         backend = SearchBackend.from_searcher(index)
     backend.writable = settings.allow_writes
+    if settings.rerank:
+        backend.set_reranker(
+            reranker if reranker is not None else settings.rerank,
+            mode=settings.rerank_mode,
+            alpha=settings.rerank_alpha,
+            batch_size=settings.rerank_batch_size,
+            device=settings.device,
+        )
 
     text_batcher: MicroBatcher[TextQuery, list[tuple[str, float]]] = MicroBatcher(
         backend.search_texts,
@@ -120,6 +151,15 @@ def create_app(
         threads=1,
         name="xmr-image",
     )
+    # The cross-encoder runs in its own thread; the queries that wait together share its batches.
+    rerank_batcher: MicroBatcher[RerankJob, list[dict[str, Any]]] = MicroBatcher(
+        backend.rerank,
+        max_batch=settings.rerank_max_queries,
+        max_wait_ms=settings.batch_wait_ms,
+        enabled=settings.batching,
+        threads=1,
+        name="xmr-rerank",
+    )
     images = ImageStore(thumb_size=settings.thumb_size, cache_bytes=settings.thumb_cache_bytes)
     write_lock = asyncio.Lock()
 
@@ -128,6 +168,7 @@ def create_app(
         yield
         text_batcher.close()
         image_batcher.close()
+        rerank_batcher.close()
 
     app = FastAPI(
         title="xmr search",
@@ -139,6 +180,7 @@ def create_app(
     app.state.backend = backend
     app.state.text_batcher = text_batcher
     app.state.image_batcher = image_batcher
+    app.state.rerank_batcher = rerank_batcher
 
     _install_error_handlers(app)
 
@@ -165,15 +207,65 @@ def create_app(
 
     async def run_search(
         vector: np.ndarray, k: int, category: str | None, *, exclude: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[str, float]]:
         fetch = k + 1 if exclude is not None else k
         rows = await run_in_threadpool(
             backend.search_vectors, vector[None, :], fetch, category=category
         )
-        hits = [(i, s) for i, s in rows[0] if i != exclude][:k]
-        return [result_of(i, s) for i, s in hits]
+        return [(i, s) for i, s in rows[0] if i != exclude][:k]
 
-    def respond(query: dict[str, Any], k: int, category, results, started: float) -> JSONResponse:
+    def rerank_plan(
+        rerank: Any, rerank_k: Any, *, text_query: bool
+    ) -> tuple[int | None, dict[str, Any] | None]:
+        """The reranking depth of a query (None: first stage only) and what the response says
+        about it (None when the service has no reranker)."""
+        depth, explicit = check_rerank(rerank, rerank_k, settings)
+        if not settings.rerank:
+            return None, None
+        about: dict[str, Any] = {
+            "model": getattr(backend.reranker, "spec", None) or settings.rerank,
+            "mode": settings.rerank_mode,
+            "applied": False,
+        }
+        if depth is None:
+            about["reason"] = "turned off by the request"
+            return None, about
+        why = backend.rerank_unavailable(text_query)
+        if why is not None:
+            if explicit:
+                raise ApiError(400, "rerank_unavailable", why, field="rerank")
+            about["reason"] = why
+            return None, about
+        about.update(applied=True, k=depth)
+        return depth, about
+
+    async def second_stage(
+        query: Any, hits: list[tuple[str, float]], k: int, depth: int | None
+    ) -> list[dict[str, Any]]:
+        """Results for ``hits`` (the first stage, at least ``k`` deep, and ``depth`` deep when
+        reranking): the cross-encoder rescores the first ``depth``, off the event loop."""
+        if depth is None:
+            return [result_of(i, s) for i, s in hits[:k]]
+        rows = await rerank_batcher.submit(RerankJob(query, hits, depth))
+        results = []
+        for row in rows[:k]:
+            out = result_of(row["id"], row["score"])
+            out["first_stage_score"] = round(float(row["first_stage_score"]), 6)
+            out["first_stage_rank"] = row["first_stage_rank"]
+            prob = row.get("match_prob")
+            out["match_prob"] = None if prob is None else round(float(prob), 6)
+            out["reranked"] = bool(row["reranked"])
+            results.append(out)
+        return results
+
+    def respond(
+        query: dict[str, Any],
+        k: int,
+        category,
+        results,
+        started: float,
+        rerank: dict[str, Any] | None = None,
+    ) -> JSONResponse:
         # A Response skips FastAPI's per-field encoding: a few thousand results stay cheap.
         return JSONResponse(
             {
@@ -182,6 +274,7 @@ def create_app(
                 "k": k,
                 "category": category,
                 "count": len(results),
+                "rerank": rerank,
                 "took_ms": round((time.perf_counter() - started) * 1000.0, 3),
             }
         )
@@ -207,14 +300,17 @@ def create_app(
         img = await run_in_threadpool(ref.open)
         return await image_batcher.submit(img)
 
-    async def text_search(q: Any, k: Any, category: Any, started: float) -> JSONResponse:
+    async def text_search(
+        q: Any, k: Any, category: Any, started: float, rerank: Any = None, rerank_k: Any = None
+    ) -> JSONResponse:
         k = check_k(k, settings)
         text = check_query(q, settings)
         category = check_category(category, backend.categories())
+        depth, about = rerank_plan(rerank, rerank_k, text_query=True)
         # One batched call encodes the text and searches the index (no second thread hop).
-        hits = await text_batcher.submit(TextQuery(text, k, category))
-        results = [result_of(i, s) for i, s in hits]
-        return respond({"type": "text", "text": text}, k, category, results, started)
+        hits = await text_batcher.submit(TextQuery(text, max(k, depth or 0), category))
+        results = await second_stage(text, hits, k, depth)
+        return respond({"type": "text", "text": text}, k, category, results, started, about)
 
     # -- routes: API -----------------------------------------------------------------------
 
@@ -240,6 +336,12 @@ def create_app(
             "text_calls": text_batcher.stats.as_dict(),
         }
         out["writes"] = settings.allow_writes
+        rerank = backend.rerank_info()
+        if rerank is not None:
+            rerank["k"] = settings.rerank_k
+            rerank["max_k"] = settings.rerank_k
+            rerank["calls"] = rerank_batcher.stats.as_dict()
+        out["rerank"] = rerank
         return out
 
     @app.get("/api/search", tags=["search"])
@@ -247,9 +349,17 @@ def create_app(
         q: str | None = Query(None, description="The query text."),
         k: str | None = Query(None, description="How many results (1..max_k)."),
         category: str | None = Query(None, description="Only items of this category."),
+        rerank: str | None = Query(
+            None,
+            description="true/false: rerank with the service's cross-encoder (default: on "
+            "when the service was started with --rerank).",
+        ),
+        rerank_k: str | None = Query(
+            None, description="How many first-stage results to rerank (1..the service's)."
+        ),
     ) -> JSONResponse:
         """Search the images by a text query."""
-        return await text_search(q, k, category, time.perf_counter())
+        return await text_search(q, k, category, time.perf_counter(), rerank, rerank_k)
 
     @app.post("/api/search", tags=["search"], openapi_extra=_SEARCH_BODY_DOC)
     async def search_post(request: Request) -> JSONResponse:
@@ -269,7 +379,7 @@ def create_app(
         payload = _parse_json(body)
         if not isinstance(payload, dict):
             raise ApiError(400, "bad_json", "the JSON body must be an object {q, k, ...}")
-        unknown = set(payload) - {"q", "k", "category", "item_id"}
+        unknown = set(payload) - {"q", "k", "category", "item_id", "rerank", "rerank_k"}
         if unknown:
             raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
         if payload.get("item_id") is not None:
@@ -278,11 +388,37 @@ def create_app(
             k = check_k(payload.get("k"), settings)
             category = check_category(payload.get("category"), backend.categories())
             item_id = known_item(payload["item_id"])
+            # The example's own image is the query of the second stage.
+            has_image = backend.image_ref(item_id) is not None
+            depth, about = rerank_plan(
+                payload.get("rerank"), payload.get("rerank_k"), text_query=False
+            )
+            if depth is not None and not has_image:
+                if payload.get("rerank") or payload.get("rerank_k"):
+                    raise ApiError(
+                        400,
+                        "rerank_unavailable",
+                        f"item {item_id!r} has no image for the cross-encoder to read",
+                        field="rerank",
+                    )
+                depth = None
+                about = {**about, "applied": False, "reason": "the example has no image"}
+                about.pop("k", None)
             vector = await example_vector(item_id)
-            results = await run_search(vector, k, category, exclude=item_id)
-            return respond({"type": "item", "item_id": item_id}, k, category, results, started)
+            hits = await run_search(vector, max(k, depth or 0), category, exclude=item_id)
+            query_image = None
+            if depth is not None:
+                query_image = await run_in_threadpool(backend.image_ref(item_id).open)
+            results = await second_stage(query_image, hits, k, depth)
+            query = {"type": "item", "item_id": item_id}
+            return respond(query, k, category, results, started, about)
         return await text_search(
-            payload.get("q"), payload.get("k"), payload.get("category"), started
+            payload.get("q"),
+            payload.get("k"),
+            payload.get("category"),
+            started,
+            payload.get("rerank"),
+            payload.get("rerank_k"),
         )
 
     async def image_search(request: Request, body: bytes, started: float) -> JSONResponse:
@@ -293,6 +429,7 @@ def create_app(
                 raise ApiError(400, "bad_upload", "the form has no image file field 'image'")
             k = check_k(form.get("k"), settings)
             category = check_category(form.get("category"), backend.categories())
+            depth, about = rerank_plan(form.get("rerank"), form.get("rerank_k"), text_query=False)
             data = await upload.read()
             filename = (upload.filename or "upload")[:200]
         finally:
@@ -301,9 +438,10 @@ def create_app(
             raise ApiError(400, "bad_upload", "the uploaded image is empty", field="image")
         img = await run_in_threadpool(_decode_upload, data, settings.max_upload_pixels)
         vector = await image_batcher.submit(img)
-        results = await run_search(vector, k, category)
+        hits = await run_search(vector, max(k, depth or 0), category)
+        results = await second_stage(img, hits, k, depth)
         query = {"type": "image", "filename": filename, "width": img.width, "height": img.height}
-        return respond(query, k, category, results, started)
+        return respond(query, k, category, results, started, about)
 
     @app.get("/api/items/{item_id:path}/image", tags=["items"])
     async def item_image(request: Request, item_id: str, size: str | None = None) -> Response:

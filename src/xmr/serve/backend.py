@@ -16,12 +16,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from xmr.data.images import ImageRef
+from xmr.errors import XmrError
 
 
 class TextQuery(NamedTuple):
     text: str
     k: int
     category: str | None = None
+
+
+class RerankJob(NamedTuple):
+    """One query's second stage: ``query`` is a text (scored against item images) or a PIL
+    image (scored against item captions); ``hits`` the first stage's (id, score), best first."""
+
+    query: Any
+    hits: list[tuple[str, float]]
+    rerank_k: int
 
 
 class SearchBackend:
@@ -41,6 +51,9 @@ class SearchBackend:
         self._lock = threading.RLock()
         # Set by the app when writes are allowed: searches then wait for an add to finish.
         self.writable = False
+        self.reranker: Any = None
+        self.rerank_options: dict[str, Any] = {}
+        self._missing: dict[str, int] | None = None
 
     @classmethod
     def from_searcher(cls, searcher: Any) -> SearchBackend:
@@ -140,6 +153,121 @@ class SearchBackend:
             "index": info,
         }
 
+    # -- second stage --------------------------------------------------------------------
+
+    def set_reranker(
+        self,
+        cross_encoder: Any,
+        *,
+        mode: str = "itm",
+        alpha: float = 1.0,
+        batch_size: int = 32,
+        device: str | None = None,
+    ) -> None:
+        """Rescore first-stage results with ``cross_encoder`` (a spec or a CrossEncoder)."""
+        from xmr.models.cross_encoders import create_cross_encoder
+        from xmr.rerank import RERANK_MODES
+
+        if mode not in RERANK_MODES:
+            raise XmrError(f"unknown rerank mode '{mode}' (choose from {', '.join(RERANK_MODES)})")
+        self.reranker = create_cross_encoder(cross_encoder, device=device)
+        self.rerank_options = {"mode": mode, "alpha": float(alpha), "batch_size": int(batch_size)}
+
+    def missing_sides(self) -> dict[str, int]:
+        """How many items have no image and how many no caption (counted once, then kept up to
+        date by :meth:`add_item`): a text query is reranked against item images, an image query
+        against item captions, so each direction needs every item to have that side."""
+        if self._missing is None:
+            no_image = no_caption = 0
+            for rec in self.index.items:
+                no_image += not rec.get("image")
+                no_caption += not rec.get("captions")
+            self._missing = {"image": no_image, "caption": no_caption}
+        return self._missing
+
+    def rerank_unavailable(self, text_query: bool) -> str | None:
+        """Why a query of this kind cannot be reranked here, or None when it can."""
+        if self.reranker is None:
+            return "this service has no reranker (start it with --rerank MODEL)"
+        side = "image" if text_query else "caption"
+        missing = self.missing_sides()[side]
+        if not missing:
+            return None
+        kind, pairs = ("text", "images") if text_query else ("image", "captions")
+        return (
+            f"{kind} queries cannot be reranked: the cross-encoder reads item {pairs}, and "
+            f"{missing} of the {len(self)} indexed items have no {side}"
+        )
+
+    def _rerank_lookup(self, text_queries: bool):
+        def image(item_id: str) -> Any:
+            ref = self.image_ref(item_id)
+            if ref is None:
+                raise XmrError(f"rerank: item '{item_id}' has no image")
+            return ref
+
+        def caption(item_id: str) -> str:
+            captions = (self.item(item_id) or {}).get("captions") or []
+            if not captions:
+                raise XmrError(f"rerank: item '{item_id}' has no caption")
+            return captions[0]
+
+        return image if text_queries else caption
+
+    def rerank(self, jobs: list[RerankJob]) -> list[list[dict[str, Any]]]:
+        """Rerank many queries' first-stage hits; pairs of the queries of one kind (text or
+        image) and depth share cross-encoder batches. Each result is a dict with ``id``,
+        ``score``, ``first_stage_score``, ``first_stage_rank``, ``reranked`` and (for the
+        reranked ones) ``match_prob``, in the final order."""
+        from xmr.rerank import rerank_many
+
+        if self.reranker is None:
+            raise XmrError("this service has no reranker")
+        out: list[list[dict[str, Any]] | None] = [None] * len(jobs)
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault((isinstance(job.query, str), job.rerank_k), []).append(i)
+        for (text_queries, depth), rows in groups.items():
+            lists = [
+                [
+                    {"id": item_id, "score": score, "first_stage_rank": rank}
+                    for rank, (item_id, score) in enumerate(jobs[i].hits, 1)
+                ]
+                for i in rows
+            ]
+            reranked = rerank_many(
+                [jobs[i].query for i in rows],
+                lists,
+                self.reranker,
+                lookup=self._rerank_lookup(text_queries),
+                k=depth,
+                **self.rerank_options,
+            )
+            for i, row in zip(rows, reranked, strict=True):
+                out[i] = row
+        return out  # type: ignore[return-value]
+
+    def rerank_info(self) -> dict[str, Any] | None:
+        if self.reranker is None:
+            return None
+        describe = getattr(self.reranker, "describe", None)
+        about = describe() if callable(describe) else {"spec": getattr(self.reranker, "spec", "")}
+        text_why = self.rerank_unavailable(True)
+        image_why = self.rerank_unavailable(False)
+        out = {
+            "model": about.get("spec"),
+            "backend": about.get("backend"),
+            "device": about.get("device"),
+            **self.rerank_options,
+            "text_queries": text_why is None,
+            "image_queries": image_why is None,
+        }
+        if text_why:
+            out["text_queries_reason"] = text_why
+        if image_why:
+            out["image_queries_reason"] = image_why
+        return out
+
     # -- writes (only reachable with --allow-writes and the token) --------------------------
 
     def add_item(
@@ -175,5 +303,7 @@ class SearchBackend:
         }
         with self._lock:
             self.index.add(vec, [item_id], [record])
+            if self._missing is not None and not caption:
+                self._missing["caption"] += 1
             if self.index.path is not None:
                 self.index.save()

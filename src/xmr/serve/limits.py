@@ -27,6 +27,14 @@ class ServeSettings:
         allow_writes: accept requests that add to the index (needs ``token``).
         token: the bearer token a write request must carry.
         upload_dir: where added images are stored (default: ``INDEX_DIR.uploads`` beside it).
+        rerank: a cross-encoder spec (``xmr.models.cross_encoders``) that rescores the first
+            ``rerank_k`` results of every query, or None for one-stage search.
+        rerank_k: how many first-stage results are rescored by default; also the most a request
+            may ask for (``rerank_k`` in the request can only lower it).
+        rerank_mode: ``itm`` (match probability) or ``itm+sim`` (see :mod:`xmr.rerank`).
+        rerank_alpha: the weight of the first-stage similarity in ``itm+sim``.
+        rerank_batch_size: (image, text) pairs per cross-encoder forward pass.
+        rerank_max_queries: the most queries whose pairs share one cross-encoder call.
     """
 
     max_k: int = 100
@@ -44,6 +52,12 @@ class ServeSettings:
     allow_writes: bool = False
     token: str | None = None
     upload_dir: str | None = None
+    rerank: str | None = None
+    rerank_k: int = 16
+    rerank_mode: str = "itm"
+    rerank_alpha: float = 1.0
+    rerank_batch_size: int = 32
+    rerank_max_queries: int = 8
 
     def __post_init__(self) -> None:
         from xmr.errors import XmrError
@@ -57,6 +71,16 @@ class ServeSettings:
             raise XmrError("--allow-writes needs a token (--token T or XMR_SERVE_TOKEN)")
         if self.token is not None and len(self.token) < 8:
             raise XmrError("the write token must be at least 8 characters long")
+        from xmr.rerank import RERANK_MODES
+
+        if self.rerank_k < 1:
+            raise XmrError(f"--rerank-k must be at least 1, not {self.rerank_k}")
+        if self.rerank_mode not in RERANK_MODES:
+            raise XmrError(
+                f"unknown rerank mode '{self.rerank_mode}' (choose from {', '.join(RERANK_MODES)})"
+            )
+        if self.rerank_batch_size < 1 or self.rerank_max_queries < 1:
+            raise XmrError("--rerank-batch-size and rerank_max_queries must be at least 1")
 
     def public(self) -> dict[str, Any]:
         """The settings a client may see (never the token)."""
@@ -165,3 +189,81 @@ def check_category(category: Any, known: dict[str, int]) -> str | None:
             field="category",
         )
     return category
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def check_rerank(rerank: Any, rerank_k: Any, settings: ServeSettings) -> tuple[int | None, bool]:
+    """``(depth, explicit)``: the reranking depth a request asks for (None: one stage, else
+    ``1..settings.rerank_k``) and whether the request asked for reranking itself.
+
+    ``rerank`` is a JSON boolean or a form/query string (true/false, 1/0, yes/no, on/off);
+    unset means "as the service is configured". ``rerank_k`` may lower the service's depth (and
+    asks for reranking).
+    """
+    if isinstance(rerank, str):
+        word = rerank.strip().lower()
+        if word in _TRUE:
+            rerank = True
+        elif word in _FALSE:
+            rerank = False
+        elif word == "":
+            rerank = None
+        else:
+            raise ApiError(
+                400,
+                "bad_rerank",
+                f"rerank must be true or false, not {rerank[:20]!r}",
+                field="rerank",
+            )
+    if rerank is not None and not isinstance(rerank, bool):
+        raise ApiError(400, "bad_rerank", "rerank must be true or false", field="rerank")
+    if rerank_k in (None, ""):
+        depth = None
+    else:
+        depth = _positive_int(rerank_k, "rerank_k")
+        if rerank is None:
+            rerank = True  # asking for a depth is asking for reranking
+    if rerank is False:
+        return None, False
+    if not settings.rerank:
+        if rerank:
+            field = "rerank" if depth is None else "rerank_k"
+            raise ApiError(
+                400,
+                "no_reranker",
+                "this service has no reranker (start it with --rerank MODEL)",
+                field=field,
+            )
+        return None, False
+    if depth is None:
+        return settings.rerank_k, bool(rerank)
+    if depth > settings.rerank_k:
+        raise ApiError(
+            400,
+            "rerank_k_too_large",
+            f"rerank_k must be at most {settings.rerank_k}, not {depth}",
+            field="rerank_k",
+        )
+    return depth, True
+
+
+def _positive_int(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise ApiError(400, f"bad_{field}", f"{field} must be an integer", field=field)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ApiError(
+                400, f"bad_{field}", f"{field} must be an integer, not {value[:20]!r}", field=field
+            ) from None
+    if not isinstance(value, int):
+        raise ApiError(400, f"bad_{field}", f"{field} must be an integer", field=field)
+    if value < 1:
+        raise ApiError(400, f"bad_{field}", f"{field} must be at least 1, not {value}", field=field)
+    return value

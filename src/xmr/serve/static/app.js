@@ -190,7 +190,10 @@
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = r.score.toFixed(3);
-    score.title = `rank ${rank + 1}, similarity ${r.score}`;
+    score.title = r.reranked
+      ? `rank ${rank + 1} (first stage ${r.first_stage_rank}), match probability ` +
+        `${r.match_prob}, similarity ${r.first_stage_score}`
+      : `rank ${rank + 1}, similarity ${r.score}`;
     a.append(score);
     fig.append(a);
 
