@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from xmr.errors import XmrError
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything loads torch (OpenMP reads this once, when it loads): idle OpenMP threads
+    # sleep instead of spinning. Spinning threads that the OS deschedules on a busy machine
+    # stall each other; a training step on 2 busy cores took 10x longer (benchmarks/RESULTS.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
