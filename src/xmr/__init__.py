@@ -40,6 +40,10 @@ _EXPORTS = {
     "pipeline": "xmr.pipelines",
     "create_cross_encoder": "xmr.models.cross_encoders",
     "list_cross_encoders": "xmr.models.cross_encoders",
+    "load_fusion": "xmr.fusion",
+    "create_fusion": "xmr.fusion",
+    "list_fusions": "xmr.fusion",
+    "train_fusion": "xmr.train.fusion",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -16,6 +16,11 @@ alone; in the image-only or caption-only mode an item lacking that side ranks la
 :func:`tune_fusion_weight` picks ``w`` by grid search on a validation split;
 :func:`evaluate_fused` reports the three modes side by side on the same queries, with keys
 ``image/t2i/<metric>``, ``caption/t2i/<metric>``, ``fused/t2i/<metric>`` and ``fused/weight``.
+
+The weighted sum is the ``weighted`` kind of a small registry of fusions
+(:mod:`xmr.fusion_models`); ``gated`` is a gate learned by ``xmr train --fused``
+(:mod:`xmr.train.fusion`). Wherever a weight is taken, a :class:`Fusion` (or what
+:func:`load_fusion` reads: a weight or a directory) may be given instead.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.fusion_models import (  # noqa: F401 - the fusion API, re-exported here
+    Fusion,
+    GatedFusion,
+    WeightedFusion,
+    create_fusion,
+    list_fusions,
+    load_fusion,
+    register_fusion,
+)
 
 FUSION_MODES = ("image", "caption", "fused")
 DEFAULT_FUSION_WEIGHT = 0.5
@@ -75,13 +89,16 @@ class ItemEmbeddings:
     image: np.ndarray
     caption: np.ndarray
 
-    def mode(self, mode: str, weight: float = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
-        """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``)."""
+    def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
+        """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
+        weight in [0, 1] or a :class:`Fusion`)."""
         if mode == "image":
             return self.image
         if mode == "caption":
             return self.caption
         if mode == "fused":
+            if isinstance(weight, Fusion):
+                return weight.fuse(self.image, self.caption)
             return fuse_embeddings(self.image, self.caption, weight)
         raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(FUSION_MODES)})")
 
@@ -141,12 +158,13 @@ def evaluate_modes(
     relevance: Mapping[str, Any],
     *,
     modes: Sequence[str] = FUSION_MODES,
-    weight: float = DEFAULT_FUSION_WEIGHT,
+    weight: float | Fusion = DEFAULT_FUSION_WEIGHT,
     ks: Sequence[int] = (1, 5, 10),
     k: int = 10,
     device: Any = "cpu",
 ) -> dict[str, float]:
-    """Text->item metrics per mode from precomputed embeddings: ``{mode}/t2i/{metric}``."""
+    """Text->item metrics per mode from precomputed embeddings: ``{mode}/t2i/{metric}``; with a
+    learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate."""
     from xmr.eval.metrics import hits_from_topk, summarize
     from xmr.eval.ranking import topk_from_embeddings
 
@@ -159,7 +177,12 @@ def evaluate_modes(
         for name, value in summarize(table, ks, k).items():
             out[f"{mode}/t2i/{name}"] = value
     if "fused" in modes:
-        out["fused/weight"] = float(weight)
+        if isinstance(weight, WeightedFusion):
+            weight = weight.weight
+        if isinstance(weight, Fusion):
+            out["fused/image_share"] = weight.image_share(items.image, items.caption)
+        else:
+            out["fused/weight"] = float(weight)
     return out
 
 
@@ -198,7 +221,7 @@ def evaluate_fused(
     encoder: Any,
     split: Any,
     *,
-    weight: float | None = None,
+    weight: float | Fusion | str | None = None,
     tune_split: Any = None,
     grid: Sequence[float] = DEFAULT_WEIGHT_GRID,
     metric: str = DEFAULT_TUNE_METRIC,
@@ -212,7 +235,8 @@ def evaluate_fused(
     Args:
         encoder: a bi-encoder (``encode_texts`` / ``encode_images``).
         split: the evaluated split (queries, relevance, items with images and captions).
-        weight: the fusion weight ``w``; default: tuned on ``tune_split`` when given, else 0.5.
+        weight: the fusion weight ``w``, or a learned :class:`Fusion` (or a directory holding
+            one, see :func:`load_fusion`); default: tuned on ``tune_split`` when given, else 0.5.
         tune_split: a validation split to grid-search ``w`` on (maximising ``metric``).
         grid, metric: the search grid and the metric it maximises.
         ks, k: recall cut-offs and the cut-off of mAP/nDCG/P.
@@ -233,7 +257,12 @@ def evaluate_fused(
         out.update({f"fused/tuned/w={w:g}/{metric}": v for w, v in curve.items()})
     if weight is None:
         weight = DEFAULT_FUSION_WEIGHT
-    _check_weight(weight)
+    if isinstance(weight, str | Fusion):
+        weight = load_fusion(weight)
+        manifest = getattr(encoder, "manifest", None)
+        weight.check_model(manifest() if callable(manifest) else None, what="the embeddings")
+    else:
+        _check_weight(weight)
     qids, texts = _relevant_queries(split)
     items = encode_items(encoder, split.items, batch_size)
     query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
@@ -246,23 +275,26 @@ def evaluate_fused(
     return dict(sorted(out.items(), key=lambda kv: FUSION_MODES.index(kv[0].split("/")[0])))
 
 
-def fused_embeddings(emb_dir: Any, weight: float = DEFAULT_FUSION_WEIGHT) -> Any:
-    """Fused item vectors from an ``xmr encode`` directory holding ``images`` and ``captions``.
+def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION_WEIGHT) -> Any:
+    """Fused item vectors from an ``xmr encode`` directory holding ``images`` and ``captions``;
+    ``weight`` is a weight in [0, 1], a :class:`Fusion` or a directory with a learned one.
 
     ``xmr encode --kinds images,captions`` stores each item's *first* caption, so here
     ``e_cap`` is that caption's embedding (for tianchi's validation data, one caption per item,
     it is the same as :func:`encode_items`' mean). Items with only one side take that side.
     Returns an ``Embeddings`` of kind ``fused`` (ids: the items with an image, then those with
-    only a caption) whose manifest records the weight.
+    only a caption) whose manifest records the fusion (``fusion``: kind, formula, the weight or
+    the learned fusion's path and digest).
     """
     from xmr.encode import load_embeddings
     from xmr.encode.store import Embeddings
 
-    _check_weight(weight)
+    fusion = load_fusion(weight)
     images = load_embeddings(emb_dir, "images")
     captions = load_embeddings(emb_dir, "captions")
     if images.model != captions.model:
         raise XmrError(f"{emb_dir}: images and captions were encoded by different models")
+    fusion.check_model(images.model, what=f"the embeddings in {emb_dir}")
     seen = set(images.ids)
     ids = images.ids + [i for i in captions.ids if i not in seen]
     row = {i: n for n, i in enumerate(ids)}
@@ -271,8 +303,5 @@ def fused_embeddings(emb_dir: Any, weight: float = DEFAULT_FUSION_WEIGHT) -> Any
     caption = np.full((len(ids), dim), np.nan, dtype=np.float32)
     image[[row[i] for i in images.ids]] = images.vectors
     caption[[row[i] for i in captions.ids]] = captions.vectors
-    manifest = {
-        **images.manifest,
-        "fusion": {"weight": float(weight), "formula": "normalize(w * image + (1 - w) * caption)"},
-    }
-    return Embeddings("fused", ids, fuse_embeddings(image, caption, weight), manifest)
+    manifest = {**images.manifest, "fusion": fusion.describe()}
+    return Embeddings("fused", ids, fusion.fuse(image, caption), manifest)

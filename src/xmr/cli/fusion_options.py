@@ -10,13 +10,15 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "fused items (text -> image+caption)",
         "Also report image-only, caption-only and fused retrieval of items that carry captions "
-        "(fused = normalize(W * image + (1 - W) * caption)), side by side on the same queries.",
+        "(fused = normalize(W * image + (1 - W) * caption), or a fusion learned by "
+        "`xmr train --fused`), side by side on the same queries.",
     )
     g.add_argument(
         "--fused",
         default=None,
-        metavar="W|tune",
-        help="fusion weight W in [0, 1], or 'tune' to grid-search it on --tune-split",
+        metavar="W|tune|DIR",
+        help="fusion weight W in [0, 1], 'tune' to grid-search it on --tune-split, or a learned "
+        "fusion directory (xmr train --fused)",
     )
     g.add_argument(
         "--tune-split",
@@ -45,12 +47,17 @@ def fusion_metrics(args: argparse.Namespace, encoder: Any, dataset: Any, split: 
             name = "train" if train is not None and train.has_relevance else split.name
         tune_split = dataset.split(name, need_relevance=True)
     else:
+        from pathlib import Path
+
         try:
             weight = float(args.fused)
         except ValueError:
-            raise XmrError(
-                f"--fused takes a weight in [0, 1] or 'tune', not {args.fused!r}"
-            ) from None
+            if not Path(args.fused).expanduser().exists():
+                raise XmrError(
+                    f"--fused takes a weight in [0, 1], 'tune' or a learned fusion directory "
+                    f"(xmr train --fused), not {args.fused!r}"
+                ) from None
+            weight = args.fused
     return evaluate_fused(
         encoder,
         split,

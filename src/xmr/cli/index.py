@@ -36,11 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--fused",
-        type=float,
         default=None,
-        metavar="W",
-        help="index fused items: normalize(W * image + (1 - W) * caption), from images and "
-        "captions encoded together (xmr encode --kinds images,captions,texts)",
+        metavar="W|DIR",
+        help="index fused items from images and captions encoded together (xmr encode --kinds "
+        "images,captions,texts): W = normalize(W * image + (1 - W) * caption), or DIR = a "
+        "learned fusion written by `xmr train --fused`",
     )
     b.add_argument(
         "--exact-max",
@@ -77,7 +77,7 @@ def run_build(args: argparse.Namespace) -> int:
         args.out,
         args.spec,
         kind=args.kind,
-        fusion_weight=args.fused,
+        fusion=args.fused,
         exact_max=args.exact_max,
         nprobe=args.nprobe,
         ef_search=args.ef_search,

@@ -61,10 +61,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from xmr.cli.train_itm import add_itm_arguments
 
     add_itm_arguments(p)
+    from xmr.cli.train_fusion import add_fusion_train_arguments
+
+    add_fusion_train_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fused:
+        from xmr.cli.train_fusion import run_fusion
+
+        return run_fusion(args)
     if args.cross_encoder:
         from xmr.cli.train_itm import run_itm
 

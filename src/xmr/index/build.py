@@ -33,16 +33,40 @@ def _records(emb_dir: Path, kind: str, ids: list[str]) -> list[dict[str, Any]]:
     return [meta.get(i, {"id": i}) for i in ids]
 
 
-def _load_vectors(emb_dir: Path, kind: str, fusion_weight: float | None):
-    """One kind's embeddings; ``fused`` combines images and captions (see :mod:`xmr.fusion`)."""
+def _load_vectors(emb_dir: Path, kind: str, fusion: Any):
+    """One kind's embeddings; ``fused`` combines images and captions with ``fusion`` (a weight,
+    a learned fusion or its directory; see :mod:`xmr.fusion`)."""
     from xmr.encode import load_embeddings
 
     if kind == "fused":
         from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings
 
-        weight = DEFAULT_FUSION_WEIGHT if fusion_weight is None else fusion_weight
-        return fused_embeddings(emb_dir, weight)
+        return fused_embeddings(emb_dir, DEFAULT_FUSION_WEIGHT if fusion is None else fusion)
     return load_embeddings(emb_dir, kind)
+
+
+def _index_fusion(source: dict[str, Any]) -> Any:
+    """The fusion an index was built with, for adding items the same way: its weight, or the
+    learned fusion found again at its recorded path (with the same contents)."""
+    info = source.get("fusion") or {}
+    if source.get("fusion_weight") is not None or not info.get("path"):
+        return source.get("fusion_weight")
+    from xmr.fusion import load_fusion
+    from xmr.fusion_models import fusion_digest
+
+    path = Path(info["path"])
+    if not path.is_dir() or fusion_digest(path) != info.get("sha256"):
+        raise XmrError(
+            f"the index was built with the learned fusion in {path}, which is gone or has "
+            "changed since; rebuild the index (xmr index build --fused DIR)"
+        )
+    return load_fusion(path)
+
+
+def _fusion_source(fusion: dict[str, Any]) -> dict[str, Any]:
+    if fusion.get("kind", "weighted") == "weighted":
+        return {"fusion_weight": fusion["weight"], "fusion": fusion}
+    return {"fusion": fusion}
 
 
 def index_embeddings(
@@ -59,9 +83,11 @@ def index_embeddings(
     from xmr.encode import load_embeddings
 
     emb_dir = Path(emb_dir)
-    fusion_weight = options.pop("fusion_weight", None)
-    kind = "fused" if fusion_weight is not None else kind or default_kind(emb_dir)
-    emb = _load_vectors(emb_dir, kind, fusion_weight)
+    fusion = options.pop("fusion", None)
+    weight = options.pop("fusion_weight", None)
+    fusion = weight if fusion is None else fusion
+    kind = "fused" if fusion is not None else kind or default_kind(emb_dir)
+    emb = _load_vectors(emb_dir, kind, fusion)
     if len(emb) == 0:
         raise XmrError(f"{emb_dir}: no {kind} vectors to index")
     manifest = emb.manifest
@@ -90,7 +116,7 @@ def index_embeddings(
             "split": manifest.get("split"),
             "precision": manifest.get("precision"),
             "preprocessing": manifest.get("preprocessing"),
-            **({"fusion_weight": manifest["fusion"]["weight"]} if kind == "fused" else {}),
+            **(_fusion_source(manifest["fusion"]) if kind == "fused" else {}),
         },
         **options,
     )
@@ -113,7 +139,7 @@ def add_embeddings(
     emb_dir = Path(emb_dir)
     source = index.manifest.get("source") or {}
     kind = kind or source.get("kind") or default_kind(emb_dir)
-    emb = _load_vectors(emb_dir, kind, source.get("fusion_weight"))
+    emb = _load_vectors(emb_dir, kind, _index_fusion(source) if kind == "fused" else None)
     index.add(emb.vectors, emb.ids, _records(emb_dir, kind, emb.ids), model=emb.model)
     if save:
         index.save()
