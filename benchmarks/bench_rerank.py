@@ -87,7 +87,7 @@ def main() -> None:
         best = min(times)
         print(
             f"{args.kind} {args.precision} {name}: K={args.k} in {best * 1000:.0f} ms "
-            f"({args.k / best:.0f} pairs/s, best of {args.repeats}, images decoded and "
+            f"({args.k / best:.3g} pairs/s, best of {args.repeats}, images decoded and "
             "preprocessed inside the timing)"
         )
 
