@@ -7,18 +7,18 @@ import argparse
 import json
 
 FUSION_FIELDS = (
-    "content, init_weight, epochs, batch_size, lr, weight_decay, negatives, temperature, metric, "
-    "seed"
+    "content, init_weight, epochs, batch_size,\n"
+    "lr, weight_decay, negatives, temperature, metric, seed"
 )
 
 
 def add_fusion_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "learned fusion of items with captions",
-        "With --fused, xmr train keeps --model frozen and learns a gate that fuses each item's "
-        "image and caption embeddings (normalize(g * image + (1 - g) * caption)) from the "
-        "queries of --split, keeping the epoch that scores best on --valid-split. OUT then "
-        "holds fusion.json and fusion.safetensors, for `xmr index build --fused OUT` and "
+        "With --fused, xmr train keeps --model frozen and learns a gate that fuses each item's\n"
+        "image and caption embeddings, normalize(g * image + (1 - g) * caption), from the\n"
+        "queries of --split, keeping the epoch that scores best on --valid-split. OUT then\n"
+        "holds fusion.json and fusion.safetensors, for `xmr index build --fused OUT` and\n"
         f"`xmr evaluate --fused OUT`. KEY=VALUE: {FUSION_FIELDS}.",
     )
     g.add_argument(
