@@ -281,3 +281,23 @@ def test_evaluate_model_reports_fused_modes_and_rerank_stages(world, tmp_path, c
         assert 0 <= two[key] <= 1
     # Reranking only reorders the top 3 of 4: what is found within 4 stays found.
     assert two["t2i/R@4"] == pytest.approx(plain["t2i/R@4"])
+
+
+def test_predict_with_fused_items_scores_as_evaluate_fused(world, tmp_path, capsys):
+    from test_fusion import write_tianchi
+
+    data = write_tianchi(tmp_path / "tianchi")
+    model = world["model"]
+    sub = tmp_path / "fused.jsonl"
+    code, out, err = run_cli(capsys, "predict", "--model", model, "--data", data, "--out", sub,
+                             "--k", "4", "--fused", "0.3", "--json", *COMMON)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["fused"] == "0.3"
+    scored = evaluate_json(capsys, "--predictions", sub, "--data", data, "--k", "4")
+    direct = evaluate_json(capsys, "--model", model, "--data", data, "--k", "4",
+                           "--directions", "t2i", "--fused", "0.3", *COMMON)  # fmt: skip
+    for name in ("R@1", "R@4", "mAP@4", "MRR"):
+        assert scored[f"t2i/{name}"] == pytest.approx(direct[f"fused/t2i/{name}"]), name
+    code, _, err = run_cli(capsys, "predict", "--model", model, "--data", data, "--out", sub,
+                           "--k", "4", "--fused", "1.5", *COMMON)  # fmt: skip
+    assert code == 2 and "1.5" in err

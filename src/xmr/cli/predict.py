@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--k", type=int, default=10, help="ids per query [10, as the scorers expect]")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument(
+        "--fused",
+        default=None,
+        metavar="W|DIR",
+        help="rank items by their fused image+caption vector: normalize(W*image + (1-W)*caption) "
+        "or a learned fusion directory (xmr train --fused)",
+    )
     from xmr.cli.evaluate import add_model_arguments
     from xmr.cli.rerank_options import add_rerank_arguments
 
@@ -58,7 +65,14 @@ def run(args: argparse.Namespace) -> int:
         name = "test"
     split = dataset.split(name)
     kind = args.submission_format or default_submission_format(dataset, split)
-    _, emb = embed_for_cli(args, dataset, split)
+    if args.fused is not None:
+        from xmr.eval.model_eval import embed_split_fused
+        from xmr.models import create_encoder
+
+        encoder = create_encoder(args.model, device=args.device, precision=args.precision)
+        emb = embed_split_fused(encoder, split, args.fused, batch_size=args.batch_size)
+    else:
+        _, emb = embed_for_cli(args, dataset, split)
     depth = max(args.k, args.rerank_k) if args.rerank else args.k
     ranked = rank_embedded(emb, min(depth, len(split.items)), device=args.device)
     if args.rerank:
@@ -72,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "k": args.k,
         "failed_items": len(emb.failed),
         "reranked": bool(args.rerank),
+        "fused": args.fused,
     }
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -257,3 +257,20 @@ def predict(
     emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
     ranked = rank_embedded(emb, min(k, len(chosen.items)), device=device)
     return write_submission(out, ranked, chosen, kind=kind, k=k)
+
+
+def embed_split_fused(encoder, split, fusion, *, batch_size: int = 64) -> SplitEmbeddings:
+    """Like :func:`embed_split`, with each item represented by its fused image+caption vector
+    (``fusion``: a weight, a learned fusion directory or a Fusion; see
+    :func:`xmr.fusion_models.load_fusion`), computed as ``xmr evaluate --fused`` computes it."""
+    from xmr.fusion import encode_items
+    from xmr.fusion_models import load_fusion
+
+    fusion = load_fusion(fusion)
+    manifest = getattr(encoder, "manifest", None)
+    fusion.check_model(manifest() if callable(manifest) else None, what="the model")
+    items = encode_items(encoder, split.items, batch_size)
+    texts = [q.text for q in split.queries.values()]
+    text = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
+    fused = np.asarray(fusion.fuse(items.image, items.caption), dtype=np.float32)
+    return SplitEmbeddings(split, text, fused, "fused", [], None)
