@@ -301,3 +301,27 @@ def test_predict_with_fused_items_scores_as_evaluate_fused(world, tmp_path, caps
     code, _, err = run_cli(capsys, "predict", "--model", model, "--data", data, "--out", sub,
                            "--k", "4", "--fused", "1.5", *COMMON)  # fmt: skip
     assert code == 2 and "1.5" in err
+
+
+def test_fusion_tuning_reads_the_train_split_and_options_must_fit_the_source(
+    world, tmp_path, capsys
+):
+    from test_fusion import write_tianchi
+
+    data = write_tianchi(write_tianchi(tmp_path / "tianchi", "train"), "valid")
+    model = world["model"]
+    code, out, err = run_cli(capsys, "evaluate", "--model", model, "--data", data, "--split",
+                             "valid", "--k", "4", "--fused", "tune", "--json", *COMMON)  # fmt: skip
+    assert code == 0, err
+    assert "optimistic" not in err  # tuned on train although only valid is evaluated
+    assert any(k.startswith("fused/tuned/") for k in json.loads(out))
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data, "--split",
+                           "valid", "--k", "4", "--fused", "tune", "--tune-split", "valid",
+                           *COMMON)  # fmt: skip
+    assert code == 0 and "optimistic" in err
+    code, _, err = run_cli(capsys, "evaluate", "--predictions", tmp_path / "p.jsonl", "--data",
+                           data, "--rerank", "blip")  # fmt: skip
+    assert code == 2 and "--rerank does not apply with --predictions" in err
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data,
+                           "--prediction-kind", "muge")  # fmt: skip
+    assert code == 2 and "--prediction-kind does not apply with --model" in err

@@ -55,8 +55,18 @@ def add_parser(subparsers) -> None:
     synth = actions.add_parser("synth", help="generate the synthetic traffic data set (track2)")
     synth.add_argument("out", help="output directory")
     synth.add_argument("--n-train", type=int, default=2000, help="train images (default 2000)")
+    synth.add_argument("--n-test", type=int, default=500, help="test images (default 500)")
     synth.add_argument(
-        "--n-test", type=int, default=500, help="valid and test images (default 500)"
+        "--n-valid", type=int, default=None, help="valid images (default: as many as --n-test)"
+    )
+    synth.add_argument(
+        "--attribute-sets",
+        type=int,
+        default=40,
+        help="distinct attribute sets shared by the splits (default 40)",
+    )
+    synth.add_argument(
+        "--colours", type=int, default=8, help="palette size, 2-10 (default 8 of the 10)"
     )
     synth.add_argument(
         "--image-size", type=int, default=64, help="image side in pixels (default 64)"
@@ -115,8 +125,11 @@ def run_synth(args) -> int:
         args.out,
         n_train=args.n_train,
         n_test=args.n_test,
+        n_valid=args.n_valid,
         image_size=args.image_size,
         seed=args.seed,
+        n_attribute_sets=args.attribute_sets,
+        n_colours=args.colours,
     )
     dataset = load_dataset(root, "track2")
     parts = [

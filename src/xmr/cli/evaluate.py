@@ -99,11 +99,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
+    _check_options(args)
     if args.model is not None:
         metrics, rows = _from_model(args)
     else:
         metrics, rows = _from_predictions(args)
     return report(metrics, rows, args)
+
+
+# Options that mean something with one source of rankings only: refusing them beats ignoring them.
+_MODEL_ONLY = ("directions", "emb_dir", "rerank", "fused", "tune_split")
+_PREDICTIONS_ONLY = ("prediction_kind",)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    from xmr.errors import XmrError
+
+    source, other = ("--model", _PREDICTIONS_ONLY) if args.model else ("--predictions", _MODEL_ONLY)
+    given = [name for name in other if getattr(args, name, None) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise XmrError(f"{flag} does not apply with {source}")
 
 
 def _load_split(args: argparse.Namespace):
@@ -155,10 +171,20 @@ def _from_model(args: argparse.Namespace):
     from xmr.errors import XmrError
     from xmr.eval.model_eval import default_directions, evaluate_embedded
 
-    dataset = load_dataset(args.data, args.format, args.split)
+    # Tuning a fusion weight needs its own split (train by default), so read them all then.
+    tuning = args.fused == "tune"
+    dataset = load_dataset(args.data, args.format, None if tuning else args.split)
     split = dataset.split(args.split, need_relevance=True)
     if not split.has_relevance:
         raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")
+    train = dataset.splits.get("train")
+    default_tune = "train" if train is not None and train.has_relevance else split.name
+    if tuning and (args.tune_split or default_tune) == split.name:
+        print(
+            f"xmr: warning: the fusion weight is tuned on the evaluated split '{split.name}'; "
+            "its fused numbers are optimistic (choose another with --tune-split)",
+            file=sys.stderr,
+        )
     encoder, emb = embed_for_cli(args, dataset, split)
     directions = default_directions(emb)
     if args.directions:

@@ -102,8 +102,6 @@ def embed_split(
         item_rows, failed = _aligned(items, list(split.items), dim)
         if kind == "captions":
             failed = []  # items without a caption are not failures, just unrepresented
-        if failed:
-            log.warning("%d item(s) could not be encoded and rank last", len(failed))
         return SplitEmbeddings(split, text_rows, item_rows, kind, failed, texts.model)
 
     if emb_dir is not None:
