@@ -305,3 +305,34 @@ def test_undecodable_training_image_and_rerun_of_a_finished_run(setup, tmp_path)
         assert again.global_step == steps and again.last_loss == pytest.approx(result.last_loss)
     derived = json.loads((tmp_path / "broken-yes" / "train_config.json").read_text())["extra"]
     assert derived["derived"]["train_examples"] == 15
+
+
+def test_a_registered_loss_is_selectable(setup, tmp_path):
+    """register_loss is the extension point: a new name passes config validation and is the
+    loss the loop computes."""
+    from xmr.train.losses import LOSSES, ClipLoss, register_loss
+
+    calls = []
+
+    class CountingLoss(ClipLoss):
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            return super().forward(*args, **kwargs)
+
+    if "counting-clip" not in LOSSES:
+        register_loss("counting-clip")(CountingLoss)
+    cfg = _config(setup, tmp_path / "run", epochs=1, loss="counting-clip", max_train_items=16)
+    result = train(cfg)
+    assert result.global_step == 2 and len(calls) == 2
+    with pytest.raises(XmrError, match="counting-clip"):  # the error lists the registered names
+        load_config(None, {"loss": "triplet"}, model="m", data="d", out="o")
+
+
+def test_cross_encoder_training_refuses_contrastive_only_flags(tmp_path, capsys):
+    from xmr.cli import main
+
+    for flag in (["--workers", "2"], ["--no-resume"], ["--config", str(tmp_path / "c.yaml")]):
+        code = main(["train", "--cross-encoder", "blip:x", "--data", str(tmp_path), "--out",
+                     str(tmp_path / "o"), *flag])  # fmt: skip
+        assert code == 2
+        assert f"{flag[0]} does not apply" in capsys.readouterr().err

@@ -38,6 +38,14 @@ def run_itm(args: argparse.Namespace) -> int:
 
     if not args.data or not args.out:
         raise XmrError("xmr train --cross-encoder needs --data and --out")
+    # Options of contrastive training that ITM training has no use for: refuse, don't ignore.
+    for name, flag in (
+        ("config", "--config"),
+        ("workers", "--workers"),
+        ("no_resume", "--no-resume"),
+    ):
+        if getattr(args, name, None):
+            raise XmrError(f"{flag} does not apply to xmr train --cross-encoder (use key=value)")
     values = parse_overrides(args.overrides)
     for key in ("batch_size", "lr", "epochs"):
         if getattr(args, key, None) is not None:

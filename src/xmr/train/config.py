@@ -169,7 +169,7 @@ class TrainConfig:
             self.cache_images = "yes" if self.cache_images else "no"
         choices = {
             "accum_mode": ("features", "gradients"),
-            "loss": ("clip", "siglip"),
+            "loss": tuple(_loss_names()),
             "multi_positive": ("soft", "mask", "none"),
             "precision": ("fp32", "fp16", "bf16"),
             "cache_images": ("auto", "yes", "no"),
@@ -309,3 +309,10 @@ def trajectory_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """Names (with both values) of the trajectory fields on which ``a`` and ``b`` differ."""
     da, db = a.to_dict(), b.to_dict()
     return [f"{k}: {da[k]!r} != {db[k]!r}" for k in TRAJECTORY_FIELDS if da[k] != db[k]]
+
+
+def _loss_names() -> list[str]:
+    """The registered losses (clip, siglip and any registered with ``register_loss``)."""
+    from xmr.train.losses import LOSSES
+
+    return LOSSES.names()
