@@ -48,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins(spec: str | None = None) -> list[str]:
+    """Import the modules named in ``XMR_PLUGINS`` (comma-separated), so that the readers,
+    encoder/index backends, cross-encoders and losses they register work from the command line
+    (``--format NAME``, ``--model NAME:...``, ``loss=NAME``)."""
+    spec = os.environ.get("XMR_PLUGINS", "") if spec is None else spec
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise XmrError(f"XMR_PLUGINS: cannot import plugin module '{name}' ({exc})") from None
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     # Before anything loads torch (OpenMP reads this once, when it loads): idle OpenMP threads
     # sleep instead of spinning. Spinning threads that the OS deschedules on a busy machine
@@ -56,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        load_plugins()
         return int(args.func(args) or 0)
     except XmrError as exc:
         print(f"xmr: error: {exc}", file=sys.stderr)

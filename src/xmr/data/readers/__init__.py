@@ -30,9 +30,16 @@ def _load_all() -> None:
     _loaded = True
 
 
+_FALLBACKS = ("csv", "folder")
+
+
 def list_readers() -> list[str]:
+    """Registered formats in detection order: the specific built-in layouts, then formats
+    registered by plugins (``register_reader``), then the generic csv / folder fallbacks."""
     _load_all()
-    return [m for m in _READER_MODULES if m in READERS]
+    builtin = [m for m in _READER_MODULES if m in READERS and m not in _FALLBACKS]
+    custom = [n for n in READERS.names() if n not in _READER_MODULES]
+    return [*builtin, *custom, *(m for m in _FALLBACKS if m in READERS)]
 
 
 def detect_format(path: str | Path) -> str:
