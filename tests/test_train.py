@@ -336,3 +336,26 @@ def test_cross_encoder_training_refuses_contrastive_only_flags(tmp_path, capsys)
                      str(tmp_path / "o"), *flag])  # fmt: skip
         assert code == 2
         assert f"{flag[0]} does not apply" in capsys.readouterr().err
+
+
+def test_validation_numbers_are_the_numbers_of_evaluate_model(setup, tmp_path):
+    """Training validation and `xmr evaluate --model` agree, also when an image is corrupt (it
+    ranks last for every text and finds nothing as an image query, in both)."""
+    import shutil
+
+    import xmr
+    from xmr.data.readers import load_dataset
+    from xmr.models import create_encoder
+    from xmr.train.validate import Validator
+
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    sorted((data / "valid" / "valid_images").iterdir())[0].write_bytes(b"\xff\xd8 truncated")
+    split = load_dataset(data, split="valid").split("valid")
+    encoder = create_encoder(setup["model"], device="cpu")
+    validated = Validator(split, batch_size=8)(encoder)
+    evaluated = xmr.evaluate_model(encoder, data, split="valid", workers=0, progress=False)
+    assert validated.keys() == evaluated.keys()
+    for key, value in evaluated.items():
+        assert validated[key] == pytest.approx(value, nan_ok=True), key
+    assert validated["i2t/n_queries"] == len(split.items)

@@ -76,11 +76,12 @@ class Validator:
                     len(self._failed),
                     self._failed[0][1],
                 )
-        emb = np.zeros((len(refs), int(encoder.embed_dim)), dtype=np.float32)
+        # Rows stay NaN for images that cannot be decoded: as in `xmr evaluate --model`, they
+        # rank last for every text and, as image queries, find nothing.
+        emb = np.full((len(refs), int(encoder.embed_dim)), np.nan, dtype=np.float32)
         if self._pixels is not None:
             emb[:] = np.asarray(encoder.encode_images(self._pixels, batch_size=self.batch_size))
-            # An undecodable image gets a zero vector: it scores 0 against every text.
-            emb[[i for i, _ in self._failed]] = 0.0
+            emb[[i for i, _ in self._failed]] = np.nan
             return emb
         loader = DataLoader(
             TrainImageDataset(refs, encoder.preprocess),
@@ -106,7 +107,13 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, encoder) -> dict[str, float]:
-        from xmr.eval.evaluate import evaluate_split
+        from xmr.eval.model_eval import SplitEmbeddings, evaluate_embedded
 
         text_emb, image_emb = self.embeddings(encoder)
-        return evaluate_split(self.split, text_emb, image_emb)
+        failed = [
+            iid
+            for iid, bad in zip(self.split.items, np.isnan(image_emb).any(axis=1), strict=True)
+            if bad
+        ]
+        emb = SplitEmbeddings(self.split, text_emb, image_emb, "images", failed)
+        return evaluate_embedded(emb, directions=("t2i", "i2t"))
