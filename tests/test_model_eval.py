@@ -325,3 +325,30 @@ def test_fusion_tuning_reads_the_train_split_and_options_must_fit_the_source(
     code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data,
                            "--prediction-kind", "muge")  # fmt: skip
     assert code == 2 and "--prediction-kind does not apply with --model" in err
+
+
+def test_depth_all_gives_the_uncut_mrr_and_ranks(world, capsys):
+    from xmr.data.readers import load_dataset
+    from xmr.eval.metrics import reference_metrics
+    from xmr.models import create_encoder
+
+    data, model = world["data"], world["model"]
+    got = evaluate_json(capsys, "--model", model, "--data", data, "--depth", "all",
+                        "--directions", "t2i", *COMMON)  # fmt: skip
+    split = load_dataset(data, split="test").split("test")
+    encoder = create_encoder(model, device="cpu")
+    text = np.asarray(encoder.encode_texts([q.text for q in split.queries.values()]))
+    image = np.asarray(encoder.encode_images([it.image for it in split.items.values()]))
+    item_ids = list(split.items)
+    scores = text @ image.T
+    rankings = {
+        q: [item_ids[j] for j in np.argsort(-scores[n], kind="stable")]
+        for n, q in enumerate(split.queries)
+    }
+    want = reference_metrics(rankings, split.relevance, ks=(1, 5, 10), k=10)
+    for name in ("MRR", "MeanRank", "MedianRank", "NotFound", "R@10", "mAP@10"):
+        assert got[f"t2i/{name}"] == pytest.approx(want[name], abs=1e-6), name
+    assert got["t2i/NotFound"] == 0.0  # every query has a relevant item somewhere
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data, "--depth",
+                           "deep", *COMMON)  # fmt: skip
+    assert code == 2 and "--depth" in err

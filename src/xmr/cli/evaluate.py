@@ -83,6 +83,14 @@ def add_model_arguments(p: argparse.ArgumentParser, *, directions: bool = True) 
         help="keep the embeddings here (a killed run resumes; a re-run reuses them) "
         "[a temporary directory]",
     )
+    if directions:  # evaluate only
+        g.add_argument(
+            "--depth",
+            default=None,
+            metavar="N|all",
+            help="rank this deep for MRR / MeanRank / MedianRank / NotFound; 'all' ranks every "
+            "item (uncut MRR) [K]",
+        )
     g.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass [64]")
     g.add_argument(
         "--workers",
@@ -108,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Options that mean something with one source of rankings only: refusing them beats ignoring them.
-_MODEL_ONLY = ("directions", "emb_dir", "rerank", "fused", "tune_split")
+_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split")
 _PREDICTIONS_ONLY = ("prediction_kind",)
 
 
@@ -164,6 +172,15 @@ def embed_for_cli(args: argparse.Namespace, dataset, split):
     return encoder, emb
 
 
+def _int_option(flag: str, value: str) -> int:
+    from xmr.errors import XmrError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise XmrError(f"{flag} takes a number or 'all', not {value!r}") from None
+
+
 def _from_model(args: argparse.Namespace):
     from xmr.cli.fusion_options import fusion_metrics
     from xmr.cli.rerank_options import rerank_metrics
@@ -189,7 +206,12 @@ def _from_model(args: argparse.Namespace):
     directions = default_directions(emb)
     if args.directions:
         directions = tuple(d.strip() for d in args.directions.split(",") if d.strip())
-    metrics = evaluate_embedded(emb, directions=directions, k=args.k, device=args.device)
+    depth = None
+    if args.depth is not None:
+        depth = 0 if args.depth == "all" else _int_option("--depth", args.depth)
+    metrics = evaluate_embedded(
+        emb, directions=directions, k=args.k, depth=depth, device=args.device
+    )
     if args.rerank:
         # The reranked numbers replace the first stage's keys; the first stage stays beside them.
         metrics |= rerank_metrics(args, split, emb.text, emb.items, directions=directions)

@@ -120,11 +120,16 @@ def evaluate_embedded(
     *,
     directions: Sequence[str] | None = None,
     k: int = 10,
+    depth: int | None = None,
     device: Any = None,
 ) -> dict[str, float]:
     """The evaluator's metrics (``t2i/R@1`` ... and, per direction, per category) of exact
     inner-product retrieval with ``emb``. Items that failed to encode (``emb.failed``) are
-    never found by a text, and as image queries they find nothing."""
+    never found by a text, and as image queries they find nothing.
+
+    ``depth`` is how deep each ranking goes, which is how deep MRR, MeanRank, MedianRank and
+    NotFound look: default ``k`` (the cut-offs' depth, as a submission is); 0 ranks everything
+    (the uncut MRR and first-hit ranks, at the cost of a full sort per query)."""
     from xmr.eval.evaluate import evaluate_split, recall_ks
 
     if not emb.split.has_relevance:
@@ -134,21 +139,41 @@ def evaluate_embedded(
     if unknown:
         raise XmrError(f"unknown direction '{unknown[0]}' (t2i or i2t)")
     ks = recall_ks(k)
+    if depth is not None and depth < 0:
+        raise XmrError(f"depth must be >= 0 (0: rank every item), got {depth}")
+    full = max(len(emb.split.items), len(emb.split.queries))
+    depth = max(k, depth or full) if depth is not None else None
     metrics: dict[str, float] = {}
     if "t2i" in directions:  # NaN rows of failed items rank last for every text
         metrics |= evaluate_split(
-            emb.split, emb.text, emb.items, directions=("t2i",), ks=ks, k=k, device=device
+            emb.split,
+            emb.text,
+            emb.items,
+            directions=("t2i",),
+            ks=ks,
+            k=k,
+            depth=depth,
+            device=device,
         )
     if "i2t" in directions and not emb.failed:
         metrics |= evaluate_split(
-            emb.split, emb.text, emb.items, directions=("i2t",), ks=ks, k=k, device=device
+            emb.split,
+            emb.text,
+            emb.items,
+            directions=("i2t",),
+            ks=ks,
+            k=k,
+            depth=depth,
+            device=device,
         )
     elif "i2t" in directions:
-        metrics |= _i2t_with_failures(emb, ks, k, device)
+        metrics |= _i2t_with_failures(emb, ks, k, depth, device)
     return metrics
 
 
-def _i2t_with_failures(emb: SplitEmbeddings, ks, k: int, device: Any) -> dict[str, float]:
+def _i2t_with_failures(
+    emb: SplitEmbeddings, ks, k: int, depth: int | None, device: Any
+) -> dict[str, float]:
     """image->text when some images have no embedding: those queries are ranked nothing, so
     they count as misses (never skipped, never credited with hits by tie order)."""
     from xmr.eval.evaluate import evaluate_rankings, split_categories
@@ -157,7 +182,7 @@ def _i2t_with_failures(emb: SplitEmbeddings, ks, k: int, device: Any) -> dict[st
     failed = set(emb.failed)
     item_ids, query_ids = emb.item_ids, emb.query_ids
     rows = np.array([n for n, i in enumerate(item_ids) if i not in failed], dtype=np.int64)
-    depth = min(max(k, *ks), len(query_ids))
+    depth = min(max(k, *ks, depth or 0), len(query_ids))
     index, _ = topk_from_embeddings(emb.items, emb.text, depth, rows=rows, device=device)
     rankings = {i: [] for i in item_ids}
     for n, row in enumerate(rows):
