@@ -212,3 +212,51 @@ def test_page_obeys_its_csp(server, browser):
     finally:
         page.context.close()
     assert not [m for m in messages if "Content Security Policy" in m or "Error" in m], messages
+
+
+def test_api_docs_render_offline(server, browser, tmp_path):
+    """/docs renders Swagger UI from the package's own files, under its CSP, with every other
+    host unreachable (the situation of an air-gapped machine), and "Try it out" works."""
+    base = server["base"]
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    elsewhere: list[str] = []
+
+    def loopback_only(route):
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", loopback_only)
+    page = context.new_page()
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+    try:
+        page.goto(f"{base}/docs")
+        search_get = page.locator("#operations-search-search_get_api_search_get")
+        search_get.wait_for(timeout=15000)
+        assert "xmr search" in page.locator(".info .title").inner_text()
+        assert page.locator(".opblock-summary-path[data-path='/api/search']").count() == 2
+        # Try it out: the page calls the API (connect-src 'self') and shows the answer.
+        search_get.locator(".opblock-summary-control").click()
+        search_get.locator("button.try-out__btn").click()
+        search_get.locator("tr[data-param-name='q'] input").fill("a red circle")
+        search_get.locator("button.execute").click()
+        live = search_get.locator(".live-responses-table .response .response-col_status")
+        live.first.wait_for(timeout=15000)
+        assert live.first.inner_text().strip().startswith("200")
+        body = search_get.locator(".live-responses-table .microlight").first.inner_text()
+        assert '"results"' in body and "a red circle" in body
+        shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "api-docs.png"
+        page.screenshot(path=str(shot))
+        # /redoc has no local copy of ReDoc: it sends the browser to the working page.
+        page.goto(f"{base}/redoc")
+        page.locator("#operations-search-search_get_api_search_get").wait_for(timeout=15000)
+        assert page.url == f"{base}/docs"
+    finally:
+        context.close()
+    assert elsewhere == []
+    bad = [m for m in messages if m.startswith(("error", "pageerror")) or "Security" in m]
+    assert not bad, messages

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
+import re
 import shutil
 
 import pytest
@@ -87,11 +89,67 @@ def test_health_and_info(client, built):
 
 
 def test_openapi_docs(client):
-    assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/api/search", "/api/info", "/api/health"} <= set(spec["paths"])
     post = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(post)
+
+
+def test_docs_page_loads_only_local_assets(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "SwaggerUIBundle" in html and "url: '/openapi.json'" in html
+    # Every URL the page loads is local: no scheme, no host (the CDN of FastAPI's default).
+    refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert refs and all(u.startswith("/") and not u.startswith("//") for u in refs), refs
+    assert not re.search(r"https?://", html), html
+    assert '"validatorUrl": null' in html  # no schema sent to validator.swagger.io
+    # The CSP lets exactly the page's inline script run (by hash), nothing inline otherwise.
+    csp = r.headers["content-security-policy"]
+    inline = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    assert len(inline) == 1
+    digest = base64.b64encode(hashlib.sha256(inline[0].encode()).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}';" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp and "http" not in csp
+    assert "frame-ancestors 'none'" in csp and r.headers["x-frame-options"] == "DENY"
+    for url, ctype in (
+        ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "javascript"),
+        ("/static/vendor/swagger-ui/swagger-ui.css", "text/css"),
+        ("/static/vendor/swagger-ui/favicon-32x32.png", "image/png"),
+    ):
+        assert url in refs
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert ctype in asset.headers["content-type"], (url, asset.headers["content-type"])
+        assert asset.headers["x-content-type-options"] == "nosniff"
+
+
+def test_docs_behind_a_root_path_and_redoc_redirects(searcher):
+    app = create_app(searcher, ServeSettings())
+    with TestClient(app, root_path="/xmr") as c:
+        html = c.get("/docs").text
+        assert "url: '/xmr/openapi.json'" in html
+        assert 'src="/xmr/static/vendor/swagger-ui/swagger-ui-bundle.js"' in html
+        r = c.get("/redoc", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"] == "/xmr/docs"
+    with TestClient(app) as c:
+        r = c.get("/redoc")  # followed: the working docs page, not ReDoc's blank one
+        assert r.status_code == 200 and "SwaggerUIBundle" in r.text
+        assert c.get("/docs/oauth2-redirect").status_code == 404
+
+
+def test_vendored_swagger_ui_matches_its_readme():
+    from xmr.serve.app import STATIC_DIR
+    from xmr.serve.docs import SWAGGER_UI_VERSION
+
+    vendor = STATIC_DIR / "vendor" / "swagger-ui"
+    readme = (vendor / "README.md").read_text()
+    assert f"swagger-ui-dist {SWAGGER_UI_VERSION}" in readme
+    sums = {name: digest for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M)}
+    assert {"swagger-ui-bundle.js", "swagger-ui.css", "LICENSE"} <= set(sums)
+    for name, digest in sums.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_page_and_static(client):

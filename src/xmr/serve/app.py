@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xmr.errors import DataError, XmrError
 from xmr.serve.backend import RerankJob, SearchBackend, TextQuery
 from xmr.serve.batching import MicroBatcher
+from xmr.serve.docs import install_docs
 from xmr.serve.images import ImageStore
 from xmr.serve.limits import (
     ApiError,
@@ -175,6 +176,10 @@ def create_app(
         version=_version(),
         description="Cross-modal retrieval: find images from text, images or examples.",
         lifespan=lifespan,
+        # FastAPI's own pages load Swagger UI / ReDoc from a CDN: blank offline. See docs.py.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     app.state.backend = backend
@@ -523,6 +528,7 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    install_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -540,7 +546,8 @@ def upload_dir(backend: SearchBackend, settings: ServeSettings) -> Path:
 
 class SecurityHeaders:
     """Plain ASGI middleware (cheaper per request than ``@app.middleware``): no MIME sniffing,
-    no referrer, and a strict CSP and no framing for the page and its static files."""
+    no referrer, and a strict CSP and no framing for the page and its static files. ``/docs``
+    sets its own CSP (it allows the docs page's inline script by hash) and gets no framing."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -550,7 +557,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        page = path in ("/", "/index.html") or path.startswith("/static/")
+        page = path in ("/", "/index.html", "/docs") or path.startswith("/static/")
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
