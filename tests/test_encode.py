@@ -208,3 +208,41 @@ def test_undecodable_images_are_reported_and_skipped(tmp_path, encoder, split):
 def test_unknown_kind_is_an_error(tmp_path, encoder, split):
     with pytest.raises(XmrError, match="unknown embedding kind"):
         encode_split(encoder, split, tmp_path / "emb", kinds=("videos",), progress=False)
+
+
+def test_bad_output_directories_and_options_are_clear_errors(tmp_path, encoder, split):
+    texts = {"kinds": ("texts",), "progress": False}
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(XmrError, match="a_file: exists and is not a directory"):
+        encode_split(encoder, split, a_file, **texts)
+    with pytest.raises(XmrError, match="a file is in the way"):
+        encode_split(encoder, split, a_file / "emb", **texts)
+    # A data set (or a model) given as --out by mistake is neither written into nor cleared.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_label.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(XmrError, match="not an xmr embeddings directory"):
+            encode_split(encoder, split, data, overwrite=overwrite, **texts)
+    assert sorted(p.name for p in data.iterdir()) == ["train_label.txt"]
+    with pytest.raises(XmrError, match="workers must be >= 0"):
+        encode_split(encoder, split, tmp_path / "emb", workers=-1, **texts)
+
+
+def test_unreadable_manifests_are_clear_errors(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(XmrError, match="a_file: is a file"):
+        read_manifest(tmp_path / "a_file")
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    for content, message in (
+        (b"[]", "expected a JSON object, got list"),
+        (b"\xff\xfe", "not valid UTF-8"),
+        (b'{"format": ', "bad JSON"),
+    ):
+        (emb / "manifest.json").write_bytes(content)
+        with pytest.raises(XmrError, match=rf"emb.manifest.json.*{message}"):
+            read_manifest(emb)
+        with pytest.raises(XmrError, match=message):
+            load_embeddings(emb)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -212,3 +214,102 @@ def test_check_same_model():
     check_same_model(None, a)
     with pytest.raises(ModelMismatchError, match="hf:/b"):
         check_same_model(a, {"spec": "hf:/b", "fingerprint": "2"})
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_builds_leftovers_are_cleaned_up(tmp_path, data):
+    """A build killed while writing leaves ``.NAME.new-PID-*`` (as big as the index); the next
+    save of the same index removes it. A live writer's directory is left alone."""
+    x, ids, _ = data
+    dest = tmp_path / "idx"
+    build_index(x[:50], ids[:50], "Flat").save(dest)
+    dead = tmp_path / f".idx.new-{_dead_pid()}-0123abcd"
+    dead.mkdir()
+    (dead / "index.faiss").write_bytes(b"\0" * 1000)
+    live = tmp_path / f".idx.new-{os.getpid()}-4567abcd"
+    live.mkdir()
+    build_index(x, ids, "Flat").save(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name])
+    assert len(load_index(dest)) == 500
+
+
+def test_an_index_moved_aside_by_a_killed_swap_is_put_back(tmp_path, data):
+    x, ids, _ = data
+    build_index(x[:50], ids[:50], "Flat").save(tmp_path / "idx")
+    aside = tmp_path / f".idx.old-{_dead_pid()}-0123abcd"
+    os.rename(tmp_path / "idx", aside)
+    with pytest.raises(XmrError, match="previous index at"):
+        load_index(tmp_path / "idx")
+    build_index(x, ids, "Flat").save(tmp_path / "idx")
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+    assert len(load_index(tmp_path / "idx")) == 500
+
+
+def test_index_files_get_the_usual_permissions(tmp_path, data):
+    """Temporary names must not leak mkstemp's 0600 / mkdtemp's 0700 into the result: a
+    service running as another user must be able to read the index."""
+    x, ids, _ = data
+    old_umask = os.umask(0o022)
+    try:
+        build_index(x, ids, "Flat").save(tmp_path / "idx")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "idx").stat().st_mode & 0o777 == 0o755
+    for f in (tmp_path / "idx").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f.name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
+def test_directories_are_exchanged_in_one_step_on_linux(tmp_path):
+    from xmr.index import atomic
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from_a").touch()
+    assert atomic._exchange(a, b)
+    assert [p.name for p in b.iterdir()] == ["from_a"] and not any(a.iterdir())
+
+
+def test_corrupt_index_files_are_clear_errors(tmp_path, data):
+    x, ids, _ = data
+    dest = tmp_path / "idx"
+    build_index(x, ids, "Flat", items=_items(ids)).save(dest)
+    good = {p.name: p.read_bytes() for p in dest.iterdir()}
+    cases = {
+        "index.faiss": [b"garbage", b""],
+        "ids.json": [b"\xff\xfe", b'{"a": 1}', b"[1, 2"],
+        "manifest.json": [b"[]", b"\xff", b'"text"'],
+        "items.jsonl": [b"[1]\n", b"\xff\n"],
+    }
+    for name, contents in cases.items():
+        for content in contents:
+            (dest / name).write_bytes(content)
+            with pytest.raises(XmrError, match=rf"idx.{name}|idx: "):
+                load_index(dest)
+            (dest / name).write_bytes(good[name])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(XmrError, match="no such index directory"):
+        load_index(tmp_path / "file")
+
+
+def test_bad_build_parameters_are_clear_errors(data):
+    x, ids, _ = data
+    for options in (
+        {"nprobe": -3},
+        {"nprobe": 0},
+        {"ef_search": -1},
+        {"train_size": 0},
+        {"exact_max": -1},
+    ):
+        name = next(iter(options))
+        with pytest.raises(XmrError, match=name):
+            build_index(x, ids, "IVF4,Flat" if name != "ef_search" else "HNSW8", **options)

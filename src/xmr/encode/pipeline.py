@@ -25,6 +25,7 @@ from xmr.encode.store import (
     KINDS,
     MANIFEST,
     QUERIES_FILE,
+    check_out_dir,
     clear,
     read_manifest,
     read_shard,
@@ -35,7 +36,7 @@ from xmr.encode.store import (
     write_shard,
 )
 from xmr.errors import DataError, ModelMismatchError, XmrError
-from xmr.index.atomic import atomic_write, atomic_write_json
+from xmr.index.atomic import atomic_write, atomic_write_json, ensure_parent
 from xmr.index.metadata import item_record, write_jsonl
 
 DEFAULT_SHARD_SIZE = 4096
@@ -191,14 +192,17 @@ def encode_split(
     """
     if shard_size <= 0 or batch_size <= 0:
         raise XmrError("batch size and shard size must be positive")
+    if workers < 0:
+        raise XmrError(f"workers must be >= 0 (0: decode in this process), got {workers}")
     if precision is not None:
         from xmr.models.base import resolve_precision
 
         encoder.precision = resolve_precision(precision, encoder.device)
     out = Path(out_dir)
-    if overwrite and out.exists():
+    if overwrite and out.is_dir():
         clear(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
+    ensure_parent(out / MANIFEST)
 
     work = {kind: split_inputs(split, kind) for kind in dict.fromkeys(kinds)}
     manifest = _new_manifest(encoder, split, work, shard_size, draft, source)

@@ -8,7 +8,6 @@ that matches the manifest, so a truncated or foreign shard is simply encoded aga
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 
 from xmr.errors import XmrError
 from xmr.index.atomic import atomic_write
-from xmr.index.metadata import read_jsonl, write_jsonl
+from xmr.index.metadata import read_json, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,11 @@ def shard_failures(data: dict) -> list[dict[str, str]]:
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     """The manifest of an embeddings directory (an error names what is wrong)."""
     path = Path(out_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise XmrError(f"{out_dir}: no {MANIFEST} (not an xmr embeddings directory)") from None
-    except json.JSONDecodeError as exc:
-        raise XmrError(f"{path}: bad JSON ({exc.msg})") from None
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise XmrError(f"{out_dir}: is a file, not an xmr embeddings directory")
+    if not path.exists():
+        raise XmrError(f"{out_dir}: no {MANIFEST} (not an xmr embeddings directory)")
+    manifest = read_json(path)
     if manifest.get("format") != FORMAT:
         raise XmrError(f"{out_dir}: not an xmr embeddings directory")
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
@@ -136,6 +134,21 @@ def write_failed(out: Path, manifest: dict[str, Any]) -> None:
                     records.extend({"kind": kind, **f} for f in shard_failures(z))
     if records or (out / FAILED_FILE).exists():
         atomic_write(out / FAILED_FILE, lambda tmp: write_jsonl(tmp, records))
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a directory holding something other than an earlier
+    encoding (a data set or a model given as ``--out`` by mistake)."""
+    if out.exists() and not out.is_dir():
+        raise XmrError(f"{out}: exists and is not a directory; name a directory for the embeddings")
+    if out.is_dir() and not (out / MANIFEST).exists():
+        foreign = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if foreign:
+            raise XmrError(
+                f"{out}: exists and is not an xmr embeddings directory (it holds "
+                f"{', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                "name a new or empty directory"
+            )
 
 
 def clear(out: Path) -> None:

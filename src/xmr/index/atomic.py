@@ -1,11 +1,20 @@
-"""Atomic writes: a reader sees the old file or directory or the new one, never a half-written one."""
+"""Atomic writes: a reader sees the old file or directory or the new one, never a half-written one.
+
+Temporary files and directories are created beside their destination with the permissions a
+plain ``open``/``mkdir`` would give (the umask applies), and named after the process that
+writes them, so the leftovers of a killed writer can be told from the work of a live one and
+are cleaned up by the next write of the same destination.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
-import tempfile
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +37,53 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def ensure_parent(path: Path) -> Path:
+    """Create ``path``'s parent directory; a file in the way is an error naming it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise XmrError(f"{path}: cannot create it, a file is in the way of {parent}") from None
+    except OSError as exc:
+        raise XmrError(f"{path}: cannot create {parent} ({exc.strerror})") from None
+    return parent
+
+
+def check_output_file(path: str | Path) -> Path:
+    """Fail before any work when ``path`` cannot become a file (it is a directory, or a file
+    stands where its directory should be)."""
+    path = Path(path)
+    if path.is_dir():
+        raise XmrError(f"{path}: is a directory; name a file to write")
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise XmrError(f"{path}: cannot create it, {ancestor} is a file")
+            break
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Fail before any work when ``path`` exists and is not a directory."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise XmrError(f"{path}: exists and is not a directory")
+    return check_output_file(path / "x").parent
+
+
+def _temp_name(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    if path.is_dir():
+        raise XmrError(f"{path}: is a directory; cannot write a file there")
+    ensure_parent(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -56,16 +104,20 @@ def atomic_replace_dir(
 ) -> None:
     """Fill a new directory beside ``dest`` with ``fill(tmp)``, then swap it in for ``dest``.
 
-    The old directory is renamed aside, the new one renamed in, the old one deleted. A failure
-    before the swap leaves ``dest`` untouched; ``may_replace(dest)`` guards against replacing a
-    directory that is not ours (a user's folder given as ``--out`` by mistake).
+    On Linux the two directories are exchanged in one ``renameat2(RENAME_EXCHANGE)``, so
+    ``dest`` always exists; elsewhere the old one is renamed aside first (a killed process can
+    leave it there, and the next write of ``dest`` puts it back). A failure before the swap
+    leaves ``dest`` untouched; ``may_replace(dest)`` guards against replacing a directory that
+    is not ours (a user's folder given as ``--out`` by mistake). What killed writers left
+    beside ``dest`` is removed first.
     """
     dest = Path(dest)
-    parent = dest.parent if str(dest.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = ensure_parent(dest)
+    _recover_leftovers(dest)
     if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or may_replace(dest))):
         raise XmrError(f"{dest}: exists and is not an xmr index; refusing to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=parent))
+    tmp = _temp_name(dest, "new")
+    os.mkdir(tmp, 0o777)
     try:
         fill(tmp)
         for f in tmp.iterdir():
@@ -74,7 +126,11 @@ def atomic_replace_dir(
                     os.fsync(fh.fileno())
         fsync_dir(tmp)
         if dest.exists():
-            old = parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            if _exchange(tmp, dest):
+                fsync_dir(parent)
+                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
+                return
+            old = _temp_name(dest, "old")
             os.rename(dest, old)
             try:
                 os.rename(tmp, dest)
@@ -89,3 +145,59 @@ def atomic_replace_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+_LEFTOVER = re.compile(r"\.(?P<tag>new|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _recover_leftovers(dest: Path) -> None:
+    """Delete the half-written ``.NAME.new-PID-*`` directories of writers that are gone, and the
+    ``.NAME.old-PID-*`` a killed swap left: put back when ``dest`` is missing, else deleted."""
+    prefix = f".{dest.name}."
+    try:
+        siblings = [p for p in dest.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for path in siblings:
+        match = _LEFTOVER.fullmatch(path.name[len(prefix) - 1 :])
+        if not match or _alive(int(match["pid"])) or not path.is_dir():
+            continue
+        if match["tag"] == "old" and not dest.exists():
+            os.rename(path, dest)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # a file system (or kernel) without RENAME_EXCHANGE
+    raise OSError(err, os.strerror(err), str(b))

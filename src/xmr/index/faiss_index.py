@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,11 @@ class FaissBackend(IndexBackend):
         path = Path(directory) / INDEX_FILE
         if not path.is_file():
             raise XmrError(f"{directory}: no {INDEX_FILE} (not an xmr index directory?)")
-        index = faiss.read_index(str(path))
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:  # faiss's C++ errors: truncated, empty or not an index
+            reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(exc).strip()) or "unreadable"
+            raise XmrError(f"{path}: not a readable faiss index ({reason})") from None
         return cls(
             index,
             config.get("type", "unknown"),

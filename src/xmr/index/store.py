@@ -25,7 +25,7 @@ import numpy as np
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.index.atomic import atomic_replace_dir
 from xmr.index.base import INDEX_BACKENDS, IndexBackend, normalise, resolve_auto_spec
-from xmr.index.metadata import read_jsonl, write_jsonl
+from xmr.index.metadata import read_json, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,9 @@ def build_index(
             exact search (default: up to 1000 rows sampled from the embeddings themselves).
     """
     _load_backends()
+    _check_build_options(nprobe=nprobe, ef_search=ef_search, train_size=train_size)
+    if exact_max is not None and exact_max < 0:
+        raise XmrError(f"exact_max must be >= 0, got {exact_max}")
     x, ids, items = _check_inputs(embeddings, ids, items, dim=None)
     n, dim = x.shape
     opts: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "gpu": gpu}
@@ -318,10 +321,9 @@ def load_index(directory: str | Path, *, gpu: bool | None = None) -> Index:
     if gpu is not None:
         config["gpu_override"] = gpu
     backend = INDEX_BACKENDS.get(manifest.get("backend", "faiss")).load(path, config)
-    try:
-        ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise XmrError(f"{path / IDS_FILE}: cannot read the id list ({exc})") from None
+    if not (path / IDS_FILE).is_file():
+        raise XmrError(f"{path / IDS_FILE}: missing; the index directory is incomplete")
+    ids = read_json(path / IDS_FILE, list)
     items = (
         list(read_jsonl(path / ITEMS_FILE))
         if (path / ITEMS_FILE).exists()
@@ -424,13 +426,16 @@ def _check_inputs(embeddings, ids, items, *, dim: int | None):
     return x, ids, items
 
 
+def _check_build_options(**options: int | None) -> None:
+    for name, value in options.items():
+        if value is not None and value < 1:
+            raise XmrError(f"{name} must be at least 1, got {value}")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise XmrError(f"{path}: no {MANIFEST} (not an xmr index directory)") from None
-    except json.JSONDecodeError as exc:
-        raise XmrError(f"{path / MANIFEST}: bad JSON ({exc.msg})") from None
+    if not (path / MANIFEST).exists():
+        raise XmrError(f"{path}: no {MANIFEST} (not an xmr index directory)")
+    manifest = read_json(path / MANIFEST)
     if manifest.get("format") != FORMAT:
         raise XmrError(f"{path}: not an xmr index (manifest format {manifest.get('format')!r})")
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
@@ -441,7 +446,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _is_index_dir(path: Path) -> bool:
     try:
         return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
 
 
