@@ -77,6 +77,24 @@ def test_image_item_and_category_queries(built):
         searcher.search_text("x", k=0)
 
 
+def test_empty_and_undecodable_query_texts_are_errors(built):
+    """Not silently ranked: an empty text, and a command-line argument that was not UTF-8
+    (Python hands it over as lone surrogates, which the tokenizer rejects with a TypeError)."""
+    searcher = Searcher.from_index_dir(built["root"] / "index")
+    for text in ("", "  \t"):
+        with pytest.raises(XmrError, match="query text is empty"):
+            searcher.search_text(text)
+    with pytest.raises(XmrError, match="query text 2 is empty"):
+        searcher.search_texts(["red", " "])
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(XmrError, match="not valid UTF-8"):
+        searcher.search_text(bad)
+    with pytest.raises(XmrError, match="not valid UTF-8"):
+        built["encoder"].encode_texts(["fine", bad])
+    with pytest.raises(XmrError, match="must be a string"):
+        built["encoder"].encode_texts([b"bytes"])
+
+
 def test_another_model_is_refused(built, tmp_path):
     from xmr.models import create_encoder
 

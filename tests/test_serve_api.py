@@ -270,6 +270,7 @@ def test_bad_get_queries(client, params, code):
         (b'{"q": "red", "k": "many"}', 400, "bad_k"),
         (b'{"q": ""}', 400, "empty_query"),
         (b'{"q": 42}', 400, "bad_query"),
+        (b'{"q": "red \\ud800"}', 400, "bad_query"),  # a lone surrogate was a 500
         (b"{}", 400, "empty_query"),
         (b'{"q": "red", "colour": "x"}', 400, "unknown_field"),
         (b'{"q": "red", "item_id": "red-circle-0"}', 400, "ambiguous_query"),

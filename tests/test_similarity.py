@@ -87,6 +87,20 @@ def test_similarity_is_the_bi_encoder_cosine(models, tmp_path):
     assert one["similarity"] == pytest.approx(expected[2], abs=1e-5)
 
 
+def test_empty_and_undecodable_texts_are_errors(models, tmp_path):
+    """An empty text used to get a similarity like any other."""
+    image = str(_png(tmp_path / "x.png"))
+    scorer = xmr.pipeline("image-text-retrieval", model=models[0], device="cpu")
+    with pytest.raises(XmrError, match="input 0: text 2 is empty"):
+        scorer({"image": image, "text": ["a red square", "  "]})
+    with pytest.raises(XmrError, match="input 0: text is empty"):
+        scorer({"image": image, "text": ""})
+    with pytest.raises(XmrError, match="not valid UTF-8"):
+        scorer({"image": image, "text": b"\xff".decode("utf-8", "surrogateescape")})
+    with pytest.raises(XmrError, match="must be a string"):
+        scorer({"image": image, "text": ["ok", 5]})
+
+
 def test_every_image_source_gives_the_same_score(models, tmp_path, tianchi):
     clip, _ = models
     path = tianchi / "valid_images" / "101.png"

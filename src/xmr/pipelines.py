@@ -114,9 +114,13 @@ class ImageTextScorer:
             if text is None:
                 raise XmrError(f"input {n} has no 'text'")
             image = self.load_image(request["image"])
-            for t in [text] if isinstance(text, str) else list(text):
-                if not isinstance(t, str):
-                    raise XmrError(f"input {n}: texts must be strings, got {type(t).__name__}")
+            from xmr.models.base import check_texts
+
+            for t in check_texts(
+                [text] if isinstance(text, str) else list(text),
+                what=f"input {n}: text",
+                allow_empty=False,
+            ):
                 images.append(image)
                 texts.append(t)
         results = self.score_pairs(images, texts)

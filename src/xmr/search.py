@@ -112,10 +112,13 @@ class Searcher:
         """One ranked list per text; the texts are encoded in one batch."""
         if isinstance(texts, str):
             raise TypeError("search_texts takes a list of strings; use search_text for one")
+        from xmr.models.base import check_texts
+
+        texts = check_texts(texts, what="the query text", allow_empty=False)
         if not texts:
             return []
         with self._lock:
-            vectors = self.encoder.encode_texts(list(texts))
+            vectors = self.encoder.encode_texts(texts)
         return self.search_vectors(vectors, k, category=category)
 
     def search_image(

@@ -78,6 +78,27 @@ def state_dict_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def check_texts(texts: Iterable[Any], *, what: str = "text", allow_empty: bool = True) -> list[str]:
+    """The texts as a list, or an XmrError naming the first one that is not a string, holds
+    bytes that were not UTF-8 (a command-line argument in another encoding arrives as lone
+    surrogates, which no tokenizer takes) or, unless ``allow_empty``, is empty or blank."""
+    out = list(texts)
+    for n, text in enumerate(out, 1):
+        where = what if len(out) == 1 else f"{what} {n}"
+        if not isinstance(text, str):
+            raise XmrError(f"{where} must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "replace").decode("utf-8")[:60]
+            raise XmrError(
+                f"{where} {shown!r} is not valid UTF-8 (it holds undecodable bytes)"
+            ) from None
+        if not allow_empty and not text.strip():
+            raise XmrError(f"{where} is empty")
+    return out
+
+
 class Encoder:
     """Base class of all encoders. Subclasses set the attributes in ``__init__`` and implement
     ``tokenize``, ``image_features``, ``text_features`` and ``save``.
@@ -160,7 +181,7 @@ class Encoder:
         """L2-normalised float32 embeddings (N, embed_dim) of ``texts``, in order."""
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of strings, not one string")
-        texts = list(texts)
+        texts = check_texts(texts)
         batch_size = batch_size or self.default_text_batch_size
 
         def run(chunk: list[str]) -> torch.Tensor:

@@ -165,6 +165,12 @@ def check_query(q: Any, settings: ServeSettings, *, required: bool = True) -> st
         return None
     if "\x00" in text:
         raise ApiError(400, "bad_query", "the query text contains a NUL character", field="q")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\\ud800" escape
+        raise ApiError(
+            400, "bad_query", "the query text is not valid Unicode (lone surrogate)", field="q"
+        ) from None
     if len(text) > settings.max_query_chars:
         raise ApiError(
             400,
