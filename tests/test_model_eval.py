@@ -225,6 +225,31 @@ def test_bad_requests_are_clear_errors(world, tmp_path, capsys):
     assert code == 2 and "nope" in err
 
 
+def test_unwritable_outputs_fail_before_the_work(world, tmp_path, capsys):
+    """--out / --per-query naming a directory (or a path under a file) used to be a traceback
+    after the whole encoding and ranking; --emb-dir naming a file too."""
+    import xmr
+
+    data, model = world["data"], world["model"]
+    a_dir, a_file = tmp_path / "a_dir", tmp_path / "a_file"
+    a_dir.mkdir()
+    a_file.write_text("x")
+    emb = tmp_path / "emb"
+    for out, message in ((a_dir, "is a directory"), (a_file / "x.json", "a_file is a file")):
+        code, _, err = run_cli(capsys, "predict", "--model", model, "--data", data, "--out", out,
+                               "--emb-dir", emb, *COMMON)  # fmt: skip
+        assert code == 2 and message in err and "Traceback" not in err, err
+        code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data,
+                               "--per-query", out, "--emb-dir", emb, *COMMON)  # fmt: skip
+        assert code == 2 and message in err, err
+        with pytest.raises(xmr.XmrError, match=message):
+            xmr.predict(model, data, out, emb_dir=emb, progress=False)
+    assert not emb.exists()  # refused before anything was encoded
+    code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data,
+                           "--emb-dir", a_file, *COMMON)  # fmt: skip
+    assert code == 2 and "a_file: exists and is not a directory" in err, err
+
+
 def test_predict_with_rerank_reorders_only_the_top_k(world, tmp_path, capsys):
     from xmr.models.blip_itm import create_tiny_cross_encoder
 

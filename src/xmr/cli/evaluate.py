@@ -108,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
     _check_options(args)
+    if args.per_query:
+        from xmr.index.atomic import check_output_file
+
+        check_output_file(args.per_query)  # before the work, not after it
     if args.model is not None:
         metrics, rows = _from_model(args)
     else:

@@ -56,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from xmr.errors import XmrError
     from xmr.eval.model_eval import rank_embedded
     from xmr.eval.submission import default_submission_format, write_submission
+    from xmr.index.atomic import check_output_file
 
     if args.k < 1:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
+    check_output_file(args.out)  # before the work, not after it
     dataset = load_dataset(args.data, args.format, args.split)
     name = args.split
     if name is None and "test" in dataset.splits:

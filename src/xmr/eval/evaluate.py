@@ -253,13 +253,18 @@ def _item_label(item) -> str:
 
 def write_per_query_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write :func:`per_query_rows` output as CSV (header: id,text,first_hit_rank,AP,hits)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "text", "first_hit_rank", "AP", "hits"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "AP": f"{row['AP']:.6f}"})
+    from xmr.index.atomic import atomic_write, check_output_file
+
+    path = check_output_file(path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["id", "text", "first_hit_rank", "AP", "hits"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "AP": f"{row['AP']:.6f}"})
+
+    atomic_write(path, write)
     return path
 
 

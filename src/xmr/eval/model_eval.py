@@ -271,7 +271,9 @@ def predict(
     (``test`` when there is one) written to ``out`` as a validated submission file."""
     from xmr.data.readers import load_dataset
     from xmr.eval.submission import default_submission_format, write_submission
+    from xmr.index.atomic import check_output_file
 
+    check_output_file(out)  # before the work, not after it
     dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
     if split is None and "test" in dataset.splits:
         split = "test"

@@ -61,7 +61,10 @@ def write_submission(
         )
     rankings = {q: [i for i, _ in row[:k]] for q, row in ranked.items()}
     scores = {q: [s for _, s in row[:k]] for q, row in ranked.items()}
-    path = Path(path)
+    from xmr.index.atomic import check_output_file, ensure_parent
+
+    path = check_output_file(path)
+    ensure_parent(path)
     tmp = path.with_name(f".{path.name}.unchecked")
     try:
         write_predictions(tmp, rankings, kind=kind, split=split, scores=scores, tag=tag)
