@@ -359,3 +359,116 @@ def test_validation_numbers_are_the_numbers_of_evaluate_model(setup, tmp_path):
     for key, value in evaluated.items():
         assert validated[key] == pytest.approx(value, nan_ok=True), key
     assert validated["i2t/n_queries"] == len(split.items)
+
+
+def test_ctrl_c_during_a_step_keeps_the_finished_steps(setup, tmp_path, monkeypatch):
+    """A Ctrl-C lands in a step (where training spends its time): the step finishes, a
+    checkpoint is saved after it, and the resumed run ends with the uninterrupted weights.
+    Before, the interrupt inside the step skipped the save and lost every step since the last
+    periodic checkpoint."""
+    import os
+    import signal
+
+    from xmr.train import loop
+
+    cfg = dict(epochs=2, max_train_items=32)  # 4 steps per epoch, saved at epoch ends
+    full = train(_config(setup, tmp_path / "full", **cfg))
+    real_step, calls = loop._Run._step, []
+
+    def step_with_ctrl_c(self, micro):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the step runs
+        return real_step(self, micro)
+
+    monkeypatch.setattr(loop._Run, "_step", step_with_ctrl_c)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(setup, out, **cfg))
+    monkeypatch.undo()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["progress"]["global_step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = train(_config(setup, out, **cfg))
+    assert resumed.global_step == full.global_step == 8
+    wa, wb = _weights(tmp_path / "full"), _weights(out)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_bad_settings_fail_before_any_training(setup, tmp_path):
+    """best_metric naming no validation metric used to fail after the first epoch with nothing
+    saved (or, re-running a finished run, to print the old best value under the wrong name)."""
+    from xmr.train.validate import check_best_metric
+
+    for metric in ("foo", "t2i/R@7", "x2y/R@1", "t2i/a/b/R@1"):
+        with pytest.raises(XmrError, match=f"best_metric '{metric}' is not a validation metric"):
+            load_config(None, {"best_metric": metric}, model="m", data="d", out="o")
+    check_best_metric("i2t/MedianRank")
+    check_best_metric("t2i/vehicle/mAP@10")
+    out = tmp_path / "run"
+    with pytest.raises(XmrError, match="categories: pedestrian, vehicle"):
+        train(_config(setup, out, valid_split="valid", best_metric="t2i/bicycle/mAP@10"))
+    assert not (out / "checkpoints").exists() and not (out / "train_log.jsonl").exists()
+    for key, value in (
+        ("max_train_items", 0),
+        ("max_train_items", -1),
+        ("save_every", -1),
+        ("workers", -2),
+        ("eval_every", -1),
+        ("grad_clip", 0),
+    ):
+        with pytest.raises(XmrError, match=key):
+            load_config(None, {key: value}, model="m", data="d", out="o")
+
+
+def test_bad_output_directories_and_checkpoints(setup, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(XmrError, match="a_file: exists and is not a directory"):
+        train(_config(setup, a_file))
+    data_dir = tmp_path / "my_data"
+    data_dir.mkdir()
+    (data_dir / "labels.txt").write_text("keep")
+    with pytest.raises(XmrError, match="holds other files .labels.txt"):
+        train(_config(setup, data_dir))
+    assert [p.name for p in data_dir.iterdir()] == ["labels.txt"]
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_text("garbage\n")
+    with pytest.raises(XmrError, match="cannot read the training checkpoint"):
+        train(_config(setup, out, epochs=1))
+    (out / "checkpoints" / "last.pt").unlink()
+    (out / "checkpoints" / "last.pt").mkdir()
+    with pytest.raises(XmrError, match="last.pt: is not a file"):
+        train(_config(setup, out, epochs=1))
+
+
+def test_config_file_encoding_and_yaml_errors_name_the_line(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(b"epochs: 3\nlr: caf\xe9\n")
+    with pytest.raises(XmrError, match=r"cfg.yaml:2: not valid UTF-8"):
+        load_config(path, model="m", data="d", out="o")
+    path.write_text("epochs: 3\nbetas: [0.9, 0.98\n")
+    with pytest.raises(XmrError, match=r"cfg.yaml:3: not valid YAML") as err:
+        load_config(path, model="m", data="d", out="o")
+    assert "\n" not in str(err.value)
+
+
+def test_rerun_with_validation_after_a_run_without_it(setup, tmp_path, capsys):
+    """A finished run without validation, re-run with validation, validates nothing: no best
+    metric to report (the CLI used to crash formatting a missing value)."""
+    from xmr.cli import main
+
+    out = tmp_path / "run"
+    train(_config(setup, out, epochs=1, max_train_items=16))
+    again = train(_config(setup, out, epochs=1, max_train_items=16, valid_split="valid"))
+    assert again.best_metric is None and again.best_value is None
+    args = ["train", "--model", setup["model"], "--data", setup["data"], "--out", str(out),
+            "--epochs", "1", "--batch-size", "8", "--lr", "2e-3", "--workers", "0",
+            "max_train_items=16", "progress=false", "tensorboard=false", "log_every=1"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    # A damaged log line (here not UTF-8) ends the log instead of stopping the run.
+    with (out / "train_log.jsonl").open("ab") as fh:
+        fh.write(b"\xff\xfe\n")
+    assert main([*args, "--epochs", "1"]) == 0, capsys.readouterr().err

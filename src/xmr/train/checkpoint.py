@@ -113,8 +113,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         # weights_only=False: the checkpoint holds RNG states (tuples, numpy arrays) that the
         # safe unpickler refuses; it is a file this program wrote into the user's own output dir.
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise XmrError(f"{path}: cannot read the training checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage, not a pickle: all unreadable
+        reason = str(exc).split(". ")[0] or type(exc).__name__
+        raise XmrError(
+            f"{path}: cannot read the training checkpoint ({reason}); delete it or pass "
+            "resume=false to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise XmrError(f"{path}: not an xmr training checkpoint (version {FORMAT_VERSION})")
     return state

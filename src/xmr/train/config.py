@@ -165,6 +165,30 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "eps", "warmup_ratio", "min_lr_ratio"):
             if float(getattr(self, name)) < 0:
                 raise XmrError(f"training config: '{name}' must be >= 0")
+        non_negative = (
+            "workers",
+            "cache_max_mb",
+            "eval_every",
+            "save_every",
+            "freeze_image_layers",
+            "freeze_text_layers",
+            "warmup_steps",
+        )
+        for name in non_negative:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise XmrError(f"training config: '{name}' must be >= 0, got {value}")
+        if self.max_train_items is not None and self.max_train_items < 1:
+            raise XmrError(
+                f"training config: 'max_train_items' must be >= 1 (or null: all), "
+                f"got {self.max_train_items}"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise XmrError("training config: 'grad_clip' must be > 0 (or null: no clipping)")
+        if self.best_metric is not None:
+            from xmr.train.validate import check_best_metric
+
+            check_best_metric(self.best_metric)
         if isinstance(self.cache_images, bool):
             self.cache_images = "yes" if self.cache_images else "no"
         choices = {
@@ -293,10 +317,19 @@ def load_config(
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise XmrError(f"{p}: cannot read config ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            line = exc.object.count(b"\n", 0, exc.start) + 1
+            raise XmrError(
+                f"{p}:{line}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x})"
+            ) from None
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise XmrError(f"{p}: not valid YAML ({exc})") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            col = f" at column {mark.column + 1}" if mark is not None else ""
+            raise XmrError(f"{where}: not valid YAML ({what}{col})") from None
         if not isinstance(loaded, dict):
             raise XmrError(f"{p}: expected a mapping of training options")
         data.update(loaded)

@@ -34,7 +34,8 @@ class MetricLog:
         if not self.jsonl.is_file():
             return []
         out = []
-        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
+        # A torn or damaged line ends the log (what follows it is logged again on resume).
+        for line in self.jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.strip():
                 try:
                     out.append(json.loads(line))

@@ -66,7 +66,7 @@ from xmr.train.model import (
     freeze,
     param_groups,
 )
-from xmr.train.validate import Validator, default_best_metric, is_better
+from xmr.train.validate import Validator, check_best_metric, default_best_metric, is_better
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ class _Run:
     def run(self) -> TrainResult:
         cfg = self.cfg
         if self.main:
+            check_out_dir(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         state = self._checkpoint_to_resume()
         self._seed(cfg.seed + self.info.rank)
@@ -181,6 +182,10 @@ class _Run:
         )
         self.best_metric = cfg.best_metric or default_best_metric(dataset.format)
         self.validator = self._validator(dataset.format)
+        if self.main and self.validator is not None:
+            # Before any training: a metric validation never reports used to fail at the end of
+            # the first epoch, with nothing saved.
+            check_best_metric(self.best_metric, self.validator.categories())
 
         self.precision = resolve_precision(cfg.precision, self.device)
         self.encoder = create_encoder(cfg.model, device=str(self.device), precision=self.precision)
@@ -308,6 +313,8 @@ class _Run:
 
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
         path = ckpt.last_checkpoint(self.out)
+        if self.main and path.exists() and not path.is_file():
+            raise XmrError(f"{path}: is not a file; the checkpoint could never be saved there")
         # Rank 0 decides: another rank looking after rank 0 removed the file would disagree.
         if not broadcast_object(path.is_file()):
             return None
@@ -443,8 +450,10 @@ class _Run:
         interrupted = False
         in_update = False
         last_loss = progress.get("last_loss")
+        hold = _InterruptAtStepEnd(enabled=not self.info.enabled)
         try:
             for epoch, step in plan.positions(start[0], start[1], cfg.epochs):
+                hold.check()  # a Ctrl-C during the last step stops here, where it can be saved
                 micro = [
                     self._assemble(mplan, *next(batches))
                     for mplan in plan.micro_batches(epoch, step, self.info.rank)
@@ -497,6 +506,7 @@ class _Run:
         except KeyboardInterrupt:
             # Under torchrun the other ranks are not at the same point (a collective would
             # hang): the last periodic checkpoint stands. One process saves where it stopped.
+            hold.release()
             if not in_update and not self.info.enabled:
                 for p in self.params:
                     p.grad = None
@@ -505,6 +515,7 @@ class _Run:
                     _say(f"\ninterrupted: checkpoint saved at step {progress['global_step']}")
             raise
         finally:
+            hold.release()
             bar.close()
             if hasattr(batches, "_shutdown_workers"):
                 batches._shutdown_workers()
@@ -739,7 +750,8 @@ class _Run:
             out_dir=self.out,
             global_step=g,
             total_steps=self.total_steps,
-            best_metric=self.best_metric if self.validator is not None else None,
+            # A finished run resumed with validation newly turned on has validated nothing.
+            best_metric=self.best_metric if progress["best_value"] is not None else None,
             best_value=progress["best_value"],
             best_step=progress["best_step"],
             metrics=dict(progress["last_metrics"]),
@@ -768,6 +780,62 @@ class _Run:
                 self.say(f"done: {where} model in {self.out} (load it with hf:{self.out})")
         barrier()
         return result
+
+
+class _InterruptAtStepEnd:
+    """Holds a Ctrl-C (SIGINT) until the step in progress is complete: a step cut short leaves
+    weights and optimiser state half updated, which cannot be saved, so an interrupt that lands
+    in a step (where a training run spends its time) used to lose everything since the last
+    periodic checkpoint. ``check()`` raises the held KeyboardInterrupt between steps, where the
+    loop saves a checkpoint. A second Ctrl-C stops at once. Only in the main thread, and only
+    where SIGINT has Python's default handler (not when ignored or handled by the caller)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous: Any = None
+        if (
+            enabled
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            self.release()
+            raise KeyboardInterrupt
+
+    def release(self) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def check_out_dir(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier run's output: a data set or a model directory
+    given as ``--out`` by mistake would get a model and logs written into it."""
+    from xmr.index.atomic import check_output_dir
+
+    check_output_dir(out)
+    if not out.is_dir() or (out / CONFIG_FILE).exists() or ckpt.last_checkpoint(out).exists():
+        return
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise XmrError(
+            f"{out}: exists and holds other files ({shown}), not an earlier training run; "
+            "name a new or empty directory"
+        )
 
 
 def _json_default(value: Any) -> Any:

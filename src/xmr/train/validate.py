@@ -23,6 +23,27 @@ def default_best_metric(dataset_format: str) -> str:
     return "t2i/mAP@10" if dataset_format == "track2" else "t2i/MeanRecall"
 
 
+def check_best_metric(name: str, categories: set[str] | None = None) -> str:
+    """Refuse a ``best_metric`` validation can never report, before any training: it must be
+    ``{t2i|i2t}/{metric}`` or ``{t2i|i2t}/{category}/{metric}``, with a metric of the evaluator
+    at K=10 and, when ``categories`` is given, one of them."""
+    from xmr.eval.evaluate import recall_ks
+    from xmr.eval.metrics import metric_names
+
+    metrics = metric_names(recall_ks(10), 10)
+    parts = str(name).split("/")
+    ok = len(parts) in (2, 3) and parts[0] in ("t2i", "i2t") and parts[-1] in metrics
+    if ok and len(parts) == 3 and categories is not None:
+        ok = parts[1] in categories and parts[-1] != "n_skipped"
+    if not ok:
+        cats = f"; categories: {', '.join(sorted(categories))}" if categories else ""
+        raise XmrError(
+            f"best_metric '{name}' is not a validation metric: use t2i/NAME, i2t/NAME or "
+            f"t2i/CATEGORY/NAME with NAME one of {', '.join(metrics)}{cats}"
+        )
+    return name
+
+
 def is_better(metric: str, value: float, best: float | None) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -58,6 +79,13 @@ class Validator:
         self.progress = progress
         self._pixels: Any = None
         self._failed: list[tuple[int, str]] = []
+
+    def categories(self) -> set[str]:
+        """The categories validation reports metrics for (those of the split's items and
+        queries)."""
+        found = {item.category for item in self.split.items.values()}
+        found |= {query.category for query in self.split.queries.values()}
+        return {c for c in found if c}
 
     def _image_embeddings(self, encoder) -> np.ndarray:
         from torch.utils.data import DataLoader
