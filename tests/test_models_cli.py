@@ -48,3 +48,6 @@ def test_model_errors(tmp_path, capsys):
     assert "unknown model spec" in capsys.readouterr().err
     assert main(["model", "tiny", str(tmp_path / "x"), "--embed-dim", "0"]) == 2
     assert "--embed-dim" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["model", "tiny", str(tmp_path / "a_file")]) == 2  # was a FileExistsError
+    assert "a_file: exists and is not a directory" in capsys.readouterr().err

@@ -77,7 +77,9 @@ def create_tiny_clip(
     """
     from transformers import CLIPConfig, CLIPModel
 
-    out = Path(out_dir)
+    from xmr.index.atomic import check_output_dir
+
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_wordpiece(texts, model_max_length=context_length)
     vocab = tokenizer.get_vocab()
@@ -212,7 +214,9 @@ def create_tiny_siglip(
     resize, mean/std 0.5)."""
     from transformers import SiglipConfig, SiglipModel
 
-    out = Path(out_dir)
+    from xmr.index.atomic import check_output_dir
+
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
     vocab = tokenizer.get_vocab()
@@ -263,7 +267,9 @@ def create_tiny_siglip2(
     with an offline tokenizer and a Siglip2ImageProcessor config."""
     from transformers import Siglip2Config, Siglip2Model
 
-    out = Path(out_dir)
+    from xmr.index.atomic import check_output_dir
+
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
     vocab = tokenizer.get_vocab()
