@@ -552,3 +552,26 @@ def test_writes_need_the_flag_and_the_token(tmp_path, built):
 
     assert "new-one" in load_index(index_dir)
     assert list((tmp_path / "index.uploads").glob("*.jpg"))
+
+
+def test_cli_refuses_an_address_it_cannot_listen_on(built, capsys, monkeypatch):
+    """Checked before the model loads: a port out of range was wrapped by uvicorn (70000 served
+    on 4464), a port in use ended in uvicorn's own log line and exit status 3."""
+    import socket
+
+    import uvicorn
+
+    from xmr.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)  # never serve here
+
+    index = str(built["index_dir"])
+    assert main(["serve", index, "--port", "70000"]) == 2
+    assert "--port must be between 0 and 65535" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", index, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err

@@ -78,7 +78,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xmr.errors import XmrError
-    from xmr.serve.limits import INDEX_ENV, SETTINGS_ENV, ServeSettings, token_from_env
+    from xmr.serve.limits import (
+        INDEX_ENV,
+        SETTINGS_ENV,
+        ServeSettings,
+        check_listen_address,
+        token_from_env,
+    )
 
     try:
         import uvicorn
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.workers < 1:
         raise XmrError("--workers must be at least 1")
+    check_listen_address(args.host, args.port)  # before the model loads, not after
     settings = ServeSettings(
         max_k=args.max_k,
         max_query_chars=args.max_query_chars,

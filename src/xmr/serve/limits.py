@@ -106,6 +106,34 @@ INDEX_ENV = "XMR_SERVE_INDEX"
 TOKEN_ENV = "XMR_SERVE_TOKEN"
 
 
+def check_listen_address(host: str, port: int) -> None:
+    """Fail before the model loads when the service could not listen on ``host:port``: a port
+    out of range (uvicorn would wrap it), an unknown host, an address in use. Binds a socket
+    the way uvicorn does (SO_REUSEADDR) and closes it again."""
+    import errno
+    import socket
+
+    from xmr.errors import XmrError
+
+    if not 0 <= int(port) <= 65535:
+        raise XmrError(f"--port must be between 0 and 65535, not {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise XmrError(f"cannot listen on {host}:{port}: {reason}") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            hint = " (another server runs there: choose another --port)"
+            reason = (exc.strerror or str(exc)) + (hint if exc.errno == errno.EADDRINUSE else "")
+            raise XmrError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def token_from_env() -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
