@@ -89,6 +89,21 @@ def test_inspect_reports_bad_images_and_skipped_records(track2, capsys):
     assert "skipped 1 bad record" in out
 
 
+def test_undecodable_image_messages_name_the_file_not_a_python_object(tmp_path):
+    from xmr.data.images import ImageRef
+    from xmr.errors import DataError
+
+    path = tmp_path / "x.jpg"
+    for content, what in (
+        (b"", "an empty file"),
+        (b"plain text", "10 bytes in no image format PIL reads"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(DataError) as err:
+            ImageRef(path=str(path)).open()
+        assert str(err.value) == f"{path}: undecodable image ({what})"
+
+
 def test_inspect_library_counts_missing_files(track2):
     ds = xmr.load_dataset(track2)
     (track2 / "train" / "train_images" / "v3.jpg").unlink()

@@ -127,7 +127,10 @@ def decode_image(
             return img
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # PIL's message names its BytesIO object, not the file
+        what = "an empty file" if not data else f"{len(data)} bytes in no image format PIL reads"
+        raise DataError(f"undecodable image ({what})", file=source) from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"undecodable image ({exc})", file=source) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"refused as a decompression bomb ({exc})", file=source) from None
