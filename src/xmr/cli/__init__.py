@@ -83,6 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # The library names bad paths itself; what still escapes is the system refusing a read
+        # or a write (permissions, a full disk): one line naming the file, not a traceback.
+        print(f"xmr: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``FILE: reason`` (``FILE -> OTHER: reason`` for a rename) for an OSError."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    where = str(exc.filename)
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    return f"{where}: {reason}"
 
 
 if __name__ == "__main__":
