@@ -229,8 +229,11 @@ def test_bad_specs_are_clear_errors(tmp_path):
         create_encoder(str(tmp_path))
     with pytest.raises(XmrError, match="not a CLIP-family"):
         create_encoder(f"hf:{tmp_path}")
-    with pytest.raises(XmrError):
+    # A missing local path is not mistaken for a hub id (transformers' repo-id message).
+    with pytest.raises(XmrError, match=r"missing: no such directory$"):
         create_encoder(f"hf:{tmp_path / 'missing'}")
+    with pytest.raises(XmrError, match=r"config.json: is not a directory$"):
+        create_encoder(f"hf:{tmp_path / 'config.json'}")
 
 
 def test_unreadable_image_bytes_raise_data_error(enc):

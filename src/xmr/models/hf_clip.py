@@ -186,10 +186,15 @@ class HFEncoder(Encoder):
         if local_files_only is not None:
             hub_kwargs["local_files_only"] = local_files_only
         where = f"local directory {target}" if is_local else f"'{target}' (hub id)"
+        if not is_local and (os.path.exists(target) or target.startswith(("/", ".", "~"))):
+            # A path, never a hub id: say so instead of transformers' repo-id complaint.
+            what = "is not a directory" if os.path.exists(target) else "no such directory"
+            raise XmrError(f"model {target}: {what}")
         try:
             config = AutoConfig.from_pretrained(target, **hub_kwargs)
         except (OSError, ValueError) as exc:
-            raise XmrError(f"cannot load model config from {where}: {exc}") from None
+            reason = " ".join(str(exc).split())  # transformers' messages span several lines
+            raise XmrError(f"cannot load model config from {where}: {reason}") from None
         model_type = getattr(config, "model_type", None)
         if model_type not in HF_MODEL_TYPES:
             raise XmrError(
