@@ -228,6 +228,9 @@ def test_bad_output_directories_and_options_are_clear_errors(tmp_path, encoder, 
     assert sorted(p.name for p in data.iterdir()) == ["train_label.txt"]
     with pytest.raises(XmrError, match="workers must be >= 0"):
         encode_split(encoder, split, tmp_path / "emb", workers=-1, **texts)
+    for kinds in ((), "images"):  # --kinds "" used to encode nothing and say it was done
+        with pytest.raises(XmrError, match="kinds: name what to encode"):
+            encode_split(encoder, split, tmp_path / "emb", kinds=kinds, progress=False)
 
 
 def test_unreadable_manifests_are_clear_errors(tmp_path):

@@ -194,6 +194,8 @@ def encode_split(
         raise XmrError("batch size and shard size must be positive")
     if workers < 0:
         raise XmrError(f"workers must be >= 0 (0: decode in this process), got {workers}")
+    if isinstance(kinds, str) or not kinds:
+        raise XmrError(f"kinds: name what to encode, a list from {', '.join(KINDS)}")
     if precision is not None:
         from xmr.models.base import resolve_precision
 
