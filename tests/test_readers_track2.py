@@ -202,3 +202,18 @@ def test_synthetic_data_set_reads_consistently(tmp_path):
     again = xmr.load_dataset(root, split="test").split()
     assert again.relevance == test.relevance
     assert list(again.queries.values()) == list(test.queries.values())
+
+
+def test_a_directory_where_a_split_file_belongs_is_an_error(tmp_path):
+    """A label file that is a directory used to be skipped silently: the split was read as
+    'every image of the folder, no texts'."""
+    folder = make_split(
+        tmp_path, "test", None, ["a.jpg"], text="a red car\n", gt="a red car$a.jpg\n"
+    )
+    (folder / "test_label.txt").mkdir()
+    assert_data_error(
+        lambda: xmr.load_dataset(tmp_path),
+        file=folder / "test_label.txt",
+        line=None,
+        match="found a directory",
+    )

@@ -67,8 +67,11 @@ class _SplitFiles:
     ) -> None:
         self.name = name
         label, text, gt = (folder / f"{name}{suffix}" for suffix in (LABEL, TEXT, GT))
-        if not gt.is_file() and root is not None:
+        if not gt.exists() and root is not None:
             gt = root / f"{name}{GT}"  # a ground-truth file beside the split folders
+        for path in (label, text, gt):
+            if path.exists() and not path.is_file():  # never read as "no such file"
+                raise DataError("expected a file, found a directory", file=str(path))
         self.label = label if label.is_file() else None
         self.text = text if text.is_file() else None
         self.gt = gt if gt.is_file() else None
