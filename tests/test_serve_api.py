@@ -538,6 +538,8 @@ def test_writes_need_the_flag_and_the_token(tmp_path, built):
         assert_error(_add(c, token="wrong-token-xyz"), 403, "forbidden")
         assert_error(_add(c, data=b"not an image"), 400, "bad_upload")
         assert_error(_add(c, item_id="red-circle-0"), 409, "duplicate_id")
+        for bad_id in ("", "x" * 201, "bell\x07", "esc\x1b[31m"):  # control characters were kept
+            assert_error(_add(c, item_id=bad_id), 400, "bad_id")
         r = _add(c)
         assert r.status_code == 200, r.text
         assert r.json() == {"added": "new-one", "items": built["n"] + 1}

@@ -503,7 +503,7 @@ def create_app(
             data = await upload.read()
         finally:
             await form.close()
-        if not item_id or len(item_id) > 200 or any(c in item_id for c in "\x00\r\n\t"):
+        if not item_id or len(item_id) > 200 or not item_id.isprintable():
             raise ApiError(400, "bad_id", "the form needs an 'id' (1-200 printable characters)")
         if backend.item(item_id) is not None:
             raise ApiError(409, "duplicate_id", f"an item with id {item_id!r} already exists")
