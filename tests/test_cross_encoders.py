@@ -180,6 +180,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def test_itm_training_refuses_an_unwritable_out_dir_before_training(tmp_path):
+    from xmr.errors import XmrError
+    from xmr.models.itm_training import ItmTrainConfig, train_itm
+
+    (tmp_path / "a_file").write_text("x")
+    steps = []
+    with pytest.raises(XmrError, match="a_file: exists and is not a directory"):
+        train_itm(
+            create_tiny_cross_encoder(tmp_path / "ce", "blip", words=["red", "blue", "thing"]),
+            color_split(),
+            config=ItmTrainConfig(steps=2, batch_size=2, log_every=1),
+            out_dir=tmp_path / "a_file",
+            log=steps.append,
+        )
+    assert steps == []  # refused before the first step, not when saving after the last
+
+
 def test_itm_fine_tuning_learns_the_pairs_and_saves(tmp_path, one_thread):
     from xmr.models.itm_training import ItmTrainConfig, train_itm
 

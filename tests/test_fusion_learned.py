@@ -298,6 +298,17 @@ def test_cli_train_fused_then_index_build_and_add(tianchi, tmp_path, capsys):
         add_embeddings(index, emb2)
 
 
+def test_cli_train_fused_refuses_an_unwritable_out_before_encoding(tianchi, tmp_path, capsys):
+    from xmr.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    argv = ["train", "--fused", "--model", tianchi["model"], "--data", str(tianchi["data"])]
+    assert main([*argv, "--out", str(tmp_path / "a_file"), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert "a_file: exists and is not a directory" in captured.err
+    assert "encoding split" not in captured.out  # refused before the work, not after it
+
+
 def test_fused_dir_for_another_model_is_refused(tianchi, tmp_path):
     pytest.importorskip("faiss")
     from xmr.cli import main

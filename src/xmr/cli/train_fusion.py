@@ -31,6 +31,7 @@ def add_fusion_train_arguments(p: argparse.ArgumentParser) -> None:
 def run_fusion(args: argparse.Namespace) -> int:
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
+    from xmr.index.atomic import check_output_dir
     from xmr.models import create_encoder
     from xmr.train.config import parse_overrides
     from xmr.train.fusion import FusionData, FusionTrainConfig, train_fusion
@@ -46,6 +47,7 @@ def run_fusion(args: argparse.Namespace) -> int:
     if args.device not in (None, "auto"):
         values["device"] = args.device
     config = FusionTrainConfig.from_options(values)
+    check_output_dir(args.out)  # before the encoding and training, not after them
     dataset = load_dataset(args.data, args.format, images=args.images)
     train_name = args.split or ("train" if "train" in dataset.splits else None)
     train_split = dataset.split(train_name, need_relevance=True)

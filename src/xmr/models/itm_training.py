@@ -185,6 +185,10 @@ def train_itm(
     config = config or ItmTrainConfig()
     if config.batch_size < 1 or config.steps < 1:
         raise XmrError("ITM training needs steps >= 1 and batch_size >= 1")
+    if out_dir is not None:
+        from xmr.index.atomic import check_output_dir
+
+        check_output_dir(out_dir)  # before the training, not after it
     ce = create_cross_encoder(cross_encoder) if isinstance(cross_encoder, str) else cross_encoder
     if not hasattr(ce, "forward_logits"):
         raise XmrError(f"{type(ce).__name__} cannot be trained (no differentiable forward)")
