@@ -472,3 +472,27 @@ def test_rerun_with_validation_after_a_run_without_it(setup, tmp_path, capsys):
     with (out / "train_log.jsonl").open("ab") as fh:
         fh.write(b"\xff\xfe\n")
     assert main([*args, "--epochs", "1"]) == 0, capsys.readouterr().err
+
+
+def test_a_killed_saves_temporaries_are_removed_by_the_next_run(setup, tmp_path):
+    """A kill while the checkpoint or the model is written leaves a temporary as big as what it
+    held (.last.pt.*.tmp, .export-*/): the next save removes it, once its writer is gone."""
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "train_config.json").write_text("{}")  # an earlier, killed run's directory
+    stale_ckpt = out / "checkpoints" / f".last.pt.{gone.pid}-0123abcd.tmp"
+    stale_ckpt.write_bytes(b"\0" * 100)
+    stale_export = out / f".export-{gone.pid}-4567abcd"
+    stale_export.mkdir()
+    (stale_export / "model.safetensors").write_bytes(b"\0" * 100)
+    live = out / f".export-{os.getpid()}-89abcdef"  # a writer still running: left alone
+    live.mkdir()
+    train(_config(setup, out, epochs=1, max_train_items=16))
+    assert not stale_ckpt.exists() and not stale_export.exists() and live.exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["last.pt"]

@@ -75,6 +75,32 @@ def _temp_name(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def temp_path(directory: Path, prefix: str, suffix: str = "") -> Path:
+    """A fresh name ``{prefix}{pid}-{random}{suffix}`` in ``directory``; see
+    :func:`remove_abandoned`."""
+    return Path(directory) / f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+_WRITER = re.compile(r"[.-](?P<pid>\d+)-[0-9a-f]{8}(?:\.tmp)?$")
+
+
+def remove_abandoned(directory: Path, prefix: str) -> None:
+    """Delete the temporaries ``{prefix}...{pid}-{random}`` in ``directory`` whose writing
+    process is gone (killed while writing): they would stay forever, as big as what they held."""
+    try:
+        candidates = [p for p in Path(directory).iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for path in candidates:
+        match = _WRITER.search(path.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,8 +140,12 @@ def _say(message: str) -> None:
 def export_model(encoder, out: Path) -> None:
     """Save ``encoder`` into ``out`` (transformers' layout) file by file with atomic renames:
     weights first and ``config.json`` last, so a reader never finds a config without weights."""
+    from xmr.index.atomic import remove_abandoned, temp_path
+
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    remove_abandoned(out, ".export-")  # what a killed export left
+    tmp = temp_path(out, ".export-")
+    tmp.mkdir()
     try:
         encoder.save(tmp)
         for path in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):
