@@ -43,6 +43,10 @@ DEFAULT_SHARD_SIZE = 4096
 SHOW_FAILURES = 5
 
 
+# What to do about an embeddings directory that cannot be resumed (callers word it their way).
+REDO_HINT = "use another --out or --overwrite"
+
+
 @dataclass
 class KindSummary:
     """What one kind's encoding did: inputs, vectors written, failures, shards reused, speed."""
@@ -169,6 +173,7 @@ def encode_split(
     progress: bool = True,
     source: dict[str, Any] | None = None,
     on_batch: Callable[[str, int], None] | None = None,
+    redo_hint: str | None = None,
 ) -> EncodeSummary:
     """Encode a split's images and texts into resumable embedding shards under ``out_dir``.
 
@@ -186,6 +191,7 @@ def encode_split(
         overwrite: discard what ``out_dir`` holds instead of resuming.
         source: where the split came from (path, format, split), recorded in the manifest.
         on_batch: called as ``on_batch(kind, n_done)`` after every batch (progress hooks, tests).
+        redo_hint: what the error about an unresumable ``out_dir`` tells the user to do.
 
     Returns:
         An :class:`EncodeSummary`: counts, speed and the first undecodable images.
@@ -210,7 +216,7 @@ def encode_split(
     manifest = _new_manifest(encoder, split, work, shard_size, draft, source)
     if (out / MANIFEST).exists():
         old = read_manifest(out)
-        _check_resumable(old, manifest, out)
+        _check_resumable(old, manifest, out, redo_hint or REDO_HINT)
         manifest["created"] = old.get("created", manifest["created"])
         manifest["kinds"] = {**old.get("kinds", {}), **manifest["kinds"]}
     atomic_write_json(out / MANIFEST, manifest)
@@ -260,18 +266,20 @@ def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, 
     }
 
 
-def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
+def _check_resumable(
+    old: dict[str, Any], new: dict[str, Any], out: Path, redo: str = REDO_HINT
+) -> None:
     om, nm = old.get("model") or {}, new["model"]
     if om.get("fingerprint") != nm.get("fingerprint"):
         raise ModelMismatchError(
             f"{out} holds embeddings of model {om.get('spec')!r} (fingerprint "
-            f"{om.get('fingerprint')}), not {nm.get('spec')!r}; use another --out or --overwrite"
+            f"{om.get('fingerprint')}), not {nm.get('spec')!r}; {redo}"
         )
     for key in ("precision", "draft"):
         if old.get(key) != new.get(key):
             raise XmrError(
                 f"{out} was encoded with {key}={old.get(key)!r}, this run asks for "
-                f"{new.get(key)!r}; use another --out or --overwrite"
+                f"{new.get(key)!r}; {redo}"
             )
     for kind, info in new["kinds"].items():
         prev = (old.get("kinds") or {}).get(kind)
@@ -281,7 +289,7 @@ def _check_resumable(old: dict[str, Any], new: dict[str, Any], out: Path) -> Non
         ):
             raise XmrError(
                 f"{out}: the {kind} there were encoded from a different list of inputs (another "
-                "data set or split, or another --shard-size); use another --out or --overwrite"
+                f"data set or split, or another --shard-size); {redo}"
             )
 
 

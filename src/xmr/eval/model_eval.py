@@ -92,6 +92,7 @@ def embed_split(
             overwrite=overwrite,
             progress=progress,
             source=source,
+            redo_hint="use another --emb-dir or delete that one",
         )
         texts = load_embeddings(directory, "texts")
         items = load_embeddings(directory, kind)
