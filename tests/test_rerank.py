@@ -166,11 +166,9 @@ def test_real_blip_cross_encoder_reranks_end_to_end(tmp_path):
 # --- on top of a Searcher (index built by the encode/index pipeline) ---------------------------
 
 
-@pytest.fixture(scope="module")
-def color_index(tmp_path_factory):
-    """An index over eight solid-color images (tiny random CLIP: its ranking is arbitrary)."""
-    pytest.importorskip("transformers")
-    pytest.importorskip("faiss")
+def build_color_index(root, n: int = 8):
+    """Index ``n`` solid red/green/blue images (captions "a <color> thing") under ``root`` with a
+    tiny random CLIP; returns the index directory. Shared with the service's rerank tests."""
     from test_encode import tiny_model
     from xmr.data.dataset import Item, Split
     from xmr.data.images import ImageRef
@@ -178,10 +176,9 @@ def color_index(tmp_path_factory):
     from xmr.index.build import index_embeddings
     from xmr.models import create_encoder
 
-    root = tmp_path_factory.mktemp("rerank_index")
     (root / "images").mkdir()
     items = {}
-    for i in range(8):
+    for i in range(n):
         color = ["red", "green", "blue"][i % 3]
         path = root / "images" / f"{color}{i}.png"
         Image.new("RGB", (24, 24), COLORS[color]).save(path)
@@ -190,6 +187,14 @@ def color_index(tmp_path_factory):
     encode_split(encoder, Split("test", items), root / "emb", batch_size=4, progress=False)
     index_embeddings(root / "emb", root / "index")
     return root / "index"
+
+
+@pytest.fixture(scope="module")
+def color_index(tmp_path_factory):
+    """An index over eight solid-color images (tiny random CLIP: its ranking is arbitrary)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("faiss")
+    return build_color_index(tmp_path_factory.mktemp("rerank_index"))
 
 
 def test_search_reranked_moves_only_the_top_k(color_index):

@@ -163,25 +163,9 @@ def test_a_service_without_reranker(built):
 
 @pytest.fixture(scope="module")
 def color_index(tmp_path_factory):
-    from test_encode import tiny_model
-    from xmr.data.dataset import Item, Split
-    from xmr.data.images import ImageRef
-    from xmr.encode import encode_split
-    from xmr.index.build import index_embeddings
-    from xmr.models import create_encoder
+    from test_rerank import build_color_index
 
-    root = tmp_path_factory.mktemp("serve-rerank-colors")
-    (root / "images").mkdir()
-    items = {}
-    for i in range(9):
-        color = ["red", "green", "blue"][i % 3]
-        path = root / "images" / f"{color}{i}.png"
-        Image.new("RGB", (24, 24), COLORS[color]).save(path)
-        items[f"{color}{i}"] = Item(f"{color}{i}", ImageRef(path=str(path)), [f"a {color} thing"])
-    encoder = create_encoder(f"hf:{tiny_model(root / 'model')}", device="cpu")
-    encode_split(encoder, Split("test", items), root / "emb", batch_size=4, progress=False)
-    index_embeddings(root / "emb", root / "index")
-    return root / "index"
+    return build_color_index(tmp_path_factory.mktemp("serve-rerank-colors"), n=9)
 
 
 def test_cross_encoder_fixes_the_order_of_text_and_image_queries(color_index):

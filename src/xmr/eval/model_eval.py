@@ -145,30 +145,14 @@ def evaluate_embedded(
     full = max(len(emb.split.items), len(emb.split.queries))
     depth = max(k, depth or full) if depth is not None else None
     metrics: dict[str, float] = {}
-    if "t2i" in directions:  # NaN rows of failed items rank last for every text
-        metrics |= evaluate_split(
-            emb.split,
-            emb.text,
-            emb.items,
-            directions=("t2i",),
-            ks=ks,
-            k=k,
-            depth=depth,
-            device=device,
-        )
-    if "i2t" in directions and not emb.failed:
-        metrics |= evaluate_split(
-            emb.split,
-            emb.text,
-            emb.items,
-            directions=("i2t",),
-            ks=ks,
-            k=k,
-            depth=depth,
-            device=device,
-        )
-    elif "i2t" in directions:
-        metrics |= _i2t_with_failures(emb, ks, k, depth, device)
+    for direction in directions:
+        if direction == "i2t" and emb.failed:
+            metrics |= _i2t_with_failures(emb, ks, k, depth, device)
+        else:  # NaN rows of failed items rank last for every text
+            metrics |= evaluate_split(
+                emb.split, emb.text, emb.items, directions=(direction,), ks=ks, k=k,
+                depth=depth, device=device,
+            )  # fmt: skip
     return metrics
 
 
