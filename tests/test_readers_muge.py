@@ -85,6 +85,31 @@ def test_lazy_bad_base64_names_file_and_line(tmp_path):
         split.items["3"].image.open()
 
 
+def test_a_tsv_rewritten_after_reading_is_an_error_not_another_image(tmp_path):
+    """Images are read by byte offset; the id on the line is checked, also through an index's
+    metadata, so a rewritten TSV never shows one item's image under another id."""
+    from xmr.index.metadata import image_record, image_ref_from_record
+
+    path = tmp_path / "MR_valid_imgs.tsv"
+    path.write_text(f"1\t{b64(0)}\n2\t{b64(0)}\n")
+    (tmp_path / "MR_valid_queries.jsonl").write_text('{"query_id": 1, "query_text": "x"}\n')
+    ref = xmr.load_dataset(tmp_path).split().items["2"].image
+    stored = image_ref_from_record(json_round_trip(image_record(ref)))
+    assert ref.read_bytes() == stored.read_bytes() == image_bytes(0)
+    # Same line lengths, ids swapped: the offsets now point at the other item.
+    path.write_text(f"2\t{b64(0)}\n1\t{b64(0)}\n")
+    for r in (ref, stored):
+        with pytest.raises(DataError, match=r"holds id '1', not '2'.*changed") as info:
+            r.open()
+        assert info.value.field == "id" and "MR_valid_imgs.tsv:2" in str(info.value)
+
+
+def json_round_trip(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
 @pytest.mark.parametrize(
     ("line", "field", "match"),
     [

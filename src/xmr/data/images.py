@@ -47,7 +47,9 @@ class ImageRef:
     """A lazy reference to one image.
 
     Exactly one of ``path`` (a file), ``tsv`` + ``offset`` (a line of an ``id\\tbase64`` TSV)
-    or ``data`` (encoded bytes) is set.
+    or ``data`` (encoded bytes) is set. ``tsv_id`` is the id the TSV line held when it was
+    indexed: reading checks it, so a TSV rewritten after an index was built is an error, not
+    another item's image shown under this id.
     """
 
     path: str | None = None
@@ -55,6 +57,7 @@ class ImageRef:
     offset: int = 0
     line: int | None = None
     data: bytes | None = None
+    tsv_id: str | None = None
 
     @property
     def kind(self) -> str:
@@ -91,6 +94,15 @@ class ImageRef:
             if len(parts) < 2:
                 raise DataError(
                     "expected 'id<TAB>base64'", file=self.tsv, line=self.line, field="image"
+                )
+            found = parts[0].decode("utf-8", "replace").strip()
+            if self.tsv_id is not None and found != self.tsv_id:
+                raise DataError(
+                    f"the line at byte {self.offset} holds id '{found}', not '{self.tsv_id}': "
+                    "the file changed after it was read (re-read the data set, rebuild the index)",
+                    file=self.tsv,
+                    line=self.line,
+                    field="id",
                 )
             return decode_base64(parts[-1], file=self.tsv, line=self.line)
         if self.data is None:

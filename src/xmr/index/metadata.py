@@ -24,7 +24,10 @@ def image_record(ref: ImageRef | None) -> dict[str, Any] | None:
     if ref.path is not None:
         return {"path": os.path.abspath(ref.path)}
     if ref.tsv is not None:
-        return {"tsv": os.path.abspath(ref.tsv), "offset": int(ref.offset), "line": ref.line}
+        record = {"tsv": os.path.abspath(ref.tsv), "offset": int(ref.offset), "line": ref.line}
+        if ref.tsv_id is not None:
+            record["id"] = ref.tsv_id
+        return record
     return None
 
 
@@ -36,7 +39,10 @@ def image_ref_from_record(record: dict[str, Any] | None) -> ImageRef | None:
         return ImageRef(path=record["path"])
     if record.get("tsv"):
         return ImageRef(
-            tsv=record["tsv"], offset=int(record.get("offset", 0)), line=record.get("line")
+            tsv=record["tsv"],
+            offset=int(record.get("offset", 0)),
+            line=record.get("line"),
+            tsv_id=record.get("id"),  # absent in indexes built before the check existed
         )
     return None
 

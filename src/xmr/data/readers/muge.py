@@ -117,7 +117,7 @@ def read_image_tsv(path: Path, bad: BadRecords, items: dict[str, Item]) -> None:
                         line=lineno,
                         field="id",
                     )
-                items[iid] = Item(iid, ImageRef(tsv=file, offset=start, line=lineno))
+                items[iid] = Item(iid, ImageRef(tsv=file, offset=start, line=lineno, tsv_id=iid))
 
 
 def relevant_ids(record: Record, keys: tuple[str, ...], items: dict[str, Item], where: str):
