@@ -284,6 +284,14 @@ def test_bad_json_bodies(client, body, status, code):
     assert_error(r, status, code)
 
 
+def test_query_bytes_that_are_not_utf8_are_refused(client):
+    # ?q=%FF decodes to U+FFFD on the server; searching that would be searching nonsense.
+    r = client.get("/api/search?q=red%FFcar&k=3")
+    body = assert_error(r, 400, "bad_query")
+    assert "UTF-8" in body["error"]["message"]
+    assert client.get("/api/search?q=r%C3%A9d&k=3").status_code == 200  # UTF-8 is fine
+
+
 def test_over_long_json_query(client):
     assert_error(client.post("/api/search", json={"q": "y" * 65}), 400, "query_too_long")
 

@@ -199,6 +199,15 @@ def check_query(q: Any, settings: ServeSettings, *, required: bool = True) -> st
         raise ApiError(
             400, "bad_query", "the query text is not valid Unicode (lone surrogate)", field="q"
         ) from None
+    if "\ufffd" in text:
+        # The server decodes a URL's bytes with errors="replace": U+FFFD means the client sent
+        # bytes that are not UTF-8 (e.g. ?q=%FF), and searching the replacement finds nonsense.
+        raise ApiError(
+            400,
+            "bad_query",
+            "the query text is not valid UTF-8 (it holds U+FFFD replacement characters)",
+            field="q",
+        )
     if len(text) > settings.max_query_chars:
         raise ApiError(
             400,
