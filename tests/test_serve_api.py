@@ -313,7 +313,11 @@ def test_bad_uploads(client):
     assert_error(upload(b"this is not an image"), 400, "bad_upload")
     assert_error(upload(b""), 400, "bad_upload")
     assert_error(upload(jpeg_bytes()[:200]), 400, "bad_upload")  # truncated JPEG
-    assert_error(upload(jpeg_bytes(), name="file_field_with_another_name"), 400, "bad_upload")
+    assert_error(upload(jpeg_bytes(), name="file_field_with_another_name"), 400, "unknown_field")
+    # The image is the query: a q or item_id beside it is not silently ignored.
+    assert_error(upload(jpeg_bytes(), q="red"), 400, "ambiguous_query")
+    assert_error(upload(jpeg_bytes(), item_id="red-circle-0"), 400, "ambiguous_query")
+    assert_error(upload(jpeg_bytes(), colour="red"), 400, "unknown_field")
     assert_error(upload(jpeg_bytes(), k="11"), 400, "k_too_large")
     assert_error(upload(jpeg_bytes(), category="nope"), 400, "unknown_category")
     # Over the upload limit (200 kB here): refused before it is parsed.

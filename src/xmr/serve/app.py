@@ -429,6 +429,15 @@ def create_app(
     async def image_search(request: Request, body: bytes, started: float) -> JSONResponse:
         form = await _parse_form(request, body)
         try:
+            unknown = set(form.keys()) - {"image", "file", "k", "category", "rerank", "rerank_k"}
+            if unknown & {"q", "item_id"}:
+                raise ApiError(
+                    400, "ambiguous_query", "an image upload is the query: send no q or item_id"
+                )
+            if unknown:  # as for JSON bodies: a misspelt field is an error, not ignored
+                raise ApiError(
+                    400, "unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}"
+                )
             upload = form.get("image") or form.get("file")
             if upload is None or isinstance(upload, str):
                 raise ApiError(400, "bad_upload", "the form has no image file field 'image'")
