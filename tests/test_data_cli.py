@@ -147,6 +147,10 @@ def test_convert_refusals(track2, muge, tmp_path, capsys):
     (out / "file").write_text("x")
     code, _, err = run_cli("data", "convert", track2, "--to", "csv", out, capsys=capsys)
     assert code == 2 and "not empty" in err
+    (tmp_path / "empty-file").write_bytes(b"")
+    code, _, err = run_cli("data", "convert", track2, "--to", "csv", tmp_path / "empty-file",
+                           capsys=capsys)  # fmt: skip
+    assert code == 2 and "is a file" in err
     with pytest.raises(XmrError, match="cannot convert to 'coco'"):
         convert_dataset(xmr.load_dataset(track2), "coco", tmp_path / "c")
     # Several splits: the user picks one.

@@ -196,7 +196,9 @@ def convert_dataset(
         raise XmrError(f"cannot convert to '{to}' (targets: {', '.join(TARGETS)})")
     chosen = dataset.split(split)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise XmrError(f"{out}: is a file; name a new output directory")
+    if out.exists() and any(out.iterdir()):
         raise XmrError(f"{out}: already exists and is not empty; choose a new output directory")
     out = out.resolve()
     partial = out.with_name(f".{out.name}.partial")
