@@ -107,7 +107,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     if path.is_dir():
         raise XmrError(f"{path}: is a directory; cannot write a file there")
     ensure_parent(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    remove_abandoned(path.parent, f".{path.name}.")  # what a killed writer of `path` left
+    tmp = temp_path(path.parent, f".{path.name}.", ".tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         write(tmp)

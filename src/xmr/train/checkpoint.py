@@ -46,37 +46,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    from xmr.index.atomic import remove_abandoned, temp_path
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
+    (:func:`xmr.index.atomic.atomic_write`, which also removes what a killed save left)."""
+    from xmr.index.atomic import atomic_write
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(path.parent, f".{path.name}.")  # what a killed save left
-    tmp = temp_path(path.parent, f".{path.name}.", ".tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def last_checkpoint(out_dir: str | os.PathLike) -> Path:
