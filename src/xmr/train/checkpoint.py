@@ -51,7 +51,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     from xmr.index.atomic import atomic_write
 
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    atomic_write(path, write)
     return path
 
 
