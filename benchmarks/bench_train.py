@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 SIZES = {
-    # the demo's tiny CLIP (xmr.demo.DemoConfig)
+    # the demo's tiny CLIP (xmr.workflows.demo.DemoConfig)
     "tiny": dict(
         image_size=32,
         patch_size=8,

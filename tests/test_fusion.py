@@ -14,14 +14,13 @@ from PIL import Image  # noqa: E402
 
 from xmr.data.readers import load_dataset  # noqa: E402
 from xmr.errors import XmrError  # noqa: E402
+from xmr.eval.fused import evaluate_fused, tune_fusion_weight  # noqa: E402
 from xmr.fusion import (  # noqa: E402
     FUSION_MODES,
     ItemEmbeddings,
     encode_items,
-    evaluate_fused,
     fuse_embeddings,
     normalize,
-    tune_fusion_weight,
 )
 from xmr.models.base import load_image  # noqa: E402
 
@@ -179,8 +178,8 @@ def test_fused_index_through_encode_index_search(tmp_path, capsys):
     from test_encode import tiny_model
     from xmr.cli import main
     from xmr.encode import load_embeddings
-    from xmr.index.build import add_embeddings
     from xmr.search import Searcher
+    from xmr.workflows.index_build import add_embeddings
 
     data = write_tianchi(tmp_path / "tianchi")
     model = f"hf:{tiny_model(tmp_path / 'model')}"

@@ -14,13 +14,13 @@ pytest.importorskip("safetensors")
 
 from test_fusion import write_tianchi  # noqa: E402
 from xmr.errors import ModelMismatchError, XmrError  # noqa: E402
+from xmr.eval.fused import evaluate_modes  # noqa: E402
 from xmr.fusion import (  # noqa: E402
     DEFAULT_WEIGHT_GRID,
     GatedFusion,
     ItemEmbeddings,
     WeightedFusion,
     create_fusion,
-    evaluate_modes,
     fuse_embeddings,
     list_fusions,
     load_fusion,
@@ -245,8 +245,8 @@ def test_cli_train_fused_then_index_build_and_add(tianchi, tmp_path, capsys):
     pytest.importorskip("faiss")
     from xmr.cli import main
     from xmr.encode import load_embeddings
-    from xmr.index.build import add_embeddings
     from xmr.search import Searcher
+    from xmr.workflows.index_build import add_embeddings
 
     data, model = tianchi["data"], tianchi["model"]
     fus = tmp_path / "fusion"
@@ -321,7 +321,7 @@ def test_fused_dir_for_another_model_is_refused(tianchi, tmp_path):
     encode += ["--split", "valid", "--out", str(emb), "--device", "cpu", "--workers", "0"]
     assert main([*encode, "--kinds", "images,captions"]) == 0
     with pytest.raises(ModelMismatchError, match="train a fusion for this model"):
-        from xmr.index.build import index_embeddings
+        from xmr.workflows.index_build import index_embeddings
 
         index_embeddings(emb, None, fusion=str(d))
     assert main(["index", "build", str(emb), "--out", str(tmp_path / "i"), "--fused", "x"]) == 2

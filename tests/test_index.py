@@ -269,7 +269,7 @@ def test_index_files_get_the_usual_permissions(tmp_path, data):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
 def test_directories_are_exchanged_in_one_step_on_linux(tmp_path):
-    from xmr.index import atomic
+    from xmr.io import atomic
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

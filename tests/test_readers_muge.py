@@ -88,7 +88,7 @@ def test_lazy_bad_base64_names_file_and_line(tmp_path):
 def test_a_tsv_rewritten_after_reading_is_an_error_not_another_image(tmp_path):
     """Images are read by byte offset; the id on the line is checked, also through an index's
     metadata, so a rewritten TSV never shows one item's image under another id."""
-    from xmr.index.metadata import image_record, image_ref_from_record
+    from xmr.data.records import image_record, image_ref_from_record
 
     path = tmp_path / "MR_valid_imgs.tsv"
     path.write_text(f"1\t{b64(0)}\n2\t{b64(0)}\n")

@@ -173,8 +173,8 @@ def build_color_index(root, n: int = 8):
     from xmr.data.dataset import Item, Split
     from xmr.data.images import ImageRef
     from xmr.encode import encode_split
-    from xmr.index.build import index_embeddings
     from xmr.models import create_encoder
+    from xmr.workflows.index_build import index_embeddings
 
     (root / "images").mkdir()
     items = {}

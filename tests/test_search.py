@@ -14,8 +14,8 @@ pytest.importorskip("faiss")
 from test_encode import make_images, make_split, tiny_model  # noqa: E402
 from xmr.encode import encode_split, load_embeddings  # noqa: E402
 from xmr.errors import ModelMismatchError, XmrError  # noqa: E402
-from xmr.index.build import add_embeddings, index_embeddings  # noqa: E402
 from xmr.search import Searcher  # noqa: E402
+from xmr.workflows.index_build import add_embeddings, index_embeddings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

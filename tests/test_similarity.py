@@ -211,9 +211,9 @@ def test_pair_scores_agree_with_the_searchers_scores(tmp_path):
     pytest.importorskip("faiss")
     from test_encode import make_images, make_split, tiny_model
     from xmr.encode import encode_split
-    from xmr.index.build import index_embeddings
     from xmr.models import create_encoder
     from xmr.search import Searcher
+    from xmr.workflows.index_build import index_embeddings
 
     model = f"hf:{tiny_model(tmp_path / 'model')}"
     split = make_split(make_images(tmp_path / "images", n=6))

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from xmr.data.records import describe_image, image_ref_from_record
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.index import Index, check_same_model, load_index
-from xmr.index.metadata import describe_image, image_ref_from_record
 
 
 @dataclass
 class SearchResult:
     """One ranked hit with the item's metadata (``image`` is its source record, see
-    :mod:`xmr.index.metadata`)."""
+    :mod:`xmr.data.records`)."""
 
     id: str
     score: float

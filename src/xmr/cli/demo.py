@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from xmr.demo import TARGET_METRIC, DemoConfig, run_demo
+    from xmr.workflows.demo import TARGET_METRIC, DemoConfig, run_demo
 
     cfg = DemoConfig.smoke() if args.smoke else DemoConfig()
     changes = {

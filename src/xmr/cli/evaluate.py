@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
     _check_options(args)
     if args.per_query:
-        from xmr.index.atomic import check_output_file
+        from xmr.io.atomic import check_output_file
 
         check_output_file(args.per_query)  # before the work, not after it
     if args.model is not None:
@@ -154,7 +154,7 @@ def _from_predictions(args: argparse.Namespace):
 def embed_for_cli(args: argparse.Namespace, dataset, split):
     """Load ``--model`` and embed ``split`` as the ``--model`` options say (shared with
     ``xmr predict``); returns (encoder, SplitEmbeddings)."""
-    from xmr.eval.model_eval import embed_split
+    from xmr.eval.embedded import embed_split
     from xmr.models import create_encoder
 
     encoder = create_encoder(args.model, device=args.device, precision=args.precision)
@@ -190,7 +190,7 @@ def _from_model(args: argparse.Namespace):
     from xmr.cli.rerank_options import rerank_metrics
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
-    from xmr.eval.model_eval import default_directions, evaluate_embedded
+    from xmr.eval.embedded import default_directions, evaluate_embedded
 
     # Tuning a fusion weight needs its own split (train by default), so read them all then.
     tuning = args.fused == "tune"
@@ -225,9 +225,9 @@ def _from_model(args: argparse.Namespace):
 
 def _model_per_query(args: argparse.Namespace, split, emb) -> list:
     """Per-query rows of the first-stage text->image ranking, cut at K as a submission is."""
+    from xmr.eval.embedded import rank_embedded
     from xmr.eval.evaluate import per_query_rows
     from xmr.eval.metrics import hits_from_rankings
-    from xmr.eval.model_eval import rank_embedded
 
     ranked = rank_embedded(emb, min(args.k, len(split.items)), device=args.device)
     rankings = {q: [i for i, _ in row] for q, row in ranked.items()}

@@ -35,7 +35,7 @@ def fusion_metrics(args: argparse.Namespace, encoder: Any, dataset: Any, split: 
     """``{image,caption,fused}/t2i/<metric>`` for ``split`` when ``--fused`` was given, else {}."""
     from xmr.errors import XmrError
     from xmr.eval.evaluate import recall_ks
-    from xmr.fusion import evaluate_fused
+    from xmr.eval.fused import evaluate_fused
 
     if args.fused is None:
         return {}

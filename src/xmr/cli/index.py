@@ -69,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     import logging
 
-    from xmr.index.build import index_embeddings
+    from xmr.workflows.index_build import index_embeddings
 
     logging.getLogger("xmr.index").setLevel(logging.WARNING)
     index = index_embeddings(
@@ -97,7 +97,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from xmr.index.build import add_embeddings
+    from xmr.workflows.index_build import add_embeddings
 
     index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind)
     print(f"added {added} vectors; {args.index_dir} now holds {len(index)}")

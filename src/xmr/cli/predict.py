@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from xmr.cli.evaluate import embed_for_cli
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
-    from xmr.eval.model_eval import rank_embedded
+    from xmr.eval.embedded import rank_embedded
     from xmr.eval.submission import default_submission_format, write_submission
-    from xmr.index.atomic import check_output_file
+    from xmr.io.atomic import check_output_file
 
     if args.k < 1:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     split = dataset.split(name)
     kind = args.submission_format or default_submission_format(dataset, split)
     if args.fused is not None:
-        from xmr.eval.model_eval import embed_split_fused
+        from xmr.eval.embedded import embed_split_fused
         from xmr.models import create_encoder
 
         encoder = create_encoder(args.model, device=args.device, precision=args.precision)

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xmr.errors import XmrError
-    from xmr.pipelines import pipeline
+    from xmr.workflows.pipeline import pipeline
 
     if args.item is not None and args.data is None:
         raise XmrError("--item needs --data (the data set the item comes from)")

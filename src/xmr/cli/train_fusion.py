@@ -31,7 +31,7 @@ def add_fusion_train_arguments(p: argparse.ArgumentParser) -> None:
 def run_fusion(args: argparse.Namespace) -> int:
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
-    from xmr.index.atomic import check_output_dir
+    from xmr.io.atomic import check_output_dir
     from xmr.models import create_encoder
     from xmr.train.config import parse_overrides
     from xmr.train.fusion import FusionData, FusionTrainConfig, train_fusion

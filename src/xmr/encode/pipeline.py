@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from xmr.data.records import item_record
 from xmr.encode.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -36,8 +37,9 @@ from xmr.encode.store import (
     write_shard,
 )
 from xmr.errors import DataError, ModelMismatchError, XmrError
-from xmr.index.atomic import atomic_write, atomic_write_json, ensure_parent
-from xmr.index.metadata import item_record, write_jsonl
+from xmr.io.atomic import atomic_write, atomic_write_json, ensure_parent
+from xmr.io.jsonio import write_jsonl
+from xmr.io.provenance import now, xmr_version
 
 DEFAULT_SHARD_SIZE = 4096
 SHOW_FAILURES = 5
@@ -231,7 +233,7 @@ def encode_split(
         run = _KindRun(encoder, out, kind, ids, inputs, info, manifest["dim"])
         summary = run.encode(batch_size, workers, draft, progress, on_batch)
         info.update(complete=True, encoded=summary.encoded, failed=summary.failed)
-        manifest["updated"] = _now()
+        manifest["updated"] = now()
         atomic_write_json(out / MANIFEST, manifest)
         summaries[kind] = summary
     write_failed(out, manifest)
@@ -243,9 +245,9 @@ def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, 
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "xmr_version": _xmr_version(),
-        "created": _now(),
-        "updated": _now(),
+        "xmr_version": xmr_version(),
+        "created": now(),
+        "updated": now(),
         "model": model,
         "dim": int(model["embed_dim"]),
         "precision": encoder.precision,
@@ -438,13 +440,3 @@ def _progress_bar(progress: bool, total: int, initial: int, kind: str):
     return tqdm(
         total=total, initial=initial, unit=unit, desc=f"encoding {kind}", dynamic_ncols=True
     )
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _xmr_version() -> str:
-    from xmr import __version__
-
-    return __version__

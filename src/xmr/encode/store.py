@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
-from xmr.index.atomic import atomic_write
-from xmr.index.metadata import read_json, read_jsonl, write_jsonl
+from xmr.io.atomic import atomic_write
+from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -253,7 +253,7 @@ def _item_label(item) -> str:
 
 def write_per_query_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write :func:`per_query_rows` output as CSV (header: id,text,first_hit_rank,AP,hits)."""
-    from xmr.index.atomic import atomic_write, check_output_file
+    from xmr.io.atomic import atomic_write, check_output_file
 
     path = check_output_file(path)
 

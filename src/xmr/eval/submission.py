@@ -61,7 +61,7 @@ def write_submission(
         )
     rankings = {q: [i for i, _ in row[:k]] for q, row in ranked.items()}
     scores = {q: [s for _, s in row[:k]] for q, row in ranked.items()}
-    from xmr.index.atomic import check_output_file, ensure_parent
+    from xmr.io.atomic import check_output_file, ensure_parent
 
     path = check_output_file(path)
     ensure_parent(path)

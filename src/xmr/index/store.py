@@ -4,7 +4,7 @@ Layout of ``INDEX_DIR``::
 
     index.faiss     the backend's file(s)
     ids.json        string ids; the backend's integer position i is ids[i]
-    items.jsonl     one metadata record per position (see xmr.index.metadata)
+    items.jsonl     one metadata record per position (see xmr.data.records)
     manifest.json   model manifest, index type and parameters, counts, dim, recall, times
 
 The directory is always written whole into a temporary sibling and swapped in atomically.
@@ -23,9 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from xmr.errors import ModelMismatchError, XmrError
-from xmr.index.atomic import atomic_replace_dir
 from xmr.index.base import INDEX_BACKENDS, IndexBackend, normalise, resolve_auto_spec
-from xmr.index.metadata import read_json, read_jsonl, write_jsonl
+from xmr.io.atomic import atomic_replace_dir
+from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
+from xmr.io.provenance import now, xmr_version
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class Index:
         self._positions.update({id_: start + i for i, id_ in enumerate(ids)})
         self._by_category = None
         self.manifest["count"] = len(self.ids)
-        self.manifest["updated"] = _now()
+        self.manifest["updated"] = now()
 
     def info(self) -> dict[str, Any]:
         """What ``xmr index info`` prints: type, size, dim, model, recall, category counts."""
@@ -249,7 +250,7 @@ def build_index(
         ids: one unique string id per row; the backend's position i is ``ids[i]``.
         spec: ``auto``, ``Flat``, ``HNSW32``, ``IVF4096,PQ64`` or any faiss ``index_factory``
             string. ``auto`` builds Flat below ``exact_max`` vectors (50k) and an IVF index above.
-        items: metadata records aligned with ``ids`` (see :mod:`xmr.index.metadata`).
+        items: metadata records aligned with ``ids`` (see :mod:`xmr.data.records`).
         model: the manifest of the model that produced the embeddings; searching with another
             model is then a :class:`~xmr.errors.ModelMismatchError`.
         train_size: vectors sampled to train IVF/PQ indexes (default: 40 per list, at least 64k).
@@ -280,9 +281,9 @@ def build_index(
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "xmr_version": _xmr_version(),
-        "created": _now(),
-        "updated": _now(),
+        "xmr_version": xmr_version(),
+        "created": now(),
+        "updated": now(),
         "backend": backend,
         "requested_spec": spec,
         "auto_reason": auto_reason,
@@ -448,13 +449,3 @@ def _is_index_dir(path: Path) -> bool:
         return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _xmr_version() -> str:
-    from xmr import __version__
-
-    return __version__

@@ -186,7 +186,7 @@ def train_itm(
     if config.batch_size < 1 or config.steps < 1:
         raise XmrError("ITM training needs steps >= 1 and batch_size >= 1")
     if out_dir is not None:
-        from xmr.index.atomic import check_output_dir
+        from xmr.io.atomic import check_output_dir
 
         check_output_dir(out_dir)  # before the training, not after it
     ce = create_cross_encoder(cross_encoder) if isinstance(cross_encoder, str) else cross_encoder

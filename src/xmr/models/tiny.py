@@ -77,7 +77,7 @@ def create_tiny_clip(
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from xmr.index.atomic import check_output_dir
+    from xmr.io.atomic import check_output_dir
 
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ def create_tiny_siglip(
     resize, mean/std 0.5)."""
     from transformers import SiglipConfig, SiglipModel
 
-    from xmr.index.atomic import check_output_dir
+    from xmr.io.atomic import check_output_dir
 
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +267,7 @@ def create_tiny_siglip2(
     with an offline tokenizer and a Siglip2ImageProcessor config."""
     from transformers import Siglip2Config, Siglip2Model
 
-    from xmr.index.atomic import check_output_dir
+    from xmr.io.atomic import check_output_dir
 
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class SearchBackend:
         return self.index.item(item_id)
 
     def image_ref(self, item_id: str) -> ImageRef | None:
-        from xmr.index.metadata import image_ref_from_record
+        from xmr.data.records import image_ref_from_record
 
         rec = self.item(item_id)
         return image_ref_from_record(rec.get("image")) if rec else None

@@ -47,8 +47,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
-    (:func:`xmr.index.atomic.atomic_write`, which also removes what a killed save left)."""
-    from xmr.index.atomic import atomic_write
+    (:func:`xmr.io.atomic.atomic_write`, which also removes what a killed save left)."""
+    from xmr.io.atomic import atomic_write
 
     path = Path(path)
 

@@ -1,7 +1,7 @@
 """Learn how to fuse an item's image and caption embeddings (``xmr train --fused``).
 
 The bi-encoder stays frozen: its item (image, caption) and query embeddings are computed once,
-and only the gate of :class:`~xmr.fusion_models.GatedFusion` is trained, so an epoch over tens
+and only the gate of :class:`~xmr.fusion.GatedFusion` is trained, so an epoch over tens
 of thousands of pairs takes seconds on a CPU. The loss is InfoNCE from each query to the fused
 items (multi-positive: every relevant item of the query counts as a positive)::
 
@@ -25,8 +25,14 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
-from xmr.fusion import DEFAULT_TUNE_METRIC, ItemEmbeddings, encode_items, evaluate_modes
-from xmr.fusion_models import GatedFusion, WeightedFusion
+from xmr.eval.fused import evaluate_modes
+from xmr.fusion import (
+    DEFAULT_TUNE_METRIC,
+    GatedFusion,
+    ItemEmbeddings,
+    WeightedFusion,
+    encode_items,
+)
 
 
 @dataclass

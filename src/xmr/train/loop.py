@@ -140,7 +140,7 @@ def _say(message: str) -> None:
 def export_model(encoder, out: Path) -> None:
     """Save ``encoder`` into ``out`` (transformers' layout) file by file with atomic renames:
     weights first and ``config.json`` last, so a reader never finds a config without weights."""
-    from xmr.index.atomic import remove_abandoned, temp_path
+    from xmr.io.atomic import remove_abandoned, temp_path
 
     out.mkdir(parents=True, exist_ok=True)
     remove_abandoned(out, ".export-")  # what a killed export left
@@ -827,7 +827,7 @@ class _InterruptAtStepEnd:
 def check_out_dir(out: Path) -> None:
     """``out`` must be new, empty, or an earlier run's output: a data set or a model directory
     given as ``--out`` by mistake would get a model and logs written into it."""
-    from xmr.index.atomic import check_output_dir
+    from xmr.io.atomic import check_output_dir
 
     check_output_dir(out)
     if not out.is_dir() or (out / CONFIG_FILE).exists() or ckpt.last_checkpoint(out).exists():

@@ -135,7 +135,7 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, encoder) -> dict[str, float]:
-        from xmr.eval.model_eval import SplitEmbeddings, evaluate_embedded
+        from xmr.eval.embedded import SplitEmbeddings, evaluate_embedded
 
         text_emb, image_emb = self.embeddings(encoder)
         failed = [

@@ -12,17 +12,23 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
-from xmr.data.dataset import RetrievalDataset
 from xmr.data.images import IMAGE_EXTENSIONS
 from xmr.errors import DataError, XmrError
+from xmr.io.textfiles import (  # noqa: F401 - the readers' toolkit, re-exported
+    MAX_SKIP_EXAMPLES,
+    UTF8_BOM,
+    BadRecords,
+    iter_lines,
+    load_json,
+    open_binary,
+    read_text,
+)
 
 # Well-known split names first, in this order; others follow alphabetically.
 SPLIT_ORDER = ("train", "valid", "val", "dev", "test")
 _SPLIT_WORD = re.compile(r"(?:^|[_.\-])(train|valid|val|dev|test)(?=$|[_.\-])", re.IGNORECASE)
-_UTF8_BOM = b"\xef\xbb\xbf"
-MAX_SKIP_EXAMPLES = 10
 
 
 def split_sort_key(name: str) -> tuple[int, str]:
@@ -50,92 +56,6 @@ def choose_splits(available: Iterable[str], requested: str | None, where: Path) 
     if requested not in names:
         raise XmrError(f"{where}: no split '{requested}' (available: {', '.join(names) or 'none'})")
     return [requested]
-
-
-class BadRecords:
-    """``skip_bad`` bookkeeping. Use as ``with bad:`` around the handling of one record: a
-    DataError inside either propagates, or (with ``skip_bad``) is counted and swallowed, which
-    skips the rest of that record. Check a record fully before changing any state."""
-
-    def __init__(self, skip_bad: bool) -> None:
-        self.skip_bad = skip_bad
-        self.count = 0
-        self.examples: list[str] = []
-
-    def report(self, error: DataError) -> None:
-        if not self.skip_bad:
-            raise error
-        self.count += 1
-        if len(self.examples) < MAX_SKIP_EXAMPLES:
-            self.examples.append(str(error))
-
-    def __enter__(self) -> BadRecords:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None and issubclass(exc_type, DataError) and self.skip_bad:
-            self.report(exc)
-            return True
-        return False
-
-    def attach(self, dataset: RetrievalDataset) -> RetrievalDataset:
-        dataset.skipped += self.count
-        room = MAX_SKIP_EXAMPLES - len(dataset.skipped_examples)
-        dataset.skipped_examples.extend(self.examples[: max(room, 0)])
-        return dataset
-
-
-def open_binary(path: Path) -> BinaryIO:
-    try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
-    except OSError as exc:
-        raise DataError(f"cannot open: {exc.strerror or exc}", file=str(path)) from None
-
-
-def _utf8_error(byte: int, column: int) -> str:
-    return f"not valid UTF-8 (byte 0x{byte:02x} at column {column})"
-
-
-def iter_lines(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
-    """``(line number, text without the newline)`` for every line; a line that is not UTF-8 is a
-    DataError naming the line and column of the first bad byte."""
-    with open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if lineno == 1 and raw.startswith(_UTF8_BOM):
-                raw = raw[len(_UTF8_BOM) :]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                message = _utf8_error(raw[exc.start], exc.start + 1)
-                bad.report(DataError(message, file=str(path), line=lineno))
-                continue
-            yield lineno, text.rstrip("\r\n")
-
-
-def read_text(path: Path) -> str:
-    """A whole file as text; a non-UTF-8 byte is a DataError naming its line."""
-    with open_binary(path) as fh:
-        raw = fh.read()
-    if raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM) :]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        column = exc.start - raw.rfind(b"\n", 0, exc.start)
-        lineno = raw.count(b"\n", 0, exc.start) + 1
-        message = _utf8_error(raw[exc.start], column)
-        raise DataError(message, file=str(path), line=lineno) from None
-
-
-def load_json(path: Path) -> Any:
-    """A whole JSON document; bad JSON is a DataError naming the line and column."""
-    text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"bad JSON ({exc.msg} at column {exc.colno})", file=str(path), line=exc.lineno
-        ) from None
 
 
 class Record:
@@ -293,7 +213,7 @@ def peek_text(path: Path, size: int = 65536) -> str:
             raw = fh.read(size)
     except OSError:
         return ""
-    return raw.removeprefix(_UTF8_BOM).decode("utf-8", "replace")
+    return raw.removeprefix(UTF8_BOM).decode("utf-8", "replace")
 
 
 def first_char(path: Path) -> str:

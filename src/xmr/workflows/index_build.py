@@ -51,8 +51,7 @@ def _index_fusion(source: dict[str, Any]) -> Any:
     info = source.get("fusion") or {}
     if source.get("fusion_weight") is not None or not info.get("path"):
         return source.get("fusion_weight")
-    from xmr.fusion import load_fusion
-    from xmr.fusion_models import fusion_digest
+    from xmr.fusion import fusion_digest, load_fusion
 
     path = Path(info["path"])
     if not path.is_dir() or fusion_digest(path) != info.get("sha256"):
@@ -79,7 +78,7 @@ def index_embeddings(
 ) -> Index:
     """Build an index over the ``kind`` vectors of ``emb_dir`` (default: images) and save it to
     ``out_dir`` when given. The query texts encoded beside them, if any, measure the recall of an
-    approximate index. ``options`` go to :func:`xmr.index.build_index`."""
+    approximate index. ``options`` go to :func:`xmr.workflows.index_build_index`."""
     from xmr.encode import load_embeddings
 
     emb_dir = Path(emb_dir)

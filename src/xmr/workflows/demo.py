@@ -90,8 +90,8 @@ def _encode_and_index(
     (metrics, index)."""
     from xmr.encode import encode_split, load_embeddings
     from xmr.eval.evaluate import evaluate_rankings, split_categories
-    from xmr.index.build import index_embeddings
     from xmr.models import create_encoder
+    from xmr.workflows.index_build import index_embeddings
 
     encoder = create_encoder(model_spec, device="cpu")
     encode_split(

@@ -131,7 +131,7 @@ class Fusion:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write fusion.json (and fusion.safetensors when there are arrays) into ``out_dir``."""
-        from xmr.index.atomic import atomic_write_json
+        from xmr.io.atomic import atomic_write_json
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,7 @@ def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
         raise XmrError(
             "saving a learned fusion needs safetensors: pip install 'xmr[models]'"
         ) from None
-    from xmr.index.atomic import atomic_write
+    from xmr.io.atomic import atomic_write
 
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 

@@ -1,5 +1,6 @@
-"""Model-level evaluation and submissions: embed a split with a bi-encoder, rank exactly, then
-score the rankings (``xmr evaluate --model``) or write them as a submission (``xmr predict``).
+"""A split embedded by a bi-encoder, ranked exactly and scored: the core of ``xmr evaluate
+--model``, ``xmr predict`` and training validation (the end-to-end jobs are in
+:mod:`xmr.workflows.evaluate`).
 
 Embedding goes through :func:`xmr.encode.encode_split`, the same resumable, parallel pipeline as
 ``xmr encode``: with ``emb_dir`` the shards are kept and a killed run resumes; without it they go
@@ -208,73 +209,11 @@ def rank_embedded(
     }
 
 
-def _encoder(model, device, precision):
-    if isinstance(model, str):
-        from xmr.models import create_encoder
-
-        return create_encoder(model, device=device, precision=precision)
-    return model
-
-
-def evaluate_model(
-    model,
-    data,
-    *,
-    split: str | None = None,
-    format: str | None = None,
-    directions: Sequence[str] | None = None,
-    k: int = 10,
-    device: Any = None,
-    precision: str = "fp32",
-    **embed_options: Any,
-) -> dict[str, float]:
-    """``xmr evaluate --model`` as a function: ``model`` is a spec string or an encoder, ``data``
-    a path (or a loaded :class:`~xmr.data.dataset.RetrievalDataset`); ``embed_options`` go to
-    :func:`embed_split` (``emb_dir``, ``batch_size``, ``workers``, ``progress``)."""
-    from xmr.data.readers import load_dataset
-
-    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
-    chosen = dataset.split(split, need_relevance=True)
-    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
-    return evaluate_embedded(emb, directions=directions, k=k, device=device)
-
-
-def predict(
-    model,
-    data,
-    out: str | Path,
-    *,
-    split: str | None = None,
-    format: str | None = None,
-    submission_format: str | None = None,
-    k: int = 10,
-    device: Any = None,
-    precision: str = "fp32",
-    **embed_options: Any,
-) -> Path:
-    """``xmr predict`` without reranking as a function: the top ``k`` of every query of the split
-    (``test`` when there is one) written to ``out`` as a validated submission file."""
-    from xmr.data.readers import load_dataset
-    from xmr.eval.submission import default_submission_format, write_submission
-    from xmr.index.atomic import check_output_file
-
-    check_output_file(out)  # before the work, not after it
-    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
-    if split is None and "test" in dataset.splits:
-        split = "test"
-    chosen = dataset.split(split)
-    kind = submission_format or default_submission_format(dataset, chosen)
-    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
-    ranked = rank_embedded(emb, min(k, len(chosen.items)), device=device)
-    return write_submission(out, ranked, chosen, kind=kind, k=k)
-
-
 def embed_split_fused(encoder, split, fusion, *, batch_size: int = 64) -> SplitEmbeddings:
     """Like :func:`embed_split`, with each item represented by its fused image+caption vector
     (``fusion``: a weight, a learned fusion directory or a Fusion; see
-    :func:`xmr.fusion_models.load_fusion`), computed as ``xmr evaluate --fused`` computes it."""
-    from xmr.fusion import encode_items
-    from xmr.fusion_models import load_fusion
+    :func:`xmr.fusion.load_fusion`), computed as ``xmr evaluate --fused`` computes it."""
+    from xmr.fusion import encode_items, load_fusion
 
     fusion = load_fusion(fusion)
     manifest = getattr(encoder, "manifest", None)

@@ -1,0 +1,153 @@
+"""Fused items evaluated: image-only, caption-only and fused text->item retrieval side by side,
+and the grid search of the fusion weight (formulas in :mod:`xmr.fusion`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from xmr.errors import XmrError
+from xmr.eval.metrics import hits_from_topk, summarize
+from xmr.eval.ranking import topk_from_embeddings
+from xmr.fusion import (
+    DEFAULT_FUSION_WEIGHT,
+    DEFAULT_TUNE_METRIC,
+    DEFAULT_WEIGHT_GRID,
+    FUSION_MODES,
+    Fusion,
+    ItemEmbeddings,
+    WeightedFusion,
+    check_weight,
+    encode_items,
+    load_fusion,
+)
+
+
+def _relevant_queries(split: Any) -> tuple[list[str], list[str]]:
+    qids = [q for q in split.queries if split.relevance.get(q)]
+    if not qids:
+        raise XmrError(f"split '{split.name}' has no query with relevant items")
+    return qids, [split.queries[q].text for q in qids]
+
+
+def evaluate_modes(
+    query_emb: np.ndarray,
+    query_ids: Sequence[str],
+    items: ItemEmbeddings,
+    relevance: Mapping[str, Any],
+    *,
+    modes: Sequence[str] = FUSION_MODES,
+    weight: float | Fusion = DEFAULT_FUSION_WEIGHT,
+    ks: Sequence[int] = (1, 5, 10),
+    k: int = 10,
+    device: Any = "cpu",
+) -> dict[str, float]:
+    """Text->item metrics per mode from precomputed embeddings: ``{mode}/t2i/{metric}``; with a
+    learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate."""
+    depth = min(max(max(ks), k), len(items.ids))
+    out: dict[str, float] = {}
+    for mode in modes:
+        # NaN rows (missing side) rank below every number.
+        top, _ = topk_from_embeddings(query_emb, items.mode(mode, weight), depth, device=device)
+        table = hits_from_topk(top, list(query_ids), items.ids, relevance)
+        for name, value in summarize(table, ks, k).items():
+            out[f"{mode}/t2i/{name}"] = value
+    if "fused" in modes:
+        if isinstance(weight, WeightedFusion):
+            weight = weight.weight
+        if isinstance(weight, Fusion):
+            out["fused/image_share"] = weight.image_share(items.image, items.caption)
+        else:
+            out["fused/weight"] = float(weight)
+    return out
+
+
+def tune_fusion_weight(
+    query_emb: np.ndarray,
+    query_ids: Sequence[str],
+    items: ItemEmbeddings,
+    relevance: Mapping[str, Any],
+    *,
+    grid: Sequence[float] = DEFAULT_WEIGHT_GRID,
+    metric: str = DEFAULT_TUNE_METRIC,
+    device: Any = "cpu",
+) -> tuple[float, dict[float, float]]:
+    """Grid search: the ``w`` of ``grid`` with the highest fused ``metric`` (ties: the first).
+
+    Returns ``(best_w, {w: metric})``.
+    """
+    if not grid:
+        raise XmrError("the fusion weight grid is empty")
+    curve: dict[float, float] = {}
+    for w in grid:
+        check_weight(w)
+        scores = evaluate_modes(
+            query_emb, query_ids, items, relevance, modes=("fused",), weight=w, device=device
+        )
+        key = f"fused/t2i/{metric}"
+        if key not in scores:
+            names = sorted(s.split("/")[-1] for s in scores if s.startswith("fused/t2i/"))
+            raise XmrError(f"unknown metric '{metric}' (choose from {', '.join(names)})")
+        curve[float(w)] = scores[key]
+    best = max(curve, key=lambda w: (curve[w], -list(curve).index(w)))
+    return best, curve
+
+
+def evaluate_fused(
+    encoder: Any,
+    split: Any,
+    *,
+    weight: float | Fusion | str | None = None,
+    tune_split: Any = None,
+    grid: Sequence[float] = DEFAULT_WEIGHT_GRID,
+    metric: str = DEFAULT_TUNE_METRIC,
+    ks: Sequence[int] = (1, 5, 10),
+    k: int = 10,
+    batch_size: int | None = None,
+    device: Any = "cpu",
+) -> dict[str, float]:
+    """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``.
+
+    Args:
+        encoder: a bi-encoder (``encode_texts`` / ``encode_images``).
+        split: the evaluated split (queries, relevance, items with images and captions).
+        weight: the fusion weight ``w``, or a learned :class:`Fusion` (or a directory holding
+            one, see :func:`load_fusion`); default: tuned on ``tune_split`` when given, else 0.5.
+        tune_split: a validation split to grid-search ``w`` on (maximising ``metric``).
+        grid, metric: the search grid and the metric it maximises.
+        ks, k: recall cut-offs and the cut-off of mAP/nDCG/P.
+        device: where rankings are computed.
+
+    Returns:
+        ``{image,caption,fused}/t2i/<metric>``, ``fused/weight`` and, when tuned,
+        ``fused/tuned/w=<w>/<metric>`` for each grid point (on the tuning split).
+    """
+    out: dict[str, float] = {}
+    if weight is None and tune_split is not None:
+        t_qids, t_texts = _relevant_queries(tune_split)
+        t_items = encode_items(encoder, tune_split.items, batch_size)
+        t_query = np.asarray(encoder.encode_texts(t_texts, batch_size=batch_size))
+        weight, curve = tune_fusion_weight(
+            t_query, t_qids, t_items, tune_split.relevance, grid=grid, metric=metric, device=device
+        )
+        out.update({f"fused/tuned/w={w:g}/{metric}": v for w, v in curve.items()})
+    if weight is None:
+        weight = DEFAULT_FUSION_WEIGHT
+    if isinstance(weight, str | Fusion):
+        weight = load_fusion(weight)
+        manifest = getattr(encoder, "manifest", None)
+        weight.check_model(manifest() if callable(manifest) else None, what="the embeddings")
+    else:
+        check_weight(weight)
+    qids, texts = _relevant_queries(split)
+    items = encode_items(encoder, split.items, batch_size)
+    query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
+    out.update(
+        evaluate_modes(
+            query, qids, items, split.relevance, weight=weight, ks=ks, k=k, device=device
+        )
+    )
+    # Image, caption, fused; each mode's metrics in display order (a stable sort by mode).
+    return dict(sorted(out.items(), key=lambda kv: FUSION_MODES.index(kv[0].split("/")[0])))

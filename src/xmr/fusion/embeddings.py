@@ -1,0 +1,145 @@
+"""Item embeddings for fused items: the image side, the caption side and their fusion.
+
+See :mod:`xmr.fusion` for the formulas."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xmr.encode import Embeddings, load_embeddings
+from xmr.errors import XmrError
+from xmr.fusion.models import Fusion, load_fusion
+
+FUSION_MODES = ("image", "caption", "fused")
+DEFAULT_FUSION_WEIGHT = 0.5
+DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+DEFAULT_TUNE_METRIC = "MeanRecall"
+_EPS = 1e-12
+
+
+def normalize(v: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm (at least 1e-12), as float32."""
+    v = np.asarray(v, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norms, _EPS)
+
+
+def fuse_embeddings(image_emb: np.ndarray, caption_emb: np.ndarray, weight: float) -> np.ndarray:
+    """``normalize(w * image_emb + (1 - w) * caption_emb)`` row by row.
+
+    Rows that are NaN on one side (that side is missing) take the other side alone.
+    """
+    check_weight(weight)
+    image_emb = np.asarray(image_emb, dtype=np.float32)
+    caption_emb = np.asarray(caption_emb, dtype=np.float32)
+    if image_emb.shape != caption_emb.shape:
+        raise XmrError(f"image {image_emb.shape} and caption {caption_emb.shape} shapes differ")
+    no_image = np.isnan(image_emb).any(axis=-1)
+    no_caption = np.isnan(caption_emb).any(axis=-1)
+    fused = normalize(
+        weight * np.nan_to_num(image_emb) + (1.0 - weight) * np.nan_to_num(caption_emb)
+    )
+    fused[no_image] = caption_emb[no_image]
+    fused[no_caption] = image_emb[no_caption]
+    return fused
+
+
+def check_weight(weight: float) -> None:
+    if not 0.0 <= float(weight) <= 1.0:
+        raise XmrError(f"fusion weight must be in [0, 1], got {weight}")
+
+
+@dataclass
+class ItemEmbeddings:
+    """Image and caption embeddings of a gallery; a missing side is a row of NaN."""
+
+    ids: list[str]
+    image: np.ndarray
+    caption: np.ndarray
+
+    def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
+        """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
+        weight in [0, 1] or a :class:`Fusion`)."""
+        if mode == "image":
+            return self.image
+        if mode == "caption":
+            return self.caption
+        if mode == "fused":
+            if isinstance(weight, Fusion):
+                return weight.fuse(self.image, self.caption)
+            return fuse_embeddings(self.image, self.caption, weight)
+        raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(FUSION_MODES)})")
+
+
+def encode_items(
+    encoder: Any, items: Mapping[str, Any] | Sequence[Any], batch_size: int | None = None
+) -> ItemEmbeddings:
+    """Encode each item's image and captions (see the module docstring for the caption mean)."""
+    items = list(items.values()) if isinstance(items, Mapping) else list(items)
+    if not items:
+        raise XmrError("no items to encode")
+    ids = [str(it.id) for it in items]
+    with_image = [i for i, it in enumerate(items) if it.image is not None]
+    texts: list[str] = []
+    owner: list[int] = []
+    for i, it in enumerate(items):
+        for caption in it.captions:
+            texts.append(caption)
+            owner.append(i)
+    if not with_image and not texts:
+        raise XmrError("the items have neither images nor captions")
+    dim = None
+    image_rows = None
+    if with_image:
+        image_rows = np.asarray(
+            encoder.encode_images([items[i].image for i in with_image], batch_size=batch_size),
+            dtype=np.float32,
+        )
+        dim = image_rows.shape[1]
+    text_rows = None
+    if texts:
+        text_rows = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
+        dim = text_rows.shape[1]
+    image = np.full((len(items), dim), np.nan, dtype=np.float32)
+    if image_rows is not None:
+        image[with_image] = image_rows
+    caption = np.full((len(items), dim), np.nan, dtype=np.float32)
+    if text_rows is not None:
+        sums = np.zeros((len(items), dim), dtype=np.float64)
+        np.add.at(sums, np.asarray(owner), text_rows)
+        has = np.bincount(owner, minlength=len(items)) > 0
+        caption[has] = normalize(sums[has])
+    return ItemEmbeddings(ids, image, caption)
+
+
+def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION_WEIGHT) -> Any:
+    """Fused item vectors from an ``xmr encode`` directory holding ``images`` and ``captions``;
+    ``weight`` is a weight in [0, 1], a :class:`Fusion` or a directory with a learned one.
+
+    ``xmr encode --kinds images,captions`` stores each item's *first* caption, so here
+    ``e_cap`` is that caption's embedding (for tianchi's validation data, one caption per item,
+    it is the same as :func:`encode_items`' mean). Items with only one side take that side.
+    Returns an ``Embeddings`` of kind ``fused`` (ids: the items with an image, then those with
+    only a caption) whose manifest records the fusion (``fusion``: kind, formula, the weight or
+    the learned fusion's path and digest).
+    """
+    fusion = load_fusion(weight)
+    images = load_embeddings(emb_dir, "images")
+    captions = load_embeddings(emb_dir, "captions")
+    if images.model != captions.model:
+        raise XmrError(f"{emb_dir}: images and captions were encoded by different models")
+    fusion.check_model(images.model, what=f"the embeddings in {emb_dir}")
+    seen = set(images.ids)
+    ids = images.ids + [i for i in captions.ids if i not in seen]
+    row = {i: n for n, i in enumerate(ids)}
+    dim = images.vectors.shape[1] if len(images) else captions.vectors.shape[1]
+    image = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    caption = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    image[[row[i] for i in images.ids]] = images.vectors
+    caption[[row[i] for i in captions.ids]] = captions.vectors
+    manifest = {**images.manifest, "fusion": fusion.describe()}
+    return Embeddings("fused", ids, fusion.fuse(image, caption), manifest)
