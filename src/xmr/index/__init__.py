@@ -8,18 +8,13 @@ from xmr.index.base import (
     AUTO_EXACT_MAX,
     INDEX_BACKENDS,
     IndexBackend,
+    exact_search,
+    get_backend,
+    list_index_backends,
     register_index_backend,
-    resolve_auto_spec,
 )
+from xmr.index.faiss_index import resolve_auto_spec
 from xmr.index.store import Hit, Index, build_index, check_same_model, load_index, measure_recall
-
-
-def list_index_backends() -> list[str]:
-    from xmr.index.store import _load_backends
-
-    _load_backends()
-    return INDEX_BACKENDS.names()
-
 
 __all__ = [
     "AUTO_EXACT_MAX",
@@ -28,6 +23,8 @@ __all__ = [
     "Index",
     "IndexBackend",
     "build_index",
+    "exact_search",
+    "get_backend",
     "check_same_model",
     "list_index_backends",
     "load_index",

@@ -3,10 +3,14 @@
 A backend stores float32 vectors at consecutive integer *positions* (0, 1, 2, ... in insertion
 order) and searches them by inner product. It knows nothing of string ids or metadata: those
 belong to :class:`xmr.index.Index`, which maps positions to ids and writes the index directory.
+Everything specific to one engine (its index type strings, what ``auto`` means for it, how
+much it trains on, its files) stays inside its backend; what is shared (exact search, recall
+measurement against it) lives here and in :mod:`xmr.index.store`.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,24 @@ from xmr.registry import Registry
 INDEX_BACKENDS: Registry = Registry("index backend")
 register_index_backend = INDEX_BACKENDS.register
 
-# Below this many vectors `auto` builds an exact (Flat) index: brute force over 50k x 512 floats
-# takes a few milliseconds a query, and exact search costs no recall.
+# Below this many vectors `auto` builds an exact index: brute force over 50k x 512 floats takes a
+# few milliseconds a query, and exact search costs no recall.
 AUTO_EXACT_MAX = 50_000
+
+# Built-in backends, imported on first use so that naming one never loads another's engine.
+BUILTIN_BACKENDS = {"faiss": "xmr.index.faiss_index"}
+
+
+def get_backend(name: str) -> type[IndexBackend]:
+    """The backend class registered as ``name`` (importing a built-in one on first use)."""
+    if name not in INDEX_BACKENDS and name in BUILTIN_BACKENDS:
+        importlib.import_module(BUILTIN_BACKENDS[name])
+    return INDEX_BACKENDS.get(name)
+
+
+def list_index_backends() -> list[str]:
+    """Names of the registered and built-in backends."""
+    return sorted(set(INDEX_BACKENDS.names()) | set(BUILTIN_BACKENDS))
 
 
 class IndexBackend(ABC):
@@ -39,8 +58,21 @@ class IndexBackend(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, directory: Path) -> IndexBackend:
-        """Read the files :meth:`save` wrote into ``directory``."""
+    def load(cls, directory: Path, config: dict[str, Any] | None = None) -> IndexBackend:
+        """Read the files :meth:`save` wrote into ``directory``; ``config`` is what
+        :meth:`describe` returned when it was saved (with ``gpu_override`` when the caller
+        asks for a device)."""
+
+    @classmethod
+    def auto_spec(cls, n: int, *, exact_max: int = AUTO_EXACT_MAX) -> tuple[str, str]:
+        """The index type ``auto`` means for ``n`` vectors, and why in words. A backend with
+        no approximate types always answers its exact one."""
+        return "exact", f"{n} vectors: exact search"
+
+    def training_size(self, n: int, requested: int | None = None) -> int:
+        """How many of ``n`` vectors :meth:`train` should see (``requested`` when given); an
+        XmrError when ``n`` is too few for this index type."""
+        return n if requested is None else min(n, requested)
 
     @abstractmethod
     def save(self, directory: Path) -> list[Path]:
@@ -88,26 +120,6 @@ class IndexBackend(ABC):
         """What the manifest records: the resolved type, search parameters, device."""
 
 
-def resolve_auto_spec(n: int, *, exact_max: int = AUTO_EXACT_MAX) -> tuple[str, str]:
-    """The index type ``auto`` picks for ``n`` vectors, and why, in words.
-
-    Exact search up to ``exact_max`` vectors; above, an inverted file with ~4*sqrt(n) lists,
-    which trains in seconds and appends new vectors without a rebuild (faiss' own guidance for
-    1M-scale collections). Past 5M vectors the lists hold 8-bit scalar-quantised codes so the
-    index fits in memory (4x smaller, recall barely changes on CLIP embeddings).
-    """
-    if n < exact_max:
-        return "Flat", f"{n} vectors < {exact_max}: exact search (Flat)"
-    nlist = max(16, int(round(4 * np.sqrt(n))))
-    if n >= 5_000_000:
-        spec = f"IVF{nlist},SQ8"
-        why = f"{n} vectors >= 5000000: inverted file with {nlist} lists of 8-bit codes ({spec})"
-    else:
-        spec = f"IVF{nlist},Flat"
-        why = f"{n} vectors >= {exact_max}: inverted file with {nlist} lists ({spec})"
-    return spec, why
-
-
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """A C-contiguous float32 copy with each row scaled to unit L2 norm (zero rows stay zero)."""
     x = np.array(vectors, dtype=np.float32, copy=True, order="C")
@@ -116,3 +128,28 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 0)
     return x
+
+
+def exact_search(
+    base: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-``k`` inner products (scores, positions), the reference every approximate
+    backend is measured against; ties go to the lower position, queries are done ``chunk`` at a
+    time so memory stays ``chunk x len(base)``."""
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(int(k), len(base))
+    scores = np.empty((len(q), k), dtype=np.float32)
+    positions = np.empty((len(q), k), dtype=np.int64)
+    n = len(base)
+    for start in range(0, len(q), chunk):
+        sim = q[start : start + chunk] @ base.T
+        # Every item scoring at least the k-th best is a candidate, so ties at the cut are all
+        # seen and the stable sort keeps the lower positions among them.
+        kth = np.partition(sim, n - k, axis=1)[:, n - k] if k else np.full(len(sim), np.inf)
+        for row, (s_row, t) in enumerate(zip(sim, kth, strict=True)):
+            cand = np.flatnonzero(s_row >= t)
+            best = cand[np.argsort(-s_row[cand], kind="stable")][:k]
+            positions[start + row] = best
+            scores[start + row] = s_row[best]
+    return scores, positions

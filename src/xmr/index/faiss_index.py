@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
-from xmr.index.base import IndexBackend, register_index_backend, resolve_auto_spec
+from xmr.index.base import AUTO_EXACT_MAX, IndexBackend, register_index_backend
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,35 @@ def _gpu_supported(spec: str) -> bool:
     # faiss' GPU build covers flat and IVF indexes; HNSW and pre-transforms stay on the CPU.
     head = spec.split(",")[0].strip()
     return head in ("Flat", "IDMap,Flat") or (head.startswith("IVF") and "_" not in head)
+
+
+def resolve_auto_spec(n: int, *, exact_max: int = AUTO_EXACT_MAX) -> tuple[str, str]:
+    """The index type ``auto`` picks for ``n`` vectors, and why, in words.
+
+    Exact search up to ``exact_max`` vectors; above, an inverted file with ~4*sqrt(n) lists,
+    which trains in seconds and appends new vectors without a rebuild (faiss' own guidance for
+    1M-scale collections). Past 5M vectors the lists hold 8-bit scalar-quantised codes so the
+    index fits in memory (4x smaller, recall barely changes on CLIP embeddings).
+    """
+    if n < exact_max:
+        return "Flat", f"{n} vectors < {exact_max}: exact search (Flat)"
+    nlist = max(16, int(round(4 * np.sqrt(n))))
+    if n >= 5_000_000:
+        spec = f"IVF{nlist},SQ8"
+        why = f"{n} vectors >= 5000000: inverted file with {nlist} lists of 8-bit codes ({spec})"
+    else:
+        spec = f"IVF{nlist},Flat"
+        why = f"{n} vectors >= {exact_max}: inverted file with {nlist} lists ({spec})"
+    return spec, why
+
+
+def ivf_lists(spec: str) -> int:
+    """The number of inverted lists an ``index_factory`` string asks for (0: not an IVF)."""
+    for part in spec.split(","):
+        if part.startswith("IVF"):
+            digits = "".join(ch for ch in part[3:].split("_")[0] if ch.isdigit())
+            return int(digits or 0)
+    return 0
 
 
 @register_index_backend("faiss")
@@ -78,6 +107,20 @@ class FaissBackend(IndexBackend):
             faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
 
     # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def auto_spec(cls, n: int, *, exact_max: int = AUTO_EXACT_MAX) -> tuple[str, str]:
+        return resolve_auto_spec(n, exact_max=exact_max)
+
+    def training_size(self, n: int, requested: int | None = None) -> int:
+        """40 vectors per inverted list, at least 64k (faiss warns below ~39 per list)."""
+        nlist = ivf_lists(self.spec)
+        if nlist and n < nlist:
+            raise XmrError(
+                f"index type '{self.spec}' needs at least {nlist} vectors to train, got {n}; "
+                "use the auto index type or a smaller IVF"
+            )
+        return min(n, requested or max(40 * nlist, 65_536))
 
     @classmethod
     def create(cls, dim: int, spec: str, *, n_expected: int = 0, **options: Any) -> FaissBackend:

@@ -2,7 +2,7 @@
 
 Layout of ``INDEX_DIR``::
 
-    index.faiss     the backend's file(s)
+    BACKEND FILES   what the backend writes (FAISS: index.faiss)
     ids.json        string ids; the backend's integer position i is ids[i]
     items.jsonl     one metadata record per position (see xmr.data.records)
     manifest.json   model manifest, index type and parameters, counts, dim, recall, times
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from xmr.errors import ModelMismatchError, XmrError
-from xmr.index.base import INDEX_BACKENDS, IndexBackend, normalise, resolve_auto_spec
+from xmr.index.base import IndexBackend, exact_search, get_backend, normalise
 from xmr.io.atomic import atomic_replace_dir
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
 from xmr.io.provenance import now, xmr_version
@@ -37,10 +37,6 @@ IDS_FILE = "ids.json"
 ITEMS_FILE = "items.jsonl"
 RECALL_K = 10
 RECALL_QUERIES = 1000
-
-
-def _load_backends() -> None:
-    import xmr.index.faiss_index  # noqa: F401  (registers "faiss")
 
 
 class Hit(NamedTuple):
@@ -257,7 +253,6 @@ def build_index(
         recall_queries: query vectors for measuring an approximate index's recall@10 against
             exact search (default: up to 1000 rows sampled from the embeddings themselves).
     """
-    _load_backends()
     _check_build_options(nprobe=nprobe, ef_search=ef_search, train_size=train_size)
     if exact_max is not None and exact_max < 0:
         raise XmrError(f"exact_max must be >= 0, got {exact_max}")
@@ -266,12 +261,13 @@ def build_index(
     opts: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "gpu": gpu}
     auto_reason = None
     resolved = spec
+    backend_cls = get_backend(backend)
     if spec == "auto":
-        resolved, auto_reason = resolve_auto_spec(
+        resolved, auto_reason = backend_cls.auto_spec(
             n, **({"exact_max": exact_max} if exact_max is not None else {})
         )
         log.info("index: auto picked %s", auto_reason)
-    index_backend = INDEX_BACKENDS.get(backend).create(dim, resolved, n_expected=n, **opts)
+    index_backend = backend_cls.create(dim, resolved, n_expected=n, **opts)
     started = time.perf_counter()
     trained_on = 0
     if index_backend.needs_training:
@@ -311,7 +307,6 @@ def build_index(
 
 def load_index(directory: str | Path, *, gpu: bool | None = None) -> Index:
     """Read an index directory written by :meth:`Index.save`."""
-    _load_backends()
     path = Path(directory)
     if not path.is_dir():
         backups = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
@@ -321,7 +316,7 @@ def load_index(directory: str | Path, *, gpu: bool | None = None) -> Index:
     config = dict(manifest.get("index") or {})
     if gpu is not None:
         config["gpu_override"] = gpu
-    backend = INDEX_BACKENDS.get(manifest.get("backend", "faiss")).load(path, config)
+    backend = get_backend(manifest.get("backend", "faiss")).load(path, config)
     if not (path / IDS_FILE).is_file():
         raise XmrError(f"{path / IDS_FILE}: missing; the index directory is incomplete")
     ids = read_json(path / IDS_FILE, list)
@@ -363,14 +358,13 @@ def measure_recall(
     source: str = "queries",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Recall@k of ``backend`` against exact inner-product search over ``base``."""
-    import faiss
-
+    """Recall@k of ``backend`` against exact inner-product search over ``base``
+    (:func:`~xmr.index.base.exact_search`, the same reference for every backend)."""
     q = normalise(queries)
     if len(q) > n_queries:
         q = q[np.sort(np.random.default_rng(seed).choice(len(q), n_queries, replace=False))]
     k = min(k, len(base))
-    _, exact = faiss.knn(q, base, k, metric=faiss.METRIC_INNER_PRODUCT)
+    _, exact = exact_search(base, q, k)
     _, approx = backend.search(q, k)
     hits = sum(len(set(a[a >= 0]) & set(e)) for a, e in zip(approx, exact, strict=True))
     return {
@@ -384,18 +378,7 @@ def measure_recall(
 def _train(
     backend: IndexBackend, x: np.ndarray, spec: str, train_size: int | None, seed: int
 ) -> int:
-    nlist = 0
-    head = spec.split(",")
-    for part in head:
-        if part.startswith("IVF"):
-            digits = "".join(ch for ch in part[3:].split("_")[0] if ch.isdigit())
-            nlist = int(digits or 0)
-    size = train_size or max(40 * nlist, 65_536)
-    if nlist and len(x) < nlist:
-        raise XmrError(
-            f"index type '{spec}' needs at least {nlist} vectors to train, got {len(x)}; "
-            "use --spec auto or a smaller IVF"
-        )
+    size = backend.training_size(len(x), train_size)
     sample = x
     if len(x) > size:
         sample = x[np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))]
