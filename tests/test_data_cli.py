@@ -150,7 +150,7 @@ def test_convert_refusals(track2, muge, tmp_path, capsys):
     (tmp_path / "empty-file").write_bytes(b"")
     code, _, err = run_cli("data", "convert", track2, "--to", "csv", tmp_path / "empty-file",
                            capsys=capsys)  # fmt: skip
-    assert code == 2 and "is a file" in err
+    assert code == 2 and "exists and is not a directory" in err
     with pytest.raises(XmrError, match="cannot convert to 'coco'"):
         convert_dataset(xmr.load_dataset(track2), "coco", tmp_path / "c")
     # Several splits: the user picks one.

@@ -34,6 +34,7 @@ from typing import Any
 
 from xmr.data.dataset import Item, RetrievalDataset, Split
 from xmr.errors import DataError, XmrError
+from xmr.io.outdirs import prepare_output_dir
 
 TARGETS = ("evalscope", "beir", "csv")
 IMAGES_DIR = "images"
@@ -195,12 +196,8 @@ def convert_dataset(
     if to not in _WRITERS:
         raise XmrError(f"cannot convert to '{to}' (targets: {', '.join(TARGETS)})")
     chosen = dataset.split(split)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise XmrError(f"{out}: is a file; name a new output directory")
-    if out.exists() and any(out.iterdir()):
-        raise XmrError(f"{out}: already exists and is not empty; choose a new output directory")
-    out = out.resolve()
+    # Never over an earlier conversion either: what it wrote may be what the user edited since.
+    out = prepare_output_dir(out, is_ours=lambda _: False, what="a conversion target").resolve()
     partial = out.with_name(f".{out.name}.partial")
     try:
         shutil.rmtree(partial, ignore_errors=True)

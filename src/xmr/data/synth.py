@@ -56,6 +56,7 @@ from xmr.data.synth_render import (
     render,
 )
 from xmr.errors import XmrError
+from xmr.io.outdirs import prepare_output_dir
 
 PEDESTRIAN_VECTOR: tuple[str, ...] = (
     "female",
@@ -373,12 +374,10 @@ def generate_synthetic(
         np.random.default_rng([seed, 0]),
         vehicle_fraction=vehicle_fraction,
     )
-    root = Path(out_dir)
-    if root.exists() and not root.is_dir():
-        raise XmrError(f"{root}: exists and is not a directory")
-    if root.is_dir() and any(root.iterdir()):
-        if not (root / MANIFEST).is_file():
-            raise XmrError(f"{root}: not empty and not written by `xmr data synth`; choose another")
+    root = prepare_output_dir(
+        out_dir, is_ours=lambda p: (p / MANIFEST).is_file(), what="an `xmr data synth` output"
+    )
+    if (root / MANIFEST).is_file():
         for split in SPLITS:
             shutil.rmtree(root / split, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ def prepare_output_dir(
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise XmrError(
-            f"{out}: exists and is not {what} (it holds {shown}); name a new or empty directory"
+            f"{out}: exists, is not empty and is not {what} (it holds {shown}); "
+            "name a new or empty directory"
         )
     return out
