@@ -404,3 +404,112 @@ def test_trec_scores_keep_the_written_order_through_ties_and_rounding(tmp_path):
         repr(scores[1]), f"{scores[1]:.6f}"
     )
     assert trec_eval_order(rounded)["q"][:2] == ["d9", "d1"]
+
+
+# ------------------------------------------------------------- with a model: round trips
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Generated Track2 data and a tiny random CLIP (as tests/test_model_eval.py builds them)."""
+    pytest.importorskip("transformers")
+    from test_encode import tiny_model
+    from xmr.data.synth import generate_synthetic
+
+    root = tmp_path_factory.mktemp("parity")
+    data = generate_synthetic(
+        root / "data", n_train=0, n_test=24, n_valid=0, image_size=16, n_attribute_sets=4, seed=5
+    )
+    return {"data": data, "model": f"hf:{tiny_model(root / 'model', seed=2)}"}
+
+
+COMMON = ("--workers", "0", "--batch-size", "16", "--device", "cpu")
+
+
+def cli_json(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out.strip().splitlines()[-1])
+
+
+def test_trec_round_trip_equals_evaluate_model_at_any_depth(world, tmp_path, capsys):
+    data, model = world["data"], world["model"]
+    split = load_dataset(data, split="test").split("test")
+    depth = len(split.items)  # the whole ranking: every position must survive the file
+    run = tmp_path / "run.trec"
+    code = main(["predict", "--model", model, "--data", str(data), "--out", str(run),
+                 "--submission-format", "trec", "--k", str(depth), *COMMON])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    for k in (10, depth):
+        from_file = cli_json(capsys, "evaluate", "--predictions", run, "--data", data,
+                             "--split", "test", "--k", k, "--json")  # fmt: skip
+        from_model = cli_json(capsys, "evaluate", "--model", model, "--data", data, "--split",
+                              "test", "--directions", "t2i", "--k", k, "--depth", "all",
+                              "--json", *COMMON)  # fmt: skip
+        assert from_file == from_model  # every key, exactly
+
+
+def test_clip_benchmark_json_is_clip_benchmarks_recall(world, capsys):
+    import numpy as np
+
+    from xmr.models import create_encoder
+
+    data, model = world["data"], world["model"]
+    out = cli_json(capsys, "evaluate", "--model", model, "--data", data, "--split", "test",
+                   "--json-format", "clip_benchmark", *COMMON)  # fmt: skip
+    assert set(out) == {"dataset", "model", "task", "metrics", "xmr"}
+    assert (out["dataset"], out["model"], out["task"]) == ("data", model, "zeroshot_retrieval")
+    assert list(out["metrics"]) == [
+        f"{name}_retrieval_recall@{k}" for k in (1, 5, 10) for name in ("image", "text")
+    ]
+    assert out["xmr"]["t2i/R@5"] == out["metrics"]["image_retrieval_recall@5"]
+
+    # CLIP_benchmark's computation: per query, positives among the top K over positives > 0,
+    # averaged over every text (image retrieval) and every image (text retrieval).
+    split = load_dataset(data, split="test").split("test")
+    encoder = create_encoder(model, device="cpu")
+    text = np.asarray(encoder.encode_texts([q.text for q in split.queries.values()]))
+    image = np.asarray(encoder.encode_images([it.image for it in split.items.values()]))
+    items = list(split.items)
+    positive = np.array([[i in split.relevance.get(q, ()) for i in items] for q in split.queries])
+    scores = text @ image.T
+    for k in (1, 5, 10):
+        for name, s, p in (("image", scores, positive), ("text", scores.T, positive.T)):
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            true_pos = np.take_along_axis(p, top, axis=1).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recall = true_pos / p.sum(axis=1)
+            want = float((recall > 0).mean())
+            assert out["metrics"][f"{name}_retrieval_recall@{k}"] == pytest.approx(want, abs=1e-9)
+
+
+def test_clip_benchmark_json_refuses_the_lenient_reading(world, capsys):
+    code = main(["evaluate", "--model", world["model"], "--data", str(world["data"]),
+                 "--json-format", "clip_benchmark", "--skip-empty-queries", *COMMON])  # fmt: skip
+    assert code == 2 and "cannot be combined with --skip-empty-queries" in capsys.readouterr().err
+
+
+def test_trec_round_trip_keeps_near_ties_and_exact_ties(tmp_path):
+    """predict's path (rank_embedded -> write_submission trec) then evaluate --predictions gives
+    evaluate --model's numbers when scores are 1e-7 apart or exactly tied, with docids named so
+    that trec_eval's tie rule (docid descending) would reorder them."""
+    import numpy as np
+
+    from xmr.data.dataset import Item, Query, Split
+    from xmr.eval.model_eval import SplitEmbeddings, evaluate_embedded, rank_embedded
+
+    values = [0.5 + 1.2e-7, 0.5, 0.3, 0.3, 0.1, 0.05]  # a, b nearly tied; c, d tied
+    ids = ["a", "b", "c", "d", "e", "f"]
+    split = Split("test", {i: Item(i) for i in ids}, {"q": Query("q", "t")}, {"q": {"b", "d"}})
+    items = np.array([[v, np.sqrt(1 - v * v)] for v in values], dtype=np.float32)
+    emb = SplitEmbeddings(split, np.array([[1.0, 0.0]], dtype=np.float32), items, "images")
+    ranked = rank_embedded(emb, len(ids), device="cpu")
+    assert [i for i, _ in ranked["q"]] == ids
+    run = write_submission(tmp_path / "run.trec", ranked, split, kind="trec", k=len(ids))
+    assert trec_eval_order(run.read_text())["q"] == ids
+    from_file, _ = evaluate_predictions(run, split, k=len(ids))
+    from_model = evaluate_embedded(emb, directions=("t2i",), k=len(ids), depth=0, device="cpu")
+    assert from_file == from_model
+    assert from_model["t2i/MRR"] == 0.5 and from_model[f"t2i/mAP@{len(ids)}"] == (1 / 2 + 2 / 4) / 2
