@@ -513,3 +513,16 @@ def test_trec_round_trip_keeps_near_ties_and_exact_ties(tmp_path):
     from_model = evaluate_embedded(emb, directions=("t2i",), k=len(ids), depth=0, device="cpu")
     assert from_file == from_model
     assert from_model["t2i/MRR"] == 0.5 and from_model[f"t2i/mAP@{len(ids)}"] == (1 / 2 + 2 / 4) / 2
+
+
+def test_predict_warns_when_the_official_scorer_would_refuse_string_ids(tmp_path):
+    from xmr.data.dataset import Item, Query, Split
+
+    split = Split("test", {f"x{i}": Item(f"x{i}") for i in range(3)}, {"7": Query("7", "t")},
+                  {"7": {"x1"}})  # fmt: skip
+    seen = []
+    ranked = {"7": [("x0", 0.9), ("x1", 0.5), ("x2", 0.1)]}
+    path = write_submission(tmp_path / "s.jsonl", ranked, split, kind="muge", k=3,
+                            on_warning=seen.append)  # fmt: skip
+    assert json.loads(path.read_text()) == {"query_id": 7, "item_ids": ["x0", "x1", "x2"]}
+    assert len(seen) == 1 and seen[0].startswith(f"{path}:") and "JSON integer" in seen[0]

@@ -264,7 +264,7 @@ def _model_per_query(args: argparse.Namespace, split, emb) -> list:
 
     ranked = rank_embedded(emb, min(args.k, len(split.items)), device=args.device)
     rankings = {q: [i for i, _ in row] for q, row in ranked.items()}
-    table = hits_from_rankings(rankings, split.relevance)
+    table = hits_from_rankings(rankings, split.relevance, skip_empty=args.skip_empty_queries)
     return per_query_rows(table, args.k, {q: query.text for q, query in split.queries.items()})
 
 
