@@ -47,7 +47,7 @@ def track2(tmp_path):
     for name, attr, _ in lines:
         (images / (name if name.endswith(".jpg") else name + ".jpg")).write_bytes(jpeg_bytes())
         for text in texts_of[attr]:
-            relevance[text].add(name if name.endswith(".jpg") else name + ".jpg")
+            relevance[text].add(name)  # the label file's spelling: the scorer compares names
     (root / "test" / "test_label.txt").write_text("".join(f"{a}${b}${c}\n" for a, b, c in lines))
     # Without test_text.txt the query order is the texts' first appearance in the label file.
     order = list(dict.fromkeys(text for _, _, text in lines))

@@ -45,9 +45,11 @@ def test_recall_is_a_hit_rate_over_queries():
     assert m["NotFound"] == pytest.approx(1 / 3)
 
 
-def test_no_relevant_found_gives_zero_and_query_without_relevance_is_skipped():
-    m = metrics({"q1": ["x", "y"], "q2": ["a"]}, {"q1": {"a"}, "q2": set()})
-    assert m["n_queries"] == 1 and m["n_skipped"] == 1
+def test_no_relevant_found_gives_zero_and_query_without_ground_truth_is_skipped():
+    m = metrics({"q1": ["x", "y"], "q2": ["a"], "q3": ["a"]}, {"q1": {"a"}, "q2": set()})
+    # q2 is judged with nothing relevant: it scores 0 and stays in the means; q3 has no ground
+    # truth at all and is left out.
+    assert (m["n_queries"], m["n_empty"], m["n_skipped"]) == (2, 1, 1)
     assert m["mAP@10"] == m["mAP@10_trec"] == m["nDCG@10"] == m["MRR"] == 0.0
     assert math.isnan(m["MeanRank"]) and m["NotFound"] == 1.0
 
@@ -100,6 +102,9 @@ def test_other_cutoffs_and_names():
 
 def test_empty_evaluation_is_nan_not_an_error():
     m = metrics({"q": ["a"]}, {})
+    assert m["n_queries"] == 0 and m["n_skipped"] == 1
+    assert math.isnan(m["R@1"]) and math.isnan(m["mAP@10"])
+    m = metrics({"q": ["a"]}, {"q": set()}, skip_empty=True)
     assert m["n_queries"] == 0 and m["n_skipped"] == 1
     assert math.isnan(m["R@1"]) and math.isnan(m["mAP@10"])
 

@@ -50,6 +50,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (fractions in [0,1])")
     p.add_argument(
+        "--json-format",
+        default=None,
+        choices=("xmr", "clip_benchmark"),
+        help="with --json: xmr's keys (default) or CLIP_benchmark's result object "
+        '({"dataset", "model", "task", "metrics": {"image_retrieval_recall@K", ...}}) with '
+        "xmr's keys beside it; implies --json",
+    )
+    p.add_argument(
+        "--skip-empty-queries",
+        action="store_true",
+        help="LENIENT, not the official numbers: leave queries whose ground truth lists no "
+        "relevant item out of every mean (the official scorers count each as 0)",
+    )
+    p.add_argument(
         "--per-query",
         default=None,
         metavar="OUT.csv",
@@ -107,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
+    if args.json_format:
+        args.json = True
+    if args.json_format == "clip_benchmark" and args.skip_empty_queries:
+        raise XmrError(
+            "--json-format clip_benchmark counts empty queries as 0, as CLIP_benchmark does; "
+            "it cannot be combined with --skip-empty-queries"
+        )
     _check_options(args)
     if args.per_query:
         from xmr.io.atomic import check_output_file
@@ -148,7 +169,14 @@ def _from_predictions(args: argparse.Namespace):
     split = _load_split(args)
     if not split.has_relevance:
         raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")
-    return evaluate_predictions(args.predictions, split, k=args.k, kind=args.prediction_kind)
+    return evaluate_predictions(
+        args.predictions,
+        split,
+        k=args.k,
+        kind=args.prediction_kind,
+        skip_empty=args.skip_empty_queries,
+        on_warning=lambda message: print(f"xmr: warning: {message}", file=sys.stderr),
+    )
 
 
 def embed_for_cli(args: argparse.Namespace, dataset, split):
@@ -214,7 +242,12 @@ def _from_model(args: argparse.Namespace):
     if args.depth is not None:
         depth = 0 if args.depth == "all" else _int_option("--depth", args.depth)
     metrics = evaluate_embedded(
-        emb, directions=directions, k=args.k, depth=depth, device=args.device
+        emb,
+        directions=directions,
+        k=args.k,
+        depth=depth,
+        device=args.device,
+        skip_empty=args.skip_empty_queries,
     )
     if args.rerank:
         # The reranked numbers replace the first stage's keys; the first stage stays beside them.
@@ -231,7 +264,7 @@ def _model_per_query(args: argparse.Namespace, split, emb) -> list:
 
     ranked = rank_embedded(emb, min(args.k, len(split.items)), device=args.device)
     rankings = {q: [i for i, _ in row] for q, row in ranked.items()}
-    table = hits_from_rankings(rankings, split.relevance)
+    table = hits_from_rankings(rankings, split.relevance, skip_empty=args.skip_empty_queries)
     return per_query_rows(table, args.k, {q: query.text for q, query in split.queries.items()})
 
 
@@ -241,7 +274,23 @@ def report(metrics: dict, rows: list, args: argparse.Namespace) -> int:
 
     if args.per_query:
         write_per_query_csv(rows, args.per_query)
-    if args.json:
+    left_out = sum(int(v) for key, v in metrics.items() if key.endswith("n_empty_skipped"))
+    if getattr(args, "skip_empty_queries", False):
+        print(
+            f"xmr: warning: --skip-empty-queries: {left_out} queries with no relevant item are "
+            "left out of every mean; these are not the official numbers (the official scorers "
+            "count such queries as 0)",
+            file=sys.stderr,
+        )
+    if getattr(args, "json_format", None) == "clip_benchmark":
+        from pathlib import Path
+
+        from xmr.eval.clip_benchmark import clip_benchmark_result
+
+        model = args.model or None
+        result = clip_benchmark_result(metrics, dataset=Path(args.data).name, model=model)
+        print(json.dumps(result, ensure_ascii=False))
+    elif args.json or getattr(args, "json_format", None):
         clean = {
             k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +80,14 @@ def run(args: argparse.Namespace) -> int:
     ranked = rank_embedded(emb, min(depth, len(split.items)), device=args.device)
     if args.rerank:
         ranked = _reranked(args, split, ranked)
-    path = write_submission(args.out, ranked, split, kind=kind, k=args.k)
+    path = write_submission(
+        args.out,
+        ranked,
+        split,
+        kind=kind,
+        k=args.k,
+        on_warning=lambda message: print(f"xmr: warning: {message}", file=sys.stderr),
+    )
     summary = {
         "out": str(path),
         "submission_format": kind,

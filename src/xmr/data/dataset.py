@@ -38,6 +38,15 @@ class Split:
     ``pairs`` are the training pairs: item id -> the texts that describe it (several captions are
     sampled per step when training).
 
+    A query that is a key of ``relevance`` with an empty set is judged with nothing relevant
+    (a MUGE ``"item_ids": []``): it scores 0 in every mean, as the official scorers count it; a
+    query that is not a key has no ground truth and is not scored.
+
+    ``item_names``: item id -> the name the ground truth gives that item where it is spelled
+    otherwise than the id (a Track2 ``test_gt.txt`` writing ``000240.jpg`` for the image the
+    label file calls ``000240``). Submissions are written with it and matched against it
+    exactly, as the official scorer compares names.
+
     Readers may share one relevance set between queries with the same relevant items (Track2
     texts of one attribute string: thousands of texts x thousands of images); treat the sets as
     read-only and copy one before changing it.
@@ -48,6 +57,11 @@ class Split:
     queries: dict[str, Query] = field(default_factory=dict)
     relevance: dict[str, set[str]] = field(default_factory=dict)
     pairs: dict[str, list[str]] = field(default_factory=dict)
+    item_names: dict[str, str] = field(default_factory=dict)
+
+    def item_name(self, item_id: str) -> str:
+        """The name the ground truth (and so a submission) uses for ``item_id``."""
+        return self.item_names.get(item_id, item_id)
 
     @property
     def has_relevance(self) -> bool:

@@ -124,6 +124,7 @@ def evaluate_embedded(
     k: int = 10,
     depth: int | None = None,
     device: Any = None,
+    skip_empty: bool = False,
 ) -> dict[str, float]:
     """The evaluator's metrics (``t2i/R@1`` ... and, per direction, per category) of exact
     inner-product retrieval with ``emb``. Items that failed to encode (``emb.failed``) are
@@ -131,7 +132,10 @@ def evaluate_embedded(
 
     ``depth`` is how deep each ranking goes, which is how deep MRR, MeanRank, MedianRank and
     NotFound look: default ``k`` (the cut-offs' depth, as a submission is); 0 ranks everything
-    (the uncut MRR and first-hit ranks, at the cost of a full sort per query)."""
+    (the uncut MRR and first-hit ranks, at the cost of a full sort per query).
+
+    Judged queries with no relevant item score 0, as in the official scorers; ``skip_empty`` is
+    the lenient reading that leaves them out (see :mod:`xmr.eval.metrics`)."""
     from xmr.eval.evaluate import evaluate_split, recall_ks
 
     if not emb.split.has_relevance:
@@ -148,17 +152,17 @@ def evaluate_embedded(
     metrics: dict[str, float] = {}
     for direction in directions:
         if direction == "i2t" and emb.failed:
-            metrics |= _i2t_with_failures(emb, ks, k, depth, device)
+            metrics |= _i2t_with_failures(emb, ks, k, depth, device, skip_empty)
         else:  # NaN rows of failed items rank last for every text
             metrics |= evaluate_split(
                 emb.split, emb.text, emb.items, directions=(direction,), ks=ks, k=k,
-                depth=depth, device=device,
+                depth=depth, device=device, skip_empty=skip_empty,
             )  # fmt: skip
     return metrics
 
 
 def _i2t_with_failures(
-    emb: SplitEmbeddings, ks, k: int, depth: int | None, device: Any
+    emb: SplitEmbeddings, ks, k: int, depth: int | None, device: Any, skip_empty: bool = False
 ) -> dict[str, float]:
     """image->text when some images have no embedding: those queries are ranked nothing, so
     they count as misses (never skipped, never credited with hits by tie order)."""
@@ -181,6 +185,7 @@ def _i2t_with_failures(
         direction="i2t",
         categories=split_categories(emb.split, "i2t"),
         query_ids=item_ids,
+        skip_empty=skip_empty,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,18 @@ from xmr.eval.metrics import (
     HitTable,
     hits_from_rankings,
     hits_from_topk,
+    judged,
     per_query_metrics,
     summarize_by_category,
 )
 from xmr.eval.predictions import read_predictions, validate_predictions
 
 DIRECTIONS = ("t2i", "i2t")
+LENIENT_NOTE = (
+    "LENIENT (skip empty queries): {n} judged queries with no relevant item are left out of "
+    "every mean above; the official scorers count each as 0, so these numbers are higher "
+    "than theirs"
+)
 
 
 def recall_ks(k: int) -> tuple[int, ...]:
@@ -47,20 +53,27 @@ def evaluate_rankings(
     direction: str = "t2i",
     categories: Mapping[str, str | None] | None = None,
     query_ids: Sequence[str] | None = None,
+    skip_empty: bool = False,
 ) -> dict[str, float]:
     """Metrics of ranked id lists (query id -> item ids, best first) against ``relevance``.
 
     The rankings may be of any length (fewer than K is fine) and MRR/first-hit ranks look as
-    deep as they go. Queries with no relevant item are skipped and counted in ``n_skipped``;
-    queries with relevance but no ranking score 0 (see :func:`hits_from_rankings`).
+    deep as they go. Judged queries with no relevant item score 0 (``n_empty``; left out with
+    the lenient ``skip_empty``), queries without ground truth are skipped (``n_skipped``) and
+    judged queries without a ranking score 0 (see :func:`hits_from_rankings`).
     """
-    table = hits_from_rankings(rankings, relevance, query_ids)
+    table = hits_from_rankings(rankings, relevance, query_ids, skip_empty=skip_empty)
     return summarize_by_category(table, categories or {}, ks, k, prefix=f"{direction}/")
 
 
-def _scored_rows(query_ids: Sequence[str], relevance: Mapping[str, Collection[str]]):
-    rows = np.array([i for i, q in enumerate(query_ids) if relevance.get(q)], dtype=np.int64)
-    return rows, [query_ids[i] for i in rows]
+def _scored_rows(
+    query_ids: Sequence[str], relevance: Mapping[str, Collection[str]], skip_empty: bool
+):
+    rows = np.array(
+        [i for i, q in enumerate(query_ids) if judged(relevance, q, skip_empty)], dtype=np.int64
+    )
+    empty_skipped = sum(1 for q in query_ids if q in relevance and not relevance[q])
+    return rows, [query_ids[i] for i in rows], empty_skipped if skip_empty else 0
 
 
 def _evaluate_topk(
@@ -73,10 +86,19 @@ def _evaluate_topk(
     depth: int | None,
     direction: str,
     categories: Mapping[str, str | None] | None,
+    skip_empty: bool = False,
 ) -> dict[str, float]:
-    rows, kept = _scored_rows(query_ids, relevance)
+    rows, kept, empty_skipped = _scored_rows(query_ids, relevance, skip_empty)
     index, _ = topk(rows, max(depth or 0, k, *ks))
-    table = hits_from_topk(index, kept, item_ids, relevance, len(query_ids) - len(kept))
+    table = hits_from_topk(
+        index,
+        kept,
+        item_ids,
+        relevance,
+        len(query_ids) - len(kept),
+        n_empty_skipped=empty_skipped,
+        lenient=skip_empty,
+    )
     return summarize_by_category(table, categories or {}, ks, k, prefix=f"{direction}/")
 
 
@@ -94,12 +116,14 @@ def evaluate_scores(
     device: Any = None,
     query_chunk: int | None = None,
     item_chunk: int | None = None,
+    skip_empty: bool = False,
 ) -> dict[str, float]:
     """Metrics of a ``[len(query_ids), len(item_ids)]`` score matrix (numpy array or tensor).
 
     Rankings are computed chunk by chunk with torch (see :mod:`xmr.eval.ranking`) to
     ``depth`` (default: the largest cut-off), which is also how deep MRR and the first-hit
-    ranks look. Only queries with relevant items are ranked.
+    ranks look. Only judged queries are ranked (those with an empty set score 0; with the
+    lenient ``skip_empty`` they are left out too).
     """
     from xmr.eval.ranking import topk_from_scores
 
@@ -113,7 +137,9 @@ def evaluate_scores(
             item_chunk=item_chunk,
         )
 
-    return _evaluate_topk(topk, query_ids, item_ids, relevance, ks, k, depth, direction, categories)
+    return _evaluate_topk(
+        topk, query_ids, item_ids, relevance, ks, k, depth, direction, categories, skip_empty
+    )
 
 
 def evaluate_embeddings(
@@ -131,6 +157,7 @@ def evaluate_embeddings(
     device: Any = None,
     query_chunk: int | None = None,
     item_chunk: int | None = None,
+    skip_empty: bool = False,
 ) -> dict[str, float]:
     """Metrics of inner-product retrieval from embeddings (rows follow the id lists).
 
@@ -150,7 +177,9 @@ def evaluate_embeddings(
             item_chunk=item_chunk,
         )
 
-    return _evaluate_topk(topk, query_ids, item_ids, relevance, ks, k, depth, direction, categories)
+    return _evaluate_topk(
+        topk, query_ids, item_ids, relevance, ks, k, depth, direction, categories, skip_empty
+    )
 
 
 def split_categories(split: Split, direction: str) -> dict[str, str | None]:
@@ -222,25 +251,39 @@ def evaluate_predictions(
     *,
     k: int = DEFAULT_K,
     kind: str | None = None,
+    skip_empty: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Validate and score a prediction file against ``split``'s relevance.
 
     Returns ``(metrics, per_query_rows)``; the direction (t2i/i2t) follows from the file.
-    Raises :class:`~xmr.eval.predictions.PredictionError` when the scorers would reject the file.
+    Raises :class:`~xmr.eval.predictions.PredictionError` when the official scorer would reject
+    the file or score it otherwise; what xmr accepts and the official scorer may not is passed
+    to ``on_warning`` as ``FILE:LINE: message`` (default: :func:`warnings.warn`). Judged queries
+    with no relevant item score 0 unless ``skip_empty`` (lenient) leaves them out.
     """
     pf = read_predictions(pred_path, kind)
     direction, rankings = validate_predictions(pf, split, k=k)
+    for line, message in pf.warnings:
+        where = f"{pf.path}:{line}" if line else str(pf.path)
+        (on_warning or _warn)(f"{where}: {message}")
     if direction == "t2i":
         relevance = split.relevance
         texts = {q: query.text for q, query in split.queries.items()}
     else:
         relevance = split.item_relevance()
         texts = {i: _item_label(item) for i, item in split.items.items()}
-    table = hits_from_rankings(rankings, relevance)
+    table = hits_from_rankings(rankings, relevance, skip_empty=skip_empty)
     metrics = summarize_by_category(
         table, split_categories(split, direction), recall_ks(k), k, prefix=f"{direction}/"
     )
     return metrics, per_query_rows(table, k, texts)
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)
 
 
 def _item_label(item) -> str:
@@ -325,6 +368,9 @@ def format_metrics_table(metrics: Mapping[str, float]) -> str:
                 cols["reranked"] = blocks[direction].get(metric, {}).get("all", math.nan)
             names.insert(names.index("first_stage") + 1, "reranked")
         lines += ([""] if lines else []) + _table(f"{direction} side by side", rows, names)
+    if any(key.endswith("n_empty_skipped") for key in metrics):
+        left_out = sum(int(v) for key, v in metrics.items() if key.endswith("n_empty_skipped"))
+        lines += ["", LENIENT_NOTE.format(n=left_out)]
     if extras:
         lines.append("")
         lines += [f"{key}: {value:g}" if isinstance(value, float) else f"{key}: {value}"

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
-from xmr.eval.metrics import hits_from_topk, summarize
+from xmr.eval.metrics import hits_from_topk, judged, summarize
 from xmr.eval.ranking import topk_from_embeddings
 from xmr.fusion import (
     DEFAULT_FUSION_WEIGHT,
@@ -25,9 +25,11 @@ from xmr.fusion import (
 )
 
 
-def _relevant_queries(split: Any) -> tuple[list[str], list[str]]:
-    qids = [q for q in split.queries if split.relevance.get(q)]
-    if not qids:
+def _relevant_queries(split: Any, skip_empty: bool = False) -> tuple[list[str], list[str]]:
+    """The judged queries: those with ground truth, an empty one included (it scores 0, as the
+    official scorers count it) unless ``skip_empty``."""
+    qids = [q for q in split.queries if judged(split.relevance, q, skip_empty)]
+    if not any(split.relevance.get(q) for q in qids):
         raise XmrError(f"split '{split.name}' has no query with relevant items")
     return qids, [split.queries[q].text for q in qids]
 
@@ -107,6 +109,7 @@ def evaluate_fused(
     k: int = 10,
     batch_size: int | None = None,
     device: Any = "cpu",
+    skip_empty: bool = False,
 ) -> dict[str, float]:
     """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``.
 
@@ -119,6 +122,8 @@ def evaluate_fused(
         grid, metric: the search grid and the metric it maximises.
         ks, k: recall cut-offs and the cut-off of mAP/nDCG/P.
         device: where rankings are computed.
+        skip_empty: leave queries with an empty ground truth out of the means (lenient; the
+            official scorers count them as 0, which is the default).
 
     Returns:
         ``{image,caption,fused}/t2i/<metric>``, ``fused/weight`` and, when tuned,
@@ -141,7 +146,7 @@ def evaluate_fused(
         weight.check_model(manifest() if callable(manifest) else None, what="the embeddings")
     else:
         check_weight(weight)
-    qids, texts = _relevant_queries(split)
+    qids, texts = _relevant_queries(split, skip_empty)
     items = encode_items(encoder, split.items, batch_size)
     query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
     out.update(

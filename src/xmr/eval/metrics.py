@@ -28,8 +28,15 @@ Definitions (per query, then the mean over the evaluated queries):
 
 Repeated ids in a ranking: an item counts once, at its first occurrence; later occurrences keep
 their rank position but are not hits (prediction-file validation rejects them anyway).
-Queries without any relevant item are not scored: they are left out of every mean and counted
-as ``n_skipped`` (with no relevant item R@K, AP and nDCG are undefined or trivially 0).
+
+Which queries are in the means (the official denominators): every *judged* query, that is every
+key of ``relevance``. A judged query whose set is empty (a MUGE ``"item_ids": []``, a Track2
+ground-truth line with no image) has no relevant item to find: it scores 0 in every mean, as it
+does in the Track2, MUGE, Chinese-CLIP and CLIP_benchmark scorers, and it is counted in
+``n_empty``. A query that is not a key of ``relevance`` has no ground truth and is left out,
+counted in ``n_skipped``. ``skip_empty=True`` is xmr's lenient reading, never the default: empty
+queries are left out too (counted in ``n_skipped`` and ``n_empty_skipped``), which raises every
+mean above the official number.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ DEFAULT_K = 10
 
 # Keys whose values are not fractions in [0, 1]: ranks and counts.
 RANK_KEYS = ("MeanRank", "MedianRank")
-COUNT_KEYS = ("n_queries", "n_skipped")
+COUNT_KEYS = ("n_queries", "n_empty", "n_skipped", "n_empty_skipped")
 
 
 @dataclass
@@ -52,43 +59,61 @@ class HitTable:
     """The rankings of the evaluated queries reduced to what the metrics need.
 
     Attributes:
-        query_ids: the evaluated queries (those with at least one relevant item), in order.
+        query_ids: the evaluated queries (the judged ones), in order.
         hits: ``[len(query_ids), depth]`` booleans, ``hits[q, j]`` = rank ``j + 1`` is relevant.
-        n_relevant: ``[len(query_ids)]`` number of relevant items in the ground truth (``R``).
-        n_skipped: queries left out because they have no relevant item.
+        n_relevant: ``[len(query_ids)]`` number of relevant items in the ground truth (``R``;
+            0 for a judged query with no relevant item, which scores 0).
+        n_skipped: queries left out of the means (no ground truth, or empty and lenient).
+        n_empty_skipped: empty queries left out by the lenient ``skip_empty`` reading.
+        lenient: built with ``skip_empty=True`` (the summary then says so).
     """
 
     query_ids: list[str]
     hits: np.ndarray
     n_relevant: np.ndarray
     n_skipped: int = 0
+    n_empty_skipped: int = 0
+    lenient: bool = False
 
     def subset(self, mask: np.ndarray) -> HitTable:
         ids = [q for q, keep in zip(self.query_ids, mask, strict=True) if keep]
-        return HitTable(ids, self.hits[mask], self.n_relevant[mask], 0)
+        return HitTable(ids, self.hits[mask], self.n_relevant[mask])
+
+
+def judged(relevance: Mapping[str, Collection[str]], qid: str, skip_empty: bool = False) -> bool:
+    """Whether query ``qid`` is in the means: it has ground truth (a key of ``relevance``), and
+    with ``skip_empty`` also at least one relevant item."""
+    relevant = relevance.get(qid)
+    return relevant is not None and (bool(relevant) or not skip_empty)
 
 
 def hits_from_rankings(
     rankings: Mapping[str, Sequence[str]],
     relevance: Mapping[str, Collection[str]],
     query_ids: Sequence[str] | None = None,
+    *,
+    skip_empty: bool = False,
 ) -> HitTable:
     """Build a HitTable from ranked id lists.
 
     Args:
         rankings: query id -> ranked item ids, best first (any length; may repeat ids).
-        relevance: query id -> relevant item ids (the ground truth).
+        relevance: query id -> relevant item ids (the ground truth; an empty set is a judged
+            query with nothing relevant, which scores 0).
         query_ids: the queries to score, in order; default: those of ``rankings`` then those of
-            ``relevance`` that ``rankings`` lacks (scored as empty rankings). Queries with no
-            relevant item are skipped and counted.
+            ``relevance`` that ``rankings`` lacks (scored as empty rankings). Queries without
+            ground truth are skipped and counted.
+        skip_empty: the lenient reading: leave out judged queries with no relevant item too.
     """
     if query_ids is None:
         query_ids = list(rankings) + [q for q in relevance if q not in rankings]
     kept: list[str] = []
     rows: list[list[bool]] = []
     n_relevant: list[int] = []
+    empty_skipped = 0
     for qid in query_ids:
-        if not relevance.get(qid):
+        if not judged(relevance, qid, skip_empty):
+            empty_skipped += qid in relevance
             continue
         relevant = _as_set(relevance[qid])
         seen: set[str] = set()
@@ -104,7 +129,12 @@ def hits_from_rankings(
     for i, row in enumerate(rows):
         hits[i, : len(row)] = row
     return HitTable(
-        kept, hits, np.array(n_relevant, dtype=np.int64), n_skipped=len(query_ids) - len(kept)
+        kept,
+        hits,
+        np.array(n_relevant, dtype=np.int64),
+        n_skipped=len(query_ids) - len(kept),
+        n_empty_skipped=empty_skipped,
+        lenient=skip_empty,
     )
 
 
@@ -114,9 +144,13 @@ def hits_from_topk(
     item_ids: Sequence[str],
     relevance: Mapping[str, Collection[str]],
     n_skipped: int = 0,
+    *,
+    n_empty_skipped: int = 0,
+    lenient: bool = False,
 ) -> HitTable:
     """Build a HitTable from top-k item positions (rows follow ``query_ids``, every one of which
-    must have relevant items); relevant ids absent from ``item_ids`` still count in ``R``."""
+    must be a key of ``relevance``; an empty set scores 0); relevant ids absent from
+    ``item_ids`` still count in ``R``. The counts are those of :class:`HitTable`."""
     names = np.asarray(item_ids, dtype=object)
     hits = np.zeros(top_index.shape, dtype=bool)
     n_relevant = np.zeros(len(query_ids), dtype=np.int64)
@@ -124,7 +158,7 @@ def hits_from_topk(
         relevant = _as_set(relevance[qid])
         hits[row] = [iid in relevant for iid in names[top_index[row]]]
         n_relevant[row] = len(relevant)
-    return HitTable(list(query_ids), hits, n_relevant, n_skipped)
+    return HitTable(list(query_ids), hits, n_relevant, n_skipped, n_empty_skipped, lenient)
 
 
 def _as_set(ids: Collection[str]) -> Collection[str]:
@@ -194,7 +228,9 @@ def metric_names(ks: Sequence[int] = RECALL_KS, k: int = DEFAULT_K) -> list[str]
         "MeanRank",
         "MedianRank",
         "NotFound",
-        *COUNT_KEYS,
+        "n_queries",
+        "n_empty",
+        "n_skipped",
     ]
 
 
@@ -204,8 +240,10 @@ def summarize(
     """Mean metrics over the evaluated queries of ``table`` (see the module docstring).
 
     Returns fractions in [0, 1] except ``MeanRank``/``MedianRank`` (ranks, NaN when no query
-    found a relevant item) and the counts ``n_queries`` and ``n_skipped``. With no evaluated
-    query every mean is NaN.
+    found a relevant item) and the counts ``n_queries`` (in the means), ``n_empty`` (judged
+    queries with no relevant item, scored 0 or, lenient, left out), ``n_skipped`` (left out)
+    and, for a lenient table only, ``n_empty_skipped``. With no evaluated query every mean is
+    NaN.
     """
     ks = tuple(ks)
     if not ks or min(ks) < 1 or k < 1:
@@ -231,7 +269,10 @@ def summarize(
     out["MedianRank"] = float(np.median(found)) if found.size else float("nan")
     out["NotFound"] = mean(first == 0)
     out["n_queries"] = n
+    out["n_empty"] = int((table.n_relevant == 0).sum()) + table.n_empty_skipped
     out["n_skipped"] = table.n_skipped
+    if table.lenient:
+        out["n_empty_skipped"] = table.n_empty_skipped
     return out
 
 
@@ -250,6 +291,7 @@ def summarize_by_category(
         mask = np.array([c == cat for c in labels], dtype=bool)
         sub = summarize(table.subset(mask), ks, k)
         sub.pop("n_skipped")
+        sub.pop("n_empty_skipped", None)
         out.update({f"{prefix}{cat}/{name}": v for name, v in sub.items()})
     return out
 
@@ -259,6 +301,8 @@ def reference_metrics(
     relevance: Mapping[str, Collection[str]],
     ks: Sequence[int] = RECALL_KS,
     k: int = DEFAULT_K,
+    *,
+    skip_empty: bool = False,
 ) -> dict[str, float]:
     """The definitions of the module docstring as plain Python loops, one query at a time, the
     way the official scorers are written. Slow; it is the executable specification that the
@@ -269,12 +313,18 @@ def reference_metrics(
     derived = ("MeanRecall", *RANK_KEYS, *COUNT_KEYS)
     per: dict[str, list[float]] = {m: [] for m in metric_names(ks, k) if m not in derived}
     first_ranks: list[int] = []
-    skipped = 0
+    skipped = empty = empty_skipped = 0
     for qid in list(rankings) + [q for q in relevance if q not in rankings]:
-        relevant = set(relevance.get(qid, ()))
-        if not relevant:
+        if qid not in relevance:
             skipped += 1
             continue
+        relevant = set(relevance[qid])
+        if not relevant:
+            empty += 1
+            if skip_empty:
+                skipped += 1
+                empty_skipped += 1
+                continue
         flags, seen = [], set()
         for iid in rankings.get(qid, ()):
             flags.append(iid in relevant and iid not in seen)
@@ -289,8 +339,8 @@ def reference_metrics(
                 dcg += 1 / math.log2(j + 1)
         ideal = sum(1 / math.log2(j + 1) for j in range(1, min(len(relevant), k) + 1))
         per[f"mAP@{k}"].append(ap / hits if hits else 0.0)
-        per[f"mAP@{k}_trec"].append(ap / len(relevant))
-        per[f"nDCG@{k}"].append(dcg / ideal)
+        per[f"mAP@{k}_trec"].append(ap / len(relevant) if relevant else 0.0)
+        per[f"nDCG@{k}"].append(dcg / ideal if ideal else 0.0)
         per[f"P@{k}"].append(hits / k)
         first = next((j for j, is_hit in enumerate(flags, 1) if is_hit), 0)
         per["MRR"].append(1 / first if first else 0.0)
@@ -303,5 +353,9 @@ def reference_metrics(
     out["MeanRank"] = statistics.mean(first_ranks) if first_ranks else float("nan")
     out["MedianRank"] = statistics.median(first_ranks) if first_ranks else float("nan")
     out["n_queries"] = n
+    out["n_empty"] = empty
     out["n_skipped"] = skipped
-    return {name: out[name] for name in metric_names(ks, k)}
+    result = {name: out[name] for name in metric_names(ks, k)}
+    if skip_empty:
+        result["n_empty_skipped"] = empty_skipped
+    return result

@@ -12,18 +12,33 @@ Kinds (``PREDICTION_KINDS``):
   is by score (descending), ties by docid (descending); the rank column is not used. Its queries
   are texts (t2i) or, when they are all item ids, images (i2t).
 
-Validation follows the official scorers (MUGE/Chinese-CLIP ``evaluation.py``) and is a little
-stricter: every query with relevance must be present (for Track2, every query of the split, in
-order); each list holds exactly K unique ids (TREC runs: any length, unique docids); every id
-exists in the split (Track2 image names may be item ids or image file names, with or without the
-extension); a query appears once and is known. All problems are collected and raised together as
-one :class:`PredictionError` that names the file and the line of each.
+Validation refuses every file that the official scorer (the Track2 baseline's
+``cal_map_json.py``, Chinese-CLIP's ``evaluation.py`` / ``evaluation_tr.py``, MUGE's
+``evaluation.py``, trec_eval) would refuse or score otherwise than xmr does, and says why:
+
+- ids and names match exactly, as the scorers compare them: a Track2 image name is the ground
+  truth's spelling of it (:meth:`~xmr.data.dataset.Split.item_name`: ``090000`` where the label
+  file writes ``090000``, ``000240.jpg`` where ``test_gt.txt`` does); a name that only resolves
+  to an image with another spelling (without its extension, the file name for an id) is a
+  problem naming its line, since the official scorer counts it as a miss;
+- a Track2 ``text`` is the test text exactly (the scorer refuses a trailing space with "The order
+  of texts is wrong"), every text of the split is there, in order;
+- MUGE / Chinese-CLIP ids are JSON integers (their scorers refuse ``"1278"``); a string id that
+  is not a number is accepted with a warning (xmr's own data sets may have such ids, the
+  official scorers would refuse them); a blank line is refused (the scorers cannot parse it);
+- every judged query is present, once; each list holds exactly K unique ids (TREC runs: any
+  length, unique docids); every id exists in the split (the scorers would count an unknown id
+  as a miss, a repeated Track2 name as a second hit).
+
+All problems are collected and raised together as one :class:`PredictionError` that names the
+file and the line of each; warnings are kept in ``PredictionFile.warnings``.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -78,6 +93,7 @@ class PredictionFile:
     kind: str
     entries: list[PredictionEntry]
     problems: list[tuple[int | None, str]] = field(default_factory=list)
+    warnings: list[tuple[int | None, str]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------- detection
@@ -207,18 +223,36 @@ def _read_track2(path: Path, text: str) -> PredictionFile:
         if not isinstance(result, dict) or not isinstance(result.get("text"), str):
             problems.append((line, f'{where}: expected {{"text": str, "image_names": [...]}}'))
             continue
-        ids = _id_list(result.get("image_names"), "image_names", where, line, problems)
+        raw = result.get("image_names")
+        ids = _id_list(raw, "image_names", where, line, problems)
         if ids is not None:
-            entries.append(PredictionEntry(result["text"].strip(), ids, line))
+            spaced = [v for v in raw if isinstance(v, str) and v != v.strip()]
+            if spaced:
+                problems.append(
+                    (
+                        line,
+                        f"{where}: image name {spaced[0]!r} has surrounding whitespace; the "
+                        "official scorer compares names exactly and counts it as a miss",
+                    )
+                )
+            # Exactly as written: the official scorer compares texts without stripping them.
+            entries.append(PredictionEntry(result["text"], ids, line))
     return PredictionFile(path, "track2", entries, problems)
 
 
 def _read_jsonl(path: Path, text: str, kind: str) -> PredictionFile:
     key_field, ids_field = _JSONL_FIELDS[kind]
     problems: list[tuple[int | None, str]] = []
+    warnings: list[tuple[int | None, str]] = []
+    string_ids: list[tuple[int, str]] = []
     entries = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for n, raw in enumerate(lines, 1):
         if not raw.strip():
+            if any(rest.strip() for rest in lines[n:]):  # trailing blank lines are harmless
+                problems.append(
+                    (n, "blank line: the official scorer cannot parse it and refuses the file")
+                )
             continue
         try:
             obj = json.loads(raw)
@@ -235,7 +269,35 @@ def _read_jsonl(path: Path, text: str, kind: str) -> PredictionFile:
         ids = _id_list(obj.get(ids_field), ids_field, f"{key_field} {key}", n, problems)
         if ids is not None:
             entries.append(PredictionEntry(key, ids, n))
-    return PredictionFile(path, kind, entries, problems)
+            _check_integer_ids(obj.get(key_field), obj.get(ids_field), n, problems, string_ids)
+    if string_ids:
+        more = f" and {len(string_ids) - 1} more lines" if len(string_ids) > 1 else ""
+        line, example = string_ids[0]
+        warnings.append(
+            (
+                line,
+                f"string ids such as {example!r} (this line{more}); xmr accepts them, the official "
+                "MUGE / Chinese-CLIP scorers refuse any id that is not a JSON integer",
+            )
+        )
+    return PredictionFile(path, kind, entries, problems, warnings)
+
+
+def _check_integer_ids(key, ids, line: int, problems, string_ids) -> None:
+    """MUGE's and Chinese-CLIP's scorers accept JSON integers only: a number written as a
+    string is refused (it would be refused there); another string is warned about."""
+    strings = [v for v in [key, *ids] if isinstance(v, str)]
+    numeric = [v for v in strings if isinstance(_json_id(v.strip()), int)]
+    if numeric:
+        problems.append(
+            (
+                line,
+                f"id {numeric[0]!r} is a JSON string; the official MUGE / Chinese-CLIP scorers "
+                f"need integers and refuse the file (write {numeric[0].strip()} without quotes)",
+            )
+        )
+    elif strings:
+        string_ids.append((line, strings[0]))
 
 
 def _read_trec(path: Path, text: str) -> PredictionFile:
@@ -287,18 +349,30 @@ def read_predictions(path: str | Path, kind: str | None = None) -> PredictionFil
 
 
 def item_aliases(split: Split) -> dict[str, str]:
-    """Name -> item id: the id itself, and the image file's name and stem where unambiguous."""
+    """Name -> item id for every spelling a person might use: the id itself, the ground truth's
+    name, the image file's name and stem where unambiguous. Only for explaining a mismatch:
+    validation matches exact names (:func:`exact_names`)."""
     aliases: dict[str, str] = {}
     taken: dict[str, str | None] = {}
     for iid, item in split.items.items():
         path = item.image.path if item.image is not None else None
+        names = {split.item_name(iid)}
         if path:
             name = os.path.basename(path)
-            for alias in {name, os.path.splitext(name)[0]} - {iid}:
-                taken[alias] = iid if alias not in taken else None
+            names |= {name, os.path.splitext(name)[0]}
+        for alias in names - {iid}:
+            taken[alias] = iid if alias not in taken else None
     aliases.update({a: i for a, i in taken.items() if i is not None and a not in split.items})
     aliases.update({iid: iid for iid in split.items})
     return aliases
+
+
+def exact_names(split: Split, kind: str) -> dict[str, str]:
+    """Name -> item id as the official scorer of ``kind`` matches them: the ground truth's
+    spelling for Track2 (:meth:`~xmr.data.dataset.Split.item_name`), the id otherwise."""
+    if kind == "track2":
+        return {split.item_name(iid): iid for iid in split.items}
+    return {iid: iid for iid in split.items}
 
 
 def _direction(pf: PredictionFile, split: Split) -> str:
@@ -316,30 +390,62 @@ def _preview(ids: Sequence[str], n: int = 3) -> str:
     return shown + (f" (+{len(ids) - n} more)" if len(ids) > n else "")
 
 
+_UNKNOWN = {
+    "track2": "the official scorer counts them as misses",
+    "trec": "trec_eval counts them as non-relevant",
+}
+_REPEATED = {
+    "track2": "the official scorer would count a repeated relevant name as a second hit",
+    "trec": "trec_eval refuses duplicate docids",
+}
+
+
+def _respelled(names: Sequence[str], exact: Mapping[str, str], aliases, split, kind) -> list:
+    """``(name, exact name)`` for names that are not exact but resolve to an item."""
+    out = []
+    for name in names:
+        if name not in exact and name in aliases:
+            iid = aliases[name]
+            out.append((name, split.item_name(iid) if kind == "track2" else iid))
+    return out
+
+
+def _respelling_problem(what: str, pairs: list, kind: str) -> str:
+    name, want = pairs[0]
+    more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
+    scorer = "the official scorer" if kind != "trec" else "trec_eval"
+    return (
+        f"{what}: {name!r} is not how the ground truth names {want!r}{more}; {scorer} compares "
+        f"names as exact strings and counts {name!r} as a miss (write {want!r})"
+    )
+
+
 def validate_predictions(
     pf: PredictionFile, split: Split, *, k: int = 10
 ) -> tuple[str, dict[str, list[str]]]:
     """Check ``pf`` against ``split``; return ``(direction, query id -> ranked ids)``.
 
     Ids are returned as the split's own ids (Track2 texts become query ids, image names item
-    ids). Raises :class:`PredictionError` listing every problem found.
+    ids). Raises :class:`PredictionError` listing every problem found (see the module
+    docstring); warnings are added to ``pf.warnings``.
     """
     direction = _direction(pf, split)
     problems = list(pf.problems)
+    aliases = item_aliases(split)
     if direction == "t2i":
-        expected = [q for q in split.queries if split.relevance.get(q)]
-        targets = item_aliases(split)
+        expected = [q for q in split.queries if q in split.relevance]
+        targets = exact_names(split, pf.kind)
         query_key = {q: q for q in split.queries}
     else:
         inverse = split.item_relevance()
         expected = [i for i in split.items if inverse.get(i)]
         targets = {q: q for q in split.queries}
-        query_key = item_aliases(split)
+        query_key = {i: i for i in split.items}
     by_text: dict[str, list[str]] = {}
     if pf.kind == "track2":
         expected = list(split.queries)
         for qid, query in split.queries.items():
-            by_text.setdefault(query.text.strip(), []).append(qid)
+            by_text.setdefault(query.text, []).append(qid)
 
     rankings: dict[str, list[str]] = {}
     seen_line: dict[str, int | None] = {}
@@ -347,10 +453,27 @@ def validate_predictions(
     for entry in pf.entries:
         what = f"text {entry.key!r}" if pf.kind == "track2" else f"query {entry.key}"
         if pf.kind == "track2":
-            unused = [q for q in by_text.get(entry.key, ()) if q not in seen_line]
-            qid = unused[0] if unused else (by_text.get(entry.key) or [None])[0]
+            candidates = by_text.get(entry.key)
+            if candidates is None and entry.key.strip() in by_text:
+                problems.append(
+                    (
+                        entry.line,
+                        f"{what} has surrounding whitespace that test text "
+                        f"{entry.key.strip()!r} has not; the official scorer compares texts "
+                        "exactly and refuses the whole file ('The order of texts is wrong')",
+                    )
+                )
+                candidates = by_text[entry.key.strip()]
+            unused = [q for q in candidates or () if q not in seen_line]
+            qid = unused[0] if unused else (candidates or [None])[0]
         else:
             qid = query_key.get(entry.key)
+            if qid is None and entry.key in aliases and direction == "i2t":
+                problems.append(
+                    (entry.line, _respelling_problem(what, [(entry.key, aliases[entry.key])],
+                                                     pf.kind))
+                )  # fmt: skip
+                qid = aliases[entry.key]
         if qid is None:
             problems.append((entry.line, f"{what} is not in split '{split.name}'"))
             continue
@@ -363,11 +486,20 @@ def validate_predictions(
             problems.append((entry.line, f"{what}: {len(entry.ids)} ids, expected exactly {k}"))
         duplicated = sorted({i for i in entry.ids if entry.ids.count(i) > 1})
         if duplicated:
-            problems.append((entry.line, f"{what}: repeated ids {_preview(duplicated)}"))
-        unknown = [i for i in entry.ids if i not in targets]
+            why = _REPEATED.get(pf.kind, "the official scorer refuses them")
+            problems.append((entry.line, f"{what}: repeated ids {_preview(duplicated)} ({why})"))
+        respelled = _respelled(entry.ids, targets, aliases, split, pf.kind)
+        if respelled and direction == "t2i":
+            problems.append((entry.line, _respelling_problem(what, respelled, pf.kind)))
+        unknown = [i for i in entry.ids if i not in targets and i not in aliases]
+        if direction == "i2t":
+            unknown = [i for i in entry.ids if i not in targets]
         if unknown:
-            problems.append((entry.line, f"{what}: ids not in the data set: {_preview(unknown)}"))
-        rankings[qid] = [targets.get(i, i) for i in entry.ids]
+            why = _UNKNOWN.get(pf.kind, "the official scorer counts them as misses")
+            problems.append(
+                (entry.line, f"{what}: ids not in the data set: {_preview(unknown)} ({why})")
+            )
+        rankings[qid] = [targets.get(i, aliases.get(i, i)) for i in entry.ids]
 
     missing = [q for q in expected if q not in rankings]
     for qid in missing:
@@ -396,18 +528,26 @@ def _json_id(value: str) -> int | str:
     return int(value) if value.isdigit() and (value == "0" or value[0] != "0") else value
 
 
-def _item_name(split: Split, iid: str) -> str:
-    item = split.items.get(iid)
-    if item is not None and item.image is not None and item.image.path:
-        return os.path.basename(item.image.path)
-    return iid
+def trec_scores(ids: Sequence[str], scores: Sequence[float]) -> list[float]:
+    """Scores for a TREC run from which trec_eval's order (score descending, then docid
+    descending) gives back ``ids``' order exactly.
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    Each score is written in full (``repr``: the shortest text that reads back as the same
+    float64, so a float32 score survives unchanged). Where the order would not survive, a tie
+    whose docids trec_eval would swap, or a score above the one ranked before it, the score
+    becomes the next float64 below its predecessor's: a change of one unit in the last place,
+    far below any float32 difference, that keeps the ranking the file was written from."""
+    out: list[float] = []
+    for n, (iid, value) in enumerate(zip(ids, scores, strict=True)):
+        value = float(value)
+        if not n and math.isnan(value):  # nothing encoded: any number keeps the order
+            value = 0.0
+        if n:
+            prev = out[-1]
+            if value > prev or (value == prev and iid > ids[n - 1]) or math.isnan(value):
+                value = math.nextafter(prev, -math.inf)
+        out.append(value)
+    return out
 
 
 def write_predictions(
@@ -421,9 +561,14 @@ def write_predictions(
 ) -> Path:
     """Write ``rankings`` (query id -> ranked ids, best first) as a prediction file of ``kind``.
 
-    Track2 needs ``split`` (texts, their order, image file names); TREC runs use ``scores`` when
-    given, else a score that falls with the rank. The file is replaced atomically.
+    Track2 needs ``split`` (texts, their order, and each image's name as the ground truth spells
+    it, :meth:`~xmr.data.dataset.Split.item_name`: the label or ground-truth file's spelling,
+    else the ``test_images/`` file name, which is the item id there). TREC runs use ``scores``
+    when given, else a score that falls with the rank, written so that trec_eval's order is the
+    ranking's order (:func:`trec_scores`). The file is replaced atomically.
     """
+    from xmr.io.atomic import atomic_write
+
     path = Path(path)
     if kind not in PREDICTION_KINDS:
         raise XmrError(f"unknown prediction kind '{kind}' (known: {', '.join(PREDICTION_KINDS)})")
@@ -431,7 +576,7 @@ def write_predictions(
         if split is None:
             raise XmrError("writing a Track2 submission needs the split (texts and their order)")
         results = [
-            {"text": split.queries[q].text, "image_names": [_item_name(split, i) for i in ids]}
+            {"text": split.queries[q].text, "image_names": [split.item_name(i) for i in ids]}
             for q in split.queries
             if (ids := rankings.get(q)) is not None
         ]
@@ -441,8 +586,8 @@ def write_predictions(
         for qid, ids in rankings.items():
             values = scores[qid] if scores is not None else [len(ids) - r for r in range(len(ids))]
             rows += [
-                f"{qid} Q0 {iid} {r} {float(s):.6f} {tag}"
-                for r, (iid, s) in enumerate(zip(ids, values, strict=True), 1)
+                f"{qid} Q0 {iid} {r} {s!r} {tag}"
+                for r, (iid, s) in enumerate(zip(ids, trec_scores(ids, values), strict=True), 1)
             ]
         text = "".join(row + "\n" for row in rows)
     else:
@@ -454,5 +599,5 @@ def write_predictions(
             + "\n"
             for q, ids in rankings.items()
         )
-    _atomic_write(path, text)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

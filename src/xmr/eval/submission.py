@@ -7,7 +7,7 @@ The writing and the checking are :func:`xmr.eval.predictions.write_predictions` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from xmr.errors import XmrError
@@ -43,10 +43,13 @@ def write_submission(
     kind: str,
     k: int = 10,
     tag: str = "xmr",
+    on_warning: Callable[[str], None] | None = None,
 ) -> Path:
     """Write each query's first ``k`` (id, score) pairs as a ``kind`` file and validate it
     against ``split`` (every query present, in order for Track2; exactly ``k`` unique known
-    ids). A file that would fail validation is an error, not a file on disk."""
+    ids). A file that would fail validation is an error, not a file on disk; what the official
+    scorer may refuse although xmr accepts it (string ids that are not numbers in a MUGE /
+    Chinese-CLIP file) goes to ``on_warning`` (default :func:`warnings.warn`)."""
     from xmr.eval.predictions import read_predictions, validate_predictions, write_predictions
 
     if kind not in SUBMISSION_FORMATS:
@@ -68,8 +71,16 @@ def write_submission(
     tmp = path.with_name(f".{path.name}.unchecked")
     try:
         write_predictions(tmp, rankings, kind=kind, split=split, scores=scores, tag=tag)
-        validate_predictions(read_predictions(tmp, kind), split, k=k)
+        checked = read_predictions(tmp, kind)
+        validate_predictions(checked, split, k=k)
         tmp.replace(path)
+        for _, message in checked.warnings:
+            if on_warning is None:
+                import warnings
+
+                warnings.warn(f"{path}: {message}", stacklevel=2)
+            else:
+                on_warning(f"{path}: {message}")
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -32,6 +32,7 @@ def evaluate_model(
     k: int = 10,
     device: Any = None,
     precision: str = "fp32",
+    skip_empty: bool = False,
     **embed_options: Any,
 ) -> dict[str, float]:
     """``xmr evaluate --model`` as a function: ``model`` is a spec string or an encoder, ``data``
@@ -40,7 +41,7 @@ def evaluate_model(
     dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
     chosen = dataset.split(split, need_relevance=True)
     emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
-    return evaluate_embedded(emb, directions=directions, k=k, device=device)
+    return evaluate_embedded(emb, directions=directions, k=k, device=device, skip_empty=skip_empty)
 
 
 def predict(

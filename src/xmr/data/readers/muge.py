@@ -8,7 +8,9 @@ Per split, in one directory::
 
 The TSV is indexed, never decoded: each item holds the byte offset of its line, and the image is
 decoded (standard or urlsafe base64) only when it is read. A TSV line must have an id, a tab and
-a non-empty base64 field. Every relevant id must be a line of the split's TSV. ``pairs``: item ->
+a non-empty base64 field. Every relevant id must be a line of the split's TSV. A query with an
+empty id list is judged with nothing relevant (it scores 0, as in the official scorers); one
+without the field has no ground truth. ``pairs``: item ->
 the texts of the queries it is relevant to. ``--images`` names the TSV when it lives elsewhere.
 """
 
@@ -193,7 +195,7 @@ def _read_split(name: str, queries: Path | None, tsv: Path | None, bad: BadRecor
             if qid in split.queries:
                 record.fail(f"duplicate query id '{qid}'", "query_id")
             split.queries[qid] = Query(qid, text)
-            if ids:
+            if ids is not None:  # "item_ids": [] is judged, nothing relevant: it scores 0
                 split.relevance[qid] = set(ids)
                 for iid in ids:
                     texts = split.pairs.setdefault(iid, [])

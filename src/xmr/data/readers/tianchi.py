@@ -15,7 +15,8 @@ Records are either train style ``{query_id, query_text, image_id, text_input: [c
 (one record per query-image pair; a query may recur) or valid style
 ``{query_id, query_text, item_ids: {image_id: caption}}`` (a list of ids is accepted too).
 Items carry their captions (their text side for text -> image+text retrieval); relevance is
-query -> its images; ``pairs``: item -> the texts of its queries. With an image source, every
+query -> its images (an empty ``item_ids`` is a judged query with nothing relevant, scored 0);
+``pairs``: item -> the texts of its queries. With an image source, every
 image of it is an item (the gallery) and every referenced id must be one of them; without one
 the referenced items are text-only (``image=None``).
 """
@@ -172,6 +173,4 @@ def _read_split(name: str, file: Path, source: Path | None, bad: BadRecords) -> 
                 texts = split.pairs.setdefault(iid, [])
                 if text not in texts:
                     texts.append(text)
-    for qid in [q for q, rel in split.relevance.items() if not rel]:
-        del split.relevance[qid]
     return split

@@ -22,7 +22,12 @@ else the label file's own directory.
   label file's texts in order of first appearance, then texts only in the ground-truth file.
   Query ids are ``q000000``, ``q000001``... in that order; a query's category is that of the
   images it appears with.
-- Relevance: with a ground-truth file, exactly that file; otherwise an image is relevant to a
+- Names: an item's id is the label file's spelling (or the file name, without a label file);
+  where the ground-truth file spells an image otherwise (``000240.jpg`` for the label's
+  ``000240``) that spelling is kept in ``split.item_names``, because the official scorer
+  compares names as exact strings: submissions are written, and matched, with it.
+- Relevance: with a ground-truth file, exactly that file (a line ``text$`` with no image is a
+  judged query with nothing relevant, scored 0 as the official scorer does); otherwise an image is relevant to a
   text when it carries an attribute string that the text appears with (the union when the text
   appears with several). A split with only texts and images has queries and items, no relevance.
 - Items are the label file's images; a split without a label file has every image of
@@ -178,7 +183,7 @@ def _read_split(files: _SplitFiles, bad: BadRecords) -> Split:
             relevance[text] = by_attrs[key]
     for text, qid in ids.items():
         split.queries[qid] = Query(qid, text, text_category.get(text))
-        if relevance.get(text):
+        if text in relevance:  # a ground-truth line without images is judged: it scores 0
             split.relevance[qid] = relevance[text]
     return split
 
@@ -270,6 +275,8 @@ def _read_gt(files: _SplitFiles, split: Split, bad: BadRecords) -> dict[str, lis
                         field=f"image {k}",
                     )
                 ids.append(iid)
+                if name != iid:  # the scorer matches the ground truth's spelling exactly
+                    split.item_names.setdefault(iid, name)
             gt.setdefault(text, [])
             gt[text] = ordered_unique([*gt[text], *ids])
     return gt
