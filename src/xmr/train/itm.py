@@ -6,32 +6,66 @@ pairs, labels ``1`` for the matches and ``0`` for the rest, cross-entropy on the
 
 Negatives are *hard*: drawn from the ``hard_negatives`` highest-scoring non-matching candidates
 of a first-stage bi-encoder (the ones a reranker has to sort out at search time). Without a first
-stage they are drawn at random from all non-matching candidates.
+stage they are drawn at random from all non-matching candidates (``xmr.train.itm_data``).
+
+:func:`train_itm` trains on a split; :func:`train_itm_on_dataset` is ``xmr train
+--cross-encoder``: it reads the data set, loads the models, trains, saves and validates by
+reranking the first stage's results on the validation split (:class:`RerankEvaluator`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.index.atomic import check_output_dir
+from xmr.train.config_base import TrainerConfig
+from xmr.train.itm_data import ItmBatch, ItmPairs, mine_hard_negatives, positive_pairs
+from xmr.train.optim import optimizer_update
+from xmr.train.result import TrainResult
+from xmr.train.validate import Evaluator, greater_is_better, resolve_valid_split
+
+__all__ = [
+    "ItmTrainConfig",
+    "RerankEvaluator",
+    "itm_step",
+    "mine_hard_negatives",
+    "positive_pairs",
+    "train_itm",
+    "train_itm_on_dataset",
+]
+
+DEFAULT_RERANK_K = 16
+# The validation metrics ``xmr train --cross-encoder`` reports (of all evaluate_reranked gives).
+SUMMARY_METRICS = ("R@1", "MeanRecall")
 
 
 @dataclass
-class ItmTrainConfig:
-    """Options of :func:`train_itm` (all have working defaults for a small fine-tune)."""
+class ItmTrainConfig(TrainerConfig):
+    """Options of :func:`train_itm` (all have working defaults for a small fine-tune).
+
+    Attributes:
+        steps: optimiser steps; ``epochs``, when set, replaces it with
+            ``ceil(epochs * positive pairs / batch_size)``.
+        batch_size: matching pairs per step (each with two negatives).
+        lr, weight_decay (AdamW; not on biases and norms), warmup_steps (linear, then cosine),
+        grad_clip (max global norm; None: none).
+        hard_negatives: the first stage's top non-matches each negative is drawn from.
+        seed, log_every: batch order and negatives; steps between log lines.
+    """
+
+    KIND: ClassVar[str] = "ITM training"
+    CONFIG_FILE: ClassVar[str] = "itm_train.json"
 
     steps: int = 1000
-    epochs: float | None = None  # when set: steps = ceil(epochs * positive pairs / batch_size)
+    epochs: float | None = None
     batch_size: int = 16
     lr: float = 1e-5
     weight_decay: float = 0.05
@@ -41,184 +75,121 @@ class ItmTrainConfig:
     seed: int = 0
     log_every: int = 50
 
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> ItmTrainConfig:
-        """From ``key=value`` strings or values (``lr=5e-3``, ``grad_clip=none``), type-checked."""
-        types = {f.name: str(f.type) for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key not in types:
-                known = ", ".join(types)
-                raise XmrError(f"unknown ITM training option '{key}' (known: {known})")
-            kind = types[key]
-            if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-                if "None" not in kind:
-                    raise XmrError(f"ITM training option {key} cannot be empty")
-                values[key] = None
-                continue
-            try:
-                values[key] = int(value) if kind.startswith("int") else float(value)
-            except (TypeError, ValueError):
-                raise XmrError(f"ITM training option {key}={value!r} is not a number") from None
-        return cls(**values)
+    def validate(self) -> ItmTrainConfig:
+        if self.batch_size < 1 or self.steps < 1:
+            raise XmrError("ITM training needs steps >= 1 and batch_size >= 1")
+        if self.log_every < 1 or self.warmup_steps < 0 or self.hard_negatives < 0:
+            raise XmrError(
+                "ITM training options: log_every >= 1, warmup_steps >= 0, hard_negatives >= 0"
+            )
+        return self
 
 
-def positive_pairs(split: Any) -> list[tuple[str, str]]:
-    """``(item id, text)`` matching pairs: the split's training pairs, else its relevance."""
-    pairs: list[tuple[str, str]] = []
-    if any(split.pairs.values()):
-        for item_id, texts in split.pairs.items():
-            pairs.extend((str(item_id), t) for t in texts)
-    else:
-        for qid, item_ids in split.relevance.items():
-            text = split.queries[qid].text
-            pairs.extend((str(i), text) for i in sorted(item_ids))
-    pairs = [(i, t) for i, t in pairs if i in split.items and split.items[i].image is not None]
-    if not pairs:
-        raise XmrError(f"split '{split.name}' has no matching (image, text) pairs to train on")
-    return pairs
+class RerankEvaluator(Evaluator):
+    """Two-stage retrieval metrics of a cross-encoder on ``split``: the frozen ``first_stage``
+    ranks, the cross-encoder rescores each query's top ``rerank_k``
+    (``xmr.rerank.evaluate_reranked``; keys ``t2i/...`` and ``first_stage/t2i/...``).
 
-
-def mine_hard_negatives(
-    encoder: Any,
-    image_refs: Sequence[Any],
-    texts: Sequence[str],
-    positives: Sequence[tuple[int, int]],
-    n: int,
-    *,
-    batch_size: int | None = None,
-    device: Any = None,
-) -> tuple[list[list[int]], list[list[int]]]:
-    """The ``n`` highest-scoring non-matching texts of each image and images of each text.
-
-    Args:
-        encoder: the first-stage bi-encoder.
-        image_refs, texts: the candidates (anything ``encode_images`` reads; strings).
-        positives: ``(image index, text index)`` matching pairs (excluded from the negatives).
-        n: negatives kept per image and per text.
-
-    Returns:
-        ``(texts_for_image, images_for_text)``: lists of indices, hardest first.
+    The first stage's embeddings are computed once (it does not change during training).
     """
-    from xmr.eval.ranking import topk_from_embeddings
 
-    image_emb = np.asarray(encoder.encode_images(list(image_refs), batch_size=batch_size))
-    text_emb = np.asarray(encoder.encode_texts(list(texts), batch_size=batch_size))
-    match_of_image: dict[int, set[int]] = {}
-    match_of_text: dict[int, set[int]] = {}
-    for i, t in positives:
-        match_of_image.setdefault(i, set()).add(t)
-        match_of_text.setdefault(t, set()).add(i)
-    # Ask for enough candidates that n survive removing the matches.
-    depth_i = min(len(texts), n + max((len(v) for v in match_of_image.values()), default=0))
-    depth_t = min(len(image_refs), n + max((len(v) for v in match_of_text.values()), default=0))
-    top_t, _ = topk_from_embeddings(image_emb, text_emb, depth_i, device=device)
-    top_i, _ = topk_from_embeddings(text_emb, image_emb, depth_t, device=device)
-    texts_for_image = [
-        [int(t) for t in row if t not in match_of_image.get(i, ())][:n]
-        for i, row in enumerate(top_t)
-    ]
-    images_for_text = [
-        [int(i) for i in row if i not in match_of_text.get(t, ())][:n]
-        for t, row in enumerate(top_i)
-    ]
-    return texts_for_image, images_for_text
+    def __init__(
+        self,
+        split: Any,
+        first_stage: Any,
+        *,
+        rerank_k: int = DEFAULT_RERANK_K,
+        primary_metric: str = "t2i/MeanRecall",
+    ) -> None:
+        if rerank_k < 1:
+            raise XmrError(f"rerank_k must be >= 1, got {rerank_k}")
+        self.split = split
+        self.first_stage = first_stage
+        self.rerank_k = int(rerank_k)
+        self.primary_metric = primary_metric
+        self.greater_is_better = greater_is_better(primary_metric)
+        self._embeddings: tuple[Any, Any] | None = None
 
+    def __call__(self, cross_encoder: Any) -> dict[str, float]:
+        from xmr.rerank import evaluate_reranked
 
-class _ImageCache:
-    """Decoded images, least recently used dropped first (a step re-reads few images)."""
-
-    def __init__(self, refs: Sequence[Any], size: int = 2048) -> None:
-        self.refs = refs
-        self.size = size
-        self.cache: OrderedDict[int, Any] = OrderedDict()
-
-    def __getitem__(self, index: int) -> Any:
-        from xmr.models.base import load_image
-
-        if index in self.cache:
-            self.cache.move_to_end(index)
-            return self.cache[index]
-        image = load_image(self.refs[index])
-        self.cache[index] = image
-        if len(self.cache) > self.size:
-            self.cache.popitem(last=False)
-        return image
+        if self._embeddings is None:
+            texts = [q.text for q in self.split.queries.values()]
+            images = [it.image for it in self.split.items.values()]
+            self._embeddings = (
+                self.first_stage.encode_texts(texts),
+                self.first_stage.encode_images(images),
+            )
+        text_emb, image_emb = self._embeddings
+        return evaluate_reranked(
+            self.split, text_emb, image_emb, cross_encoder, rerank_k=self.rerank_k
+        )
 
 
-def _random_negative(rng: random.Random, n: int, exclude: set[int]) -> int | None:
-    if len(exclude) >= n:
-        return None
-    while True:
-        c = rng.randrange(n)
-        if c not in exclude:
-            return c
+def itm_step(cross_encoder: Any, optimizer: Any, scheduler: Any, batch: ItmBatch, config) -> float:
+    """One step: the ITM cross-entropy of ``batch``, backward, clip and update; the loss."""
+    import torch
+
+    with cross_encoder._autocast():
+        logits = cross_encoder.forward_logits(batch.images, batch.texts)
+    target = torch.tensor(batch.labels, device=logits.device)
+    loss = torch.nn.functional.cross_entropy(logits.float(), target)
+    loss.backward()
+    optimizer_update(
+        optimizer,
+        cross_encoder.model.parameters(),
+        grad_clip=config.grad_clip,
+        scheduler=scheduler,
+    )
+    return float(loss.detach())
 
 
 def train_itm(
     cross_encoder: Any,
     split: Any,
     *,
-    config: ItmTrainConfig | None = None,
+    config: ItmTrainConfig | Mapping[str, Any] | None = None,
     first_stage: Any = None,
     out_dir: str | Path | None = None,
+    evaluator: Evaluator | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Fine-tune ``cross_encoder`` (a BLIP / BLIP-2 ITM cross-encoder) on ``split``'s pairs.
 
     Args:
         cross_encoder: the model to train, in place (a spec string is loaded first).
         split: a data set split with items (images) and pairs or relevance (texts).
-        config: steps, batch size, learning rate, negatives per side, ...
+        config: steps, batch size, learning rate, negatives per side, ... (or a dict of them).
         first_stage: a bi-encoder whose rankings give the hard negatives (None: random ones).
         out_dir: where to save the trained model (``save_pretrained`` format) and
-            ``itm_train.json`` (the config and the loss curve).
+            ``itm_train.json`` (the config, the loss curve and the validation metrics).
+        evaluator: scores the trained cross-encoder once, after the last step (e.g. a
+            :class:`RerankEvaluator` of a validation split).
         log: called with a progress line every ``config.log_every`` steps.
 
     Returns:
-        ``{"losses": [...], "steps": n, "seconds": s, "negatives": "first-stage" | "random"}``.
+        A ``TrainResult`` (``trainer="itm"``; ``losses`` per step; ``details["negatives"]``
+        "first-stage" or "random"; ``model`` the cross-encoder).
     """
     import torch
 
     from xmr.models.cross_encoders import create_cross_encoder
 
-    config = config or ItmTrainConfig()
-    if config.batch_size < 1 or config.steps < 1:
-        raise XmrError("ITM training needs steps >= 1 and batch_size >= 1")
+    if config is None:
+        config = ItmTrainConfig()
+    elif isinstance(config, Mapping):
+        config = ItmTrainConfig.from_dict(dict(config))
+    config.validate()
     if out_dir is not None:
-        from xmr.index.atomic import check_output_dir
-
         check_output_dir(out_dir)  # before the training, not after it
     ce = create_cross_encoder(cross_encoder) if isinstance(cross_encoder, str) else cross_encoder
     if not hasattr(ce, "forward_logits"):
         raise XmrError(f"{type(ce).__name__} cannot be trained (no differentiable forward)")
 
-    pairs = positive_pairs(split)
+    data = ItmPairs(split, first_stage, config.hard_negatives, config.seed)
     if config.epochs is not None:
-        config = ItmTrainConfig(
-            **{
-                **asdict(config),
-                "steps": max(1, math.ceil(config.epochs * len(pairs) / config.batch_size)),
-            }
-        )
-    item_ids = sorted({i for i, _ in pairs})
-    texts = list(dict.fromkeys(t for _, t in pairs))
-    item_index = {i: n for n, i in enumerate(item_ids)}
-    text_index = {t: n for n, t in enumerate(texts)}
-    positives = [(item_index[i], text_index[t]) for i, t in pairs]
-    refs = [split.items[i].image for i in item_ids]
-    match_of_image: dict[int, set[int]] = {}
-    match_of_text: dict[int, set[int]] = {}
-    for i, t in positives:
-        match_of_image.setdefault(i, set()).add(t)
-        match_of_text.setdefault(t, set()).add(i)
-    hard_texts = hard_images = None
-    if first_stage is not None and config.hard_negatives > 0:
-        hard_texts, hard_images = mine_hard_negatives(
-            first_stage, refs, texts, positives, config.hard_negatives
-        )
-
-    rng = random.Random(config.seed)
+        steps = max(1, math.ceil(config.epochs * len(data.positives) / config.batch_size))
+        config = config.replace(steps=steps)
     torch.manual_seed(config.seed)
     model = ce.model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -238,70 +209,125 @@ def train_itm(
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    images = _ImageCache(refs)
     losses: list[float] = []
-    order: list[int] = []
     start = time.monotonic()
     model.train()
     try:
         for step in range(config.steps):
-            batch_images, batch_texts, labels = [], [], []
-            for _ in range(config.batch_size):
-                if not order:
-                    order = list(range(len(positives)))
-                    rng.shuffle(order)
-                i, t = positives[order.pop()]
-                batch_images.append(images[i])
-                batch_texts.append(texts[t])
-                labels.append(1)
-                neg_t = (
-                    rng.choice(hard_texts[i])
-                    if hard_texts and hard_texts[i]
-                    else _random_negative(rng, len(texts), match_of_image[i])
-                )
-                if neg_t is not None:
-                    batch_images.append(images[i])
-                    batch_texts.append(texts[neg_t])
-                    labels.append(0)
-                neg_i = (
-                    rng.choice(hard_images[t])
-                    if hard_images and hard_images[t]
-                    else _random_negative(rng, len(refs), match_of_text[t])
-                )
-                if neg_i is not None:
-                    batch_images.append(images[neg_i])
-                    batch_texts.append(texts[t])
-                    labels.append(0)
-            with ce._autocast():
-                logits = ce.forward_logits(batch_images, batch_texts)
-            target = torch.tensor(labels, device=logits.device)
-            loss = torch.nn.functional.cross_entropy(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(itm_step(ce, optimizer, scheduler, data.batch(config.batch_size), config))
             if log and (step + 1) % config.log_every == 0:
                 recent = np.mean(losses[-config.log_every :])
                 log(f"itm step {step + 1}/{config.steps} loss {recent:.4f}")
     finally:
         model.eval()
-    result = {
-        "losses": losses,
-        "steps": config.steps,
-        "seconds": time.monotonic() - start,
-        "negatives": "first-stage" if hard_texts is not None else "random",
-    }
+    seconds = time.monotonic() - start
+    result = TrainResult(
+        trainer="itm",
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        global_step=config.steps,
+        total_steps=config.steps,
+        losses=losses,
+        last_loss=losses[-1],
+        seconds=seconds,
+        samples_per_s=len(losses) * config.batch_size / max(seconds, 1e-9),
+        model=ce,
+        details={"negatives": data.negatives},
+    )
+    if evaluator is not None:
+        metrics = evaluator(ce)
+        result.metrics = metrics
+        result.history = [{"step": config.steps, **metrics}]
+        result.best_metric = evaluator.primary_metric
+        result.best_value = evaluator.primary(metrics)
+        result.best_step = config.steps
     if out_dir is not None:
         out = ce.save(out_dir)
+        result.out_dir = Path(out)
         meta = {
-            "config": asdict(config),
+            "config": config.to_dict(),
             "first_stage": getattr(first_stage, "spec", None),
             "started_from": ce.spec,
-            "n_pairs": len(positives),
-            **result,
+            "n_pairs": len(data.positives),
+            "losses": losses,
+            "steps": config.steps,
+            "seconds": seconds,
+            "negatives": data.negatives,
         }
-        (out / "itm_train.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if evaluator is not None:
+            meta["valid"] = result.metrics
+        config.save(out, data=meta)
+    result.summary = {
+        "out": str(out_dir) if out_dir is not None else None,
+        "steps": config.steps,
+        "negatives": data.negatives,
+        "last_loss": result.last_loss,
+    }
+    if evaluator is not None:
+        result.summary["valid"] = {
+            k: v for k, v in result.metrics.items() if k.endswith(SUMMARY_METRICS)
+        }
     return result
+
+
+def train_itm_on_dataset(
+    cross_encoder: str | Any,
+    data: str | Path,
+    out: str | Path,
+    *,
+    first_stage: str | Any | None = None,
+    format: str | None = None,
+    images: str | Path | None = None,
+    split: str | None = None,
+    valid_split: str | None = "auto",
+    rerank_k: int = DEFAULT_RERANK_K,
+    config: ItmTrainConfig | Mapping[str, Any] | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """``xmr train --cross-encoder``: ITM fine-tuning of a cross-encoder on a data set's split.
+
+    Args:
+        cross_encoder: the cross-encoder to start from (a spec: ``blip:...``, ``blip2:...``, a
+            local directory; or a loaded one).
+        data, format, images: the data set (format None: detected; images: an image folder
+            for formats that keep images apart).
+        out: the output directory (the trained cross-encoder and ``itm_train.json``).
+        first_stage: the bi-encoder (spec or loaded) whose top non-matching results are the
+            hard negatives, and the first stage of the validation (None: random negatives, no
+            validation).
+        split: the training split (None: "train" when the data set has one, else its only one).
+        valid_split: the split validation reranks (see ``resolve_valid_split``: "auto" is
+            "valid" when the data set has it; None validates nothing).
+        rerank_k: how deep validation reranks the first stage's results.
+        config: the training options (an ``ItmTrainConfig`` or a dict of its fields).
+        device, precision: where and how the models run (None/"auto": CUDA when available).
+        log: called with progress lines.
+    """
+    from xmr.data.readers import load_dataset
+    from xmr.models import create_encoder
+    from xmr.models.cross_encoders import create_cross_encoder
+
+    check_output_dir(out)  # before loading and training, not after them
+    device = None if device in (None, "auto") else device
+    dataset = load_dataset(data, format, images=images)
+    train_split = dataset.split(split or ("train" if "train" in dataset.splits else None))
+    ce = cross_encoder
+    if isinstance(ce, str):
+        ce = create_cross_encoder(ce, device=device, precision=precision)
+    if isinstance(first_stage, str):
+        first_stage = create_encoder(first_stage, device=device, precision=precision)
+    evaluator = None
+    if first_stage is not None:  # validation reranks the first stage's results
+        valid_name = resolve_valid_split(dataset, valid_split, train_split.name, data)
+        if valid_name is not None:
+            evaluator = RerankEvaluator(dataset.split(valid_name), first_stage, rerank_k=rerank_k)
+    return train_itm(
+        ce,
+        train_split,
+        config=config,
+        first_stage=first_stage,
+        out_dir=out,
+        evaluator=evaluator,
+        log=log,
+    )
