@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from xmr.errors import XmrError
 from xmr.train.config_base import TrainerConfig, load_trainer_config, parse_overrides
+from xmr.train.validate import check_best_metric
 
 CONFIG_FILE = "train_config.json"
 
@@ -189,8 +190,6 @@ class TrainConfig(TrainerConfig):
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise XmrError("training config: 'grad_clip' must be > 0 (or null: no clipping)")
         if self.best_metric is not None:
-            from xmr.train.validate import check_best_metric
-
             check_best_metric(self.best_metric)
         if isinstance(self.cache_images, bool):
             self.cache_images = "yes" if self.cache_images else "no"

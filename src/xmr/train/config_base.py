@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from xmr.errors import XmrError
+from xmr.index.atomic import atomic_write_json
 
 C = TypeVar("C", bound="TrainerConfig")
 
@@ -53,8 +54,6 @@ class TrainerConfig:
     def save(self, directory: str | Path, *, data: dict[str, Any] | None = None) -> Path:
         """Write ``directory/CONFIG_FILE`` atomically (``data``: the dict to write, default
         :meth:`to_dict`, for trainers that record more beside the options)."""
-        from xmr.index.atomic import atomic_write_json
-
         path = Path(directory) / self.CONFIG_FILE
         atomic_write_json(path, self.to_dict() if data is None else data)
         return path

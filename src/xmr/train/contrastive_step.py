@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from xmr.models.base import PRECISIONS
 from xmr.train.distributed import DistInfo, all_reduce_mean, gather_no_grad, gather_with_grad
 from xmr.train.optim import optimizer_update
 
@@ -28,8 +29,6 @@ def autocast(precision: str, device: torch.device):
     """Mixed-precision autocast for ``precision`` (fp16 / bf16), or nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    from xmr.models.base import PRECISIONS
-
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 

@@ -27,10 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.fusion import DEFAULT_TUNE_METRIC
 from xmr.fusion_models import GatedFusion, WeightedFusion
 from xmr.index.atomic import check_output_dir
+from xmr.models import create_encoder
 from xmr.train.config_base import TrainerConfig
 from xmr.train.fusion_data import (
     FusionData,
@@ -339,9 +341,6 @@ def train_fusion_on_dataset(
     Returns:
         ``train_fusion``'s ``TrainResult`` with ``out_dir`` and ``summary`` filled in.
     """
-    from xmr.data.readers import load_dataset
-    from xmr.models import create_encoder
-
     if config is None:
         config = FusionTrainConfig()
     elif isinstance(config, Mapping):

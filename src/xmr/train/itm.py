@@ -24,8 +24,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.index.atomic import check_output_dir
+from xmr.models import create_encoder
+from xmr.models.cross_encoders import create_cross_encoder
+from xmr.rerank import evaluate_reranked
 from xmr.train.config_base import TrainerConfig
 from xmr.train.itm_data import ItmBatch, ItmPairs, mine_hard_negatives, positive_pairs
 from xmr.train.optim import optimizer_update
@@ -111,8 +115,6 @@ class RerankEvaluator(Evaluator):
         self._embeddings: tuple[Any, Any] | None = None
 
     def __call__(self, cross_encoder: Any) -> dict[str, float]:
-        from xmr.rerank import evaluate_reranked
-
         if self._embeddings is None:
             texts = [q.text for q in self.split.queries.values()]
             images = [it.image for it in self.split.items.values()]
@@ -172,8 +174,6 @@ def train_itm(
         "first-stage" or "random"; ``model`` the cross-encoder).
     """
     import torch
-
-    from xmr.models.cross_encoders import create_cross_encoder
 
     if config is None:
         config = ItmTrainConfig()
@@ -304,24 +304,25 @@ def train_itm_on_dataset(
         device, precision: where and how the models run (None/"auto": CUDA when available).
         log: called with progress lines.
     """
-    from xmr.data.readers import load_dataset
-    from xmr.models import create_encoder
-    from xmr.models.cross_encoders import create_cross_encoder
-
     check_output_dir(out)  # before loading and training, not after them
+    if isinstance(config, Mapping):
+        config = ItmTrainConfig.from_dict(dict(config))
+    if config is not None:
+        config.validate()
     device = None if device in (None, "auto") else device
     dataset = load_dataset(data, format, images=images)
     train_split = dataset.split(split or ("train" if "train" in dataset.splits else None))
+    valid_name = None
+    if first_stage is not None:  # validation reranks the first stage's results
+        valid_name = resolve_valid_split(dataset, valid_split, train_split.name, data)
     ce = cross_encoder
     if isinstance(ce, str):
         ce = create_cross_encoder(ce, device=device, precision=precision)
     if isinstance(first_stage, str):
         first_stage = create_encoder(first_stage, device=device, precision=precision)
     evaluator = None
-    if first_stage is not None:  # validation reranks the first stage's results
-        valid_name = resolve_valid_split(dataset, valid_split, train_split.name, data)
-        if valid_name is not None:
-            evaluator = RerankEvaluator(dataset.split(valid_name), first_stage, rerank_k=rerank_k)
+    if valid_name is not None:
+        evaluator = RerankEvaluator(dataset.split(valid_name), first_stage, rerank_k=rerank_k)
     return train_itm(
         ce,
         train_split,

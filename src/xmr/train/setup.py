@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.index.atomic import atomic_write
+from xmr.models import create_encoder
+from xmr.models.base import resolve_precision
 from xmr.train import checkpoint as ckpt
 from xmr.train.config import CONFIG_FILE, TrainConfig, trajectory_differences
 from xmr.train.contrastive_step import ContrastiveStep
@@ -86,10 +89,6 @@ def build_session(
     evaluator: Evaluator | None = None,
 ) -> Session:
     """Set up the run ``cfg`` describes on this rank (resuming ``out/checkpoints/last.pt``)."""
-    from xmr.data.readers import load_dataset
-    from xmr.models import create_encoder
-    from xmr.models.base import resolve_precision
-
     out = Path(cfg.out)
     if info.is_main:
         check_out_dir(out)
@@ -314,8 +313,6 @@ def _retrieval_evaluator(
     cfg: TrainConfig, info: DistInfo, best_metric: str, say: Callable[[str], None]
 ) -> RetrievalEvaluator | None:
     """Rank 0's evaluator of ``valid_split`` (None without one: a missing split is a warning)."""
-    from xmr.data.readers import load_dataset
-
     if not (cfg.valid_split and info.is_main):
         return None
     try:

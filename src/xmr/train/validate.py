@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.eval.evaluate import recall_ks
+from xmr.eval.metrics import metric_names
+from xmr.eval.model_eval import SplitEmbeddings, evaluate_embedded
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,6 @@ def check_best_metric(name: str, categories: set[str] | None = None) -> str:
     """Refuse a ``best_metric`` validation can never report, before any training: it must be
     ``{t2i|i2t}/{metric}`` or ``{t2i|i2t}/{category}/{metric}``, with a metric of the evaluator
     at K=10 and, when ``categories`` is given, one of them."""
-    from xmr.eval.evaluate import recall_ks
-    from xmr.eval.metrics import metric_names
-
     metrics = metric_names(recall_ks(10), 10)
     parts = str(name).split("/")
     ok = len(parts) in (2, 3) and parts[0] in ("t2i", "i2t") and parts[-1] in metrics
@@ -181,8 +181,6 @@ class RetrievalEvaluator(Evaluator):
 
     def __call__(self, encoder) -> dict[str, float]:
         import torch
-
-        from xmr.eval.model_eval import SplitEmbeddings, evaluate_embedded
 
         with torch.no_grad():
             text_emb, image_emb = self.embeddings(encoder)
