@@ -70,13 +70,17 @@ class TrainerConfig:
         unknown = [k for k in data if k not in known]
         if unknown:
             hints = []
-            for k in unknown:
+            for k in unknown:  # the closest known name, for a misspelt one
                 close = difflib.get_close_matches(k, known, n=1)
                 hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
             noun = "option" if len(unknown) == 1 else "options"
-            raise XmrError(
-                f"{where}: unknown {cls.KIND} {noun} {', '.join(hints)} (known: {', '.join(known)})"
+            # A short list helps; a long one buries the hint: name where they are described.
+            listed = (
+                f"known: {', '.join(known)}"
+                if len(known) <= 15
+                else f"see {cls.__module__}.{cls.__name__}"
             )
+            raise XmrError(f"{where}: unknown {cls.KIND} {noun} {', '.join(hints)} ({listed})")
         hints = typing.get_type_hints(cls)
         values = {k: coerce(k, v, hints[k], where, cls.KIND) for k, v in data.items()}
         return cls(**values)
