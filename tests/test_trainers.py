@@ -215,3 +215,11 @@ def test_contrastive_training_selects_by_a_given_evaluator(tmp_path):
     assert result.best_step == result.history[int(np.argmin(ranks))]["step"]
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["best_metric"] == "t2i/MeanRank"
+
+
+def test_every_lazy_export_of_xmr_train_resolves():
+    import xmr.train
+
+    for name in xmr.train.__all__:
+        assert getattr(xmr.train, name) is not None, name
+    assert xmr.train.TrainResult is xmr.train.train_itm.__globals__["TrainResult"]

@@ -17,7 +17,7 @@ of its own (``ContrastiveStep``, ``fusion_step``, ``itm_step``), apart from its 
                      the contrastive step, its batches, the loop, Ctrl-C, outputs, checkpoints
     data.py, model.py, losses.py, distributed.py, logs.py, optim.py
                      examples and batch plans, the module, losses, DDP, logs, the update
-    fusion.py, fusion_data.py      learned fusion
+    fusion.py, fusion_data.py, fusion_step.py   learned fusion
     itm.py, itm_data.py            cross-encoder (ITM) training
 
 Behind the ``[train]`` extra: importing ``xmr.train`` is light; torch loads with a trainer.
@@ -40,6 +40,7 @@ _LAZY = {
     "RetrievalEvaluator": "xmr.train.validate",
     "FusionTrainConfig": "xmr.train.fusion",
     "FusionData": "xmr.train.fusion_data",
+    "fusion_step": "xmr.train.fusion_step",
     "FusionEvaluator": "xmr.train.fusion_data",
     "train_fusion": "xmr.train.fusion",
     "train_fusion_on_dataset": "xmr.train.fusion",

@@ -41,7 +41,7 @@ from xmr.train.fusion_data import (
     positive_mask,
     relevant_rows,
 )
-from xmr.train.optim import optimizer_update
+from xmr.train.fusion_step import Gate, ItemTensors, fusion_step
 from xmr.train.result import TrainResult
 from xmr.train.validate import Evaluator, resolve_valid_split
 
@@ -103,62 +103,6 @@ class FusionTrainConfig(TrainerConfig):
         return self
 
 
-class _Gate:
-    """The torch twin of GatedFusion (same formula, trainable)."""
-
-    def __init__(self, start: GatedFusion, device: Any) -> None:
-        import torch
-
-        self.bias = torch.nn.Parameter(torch.tensor(start.bias, device=device))
-        self.weight = (
-            torch.nn.Parameter(torch.tensor(start.weight, device=device))
-            if start.weight is not None
-            else None
-        )
-
-    def parameters(self) -> list[Any]:
-        return [p for p in (self.bias, self.weight) if p is not None]
-
-    def fuse(self, img, cap, no_img, no_cap):
-        import torch
-
-        z = self.bias.expand_as(img)
-        if self.weight is not None:
-            z = z + torch.cat([img, cap], dim=-1) @ self.weight.T
-        g = torch.sigmoid(z)
-        mixed = torch.nn.functional.normalize(g * img + (1 - g) * cap, dim=-1, eps=1e-12)
-        mixed = torch.where(no_img[:, None], cap, mixed)
-        return torch.where(no_cap[:, None], img, mixed)
-
-    def export(self) -> GatedFusion:
-        weight = None if self.weight is None else self.weight.detach().cpu().numpy()
-        return GatedFusion(self.bias.detach().cpu().numpy(), weight)
-
-
-def fusion_step(
-    gate: _Gate, optimizer: Any, tensors: dict[str, Any], batch, cand, positive, config
-) -> float:
-    """One step: InfoNCE of the batch's queries against the fused candidates, and the update."""
-    import torch
-
-    as_t = tensors["as_t"]
-    cand_t = as_t(cand)
-    fused = gate.fuse(
-        tensors["img"][cand_t],
-        tensors["cap"][cand_t],
-        tensors["no_img"][cand_t],
-        tensors["no_cap"][cand_t],
-    )
-    logits = tensors["queries"][as_t(batch[:, 0])] @ fused.T / config.temperature
-    positive = as_t(positive)
-    loss = (
-        torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -torch.inf), 1)
-    ).mean()
-    loss.backward()
-    optimizer_update(optimizer, gate.parameters())
-    return float(loss.detach())
-
-
 def train_fusion(
     train: FusionData,
     *,
@@ -209,7 +153,7 @@ def train_fusion(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     start = GatedFusion.initial(dim, weight=config.init_weight, content=config.content)
-    gate = _Gate(start, device)
+    gate = Gate(start, device)
     decay = [gate.weight] if gate.weight is not None else []
     optimizer = torch.optim.AdamW(
         [
@@ -218,15 +162,7 @@ def train_fusion(
         ],
         lr=config.lr,
     )
-    as_t = lambda a: torch.tensor(a, device=device)  # noqa: E731
-    tensors = {
-        "as_t": as_t,
-        "img": as_t(np.nan_to_num(items.image)),
-        "cap": as_t(np.nan_to_num(items.caption)),
-        "no_img": as_t(np.isnan(items.image).any(1)),
-        "no_cap": as_t(np.isnan(items.caption).any(1)),
-        "queries": as_t(train.query_emb),
-    }
+    tensors = ItemTensors.of(train, device)
     relevant = relevant_rows(train)
     n_items = len(items.ids)
     steps_per_epoch = -(-len(pairs) // config.batch_size)
@@ -258,7 +194,7 @@ def train_fusion(
             cand = candidates(batch[:, 1], n_items, config.negatives, rng)
             positive = positive_mask(batch[:, 0], cand, relevant)
             epoch_losses.append(
-                fusion_step(gate, optimizer, tensors, batch, cand, positive, config)
+                fusion_step(gate, optimizer, tensors, batch, cand, positive, config.temperature)
             )
         fusion = gate.export()
         metrics = judge(fusion)
