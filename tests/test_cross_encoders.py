@@ -157,7 +157,7 @@ def color_split():
 
 
 def test_hard_negatives_are_the_first_stage_top_non_matches():
-    from xmr.models.itm_training import mine_hard_negatives
+    from xmr.train.itm import mine_hard_negatives
 
     red, blue, _ = _images()
     images = [red, blue, red]
@@ -182,7 +182,7 @@ def one_thread():
 
 def test_itm_training_refuses_an_unwritable_out_dir_before_training(tmp_path):
     from xmr.errors import XmrError
-    from xmr.models.itm_training import ItmTrainConfig, train_itm
+    from xmr.train.itm import ItmTrainConfig, train_itm
 
     (tmp_path / "a_file").write_text("x")
     steps = []
@@ -198,7 +198,7 @@ def test_itm_training_refuses_an_unwritable_out_dir_before_training(tmp_path):
 
 
 def test_itm_fine_tuning_learns_the_pairs_and_saves(tmp_path, one_thread):
-    from xmr.models.itm_training import ItmTrainConfig, train_itm
+    from xmr.train.itm import ItmTrainConfig, train_itm
 
     path = create_tiny_cross_encoder(tmp_path / "start", "blip", words=["red", "blue", "thing"])
     ce = create_cross_encoder(str(path), device="cpu")
@@ -210,8 +210,9 @@ def test_itm_fine_tuning_learns_the_pairs_and_saves(tmp_path, one_thread):
     result = train_itm(
         ce, split, config=config, first_stage=_ColorWords(), out_dir=tmp_path / "out"
     )
-    assert result["negatives"] == "first-stage" and len(result["losses"]) == 150
-    assert np.mean(result["losses"][-10:]) < 0.1 < np.mean(result["losses"][:10])
+    assert result.details["negatives"] == "first-stage" and len(result.losses) == 150
+    assert result.trainer == "itm" and result.global_step == 150 and result.model is ce
+    assert np.mean(result.losses[-10:]) < 0.1 < np.mean(result.losses[:10])
     after = ce.score(*pairs)
     assert abs(before[0] - before[2]) < 0.05  # untrained: no idea which pairs match
     assert after[0] > 0.9 and after[1] > 0.9 and after[2] < 0.1 and after[3] < 0.1

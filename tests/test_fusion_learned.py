@@ -73,17 +73,20 @@ def test_training_lowers_the_loss_and_learns_to_ignore_a_noise_caption(content):
     losses = [h["loss"] for h in result.history[1:]]
     assert losses[-1] < 0.5 * losses[0]
     assert result.last_loss == losses[-1] and result.first_loss == losses[0]
-    gated = result.fusion
+    gated = result.model
     assert isinstance(gated, GatedFusion) and gated.content is content
+    assert result.trainer == "fusion" and result.best_metric == "R@1"
     # On held-out items it is at least as good as the weighted sum it started from ...
     half = r_at_1(valid, WeightedFusion(0.5))
     assert result.baseline == pytest.approx(half)
-    assert r_at_1(valid, gated) == pytest.approx(result.best)
-    assert result.best >= half and result.best > 0.9
+    assert r_at_1(valid, gated) == pytest.approx(result.best_value)
+    assert result.best_value >= half and result.best_value > 0.9
     # ... here clearly better: half of every fused vector was noise.
-    assert result.best > half + 0.2
+    assert result.best_value > half + 0.2
     assert result.history[0]["epoch"] == 0 and result.history[0]["R@1"] == half
-    assert result.fusion.training["best_epoch"] == result.best_epoch > 0
+    best_epoch = result.details["best_epoch"]
+    assert result.model.training["best_epoch"] == best_epoch > 0
+    assert result.best_step == result.history[best_epoch]["step"] > 0
     if not content:
         # One gate per dimension: every one of them moved towards the image.
         g = gated.gates(valid.items.image, valid.items.caption)
@@ -97,8 +100,8 @@ def test_a_per_dimension_gate_beats_every_fixed_weight():
     config = FusionTrainConfig(content=False, epochs=25, batch_size=32, metric="R@1")
     result = train_fusion(train, config=config, valid=valid)
     best_weighted = max(r_at_1(valid, WeightedFusion(w)) for w in DEFAULT_WEIGHT_GRID)
-    assert r_at_1(valid, result.fusion) > best_weighted + 0.05
-    g = result.fusion.gates(valid.items.image, valid.items.caption)[0]
+    assert r_at_1(valid, result.model) > best_weighted + 0.05
+    g = result.model.gates(valid.items.image, valid.items.caption)[0]
     assert g[:8].mean() > 0.7 and g[8:].mean() < 0.3  # image dims vs caption dims
 
 
@@ -108,8 +111,8 @@ def test_selection_never_loses_to_the_starting_weight():
     data = synthetic(4)
     data.items.caption[:] = data.items.image  # the two sides agree
     result = train_fusion(data, config=FusionTrainConfig(epochs=2, metric="R@1"))
-    assert result.selected_on == "train"
-    assert result.best >= result.baseline == r_at_1(data, WeightedFusion(0.5))
+    assert result.details["selected_on"] == "train"
+    assert result.best_value >= result.baseline == r_at_1(data, WeightedFusion(0.5))
 
 
 def test_gate_formula_and_missing_sides():
@@ -211,16 +214,16 @@ def test_a_fusion_refuses_another_models_embeddings():
 
 
 def test_config_options_are_checked():
-    config = FusionTrainConfig.from_options(
+    config = FusionTrainConfig.from_dict(
         {"content": "false", "epochs": "3", "lr": "5e-2", "metric": "R@1"}
     )
     assert (config.content, config.epochs, config.lr, config.metric) == (False, 3, 0.05, "R@1")
     with pytest.raises(XmrError, match="unknown fusion training option 'epoch'"):
-        FusionTrainConfig.from_options({"epoch": 3})
+        FusionTrainConfig.from_dict({"epoch": 3})
     with pytest.raises(XmrError, match="content='maybe' is not true/false"):
-        FusionTrainConfig.from_options({"content": "maybe"})
+        FusionTrainConfig.from_dict({"content": "maybe"})
     with pytest.raises(XmrError, match="epochs='2.5' is not a whole number"):
-        FusionTrainConfig.from_options({"epochs": "2.5"})
+        FusionTrainConfig.from_dict({"epochs": "2.5"})
     with pytest.raises(XmrError, match="init_weight must be in"):
         FusionTrainConfig(init_weight=1.5)
     with pytest.raises(XmrError, match="unknown metric"):
@@ -338,7 +341,7 @@ def test_evaluate_fused_with_a_learned_fusion(tianchi, tmp_path):
     dataset = load_dataset(tianchi["data"])
     train = FusionData.encode(enc, dataset.split("train"))
     result = train_fusion(train, config=FusionTrainConfig(epochs=2), model=enc.manifest())
-    d = result.fusion.save(tmp_path / "f")
+    d = result.model.save(tmp_path / "f")
     parser = argparse.ArgumentParser()
     parser.add_argument("--k", type=int, default=10)
     add_fusion_arguments(parser)

@@ -346,14 +346,14 @@ def test_validation_numbers_are_the_numbers_of_evaluate_model(setup, tmp_path):
     import xmr
     from xmr.data.readers import load_dataset
     from xmr.models import create_encoder
-    from xmr.train.validate import Validator
+    from xmr.train.validate import RetrievalEvaluator
 
     data = tmp_path / "data"
     shutil.copytree(setup["data"], data)
     sorted((data / "valid" / "valid_images").iterdir())[0].write_bytes(b"\xff\xd8 truncated")
     split = load_dataset(data, split="valid").split("valid")
     encoder = create_encoder(setup["model"], device="cpu")
-    validated = Validator(split, batch_size=8)(encoder)
+    validated = RetrievalEvaluator(split, batch_size=8)(encoder)
     evaluated = xmr.evaluate_model(encoder, data, split="valid", workers=0, progress=False)
     assert validated.keys() == evaluated.keys()
     for key, value in evaluated.items():
@@ -369,11 +369,11 @@ def test_ctrl_c_during_a_step_keeps_the_finished_steps(setup, tmp_path, monkeypa
     import os
     import signal
 
-    from xmr.train import loop
+    from xmr.train.contrastive_step import ContrastiveStep
 
     cfg = dict(epochs=2, max_train_items=32)  # 4 steps per epoch, saved at epoch ends
     full = train(_config(setup, tmp_path / "full", **cfg))
-    real_step, calls = loop._Run._step, []
+    real_step, calls = ContrastiveStep.__call__, []
 
     def step_with_ctrl_c(self, micro):
         calls.append(1)
@@ -381,7 +381,7 @@ def test_ctrl_c_during_a_step_keeps_the_finished_steps(setup, tmp_path, monkeypa
             os.kill(os.getpid(), signal.SIGINT)  # arrives while the step runs
         return real_step(self, micro)
 
-    monkeypatch.setattr(loop._Run, "_step", step_with_ctrl_c)
+    monkeypatch.setattr(ContrastiveStep, "__call__", step_with_ctrl_c)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         train(_config(setup, out, **cfg))

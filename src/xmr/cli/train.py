@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         from xmr.cli.train_itm import run_itm
 
         return run_itm(args)
-    from xmr.train.config import load_config, parse_overrides
+    from xmr.train.config import load_config
+    from xmr.train.config_base import parse_overrides
     from xmr.train.loop import train
 
     valid = args.valid_split
@@ -105,18 +106,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(config)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports
-    summary = {
-        "out": str(result.out_dir),
-        "global_step": result.global_step,
-        "total_steps": result.total_steps,
-        "best_metric": result.best_metric,
-        "best_value": result.best_value,
-        "best_step": result.best_step,
-        "last_loss": result.last_loss,
-        "samples_per_s": round(result.samples_per_s, 2),
-    }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(result.summary, indent=2))
     elif not args.quiet:
         if result.best_metric:
             print(f"best {result.best_metric} = {result.best_value:.4f} at step {result.best_step}")

@@ -29,12 +29,9 @@ def add_fusion_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_fusion(args: argparse.Namespace) -> int:
-    from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
-    from xmr.io.atomic import check_output_dir
-    from xmr.models import create_encoder
-    from xmr.train.config import parse_overrides
-    from xmr.train.fusion import FusionData, FusionTrainConfig, train_fusion
+    from xmr.train.config_base import parse_overrides
+    from xmr.train.fusion import FusionTrainConfig, train_fusion_on_dataset
 
     if not args.model or not args.data or not args.out:
         raise XmrError("xmr train --fused needs --model, --data and --out")
@@ -44,58 +41,29 @@ def run_fusion(args: argparse.Namespace) -> int:
     for key in ("batch_size", "lr", "epochs"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    if args.device not in (None, "auto"):
-        values["device"] = args.device
-    config = FusionTrainConfig.from_options(values)
-    check_output_dir(args.out)  # before the encoding and training, not after them
-    dataset = load_dataset(args.data, args.format, images=args.images)
-    train_name = args.split or ("train" if "train" in dataset.splits else None)
-    train_split = dataset.split(train_name, need_relevance=True)
-    valid_name = args.valid_split or "valid"
-    valid_split = None
-    if valid_name.lower() != "none":
-        if valid_name in dataset.splits and valid_name != train_split.name:
-            valid_split = dataset.split(valid_name, need_relevance=True)
-        elif args.valid_split:
-            raise XmrError(
-                f"{args.data}: no validation split '{valid_name}' (splits: "
-                f"{', '.join(dataset.splits)}); pass --valid-split none to select on the "
-                "training split"
-            )
-    device = None if args.device in (None, "auto") else args.device
-    encoder = create_encoder(args.model, device=device, precision=args.precision or "fp32")
     quiet = args.quiet or args.json
-    log = None if quiet else print
-    if log:
-        log(f"encoding split '{train_split.name}' with {args.model} (frozen)")
-    train = FusionData.encode(encoder, train_split)
-    valid = FusionData.encode(encoder, valid_split) if valid_split is not None else None
-    result = train_fusion(train, config=config, valid=valid, model=encoder.manifest(), log=log)
-    result.fusion.training.update(
-        data={"path": str(args.data), "format": dataset.format},
-        valid_split=valid_split.name if valid_split is not None else None,
+    result = train_fusion_on_dataset(
+        args.model,
+        args.data,
+        args.out,
+        format=args.format,
+        images=args.images,
+        split=args.split,
+        valid_split=args.valid_split or "auto",
+        config=FusionTrainConfig.from_dict(values),
+        device=args.device,
+        precision=args.precision or "fp32",
+        log=None if quiet else print,
     )
-    out = result.fusion.save(args.out)
-    judge = valid if valid is not None else train
-    summary = {
-        "out": str(out),
-        "kind": result.fusion.kind,
-        "content": result.fusion.content,
-        "epochs": config.epochs,
-        "first_loss": result.first_loss,
-        "last_loss": result.last_loss,
-        "best_epoch": result.best_epoch,
-        "selected_on": result.selected_on,
-        f"weighted/{result.metric}": result.baseline,
-        f"gated/{result.metric}": result.best,
-        "image_share": result.fusion.image_share(judge.items.image, judge.items.caption),
-    }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(result.summary, indent=2))
     elif not args.quiet:
+        selected_on, metric = result.details["selected_on"], result.best_metric
+        init_weight = result.model.training["config"]["init_weight"]
         print(
-            f"{result.selected_on} {result.metric}: gated {result.best:.4f} (epoch "
-            f"{result.best_epoch}) vs weighted w={config.init_weight:g} {result.baseline:.4f}"
+            f"{selected_on} {metric}: gated {result.best_value:.4f} (epoch "
+            f"{result.details['best_epoch']}) vs weighted w={init_weight:g} {result.baseline:.4f}"
         )
+        out = result.out_dir
         print(f"fusion in {out} (use it as `xmr index build EMB_DIR --out INDEX --fused {out}`)")
     return 0

@@ -30,11 +30,9 @@ def add_itm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_itm(args: argparse.Namespace) -> int:
-    from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
-    from xmr.models.cross_encoders import create_cross_encoder
-    from xmr.models.itm_training import ItmTrainConfig, train_itm
-    from xmr.train.config import parse_overrides
+    from xmr.train.config_base import parse_overrides
+    from xmr.train.itm import ItmTrainConfig, train_itm_on_dataset
 
     if not args.data or not args.out:
         raise XmrError("xmr train --cross-encoder needs --data and --out")
@@ -50,45 +48,26 @@ def run_itm(args: argparse.Namespace) -> int:
     for key in ("batch_size", "lr", "epochs"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
-    config = ItmTrainConfig.from_options(values)
-    device = None if args.device in (None, "auto") else args.device
-    precision = args.precision or "fp32"
-    dataset = load_dataset(args.data, args.format, images=args.images)
-    split = dataset.split(args.split or ("train" if "train" in dataset.splits else None))
-    ce = create_cross_encoder(args.cross_encoder, device=device, precision=precision)
-    first_stage = None
-    if args.model:
-        from xmr.models import create_encoder
-
-        first_stage = create_encoder(args.model, device=device, precision=precision)
     quiet = args.quiet or args.json
-    result = train_itm(
-        ce,
-        split,
-        config=config,
-        first_stage=first_stage,
-        out_dir=args.out,
+    result = train_itm_on_dataset(
+        args.cross_encoder,
+        args.data,
+        args.out,
+        first_stage=args.model,
+        format=args.format,
+        images=args.images,
+        split=args.split,
+        valid_split=args.valid_split or "auto",
+        rerank_k=args.rerank_k,
+        config=ItmTrainConfig.from_dict(values),
+        device=args.device,
+        precision=args.precision or "fp32",
         log=None if quiet else print,
     )
-    summary = {
-        "out": str(args.out),
-        "steps": result["steps"],
-        "negatives": result["negatives"],
-        "last_loss": result["losses"][-1],
-    }
-    valid_name = args.valid_split or "valid"
-    if first_stage is not None and valid_name.lower() != "none" and valid_name in dataset.splits:
-        from xmr.rerank import evaluate_reranked
-
-        valid = dataset.split(valid_name)
-        text_emb = first_stage.encode_texts([q.text for q in valid.queries.values()])
-        image_emb = first_stage.encode_images([it.image for it in valid.items.values()])
-        metrics = evaluate_reranked(valid, text_emb, image_emb, ce, rerank_k=args.rerank_k)
-        summary["valid"] = {k: v for k, v in metrics.items() if k.endswith(("R@1", "MeanRecall"))}
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(result.summary, indent=2))
     elif not args.quiet:
-        for key, value in summary.get("valid", {}).items():
+        for key, value in result.summary.get("valid", {}).items():
             print(f"valid {key} = {value:.4f}")
         print(f"cross-encoder in {args.out} (use it as --rerank {args.out})")
     return 0

@@ -6,16 +6,17 @@ The resolved configuration is written as ``train_config.json`` in the output dir
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from xmr.errors import XmrError
+from xmr.train.config_base import TrainerConfig, load_trainer_config, parse_overrides
+from xmr.train.validate import check_best_metric
 
 CONFIG_FILE = "train_config.json"
+
+__all__ = ["CONFIG_FILE", "TrainConfig", "load_config", "parse_overrides", "trajectory_differences"]
 
 # Fields that change the training trajectory: a resumed run must agree with its checkpoint on
 # all of them (the others, such as workers, logging or the progress bar, may change).
@@ -53,8 +54,8 @@ TRAJECTORY_FIELDS = (
 
 
 @dataclass
-class TrainConfig:
-    """Everything ``xmr train`` needs. Field names are the CLI's ``key=value`` overrides.
+class TrainConfig(TrainerConfig):
+    """Everything contrastive training (``xmr train``) needs. Field names are the CLI's ``key=value`` overrides.
 
     Data:
         model: encoder spec to start from (``hf:DIR``, a hub id, ``open_clip:ARCH@TAG``, a dir).
@@ -97,6 +98,9 @@ class TrainConfig:
         (0: at each validation / epoch end). resume: continue from ``out/checkpoints/last.pt``
         when present. log_every: steps between log lines. progress: tqdm bar.
     """
+
+    KIND: ClassVar[str] = "training"
+    CONFIG_FILE: ClassVar[str] = CONFIG_FILE
 
     model: str = ""
     data: str = ""
@@ -186,8 +190,6 @@ class TrainConfig:
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise XmrError("training config: 'grad_clip' must be > 0 (or null: no clipping)")
         if self.best_metric is not None:
-            from xmr.train.validate import check_best_metric
-
             check_best_metric(self.best_metric)
         if isinstance(self.cache_images, bool):
             self.cache_images = "yes" if self.cache_images else "no"
@@ -216,126 +218,15 @@ class TrainConfig:
             self.valid_split = None
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["betas"] = list(self.betas)
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TrainConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, known, n=1)
-                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-            raise XmrError(f"{where}: unknown training option(s) {', '.join(hints)}")
-        cfg = cls()
-        for key, value in data.items():
-            setattr(cfg, key, _coerce(known[key], value, where))
-        return cfg
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-
-def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Convert a YAML/JSON/override value to the field's type (ints for float fields, "null")."""
-    type_text = str(f.type)
-    if value is None:
-        if "None" not in type_text:
-            raise XmrError(f"{where}: '{f.name}' cannot be null")
-        return None
-    try:
-        if type_text.startswith("tuple"):
-            if isinstance(value, str):
-                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v]
-            return tuple(float(v) for v in value)
-        if type_text.startswith("bool"):
-            if isinstance(value, str):
-                lowered = value.lower()
-                if lowered in ("true", "yes", "1", "on"):
-                    return True
-                if lowered in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if type_text.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if type_text.startswith("float"):
-            return float(value)
-        if type_text.startswith("str"):
-            if isinstance(value, bool):  # YAML reads yes/no/true/false as booleans
-                return "yes" if value else "no"
-            return str(value)
-        if type_text.startswith("dict"):
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return dict(value)
-    except (TypeError, ValueError):
-        raise XmrError(f"{where}: '{f.name}' expects {type_text}, got {value!r}") from None
-    return value
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "freeze_text=true", "valid_split=null"]`` -> a dict with YAML-typed values."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or not key:
-            raise XmrError(f"override '{item}' is not key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        # "1e-4" is a string to YAML 1.1; the field's type converts it.
-        out[key] = value
-    return out
-
 
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     **fields_: Any,
 ) -> TrainConfig:
-    """Defaults, then the YAML (or JSON) file at ``path``, then ``fields_``, then ``overrides``."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise XmrError(f"{p}: cannot read config ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            line = exc.object.count(b"\n", 0, exc.start) + 1
-            raise XmrError(
-                f"{p}:{line}: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x})"
-            ) from None
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            col = f" at column {mark.column + 1}" if mark is not None else ""
-            raise XmrError(f"{where}: not valid YAML ({what}{col})") from None
-        if not isinstance(loaded, dict):
-            raise XmrError(f"{p}: expected a mapping of training options")
-        data.update(loaded)
-    data.update({k: v for k, v in fields_.items() if v is not None})
-    data.update(overrides or {})
-    return TrainConfig.from_dict(data, where=str(path) if path else "config").validate()
+    """Defaults, then the YAML (or JSON) file at ``path``, then ``fields_`` (None: not given),
+    then ``overrides``; validated."""
+    return load_trainer_config(TrainConfig, path, overrides, **fields_)
 
 
 def trajectory_differences(a: TrainConfig, b: TrainConfig) -> list[str]:

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from xmr.errors import XmrError
+from xmr.models.base import resolve_device
 
 
 @dataclass
@@ -40,8 +41,6 @@ def init_distributed(device: str | None = None) -> DistInfo:
         device: "auto"/None (CUDA when available), "cpu", "cuda" or "cuda:K". Under torchrun a
             CUDA device is replaced by ``cuda:LOCAL_RANK``.
     """
-    from xmr.models.base import resolve_device
-
     dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -12,31 +12,51 @@ split (all of them when the split is that small). Training starts from the weigh
 ``init_weight``, and after each epoch the fused text->item ``metric`` is measured on the
 validation data (on the training data when there is none): the best epoch is kept, and epoch 0
 is the weighted sum itself, so the result is never worse than it on that data.
+
+:func:`train_fusion` trains on frozen embeddings; :func:`train_fusion_on_dataset` is ``xmr train
+--fused``: it reads the data set, encodes it, trains and saves the fusion.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
-from xmr.eval.fused import evaluate_modes
-from xmr.fusion import (
-    DEFAULT_TUNE_METRIC,
-    GatedFusion,
-    ItemEmbeddings,
-    WeightedFusion,
-    encode_items,
+from xmr.fusion import DEFAULT_TUNE_METRIC
+from xmr.fusion import GatedFusion, WeightedFusion
+from xmr.io.atomic import check_output_dir
+from xmr.models import create_encoder
+from xmr.train.config_base import TrainerConfig
+from xmr.train.fusion_data import (
+    FusionData,
+    FusionEvaluator,
+    candidates,
+    positive_mask,
+    relevant_rows,
 )
+from xmr.train.fusion_step import Gate, ItemTensors, fusion_step
+from xmr.train.result import TrainResult
+from xmr.train.validate import Evaluator, resolve_valid_split
+
+__all__ = [
+    "FusionData",
+    "FusionEvaluator",
+    "FusionTrainConfig",
+    "fusion_step",
+    "train_fusion",
+    "train_fusion_on_dataset",
+]
 
 
 @dataclass
-class FusionTrainConfig:
+class FusionTrainConfig(TrainerConfig):
     """Options of ``xmr train --fused`` (``KEY=VALUE`` on the command line).
 
     Attributes:
@@ -48,7 +68,12 @@ class FusionTrainConfig:
         metric: the fused text->item metric that picks the best epoch.
         seed: for batch order and negatives.
         device: "cpu", "cuda" or "auto".
+
+    The options are saved in the trained fusion's ``fusion.json`` (``training.config``).
     """
+
+    KIND: ClassVar[str] = "fusion training"
+    CONFIG_FILE: ClassVar[str] = "fusion_train_config.json"
 
     content: bool = True
     init_weight: float = 0.5
@@ -63,6 +88,9 @@ class FusionTrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        self.validate()  # a fusion config is complete at construction: check it there
+
+    def validate(self) -> FusionTrainConfig:
         if not 0.0 <= self.init_weight <= 1.0:
             raise XmrError(f"fusion option init_weight must be in [0, 1], got {self.init_weight}")
         for name in ("epochs", "batch_size"):
@@ -72,174 +100,39 @@ class FusionTrainConfig:
             raise XmrError(
                 "fusion options: negatives >= 0, lr > 0, temperature > 0, weight_decay >= 0"
             )
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> FusionTrainConfig:
-        """From ``key=value`` values (strings or typed), each checked against its field."""
-        kinds = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in options.items():
-            if key not in kinds:
-                raise XmrError(
-                    f"unknown fusion training option '{key}' (known: {', '.join(kinds)})"
-                )
-            values[key] = _convert(key, value, str(kinds[key]))
-        return cls(**values)
-
-
-def _convert(key: str, value: Any, kind: str) -> Any:
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        word = str(value).strip().lower()
-        if word in ("true", "yes", "1", "on"):
-            return True
-        if word in ("false", "no", "0", "off"):
-            return False
-        raise XmrError(f"fusion training option {key}={value!r} is not true/false")
-    if kind == "str":
-        return str(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise XmrError(f"fusion training option {key}={value!r} is not a number") from None
-    if kind == "int":
-        if not number.is_integer():
-            raise XmrError(f"fusion training option {key}={value!r} is not a whole number")
-        return int(number)
-    return number
-
-
-@dataclass
-class FusionData:
-    """Frozen embeddings of one split: queries (rows in ``query_ids`` order), items and
-    relevance (query id -> relevant item ids)."""
-
-    query_emb: np.ndarray
-    query_ids: list[str]
-    items: ItemEmbeddings
-    relevance: Mapping[str, Any]
-    name: str = ""
-
-    @classmethod
-    def encode(cls, encoder: Any, split: Any, batch_size: int | None = None) -> FusionData:
-        """Encode the split's items (image, mean caption) and its queries with relevant items."""
-        qids = [q for q in split.queries if split.relevance.get(q)]
-        if not qids:
-            raise XmrError(
-                f"split '{split.name}' has no query with relevant items: a fusion learns from "
-                "queries and the items they should find"
-            )
-        texts = [split.queries[q].text for q in qids]
-        items = encode_items(encoder, split.items, batch_size)
-        query_emb = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), np.float32)
-        return cls(query_emb, qids, items, split.relevance, split.name)
-
-    def pairs(self) -> np.ndarray:
-        """(query row, item row) for every relevant item that has an embedding."""
-        row = {item_id: n for n, item_id in enumerate(self.items.ids)}
-        usable = ~(np.isnan(self.items.image).all(1) & np.isnan(self.items.caption).all(1))
-        out = [
-            (qi, row[i])
-            for qi, q in enumerate(self.query_ids)
-            for i in sorted(self.relevance.get(q) or ())
-            if i in row and usable[row[i]]
-        ]
-        return np.asarray(out, dtype=np.int64).reshape(-1, 2)
-
-    def score(self, fusion: Any, metric: str, device: Any = "cpu") -> float:
-        scores = evaluate_modes(
-            self.query_emb,
-            self.query_ids,
-            self.items,
-            self.relevance,
-            modes=("fused",),
-            weight=fusion,
-            device=device,
-        )
-        key = f"fused/t2i/{metric}"
-        if key not in scores:
-            names = sorted(s.split("/")[-1] for s in scores if s.startswith("fused/t2i/"))
-            raise XmrError(f"unknown metric '{metric}' (choose from {', '.join(names)})")
-        return float(scores[key])
-
-
-@dataclass
-class FusionTrainResult:
-    """The kept fusion, the per-epoch history and the weighted sum it started from."""
-
-    fusion: GatedFusion
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    selected_on: str = "valid"
-    metric: str = DEFAULT_TUNE_METRIC
-    baseline: float = math.nan
-    best: float = math.nan
-
-    @property
-    def first_loss(self) -> float:
-        return self.history[1]["loss"] if len(self.history) > 1 else math.nan
-
-    @property
-    def last_loss(self) -> float:
-        return self.history[-1]["loss"] if len(self.history) > 1 else math.nan
-
-
-class _Gate:
-    """The torch twin of GatedFusion (same formula, trainable)."""
-
-    def __init__(self, start: GatedFusion, device: Any) -> None:
-        import torch
-
-        self.bias = torch.nn.Parameter(torch.tensor(start.bias, device=device))
-        self.weight = (
-            torch.nn.Parameter(torch.tensor(start.weight, device=device))
-            if start.weight is not None
-            else None
-        )
-
-    def parameters(self) -> list[Any]:
-        return [p for p in (self.bias, self.weight) if p is not None]
-
-    def fuse(self, img, cap, no_img, no_cap):
-        import torch
-
-        z = self.bias.expand_as(img)
-        if self.weight is not None:
-            z = z + torch.cat([img, cap], dim=-1) @ self.weight.T
-        g = torch.sigmoid(z)
-        mixed = torch.nn.functional.normalize(g * img + (1 - g) * cap, dim=-1, eps=1e-12)
-        mixed = torch.where(no_img[:, None], cap, mixed)
-        return torch.where(no_cap[:, None], img, mixed)
-
-    def export(self) -> GatedFusion:
-        weight = None if self.weight is None else self.weight.detach().cpu().numpy()
-        return GatedFusion(self.bias.detach().cpu().numpy(), weight)
+        return self
 
 
 def train_fusion(
     train: FusionData,
     *,
-    config: FusionTrainConfig | None = None,
-    valid: FusionData | None = None,
+    config: FusionTrainConfig | Mapping[str, Any] | None = None,
+    valid: FusionData | Evaluator | None = None,
     model: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
-) -> FusionTrainResult:
+) -> TrainResult:
     """Train a :class:`GatedFusion` on frozen embeddings (see the module docstring).
 
     Args:
         train: the training split's embeddings (see :meth:`FusionData.encode`).
-        config: the options; defaults as :class:`FusionTrainConfig`.
-        valid: the validation split's embeddings, which pick the best epoch (else ``train``).
+        config: the options (or a dict of them); defaults as :class:`FusionTrainConfig`.
+        valid: the validation split's embeddings, or any evaluator of a fusion, which pick the
+            best epoch (else ``train``'s embeddings by ``config.metric``).
         model: the bi-encoder manifest the embeddings come from (recorded in the fusion).
         log: called with one line per epoch.
 
     Returns:
-        The best fusion and the history (epoch 0 = the weighted sum it starts from).
+        A ``TrainResult`` (``trainer="fusion"``): ``model`` the best fusion, ``history`` one row
+        per epoch (epoch 0 = the weighted sum it starts from, also ``baseline``), ``losses``
+        per epoch, ``details`` ``best_epoch`` and ``selected_on`` ("valid" or "train").
     """
     import torch
 
-    config = config or FusionTrainConfig()
+    if config is None:
+        config = FusionTrainConfig()
+    elif isinstance(config, Mapping):
+        config = FusionTrainConfig.from_dict(dict(config))
+    config.validate()
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -260,7 +153,7 @@ def train_fusion(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     start = GatedFusion.initial(dim, weight=config.init_weight, content=config.content)
-    gate = _Gate(start, device)
+    gate = Gate(start, device)
     decay = [gate.weight] if gate.weight is not None else []
     optimizer = torch.optim.AdamW(
         [
@@ -269,92 +162,163 @@ def train_fusion(
         ],
         lr=config.lr,
     )
-    as_t = lambda a: torch.tensor(a, device=device)  # noqa: E731
-    img = as_t(np.nan_to_num(items.image))
-    cap = as_t(np.nan_to_num(items.caption))
-    no_img = as_t(np.isnan(items.image).any(1))
-    no_cap = as_t(np.isnan(items.caption).any(1))
-    queries = as_t(train.query_emb)
-    relevant = _relevant_rows(train)
+    tensors = ItemTensors.of(train, device)
+    relevant = relevant_rows(train)
     n_items = len(items.ids)
+    steps_per_epoch = -(-len(pairs) // config.batch_size)
 
-    judge, selected_on = (valid, "valid") if valid is not None else (train, "train")
+    if isinstance(valid, Evaluator):
+        judge, selected_on = valid, "valid"
+    elif valid is not None:
+        judge, selected_on = FusionEvaluator(valid, config.metric), "valid"
+    else:
+        judge, selected_on = FusionEvaluator(train, config.metric), "train"
+    metric = judge.primary_metric
     # Epoch 0: the weighted sum training starts from (the gate at init is exactly it).
-    baseline = judge.score(WeightedFusion(config.init_weight), config.metric)
-    history: list[dict[str, Any]] = [{"epoch": 0, "loss": None, config.metric: baseline}]
+    metrics = judge(WeightedFusion(config.init_weight))
+    baseline = judge.primary(metrics)
+    history: list[dict[str, Any]] = [{"epoch": 0, "step": 0, "loss": None, metric: baseline}]
     best, best_epoch, best_fusion = baseline, 0, start
+    losses: list[float] = []
     say = log or (lambda _line: None)
     say(
-        f"fusion epoch 0 (weighted w={config.init_weight:g}): {selected_on} {config.metric} "
-        f"{baseline:.4f}"
+        f"fusion epoch 0 (weighted w={config.init_weight:g}): {selected_on} {metric} {baseline:.4f}"
     )
+    train_start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         order = rng.permutation(len(pairs))
-        losses = []
+        epoch_losses = []
         for s in range(0, len(order), config.batch_size):
             batch = pairs[order[s : s + config.batch_size]]
-            cand = _candidates(batch[:, 1], n_items, config.negatives, rng)
-            cand_t = as_t(cand)
-            fused = gate.fuse(img[cand_t], cap[cand_t], no_img[cand_t], no_cap[cand_t])
-            logits = queries[as_t(batch[:, 0])] @ fused.T / config.temperature
-            positive = as_t(_positive_mask(batch[:, 0], cand, relevant))
-            loss = (
-                torch.logsumexp(logits, 1)
-                - torch.logsumexp(logits.masked_fill(~positive, -torch.inf), 1)
-            ).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            cand = candidates(batch[:, 1], n_items, config.negatives, rng)
+            positive = positive_mask(batch[:, 0], cand, relevant)
+            epoch_losses.append(
+                fusion_step(gate, optimizer, tensors, batch, cand, positive, config.temperature)
+            )
         fusion = gate.export()
-        value = judge.score(fusion, config.metric)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), config.metric: value})
-        if value > best:
+        metrics = judge(fusion)
+        value = judge.primary(metrics)
+        losses.append(float(np.mean(epoch_losses)))
+        history.append(
+            {"epoch": epoch, "step": epoch * steps_per_epoch, "loss": losses[-1], metric: value}
+        )
+        if judge.is_better(value, best):
             best, best_epoch, best_fusion = value, epoch, fusion
         say(
-            f"fusion epoch {epoch}: loss {history[-1]['loss']:.4f}, {selected_on} "
-            f"{config.metric} {value:.4f}, image share "
+            f"fusion epoch {epoch}: loss {losses[-1]:.4f}, {selected_on} "
+            f"{metric} {value:.4f}, image share "
             f"{fusion.image_share(items.image, items.caption):.3f} "
             f"({time.perf_counter() - t0:.1f}s)"
         )
+    seconds = time.perf_counter() - train_start
     best_fusion.model = dict(model) if model else None
     best_fusion.training = {
-        "config": asdict(config),
+        "config": config.to_dict(),
         "train_split": train.name,
         "selected_on": selected_on,
         "best_epoch": best_epoch,
-        "metric": config.metric,
+        "metric": metric,
         "weighted_baseline": baseline,
         "best": best,
         "history": history,
     }
-    return FusionTrainResult(
-        best_fusion, history, best_epoch, selected_on, config.metric, baseline, best
+    total = config.epochs * steps_per_epoch
+    return TrainResult(
+        trainer="fusion",
+        global_step=total,
+        total_steps=total,
+        best_metric=metric,
+        best_value=best,
+        best_step=best_epoch * steps_per_epoch,
+        baseline=baseline,
+        metrics=metrics,
+        history=history,
+        losses=losses,
+        last_loss=losses[-1],
+        seconds=seconds,
+        samples_per_s=config.epochs * len(pairs) / max(seconds, 1e-9),
+        model=best_fusion,
+        details={"best_epoch": best_epoch, "selected_on": selected_on},
     )
 
 
-def _relevant_rows(data: FusionData) -> list[set[int]]:
-    row = {item_id: n for n, item_id in enumerate(data.items.ids)}
-    return [{row[i] for i in (data.relevance.get(q) or ()) if i in row} for q in data.query_ids]
+def train_fusion_on_dataset(
+    model: str | Any,
+    data: str | Path,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    images: str | Path | None = None,
+    split: str | None = None,
+    valid_split: str | None = "auto",
+    config: FusionTrainConfig | Mapping[str, Any] | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """``xmr train --fused``: learn a fusion of a frozen bi-encoder's item images and captions
+    on a data set, and save it to ``out`` (``fusion.json`` + ``fusion.safetensors``).
 
+    Args:
+        model: the bi-encoder (a spec or a loaded encoder), frozen.
+        data, format, images: the data set (format None: detected; images: an image folder
+            for formats that keep images apart).
+        out: the output directory.
+        split: the training split (None: "train" when the data set has one, else its only one).
+        valid_split: the split that picks the best epoch (``resolve_valid_split``: "auto" is
+            "valid" when the data set has it; None selects on the training split).
+        config: the training options (a ``FusionTrainConfig`` or a dict of its fields).
+        device: where the encoder runs (None/"auto": CUDA when available); when given, the
+            fusion trains there too (else on ``config.device``).
+        precision: the encoder's precision.
+        log: called with progress lines.
 
-def _positive_mask(query_rows: np.ndarray, cand: np.ndarray, relevant: list[set[int]]):
-    column = {int(c): j for j, c in enumerate(cand)}
-    mask = np.zeros((len(query_rows), len(cand)), dtype=bool)
-    for b, q in enumerate(query_rows):
-        for r in relevant[q]:
-            j = column.get(r)
-            if j is not None:
-                mask[b, j] = True
-    return mask
-
-
-def _candidates(batch_items: np.ndarray, n_items: int, negatives: int, rng) -> np.ndarray:
-    """The batch's items and ``negatives`` random others (every item when there are few)."""
-    own = np.unique(batch_items)
-    if n_items <= len(own) + negatives:
-        return np.arange(n_items)
-    extra = rng.choice(n_items, size=min(negatives + len(own), n_items), replace=False)
-    extra = extra[~np.isin(extra, own)][:negatives]
-    return np.concatenate([own, extra])
+    Returns:
+        ``train_fusion``'s ``TrainResult`` with ``out_dir`` and ``summary`` filled in.
+    """
+    if config is None:
+        config = FusionTrainConfig()
+    elif isinstance(config, Mapping):
+        config = FusionTrainConfig.from_dict(dict(config))
+    if device not in (None, "auto"):
+        config = config.replace(device=device)
+    check_output_dir(out)  # before the encoding and training, not after them
+    dataset = load_dataset(data, format, images=images)
+    train_name = split or ("train" if "train" in dataset.splits else None)
+    train_split = dataset.split(train_name, need_relevance=True)
+    valid_name = resolve_valid_split(dataset, valid_split, train_split.name, data)
+    valid_split_ = dataset.split(valid_name, need_relevance=True) if valid_name else None
+    encoder = model
+    if isinstance(encoder, str):
+        encoder = create_encoder(
+            model, device=None if device in (None, "auto") else device, precision=precision
+        )
+    spec = getattr(encoder, "spec", model)
+    if log:
+        log(f"encoding split '{train_split.name}' with {spec} (frozen)")
+    train = FusionData.encode(encoder, train_split)
+    valid = FusionData.encode(encoder, valid_split_) if valid_split_ is not None else None
+    result = train_fusion(train, config=config, valid=valid, model=encoder.manifest(), log=log)
+    fusion = result.model
+    fusion.training.update(
+        data={"path": str(data), "format": dataset.format},
+        valid_split=valid_split_.name if valid_split_ is not None else None,
+    )
+    result.out_dir = Path(fusion.save(out))
+    judge = valid if valid is not None else train
+    metric = result.best_metric
+    result.summary = {
+        "out": str(result.out_dir),
+        "kind": fusion.kind,
+        "content": fusion.content,
+        "epochs": config.epochs,
+        "first_loss": result.first_loss,
+        "last_loss": result.last_loss,
+        "best_epoch": result.details["best_epoch"],
+        "selected_on": result.details["selected_on"],
+        f"weighted/{metric}": result.baseline,
+        f"gated/{metric}": result.best_value,
+        "image_share": fusion.image_share(judge.items.image, judge.items.caption),
+    }
+    return result

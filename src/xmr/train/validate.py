@@ -1,16 +1,26 @@
-"""Validation during training: embed a split with the current weights and score it with
-``xmr.eval`` (the same evaluator ``xmr evaluate`` uses, so the numbers are comparable)."""
+"""The evaluator interface every trainer validates with, and the bi-encoder's evaluator.
+
+An :class:`Evaluator` (sentence-transformers' idea) scores a model on held-out data and says
+which of its metrics picks the best model (``primary_metric``) and in which direction
+(``greater_is_better``). The trainers take any evaluator: :class:`RetrievalEvaluator` (here:
+embed a split with the current weights and score it with ``xmr.eval``, the same evaluator
+``xmr evaluate`` uses, so the numbers are comparable), ``xmr.train.fusion.FusionEvaluator`` and
+``xmr.train.itm.RerankEvaluator``.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
-import torch
 
 from xmr.errors import XmrError
+from xmr.eval.evaluate import recall_ks
+from xmr.eval.metrics import metric_names
+from xmr.eval.embedded import SplitEmbeddings, evaluate_embedded
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +37,6 @@ def check_best_metric(name: str, categories: set[str] | None = None) -> str:
     """Refuse a ``best_metric`` validation can never report, before any training: it must be
     ``{t2i|i2t}/{metric}`` or ``{t2i|i2t}/{category}/{metric}``, with a metric of the evaluator
     at K=10 and, when ``categories`` is given, one of them."""
-    from xmr.eval.evaluate import recall_ks
-    from xmr.eval.metrics import metric_names
-
     metrics = metric_names(recall_ks(10), 10)
     parts = str(name).split("/")
     ok = len(parts) in (2, 3) and parts[0] in ("t2i", "i2t") and parts[-1] in metrics
@@ -44,27 +51,63 @@ def check_best_metric(name: str, categories: set[str] | None = None) -> str:
     return name
 
 
-def is_better(metric: str, value: float, best: float | None) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if best is None:
-        return True
-    if metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER:
-        return value < best
-    return value > best
+def greater_is_better(metric: str) -> bool:
+    """False for ranks and the share of queries without a hit (``.../MeanRank``, ...)."""
+    return metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
 
 
-class Validator:
-    """Embeds ``split``'s images and query texts and returns ``xmr.eval`` metrics.
+class Evaluator(ABC):
+    """Scores a model on held-out data; the trainers keep the model that scores best.
+
+    Attributes:
+        primary_metric: the key of ``__call__``'s result that selects the best model.
+        greater_is_better: the direction of ``primary_metric``.
+    """
+
+    primary_metric: str
+    greater_is_better: bool = True
+
+    @abstractmethod
+    def __call__(self, model: Any) -> dict[str, float]:
+        """The metrics of ``model`` (the trainer's model object) on this evaluator's data."""
+
+    def primary(self, metrics: dict[str, float]) -> float:
+        """``metrics[primary_metric]``; XmrError listing the known keys when absent."""
+        if self.primary_metric not in metrics:
+            known = ", ".join(k for k in metrics if k.count("/") <= 1)
+            raise XmrError(
+                f"primary metric '{self.primary_metric}' is not a metric the evaluator reports "
+                f"(known: {known})"
+            )
+        return float(metrics[self.primary_metric])
+
+    def is_better(self, value: float | None, best: float | None) -> bool:
+        """``value`` improves on ``best`` (None: nothing yet); NaN never does."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        if best is None:
+            return True
+        return value > best if self.greater_is_better else value < best
+
+
+class RetrievalEvaluator(Evaluator):
+    """Embeds ``split``'s images and query texts with a bi-encoder and returns ``xmr.eval``
+    metrics (``t2i/...`` and ``i2t/...``).
 
     The preprocessed images are kept in memory between validations when they fit in
     ``cache_max_mb`` (the split does not change; only the weights do).
+
+    Args:
+        split: a split with relevance judgements.
+        primary_metric: the metric that selects the best model (default: ``t2i/MeanRecall``).
+        batch_size, workers, cache_max_mb: embedding.
     """
 
     def __init__(
         self,
         split,
         *,
+        primary_metric: str = "t2i/MeanRecall",
         batch_size: int = 256,
         workers: int = 0,
         cache_max_mb: float = 1024,
@@ -72,6 +115,8 @@ class Validator:
     ) -> None:
         if not split.has_relevance:
             raise XmrError(f"validation split '{split.name}' has no relevance judgements")
+        self.primary_metric = primary_metric
+        self.greater_is_better = greater_is_better(primary_metric)
         self.split = split
         self.batch_size = int(batch_size)
         self.workers = int(workers)
@@ -88,6 +133,7 @@ class Validator:
         return {c for c in found if c}
 
     def _image_embeddings(self, encoder) -> np.ndarray:
+        import torch
         from torch.utils.data import DataLoader
 
         from xmr.train.data import TrainImageDataset, cache_size_mb, collate, preprocess_all
@@ -133,11 +179,11 @@ class Validator:
         )
         return text_emb, image_emb
 
-    @torch.no_grad()
     def __call__(self, encoder) -> dict[str, float]:
-        from xmr.eval.embedded import SplitEmbeddings, evaluate_embedded
+        import torch
 
-        text_emb, image_emb = self.embeddings(encoder)
+        with torch.no_grad():
+            text_emb, image_emb = self.embeddings(encoder)
         failed = [
             iid
             for iid, bad in zip(self.split.items, np.isnan(image_emb).any(axis=1), strict=True)
@@ -145,3 +191,29 @@ class Validator:
         ]
         emb = SplitEmbeddings(self.split, text_emb, image_emb, "images", failed)
         return evaluate_embedded(emb, directions=("t2i", "i2t"))
+
+
+def resolve_valid_split(
+    dataset: Any, valid_split: str | None, train_split: str, data: Any = None
+) -> str | None:
+    """The name of the validation split ``valid_split`` asks for in ``dataset``.
+
+    "auto": "valid" when the data set has it and it is not the training split (else none);
+    None, "" or "none": none; another name must be a split of ``dataset`` other than the
+    training split (XmrError naming the data set ``data`` otherwise).
+    """
+    if valid_split is None or valid_split.lower() in ("none", ""):
+        return None
+    if valid_split == "auto":
+        return "valid" if "valid" in dataset.splits and train_split != "valid" else None
+    if valid_split == train_split:
+        raise XmrError(
+            f"validation split '{valid_split}' is the training split; name another one "
+            "(valid_split=None: no validation split)"
+        )
+    if valid_split not in dataset.splits:
+        raise XmrError(
+            f"{data if data is not None else 'data set'}: no validation split '{valid_split}' "
+            f"(splits: {', '.join(dataset.splits)}; valid_split=None: no validation split)"
+        )
+    return valid_split
