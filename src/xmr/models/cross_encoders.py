@@ -91,6 +91,33 @@ def match_probability(logits: np.ndarray) -> np.ndarray:
     return (e[:, 1] / e.sum(axis=1)).astype(np.float32)
 
 
+def match_probabilities(logits: np.ndarray) -> np.ndarray:
+    """softmax(logits) over both columns, (n, 2) float32: ``[p(no match), p(match)]``, the
+    ``scores`` pair ModelScope's image-text retrieval pipeline returns."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1, 2)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def is_cross_encoder_spec(spec: str) -> bool:
+    """True when ``spec`` can only name a cross-encoder: a known short name, a registered
+    cross-encoder backend prefix (``blip:``, ``blip2:``, ``mplug:``), or a local directory that
+    is one (ModelScope's mPLUG layout, a BLIP config.json). ``hf:`` specs and hub ids are not
+    claimed (they may be bi-encoders)."""
+    _load_backends()
+    spec = spec.strip()
+    if spec in KNOWN_CROSS_ENCODERS:
+        return True
+    backend, sep, _ = spec.partition(":")
+    if sep and backend in CROSS_ENCODERS:
+        return True
+    path = Path(spec).expanduser()
+    try:
+        return path.is_dir() and local_backend(path) is not None
+    except XmrError:
+        return False
+
+
 def check_pairs(images: Sequence[Any], texts: Sequence[str]) -> None:
     if len(images) != len(texts):
         raise XmrError(
