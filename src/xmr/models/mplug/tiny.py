@@ -155,7 +155,7 @@ def _unused_entries(config: Any, embed_dim: int, queue_size: int, lower: int) ->
     """Random tensors for checkpoint keys the ITM path ignores, shaped as the real ones."""
     import torch
 
-    from xmr.models.mplug.modeling import FusionLayer
+    from xmr.models.mplug.modeling import FusionLayer, ResidualAttentionBlock
 
     hidden = config.bert.hidden_size
     width = config.clip_vision_width
@@ -175,6 +175,23 @@ def _unused_entries(config: Any, embed_dim: int, queue_size: int, lower: int) ->
             config.bert.max_position_embeddings
         ).expand((1, -1)),
     }
+    # CLIP's text tower (ModelScope builds the whole CLIP model; mPLUG uses only .visual).
+    text_width, text_layers = (
+        config.yaml["clip_transformer_width"],
+        config.yaml["clip_transformer_layers"],
+    )
+    context, clip_vocab = config.yaml["clip_context_length"], config.yaml["clip_vocab_size"]
+    for i in range(text_layers):
+        block = ResidualAttentionBlock(text_width, config.yaml["clip_transformer_heads"])
+        for k, v in block.state_dict().items():
+            entries[f"visual_encoder.transformer.resblocks.{i}.{k}"] = v.detach().clone()
+    entries["visual_encoder.token_embedding.weight"] = torch.randn(clip_vocab, text_width) * 0.02
+    entries["visual_encoder.positional_embedding"] = torch.randn(context, text_width) * 0.01
+    entries["visual_encoder.ln_final.weight"] = torch.ones(text_width)
+    entries["visual_encoder.ln_final.bias"] = torch.zeros(text_width)
+    entries["visual_encoder.text_projection"] = (
+        torch.randn(text_width, embed_dim) * text_width**-0.5
+    )
     for i in range(lower):  # the fusion layers below start_layer: in the file, never run
         layer = FusionLayer(config.bert)
         for k, v in layer.state_dict().items():
