@@ -438,3 +438,23 @@ def test_cuda_scores_match_the_cpu(tiny):
         gpu = create_cross_encoder(str(tiny), device="cuda", precision=precision)
         assert next(gpu.model.parameters()).is_cuda
         np.testing.assert_allclose(gpu.logits(images, texts, batch_size=2), cpu, atol=tol)
+
+
+def test_checkpoint_wrappings_modelscope_accepts_load_alike(tiny, tmp_path):
+    """A bare state dict, one under "module", "model."-prefixed keys, torch's legacy format."""
+    images, texts = _images(), ["red", "blue", "a thing"]
+    want = create_cross_encoder(str(tiny), device="cpu").logits(images, texts)
+    state = torch.load(tiny / "pytorch_model.bin", weights_only=True)["model"]
+    variants = {
+        "bare": (state, True),
+        "module": ({"module": {f"model.{k}": v for k, v in state.items()}}, True),
+        "legacy": ({"model": state}, False),
+    }
+    for name, (obj, zip_format) in variants.items():
+        d = _copy(tiny, tmp_path / name)
+        (d / "README.md").write_text("card\n")
+        torch.save(obj, d / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
+        ce = create_cross_encoder(str(d), device="cpu")
+        np.testing.assert_allclose(ce.logits(images, texts), want, atol=1e-6, err_msg=name)
+    saved = ce.save(tmp_path / "resaved")
+    assert (saved / "README.md").read_text() == "card\n"  # the rest of the directory travels

@@ -214,8 +214,18 @@ class MplugCrossEncoder(CrossEncoder):
                 torch.save(state, fh)
 
         atomic_write(out / WEIGHTS, write_weights)
-        files = [VOCAB, CONFIG_YAML, str(self.config.yaml.get("bert_config", "config_bert.json"))]
-        for name in [*files, CONFIGURATION]:  # the model card last: it marks a complete copy
+        # Everything else of the source (vocabulary, configs, README, tokenizer files) as it is;
+        # the model card last: it is what marks the directory as an mPLUG model.
+        skip = {WEIGHTS, CONFIGURATION, "itm_train.json"}
+        files = [
+            p.name
+            for p in sorted(source.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.name not in skip
+        ]
+        bert_config = str(self.config.yaml.get("bert_config", "config_bert.json"))
+        if bert_config not in files:
+            files.append(bert_config)
+        for name in [*files, CONFIGURATION]:
             if (source / name).resolve() == (out / name).resolve():
                 continue
             data = (source / name).read_bytes()
