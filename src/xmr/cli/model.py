@@ -13,20 +13,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     tiny = actions.add_parser(
         "tiny",
-        help="write a small random CLIP in transformers' format (no download)",
+        help="write a small random CLIP (or mPLUG) in its real on-disk format (no download)",
         description=(
             "Write a small random CLIPModel with a tokenizer trained offline (on the data set's "
             "texts with --data, else on built-in English and traffic words) and its image "
-            "processor config. Load it with --model hf:OUT (or transformers itself)."
+            "processor config. Load it with --model hf:OUT (or transformers itself). "
+            "With --family mplug: a small random mPLUG image-text retrieval model in "
+            "ModelScope's layout (configuration.json, config.yaml, config_bert.json, vocab.txt, "
+            "pytorch_model.bin); use it as --cross-encoder mplug:OUT or --rerank mplug:OUT."
         ),
     )
     tiny.add_argument("out", metavar="OUT", help="output directory")
     tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
     tiny.add_argument("--format", default=None, help="data set format (default: detected)")
     tiny.add_argument("--split", default=None, help="only this split's texts (default: all)")
+    tiny.add_argument(
+        "--family", default="clip", choices=["clip", "mplug"], help="what to write [clip]"
+    )
     tiny.add_argument("--embed-dim", type=int, default=64, help="embedding dimension [64]")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed [0]")
-    tiny.add_argument("--image-size", type=int, default=64, metavar="PX", help="input size [64]")
+    tiny.add_argument(
+        "--image-size", type=int, default=None, metavar="PX", help="input size [64; mplug 28]"
+    )
     tiny.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
     tiny.set_defaults(func=run_tiny)
 
@@ -44,6 +52,8 @@ def run_tiny(args: argparse.Namespace) -> int:
     from xmr.models import create_encoder
     from xmr.models.tiny import create_tiny_clip, dataset_texts
 
+    if args.image_size is None:
+        args.image_size = 28 if args.family == "mplug" else 64
     for name in ("embed_dim", "image_size"):
         if getattr(args, name) <= 0:
             raise XmrError(f"--{name.replace('_', '-')} must be positive")
@@ -55,6 +65,8 @@ def run_tiny(args: argparse.Namespace) -> int:
         texts = dataset_texts(dataset, args.split)
         if not texts:
             raise XmrError(f"{args.data}: the data set has no texts to build a vocabulary from")
+    if args.family == "mplug":
+        return _tiny_mplug(args, texts)
     out = create_tiny_clip(
         args.out, texts=texts, embed_dim=args.embed_dim, seed=args.seed, image_size=args.image_size
     )
@@ -63,6 +75,25 @@ def run_tiny(args: argparse.Namespace) -> int:
     else:
         source = f"{len(texts)} texts of {args.data}" if texts else "the built-in vocabulary"
         print(f"wrote a tiny CLIP to {out} (tokenizer from {source}); use it as --model hf:{out}")
+    return 0
+
+
+def _tiny_mplug(args: argparse.Namespace, texts: list[str] | None) -> int:
+    from xmr.models.mplug.tiny import create_tiny_mplug, tiny_mplug_summary
+
+    words = sorted({w for t in texts or () for w in t.lower().split()})
+    out = create_tiny_mplug(
+        args.out, words=words, embed_dim=args.embed_dim, seed=args.seed, image_res=args.image_size
+    )
+    if args.json:
+        from xmr.models.cross_encoders import create_cross_encoder
+
+        print(json.dumps(create_cross_encoder(f"mplug:{out}", device="cpu").describe(), indent=2))
+    else:
+        print(
+            f"wrote a tiny mPLUG retrieval model to {out} ({tiny_mplug_summary(out)}); "
+            f"use it as --cross-encoder mplug:{out}"
+        )
     return 0
 
 

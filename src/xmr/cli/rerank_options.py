@@ -15,7 +15,7 @@ def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = Non
         default=None,
         metavar="MODEL",
         help="rescore the first-stage top K with this cross-encoder (blip:HUB_ID, blip2:HUB_ID, "
-        "blip-itm-base-coco, blip2-itm-vit-g, a local dir)",
+        "blip-itm-base-coco, blip2-itm-vit-g, mplug:DIR, a local dir)",
     )
     g.add_argument(
         "--rerank-k",

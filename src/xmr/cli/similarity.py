@@ -18,12 +18,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE TEXT", help="IMAGE then TEXT [TEXT...]")
-    p.add_argument("--model", required=True, help="bi-encoder spec (hf:DIR, open_clip:..., a dir)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bi-encoder spec (hf:DIR, open_clip:..., a dir); may be left out with --cross-encoder",
+    )
     p.add_argument(
         "--cross-encoder",
         default=None,
         metavar="SPEC",
-        help="also report the match probability of this cross-encoder (blip:..., blip2:..., a dir)",
+        help=(
+            "also report the match probability of this cross-encoder (blip:..., blip2:..., "
+            "mplug:DIR, a dir); alone (no --model) it is the only score, as in ModelScope"
+        ),
     )
     p.add_argument(
         "--data", default=None, metavar="PATH", help="data set whose item ids name images"
@@ -44,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from xmr.errors import XmrError
     from xmr.workflows.pipeline import pipeline
 
+    if args.model is None and args.cross_encoder is None:
+        raise XmrError("give --model (a bi-encoder), --cross-encoder, or both")
     if args.item is not None and args.data is None:
         raise XmrError("--item needs --data (the data set the item comes from)")
     if args.item is not None:
@@ -59,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.data, args.format, args.split)
     scorer = pipeline(
         "image-text-retrieval",
-        model=args.model,
-        cross_encoder=args.cross_encoder,
+        # A cross-encoder alone is the pipeline's model (ModelScope's form of the call).
+        model=args.model if args.model is not None else args.cross_encoder,
+        cross_encoder=args.cross_encoder if args.model is not None else None,
         dataset=dataset,
         split=args.split,
         device=args.device,
@@ -73,11 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"scores": scores}, ensure_ascii=False))
         return 0
-    header = "similarity" + ("  match_prob" if args.cross_encoder else "") + "  text"
-    print(header)
+    columns = [c for c in ("similarity", "match_prob") if scores and c in scores[0]]
+    print("  ".join(f"{c:>10}" for c in columns) + "  text")
     for row in scores:
-        line = f"{row['similarity']:10.4f}"
-        if "match_prob" in row:
-            line += f"  {row['match_prob']:10.4f}"
-        print(f"{line}  {row['text']}")
+        print("  ".join(f"{row[c]:10.4f}" for c in columns) + f"  {row['text']}")
     return 0
