@@ -92,6 +92,33 @@ def open_binary(path: Path) -> BinaryIO:
         raise DataError(f"cannot open: {exc.strerror or exc}", file=str(path)) from None
 
 
+def strip_bom(raw: bytes) -> bytes:
+    """``raw`` without a leading UTF-8 byte order mark (Windows editors write one; it would
+    otherwise become part of the first id or text)."""
+    return raw[len(_UTF8_BOM) :] if raw.startswith(_UTF8_BOM) else raw
+
+
+def bom_length(raw: bytes) -> int:
+    """3 when ``raw`` starts with a UTF-8 byte order mark, else 0."""
+    return len(_UTF8_BOM) if raw.startswith(_UTF8_BOM) else 0
+
+
+def require_content(path: Path) -> None:
+    """A record file that is present but holds nothing (zero bytes, or only blanks and a byte
+    order mark) is an error naming it: that is a truncated download or a wrong file far more
+    often than a data set without data, and reading it as empty gives an empty split that fails
+    later or, worse, evaluates nothing without a word. Reads only up to the first non-blank byte."""
+    with open_binary(path) as fh:
+        head = strip_bom(fh.read(len(_UTF8_BOM)))
+        while True:
+            if head.strip():
+                return
+            head = fh.read(65536)
+            if not head:
+                break
+    raise DataError("empty file: it holds no records", file=str(path))
+
+
 def _utf8_error(byte: int, column: int) -> str:
     return f"not valid UTF-8 (byte 0x{byte:02x} at column {column})"
 
@@ -101,8 +128,8 @@ def iter_lines(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
     DataError naming the line and column of the first bad byte."""
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
-            if lineno == 1 and raw.startswith(_UTF8_BOM):
-                raw = raw[len(_UTF8_BOM) :]
+            if lineno == 1:
+                raw = strip_bom(raw)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -116,8 +143,7 @@ def read_text(path: Path) -> str:
     """A whole file as text; a non-UTF-8 byte is a DataError naming its line."""
     with open_binary(path) as fh:
         raw = fh.read()
-    if raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM) :]
+    raw = strip_bom(raw)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
