@@ -35,3 +35,22 @@ class DataError(XmrError):
 
 class ModelMismatchError(XmrError):
     """An index or embedding shard is used with a different model than the one that built it."""
+
+
+class WriteError(XmrError, OSError):
+    """Writing an output failed (a full disk, a permission refused, an I/O error): names the
+    file that could not be written. Raised by the atomic writers, which leave the previous version
+    of the output in place and no temporary behind. It is an OSError too (``errno`` is the
+    system's, when there is one), so code that catches OSError for a full disk still does."""
+
+    def __init__(self, path: str, reason: str, errno: int | None = None) -> None:
+        self.message = f"{path}: {reason}"
+        super().__init__(self.message)
+        self.path = str(path)
+        self.reason = reason
+        self.errno = errno
+        self.strerror = reason
+        self.filename = self.path
+
+    def __str__(self) -> str:
+        return self.message

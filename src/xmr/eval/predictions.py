@@ -32,6 +32,7 @@ from pathlib import Path
 
 from xmr.data.dataset import Split
 from xmr.errors import DataError, XmrError
+from xmr.index.atomic import atomic_write
 
 # kind -> direction (None: decided from the ids, for TREC runs).
 PREDICTION_KINDS: dict[str, str | None] = {
@@ -404,10 +405,8 @@ def _item_name(split: Split, iid: str) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # The shared writer: fsynced, no temporary left by a failure, a full disk named in one line.
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_predictions(

@@ -4,6 +4,11 @@ Temporary files and directories are created beside their destination with the pe
 plain ``open``/``mkdir`` would give (the umask applies), and named after the process that
 writes them, so the leftovers of a killed writer can be told from the work of a live one and
 are cleaned up by the next write of the same destination.
+
+A write that fails (a full disk, a permission refused, an I/O error; from Python or from a C++
+library such as faiss or torch) removes its temporary, leaves the previous version in place, and
+raises :class:`~xmr.errors.WriteError` naming the destination file (``INDEX_DIR/index.faiss``,
+not the hidden temporary) with the system's reason: the CLI prints that as one line.
 """
 
 from __future__ import annotations
@@ -16,11 +21,57 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import XmrError
+from xmr.errors import WriteError, XmrError
+
+# What a failed write raises: OSError from Python's own I/O, RuntimeError from C++ writers
+# (faiss' "write error in F: ... (No space left on device)", torch's PytorchStreamWriter).
+WRITE_FAILURES = (OSError, RuntimeError)
+_FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: (?:Error: '.*?' failed: )?")
+_TRAILING_REASON = re.compile(r"\(([A-Z][^()]*)\)$")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a write failed, in one line: an OSError's ``strerror`` (``No space left on device``),
+    or what a C++ library's RuntimeError says without its source location."""
+    for cause in (exc, exc.__cause__, exc.__context__):
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    text = " ".join(str(exc).split())
+    trailing = _TRAILING_REASON.search(text)
+    if trailing and _FAISS_LOCATION.match(text):
+        return trailing.group(1)  # faiss ends with the strerror: "... (No space left on device)"
+    return _FAISS_LOCATION.sub("", text) or type(exc).__name__
+
+
+def write_error(exc: BaseException, dest: Path, tmp: Path | None = None) -> WriteError:
+    """``exc`` as a WriteError naming the file it concerns: a path inside the temporary ``tmp``
+    is named as the same path under ``dest``, which is what the user asked to write."""
+    name = Path(dest)
+    filename = getattr(exc, "filename", None)
+    if filename is not None:
+        name = Path(os.fsdecode(filename))
+        if tmp is not None:
+            with suppress(ValueError):  # a file elsewhere keeps its own name
+                name = Path(dest) / name.relative_to(tmp)
+    code = next((c.errno for c in (exc, exc.__cause__) if isinstance(c, OSError)), None)
+    return WriteError(str(name), failure_reason(exc), code)
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in an OSError raised while it is written: a ``write()`` refused for a full
+    disk raises an OSError without a file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -98,11 +149,14 @@ def remove_abandoned(directory: Path, prefix: str) -> None:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # best effort: a read-only directory reports itself later
+                path.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over
+    ``path``. A failed write is a :class:`~xmr.errors.WriteError` naming ``path``; ``path`` is
+    then as it was, and the temporary is gone."""
     path = Path(path)
     if path.is_dir():
         raise XmrError(f"{path}: is a directory; cannot write a file there")
@@ -115,10 +169,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        _discard(tmp)
+        if isinstance(exc, WRITE_FAILURES) and not isinstance(exc, XmrError):
+            raise write_error(exc, path, tmp) from exc
         raise
     fsync_dir(path.parent)
+
+
+def _discard(tmp: Path) -> None:
+    with suppress(OSError):  # it could not be created, or its directory is read-only now
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -130,6 +191,8 @@ def atomic_replace_dir(
     dest: str | Path, fill: Callable[[Path], None], *, may_replace: Callable[[Path], bool]
 ) -> None:
     """Fill a new directory beside ``dest`` with ``fill(tmp)``, then swap it in for ``dest``.
+    A failed write is a :class:`~xmr.errors.WriteError` naming ``dest`` or the file of it that
+    could not be written (``fill`` should write under :func:`writing`).
 
     On Linux the two directories are exchanged in one ``renameat2(RENAME_EXCHANGE)``, so
     ``dest`` always exists; elsewhere the old one is renamed aside first (a killed process can
@@ -144,7 +207,10 @@ def atomic_replace_dir(
     if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or may_replace(dest))):
         raise XmrError(f"{dest}: exists and is not an xmr index; refusing to replace it")
     tmp = _temp_name(dest, "new")
-    os.mkdir(tmp, 0o777)
+    try:
+        os.mkdir(tmp, 0o777)
+    except OSError as exc:
+        raise write_error(exc, dest, tmp) from exc
     try:
         fill(tmp)
         for f in tmp.iterdir():
@@ -169,8 +235,10 @@ def atomic_replace_dir(
         else:
             os.rename(tmp, dest)
         fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, WRITE_FAILURES) and not isinstance(exc, XmrError):
+            raise write_error(exc, dest, tmp) from exc
         raise
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from xmr.data.images import ImageRef
 from xmr.errors import DataError
+from xmr.index.atomic import writing
 
 
 def image_record(ref: ImageRef | None) -> dict[str, Any] | None:
@@ -71,7 +72,7 @@ def describe_image(record: dict[str, Any] | None) -> str:
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with writing(path), open(path, "w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         fh.flush()
