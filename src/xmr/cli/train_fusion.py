@@ -29,6 +29,7 @@ def add_fusion_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_fusion(args: argparse.Namespace) -> int:
+    from xmr.cli.data import report_skipped
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
     from xmr.index.atomic import check_output_dir
@@ -48,7 +49,8 @@ def run_fusion(args: argparse.Namespace) -> int:
         values["device"] = args.device
     config = FusionTrainConfig.from_options(values)
     check_output_dir(args.out)  # before the encoding and training, not after them
-    dataset = load_dataset(args.data, args.format, images=args.images)
+    dataset = load_dataset(args.data, args.format, images=args.images, skip_bad=args.skip_bad)
+    report_skipped(dataset, args.data)
     train_name = args.split or ("train" if "train" in dataset.splits else None)
     train_split = dataset.split(train_name, need_relevance=True)
     valid_name = args.valid_split or "valid"

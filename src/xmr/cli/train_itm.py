@@ -30,6 +30,7 @@ def add_itm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_itm(args: argparse.Namespace) -> int:
+    from xmr.cli.data import report_skipped
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
     from xmr.models.cross_encoders import create_cross_encoder
@@ -53,7 +54,8 @@ def run_itm(args: argparse.Namespace) -> int:
     config = ItmTrainConfig.from_options(values)
     device = None if args.device in (None, "auto") else args.device
     precision = args.precision or "fp32"
-    dataset = load_dataset(args.data, args.format, images=args.images)
+    dataset = load_dataset(args.data, args.format, images=args.images, skip_bad=args.skip_bad)
+    report_skipped(dataset, args.data)
     split = dataset.split(args.split or ("train" if "train" in dataset.splits else None))
     ce = create_cross_encoder(args.cross_encoder, device=device, precision=precision)
     first_stage = None

@@ -179,7 +179,12 @@ class _Run:
         from xmr.models import create_encoder
         from xmr.models.base import resolve_precision
 
-        dataset = load_dataset(cfg.data, cfg.format, split=cfg.split, images=cfg.images)
+        dataset = load_dataset(
+            cfg.data, cfg.format, split=cfg.split, images=cfg.images, skip_bad=cfg.skip_bad
+        )
+        if self.main and dataset.skipped_warning():
+            self.say(f"warning: {dataset.skipped_warning(cfg.data)}")
+        self.skipped = dataset.skip_record()
         self.examples = training_examples(
             dataset.split(cfg.split), cfg.max_train_items, cfg.text_source
         )
@@ -278,6 +283,7 @@ class _Run:
                 "warmup_steps": warmup,
                 "train_examples": len(self.examples),
                 "dataset_format": dataset.format,
+                **self.skipped,
                 "precision": self.precision,
                 "param_groups": {g.name: g.n_params for g in group_infos},
                 "frozen_params": frozen,
@@ -352,7 +358,11 @@ class _Run:
         if cfg.valid_split and self.main:
             try:
                 split = load_dataset(
-                    cfg.data, cfg.format, split=cfg.valid_split, images=cfg.images
+                    cfg.data,
+                    cfg.format,
+                    split=cfg.valid_split,
+                    images=cfg.images,
+                    skip_bad=cfg.skip_bad,
                 ).split(cfg.valid_split)
                 validator = Validator(
                     split,
