@@ -24,7 +24,7 @@ import torch
 from xmr.errors import XmrError
 from xmr.models.base import Encoder, resolve_device, resolve_precision
 from xmr.models.preprocess import ImagePreprocess
-from xmr.models.registry import HF_MODEL_TYPES
+from xmr.models.registry import HF_MODEL_TYPES, looks_local
 
 IMAGE_PROCESSOR_TYPES = {
     "clip": "CLIPImageProcessor",
@@ -186,7 +186,7 @@ class HFEncoder(Encoder):
         if local_files_only is not None:
             hub_kwargs["local_files_only"] = local_files_only
         where = f"local directory {target}" if is_local else f"'{target}' (hub id)"
-        if not is_local and (os.path.exists(target) or target.startswith(("/", ".", "~"))):
+        if not is_local and (os.path.exists(target) or looks_local(target)):
             # A path, never a hub id: say so instead of transformers' repo-id complaint.
             what = "is not a directory" if os.path.exists(target) else "no such directory"
             raise XmrError(f"model {target}: {what}")
