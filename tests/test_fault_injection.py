@@ -343,7 +343,7 @@ def test_a_json_artefact_that_fails_keeps_the_old_one(faults, tmp_path):
 def test_failure_reasons_of_cpp_writers_are_one_line():
     """faiss' and torch's C++ errors become the reason after the file name, without the
     source location."""
-    from xmr.index.atomic import failure_reason
+    from xmr.errors import failure_reason
 
     faiss_error = RuntimeError(
         "Error in void faiss::write_index(const Index*, IOWriter*, int) at "
@@ -362,3 +362,31 @@ def test_failure_reasons_of_cpp_writers_are_one_line():
         == "[enforce fail at inline_container.cc:603] . unexpected pos 64"
     )
     assert failure_reason(OSError(errno.EACCES, DENIED)) == DENIED
+
+
+def test_a_model_save_past_a_real_file_size_limit_is_a_write_error(work, tmp_path):
+    """safetensors writes from Rust, past any Python hook: a real kernel limit (EFBIG) in a
+    subprocess shows its SafetensorError becomes a WriteError naming the directory."""
+    script = textwrap.dedent(
+        """
+        import resource, signal, sys
+        from xmr.errors import WriteError
+        from xmr.models import create_encoder
+        encoder = create_encoder(sys.argv[1], device="cpu")
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            encoder.save(sys.argv[2])
+        except WriteError as exc:
+            print(f"WriteError|{exc.path}|{exc.reason}")
+        """
+    )
+    out = tmp_path / "saved"
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"hf:{work / 'model'}", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"WriteError|{out}|{os.strerror(errno.EFBIG)}", done.stderr

@@ -21,57 +21,26 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import WriteError, XmrError
+from xmr.errors import XmrError, is_write_failure, write_error, writing
 
-# What a failed write raises: OSError from Python's own I/O, RuntimeError from C++ writers
-# (faiss' "write error in F: ... (No space left on device)", torch's PytorchStreamWriter).
-WRITE_FAILURES = (OSError, RuntimeError)
-_FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: (?:Error: '.*?' failed: )?")
-_TRAILING_REASON = re.compile(r"\(([A-Z][^()]*)\)$")
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Why a write failed, in one line: an OSError's ``strerror`` (``No space left on device``),
-    or what a C++ library's RuntimeError says without its source location."""
-    for cause in (exc, exc.__cause__, exc.__context__):
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-    text = " ".join(str(exc).split())
-    trailing = _TRAILING_REASON.search(text)
-    if trailing and _FAISS_LOCATION.match(text):
-        return trailing.group(1)  # faiss ends with the strerror: "... (No space left on device)"
-    return _FAISS_LOCATION.sub("", text) or type(exc).__name__
-
-
-def write_error(exc: BaseException, dest: Path, tmp: Path | None = None) -> WriteError:
-    """``exc`` as a WriteError naming the file it concerns: a path inside the temporary ``tmp``
-    is named as the same path under ``dest``, which is what the user asked to write."""
-    name = Path(dest)
-    filename = getattr(exc, "filename", None)
-    if filename is not None:
-        name = Path(os.fsdecode(filename))
-        if tmp is not None:
-            with suppress(ValueError):  # a file elsewhere keeps its own name
-                name = Path(dest) / name.relative_to(tmp)
-    code = next((c.errno for c in (exc, exc.__cause__) if isinstance(c, OSError)), None)
-    return WriteError(str(name), failure_reason(exc), code)
-
-
-@contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Name ``path`` in an OSError raised while it is written: a ``write()`` refused for a full
-    disk raises an OSError without a file name."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None:
-            exc.filename = os.fspath(path)
-        raise
+__all__ = [  # the write-failure helpers live in xmr.errors; importable from here too
+    "atomic_replace_dir",
+    "atomic_write",
+    "atomic_write_json",
+    "check_output_dir",
+    "check_output_file",
+    "ensure_parent",
+    "is_write_failure",
+    "remove_abandoned",
+    "temp_path",
+    "write_error",
+    "writing",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -171,7 +140,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         _discard(tmp)
-        if isinstance(exc, WRITE_FAILURES) and not isinstance(exc, XmrError):
+        if is_write_failure(exc):
             raise write_error(exc, path, tmp) from exc
         raise
     fsync_dir(path.parent)
@@ -237,7 +206,7 @@ def atomic_replace_dir(
         fsync_dir(parent)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, WRITE_FAILURES) and not isinstance(exc, XmrError):
+        if is_write_failure(exc):
             raise write_error(exc, dest, tmp) from exc
         raise
 
