@@ -390,3 +390,24 @@ def test_a_model_save_past_a_real_file_size_limit_is_a_write_error(work, tmp_pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"WriteError|{out}|{os.strerror(errno.EFBIG)}", done.stderr
+
+
+def test_a_training_log_rewrite_that_fails_keeps_the_log(faults, tmp_path):
+    """Resuming rewrites the logs without the rows after the checkpoint; on a full disk the
+    finished steps' log must survive, and an append names its file."""
+    from xmr.train.logs import MetricLog
+
+    log = MetricLog(tmp_path, "train_log")
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    before = snapshot(tmp_path)
+    faults.full(tmp_path)
+    with pytest.raises(WriteError) as info:
+        log.truncate_after(2)
+    assert (info.value.path, info.value.reason) == (str(tmp_path / "train_log.jsonl"), NO_SPACE)
+    with pytest.raises(OSError) as appended:
+        MetricLog(tmp_path, "train_log").write({"step": 4, "loss": 0.2})
+    faults.clear()
+    assert appended.value.filename == str(tmp_path / "train_log.jsonl")
+    assert snapshot(tmp_path) == before
+    assert [r["step"] for r in MetricLog(tmp_path, "train_log").rows()] == [1, 2, 3]
