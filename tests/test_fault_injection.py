@@ -411,3 +411,13 @@ def test_a_training_log_rewrite_that_fails_keeps_the_log(faults, tmp_path):
     assert appended.value.filename == str(tmp_path / "train_log.jsonl")
     assert snapshot(tmp_path) == before
     assert [r["step"] for r in MetricLog(tmp_path, "train_log").rows()] == [1, 2, 3]
+
+
+def test_synth_on_a_full_disk_names_the_file(faults, capsys, tmp_path):
+    faults.full(tmp_path / "d", match=".jpg")
+    code = main(["data", "synth", str(tmp_path / "d"), "--n-train", "4", "--n-test", "2"])
+    faults.clear()
+    assert code == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"xmr: error: {tmp_path / 'd' / 'train' / 'train_images'}/")
+    assert line.endswith(f".jpg: {NO_SPACE}")
