@@ -26,6 +26,10 @@ from xmr.cli import main
 from xmr.errors import WriteError
 
 NO_SPACE = os.strerror(errno.ENOSPC)
+# RLIMIT_FSIZE and SIGXFSZ: the kernel refuses writes past a size, no injection involved.
+needs_rlimit = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="needs RLIMIT_FSIZE / SIGXFSZ (Linux)"
+)
 DENIED = os.strerror(errno.EACCES)
 
 
@@ -195,6 +199,7 @@ def test_index_add_keeps_the_old_index(work, faults, capsys, tmp_path):
     assert len(load_index(index)) == 12
 
 
+@needs_rlimit
 def test_a_real_file_size_limit_is_one_line_not_a_truncated_index(work, tmp_path):
     """No injection: the kernel refuses writes past RLIMIT_FSIZE (EFBIG), in a subprocess. faiss'
     own file writer ignored a failed fclose, so a small index could come out truncated."""
@@ -364,6 +369,7 @@ def test_failure_reasons_of_cpp_writers_are_one_line():
     assert failure_reason(OSError(errno.EACCES, DENIED)) == DENIED
 
 
+@needs_rlimit
 def test_a_model_save_past_a_real_file_size_limit_is_a_write_error(work, tmp_path):
     """safetensors writes from Rust, past any Python hook: a real kernel limit (EFBIG) in a
     subprocess shows its SafetensorError becomes a WriteError naming the directory."""
