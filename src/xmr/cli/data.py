@@ -19,11 +19,24 @@ def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", default=None, help="image directory or TSV when it is not in the usual place"
     )
+    add_skip_bad_argument(parser)
+
+
+def add_skip_bad_argument(parser: argparse.ArgumentParser) -> None:
+    """``--skip-bad``, for every command that reads a data set."""
     parser.add_argument(
         "--skip-bad",
         action="store_true",
-        help="skip malformed records (and count them) instead of stopping at the first",
+        help="skip malformed records of the data set (counted, the first reported and recorded "
+        "in the outputs' manifests) instead of stopping at the first",
     )
+
+
+def report_skipped(dataset, path=None) -> None:
+    """Say on stderr how many bad records reading skipped (nothing when none were)."""
+    warning = dataset.skipped_warning(path)
+    if warning:
+        print(f"xmr: warning: {warning}", file=sys.stderr)
 
 
 def add_parser(subparsers) -> None:
@@ -98,8 +111,7 @@ def run_convert(args) -> int:
     from xmr.data.convert import convert_dataset
 
     dataset = _load(args)
-    if dataset.skipped:
-        print(f"skipped {dataset.skipped} bad record(s) while reading", file=sys.stderr)
+    report_skipped(dataset, args.path)
     summary = convert_dataset(
         dataset, args.to, args.out, split=args.split, copy_images=not args.no_copy_images
     )

@@ -44,15 +44,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-draft", action="store_true", help="always decode JPEGs at full size")
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from xmr.cli.data import add_skip_bad_argument
+
+    add_skip_bad_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from xmr.cli.data import report_skipped
     from xmr.data.readers import load_dataset
     from xmr.encode import encode_split
     from xmr.models import create_encoder
 
-    dataset = load_dataset(args.data, args.format, args.split)
+    dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
+    report_skipped(dataset, args.data)
     split = dataset.split(args.split)
     encoder = create_encoder(args.model, device=args.device, precision=args.precision)
     if args.kinds is None:
@@ -71,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
         draft=not args.no_draft,
         overwrite=args.overwrite,
         progress=not args.json,
-        source={"path": str(args.data), "format": dataset.format, "split": split.name},
+        source=dataset.source(args.data, split.name),
     )
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+        out = {**summary.to_dict(), **dataset.skip_record()}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for kind, s in summary.kinds.items():
         reused = f", {s.shards_reused} of {s.shards} shards reused" if s.shards_reused else ""

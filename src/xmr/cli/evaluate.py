@@ -70,7 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="write id,text,first_hit_rank,AP,hits per query",
     )
     add_model_arguments(p)
+    from xmr.cli.data import add_skip_bad_argument
     from xmr.cli.fusion_options import add_fusion_arguments
+
+    add_skip_bad_argument(p)
     from xmr.cli.rerank_options import add_rerank_arguments
 
     add_rerank_arguments(p)
@@ -156,9 +159,11 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _load_split(args: argparse.Namespace):
+    from xmr.cli.data import report_skipped
     from xmr.data.readers import load_dataset
 
-    dataset = load_dataset(args.data, args.format, args.split)
+    dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
+    report_skipped(dataset, args.data)
     return dataset.split(args.split, need_relevance=True)
 
 
@@ -193,7 +198,7 @@ def embed_for_cli(args: argparse.Namespace, dataset, split):
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not getattr(args, "json", False),
-        source={"path": str(args.data), "format": dataset.format, "split": split.name},
+        source=dataset.source(args.data, split.name),
     )
     if emb.failed:
         print(
@@ -214,6 +219,7 @@ def _int_option(flag: str, value: str) -> int:
 
 
 def _from_model(args: argparse.Namespace):
+    from xmr.cli.data import report_skipped
     from xmr.cli.fusion_options import fusion_metrics
     from xmr.cli.rerank_options import rerank_metrics
     from xmr.data.readers import load_dataset
@@ -222,7 +228,10 @@ def _from_model(args: argparse.Namespace):
 
     # Tuning a fusion weight needs its own split (train by default), so read them all then.
     tuning = args.fused == "tune"
-    dataset = load_dataset(args.data, args.format, None if tuning else args.split)
+    dataset = load_dataset(
+        args.data, args.format, None if tuning else args.split, skip_bad=args.skip_bad
+    )
+    report_skipped(dataset, args.data)
     split = dataset.split(args.split, need_relevance=True)
     if not split.has_relevance:
         raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")

@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--image-size", type=int, default=None, metavar="PX", help="input size [64; mplug 28]"
     )
     tiny.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
+    from xmr.cli.data import add_skip_bad_argument
+
+    add_skip_bad_argument(tiny)
     tiny.set_defaults(func=run_tiny)
 
     info = actions.add_parser(
@@ -59,9 +62,11 @@ def run_tiny(args: argparse.Namespace) -> int:
             raise XmrError(f"--{name.replace('_', '-')} must be positive")
     texts = None
     if args.data:
+        from xmr.cli.data import report_skipped
         from xmr.data.readers import load_dataset
 
-        dataset = load_dataset(args.data, args.format, args.split)
+        dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
+        report_skipped(dataset, args.data)
         texts = dataset_texts(dataset, args.split)
         if not texts:
             raise XmrError(f"{args.data}: the data set has no texts to build a vocabulary from")

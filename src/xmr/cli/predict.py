@@ -48,10 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     add_model_arguments(p, directions=False)
     add_rerank_arguments(p)
+    from xmr.cli.data import add_skip_bad_argument
+
+    add_skip_bad_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from xmr.cli.data import report_skipped
     from xmr.cli.evaluate import embed_for_cli
     from xmr.data.readers import load_dataset
     from xmr.errors import XmrError
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise XmrError(f"--k must be at least 1 (got {args.k})")
     check_output_file(args.out)  # before the work, not after it
-    dataset = load_dataset(args.data, args.format, args.split)
+    dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
+    report_skipped(dataset, args.data)
     name = args.split
     if name is None and "test" in dataset.splits:
         name = "test"
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "failed_items": len(emb.failed),
         "reranked": bool(args.rerank),
         "fused": args.fused,
+        **dataset.skip_record(),
     }
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

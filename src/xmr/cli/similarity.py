@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--batch-size", type=int, default=32)
+    from xmr.cli.data import add_skip_bad_argument
+
+    add_skip_bad_argument(p)
     p.set_defaults(func=run)
 
 
@@ -63,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError("give at least one TEXT after the IMAGE")
     dataset = None
     if args.data is not None:
+        from xmr.cli.data import report_skipped
         from xmr.data.readers import load_dataset
 
-        dataset = load_dataset(args.data, args.format, args.split)
+        dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
+        report_skipped(dataset, args.data)
     scorer = pipeline(
         "image-text-retrieval",
         # A cross-encoder alone is the pipeline's model (ModelScope's form of the call).

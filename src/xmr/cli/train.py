@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="any TrainConfig field")
+    from xmr.cli.data import add_skip_bad_argument
+
+    add_skip_bad_argument(p)
     from xmr.cli.train_itm import add_itm_arguments
 
     add_itm_arguments(p)
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device,
         "precision": args.precision,
         "workers": args.workers,
+        "skip_bad": True if args.skip_bad else None,
     }
     overrides = parse_overrides(args.overrides)
     if valid is not None:

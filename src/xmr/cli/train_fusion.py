@@ -54,6 +54,7 @@ def run_fusion(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision or "fp32",
         log=None if quiet else print,
+        skip_bad=getattr(args, "skip_bad", False),
     )
     if args.json:
         print(json.dumps(result.summary, indent=2))

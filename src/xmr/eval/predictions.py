@@ -47,6 +47,7 @@ from pathlib import Path
 
 from xmr.data.dataset import Split
 from xmr.errors import DataError, XmrError
+from xmr.io.atomic import atomic_write
 
 # kind -> direction (None: decided from the ids, for TREC runs).
 PREDICTION_KINDS: dict[str, str | None] = {
@@ -548,6 +549,11 @@ def trec_scores(ids: Sequence[str], scores: Sequence[float]) -> list[float]:
                 value = math.nextafter(prev, -math.inf)
         out.append(value)
     return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # The shared writer: fsynced, no temporary left by a failure, a full disk named in one line.
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_predictions(

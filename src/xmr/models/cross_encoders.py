@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.models.registry import looks_local
 from xmr.registry import Registry
 
 if TYPE_CHECKING:
@@ -186,7 +187,9 @@ def _backend_for(source: str, spec: str) -> str:
                 "of a ModelScope mPLUG model)"
             )
         return backend
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if looks_local(source) and not path.exists():
+        raise XmrError(f"unknown cross-encoder '{spec}': {source}: no such directory")
+    if path.exists() or source.count("/") != 1:
         raise XmrError(
             f"unknown cross-encoder '{spec}': not a model directory, a known name "
             f"({', '.join(sorted(KNOWN_CROSS_ENCODERS))}) or backend:hub-id "

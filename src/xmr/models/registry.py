@@ -38,6 +38,21 @@ def list_backends() -> list[str]:
     return BACKENDS.names()
 
 
+def looks_local(target: str) -> bool:
+    """Whether a model ``target`` that is not an existing directory is still meant as a local
+    path, so that its absence is "no such directory" and not a trip to the hub: absolute, or
+    ``./``, ``../``, ``~`` relative; more than one ``/`` (a hub id is ``name`` or ``org/name``);
+    or ``dir/name`` where ``dir`` exists here (``hf:qs/nosuch`` beside a ``qs/`` directory).
+    A bare ``org/name`` with no ``org/`` here stays a hub id."""
+    text = os.fspath(target)
+    if text.startswith(("/", ".", "~")) or os.path.isabs(text):
+        return True
+    parts = text.replace(os.sep, "/").split("/")
+    if len(parts) > 2:
+        return True
+    return len(parts) == 2 and os.path.isdir(os.path.expanduser(parts[0]))
+
+
 def parse_spec(spec: str | os.PathLike) -> tuple[str, str]:
     """Split a spec into (backend, target); a bare local directory is resolved by its contents."""
     text = os.fspath(spec)

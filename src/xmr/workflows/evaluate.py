@@ -33,13 +33,17 @@ def evaluate_model(
     device: Any = None,
     precision: str = "fp32",
     skip_empty: bool = False,
+    skip_bad: bool = False,
     **embed_options: Any,
 ) -> dict[str, float]:
     """``xmr evaluate --model`` as a function: ``model`` is a spec string or an encoder, ``data``
     a path (or a loaded :class:`~xmr.data.dataset.RetrievalDataset`); ``embed_options`` go to
     :func:`embed_split` (``emb_dir``, ``batch_size``, ``workers``, ``progress``)."""
-    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    dataset = (
+        data if hasattr(data, "splits") else load_dataset(data, format, split, skip_bad=skip_bad)
+    )
     chosen = dataset.split(split, need_relevance=True)
+    embed_options.setdefault("source", dataset.source(getattr(data, "root", data), chosen.name))
     emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
     return evaluate_embedded(emb, directions=directions, k=k, device=device, skip_empty=skip_empty)
 
@@ -55,16 +59,20 @@ def predict(
     k: int = 10,
     device: Any = None,
     precision: str = "fp32",
+    skip_bad: bool = False,
     **embed_options: Any,
 ) -> Path:
     """``xmr predict`` without reranking as a function: the top ``k`` of every query of the split
     (``test`` when there is one) written to ``out`` as a validated submission file."""
     check_output_file(out)  # before the work, not after it
-    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    dataset = (
+        data if hasattr(data, "splits") else load_dataset(data, format, split, skip_bad=skip_bad)
+    )
     if split is None and "test" in dataset.splits:
         split = "test"
     chosen = dataset.split(split)
     kind = submission_format or default_submission_format(dataset, chosen)
+    embed_options.setdefault("source", dataset.source(getattr(data, "root", data), chosen.name))
     emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
     ranked = rank_embedded(emb, min(k, len(chosen.items)), device=device)
     return write_submission(out, ranked, chosen, kind=kind, k=k)
