@@ -348,8 +348,8 @@ def test_fusion_tuning_reads_the_train_split_and_options_must_fit_the_source(
                            data, "--rerank", "blip")  # fmt: skip
     assert code == 2 and "--rerank does not apply with --predictions" in err
     code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data,
-                           "--prediction-kind", "muge")  # fmt: skip
-    assert code == 2 and "--prediction-kind does not apply with --model" in err
+                           "--predictions-format", "muge")  # fmt: skip
+    assert code == 2 and "--predictions-format does not apply with --model" in err
 
 
 def test_depth_all_gives_the_uncut_mrr_and_ranks(world, capsys):
