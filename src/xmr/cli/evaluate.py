@@ -16,7 +16,7 @@ from xmr.cli.fusion_options import add_fusion_arguments, fusion_kwargs
 from xmr.cli.rerank_options import add_rerank_arguments
 from xmr.errors import XmrError
 from xmr.eval.evaluate import format_metrics_table
-from xmr.eval.predictions import PREDICTION_KINDS
+from xmr.eval.predictions import PREDICTION_KINDS, UnknownKindError
 from xmr.workflows.evaluate import evaluate_model, evaluate_prediction_file
 
 
@@ -155,15 +155,18 @@ def run(args: argparse.Namespace) -> int:
             **fusion_kwargs(args),
         )
     else:
-        result = evaluate_prediction_file(
-            args.predictions,
-            args.data,
-            split=args.split,
-            format=args.format,
-            predictions_format=args.predictions_format,
-            k=args.k,
-            per_query=args.per_query,
-        )
+        try:
+            result = evaluate_prediction_file(
+                args.predictions,
+                args.data,
+                split=args.split,
+                format=args.format,
+                predictions_format=args.predictions_format,
+                k=args.k,
+                per_query=args.per_query,
+            )
+        except UnknownKindError as exc:
+            raise XmrError(f"{exc} with --predictions-format") from None
     print_warnings(result.warnings)
     if args.json:
         print(json.dumps(result.json_metrics(), ensure_ascii=False))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("model", help="create a tiny offline model, describe a model")
@@ -20,14 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "processor config. Load it with --model hf:OUT (or transformers itself)."
         ),
     )
-    tiny.add_argument("out", metavar="OUT", help="output directory")
-    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
-    tiny.add_argument("--format", default=None, help="data set format (default: detected)")
-    tiny.add_argument("--split", default=None, help="only this split's texts (default: all)")
-    tiny.add_argument("--embed-dim", type=int, default=64, help="embedding dimension [64]")
-    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed [0]")
-    tiny.add_argument("--image-size", type=int, default=64, metavar="PX", help="input size [64]")
-    tiny.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
+    add_tiny_arguments(tiny)
     tiny.set_defaults(func=run_tiny)
 
     info = actions.add_parser(
@@ -35,8 +30,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print a model's manifest (spec, backend, dimension, preprocessing, fingerprint)",
     )
     info.add_argument("spec", metavar="SPEC", help="hf:<id or dir>, open_clip:<arch>[@w], a dir")
-    info.add_argument("--device", default="cpu", help="device to load on [cpu]")
+    options.add_device(info)
+    options.add_json(info, "print the manifest as JSON (it always is; for scripts' uniformity)")
     info.set_defaults(func=run_info)
+
+
+def add_tiny_arguments(tiny: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr model tiny``."""
+    options.add_out(tiny, "output directory", legacy_positional=True)
+    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
+    options.add_data_format(tiny)
+    options.add_split(tiny, "only this split's texts (default: all)")
+    tiny.add_argument("--embed-dim", type=int, default=64, metavar="N", help="embedding dimension")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument("--image-size", type=int, default=64, metavar="PX", help="input size")
+    options.add_json(tiny, "print the model's manifest as JSON")
 
 
 def run_tiny(args: argparse.Namespace) -> int:

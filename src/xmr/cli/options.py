@@ -77,15 +77,19 @@ class ArgumentParser(argparse.ArgumentParser):
         if hooks is not None:
             delattr(namespace, _HOOKS)
             for hook in hooks:
-                hook(self, namespace)
+                extras = hook(self, namespace, extras)
         if hasattr(namespace, _WARNED):
             delattr(namespace, _WARNED)
         return namespace, extras
 
 
-def after_parse(parser: argparse.ArgumentParser, hook: Callable[[Any, Any], None]) -> None:
-    """Run ``hook(parser, namespace)`` after ``parser`` has parsed its arguments (to resolve an
-    old spelling, or to refuse a combination argparse cannot express)."""
+def after_parse(
+    parser: argparse.ArgumentParser, hook: Callable[[Any, Any, list[str]], list[str]]
+) -> None:
+    """Run ``hook(parser, namespace, extras) -> extras`` after ``parser`` has parsed its
+    arguments (to resolve an old spelling, or to refuse a combination argparse cannot express);
+    ``extras`` are the arguments it did not recognise, and what the hook returns of them is
+    still an error."""
     hooks = list(parser.get_default(_HOOKS) or [])
     parser.set_defaults(**{_HOOKS: [*hooks, hook]})
 
@@ -167,8 +171,8 @@ def add_out(
     default: str | None = None,
     legacy_positional: bool = False,
 ) -> None:
-    """``--out PATH``. ``legacy_positional`` also accepts the old positional ``OUT`` (hidden from
-    help) with a deprecation warning; ``required`` is then checked after parsing."""
+    """``--out PATH``. ``legacy_positional`` also accepts the old positional ``OUT`` with a
+    deprecation warning (``required`` is then checked after parsing)."""
     parser.add_argument(
         "--out",
         metavar=metavar,
@@ -178,19 +182,21 @@ def add_out(
     )
     if not legacy_positional:
         return
-    parser.add_argument(
-        "legacy_out", nargs="?", default=None, metavar="OUT", help=argparse.SUPPRESS
-    )
 
-    def resolve(p: argparse.ArgumentParser, ns: Any) -> None:
-        legacy = ns.__dict__.pop("legacy_out", None)
-        if legacy is not None:
+    def resolve(p: argparse.ArgumentParser, ns: Any, extras: list[str]) -> list[str]:
+        # The old OUT is left over as an unrecognised argument (a hidden optional positional
+        # would swallow nothing when OUT follows an option, argparse matches it too early).
+        loose = [n for n, arg in enumerate(extras) if not arg.startswith("-")]
+        if len(loose) == 1:
+            legacy = extras[loose[0]]
             if ns.out is not None:
                 p.error(f"OUT given twice: as a positional argument ({legacy}) and as --out")
             warn_deprecated(ns, "a positional OUT", "--out OUT")
             ns.out = legacy
-        if required and ns.out is None:
+            extras = extras[: loose[0]] + extras[loose[0] + 1 :]
+        if required and ns.out is None and len(loose) < 2:  # several: argparse says which
             p.error("the following arguments are required: --out")
+        return extras
 
     after_parse(parser, resolve)
 
@@ -279,8 +285,9 @@ def add_out_format(
     add_deprecated_alias(parser, old, "--out-format", dest="out_format", choices=list(choices))
     if required:
 
-        def check(p: argparse.ArgumentParser, ns: Any) -> None:
+        def check(p: argparse.ArgumentParser, ns: Any, extras: list[str]) -> list[str]:
             if getattr(ns, "out_format", None) is None:
                 p.error("the following arguments are required: --out-format")
+            return extras
 
         after_parse(parser, check)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,8 +19,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "argument is a text. Results come in the order the texts were given."
         ),
     )
+    add_similarity_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_similarity_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr similarity``."""
     p.add_argument("inputs", nargs="+", metavar="IMAGE TEXT", help="IMAGE then TEXT [TEXT...]")
-    p.add_argument("--model", required=True, help="bi-encoder spec (hf:DIR, open_clip:..., a dir)")
+    p.add_argument(
+        "--model", required=True, metavar="M",
+        help="bi-encoder spec (hf:DIR, open_clip:..., a dir)",
+    )  # fmt: skip
     p.add_argument(
         "--cross-encoder",
         default=None,
@@ -28,16 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=None, metavar="PATH", help="data set whose item ids name images"
     )
-    p.add_argument("--format", default=None, help="data set format (default: detected)")
-    p.add_argument("--split", default=None, help="split of --data to look items up in")
+    options.add_data_format(p)
+    options.add_split(p, "split of --data to look items up in (default: all)")
     p.add_argument(
         "--item", default=None, metavar="ID", help="take the image from this item of --data"
     )
-    p.add_argument("--json", action="store_true", help='print {"scores": [...]} as JSON')
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=run)
+    options.add_json(p, 'print {"scores": [...]} as JSON')
+    options.add_device(p)
+    options.add_precision(p)
+    options.add_batch_size(p, default=32, help="texts per forward pass")
 
 
 def run(args: argparse.Namespace) -> int:
