@@ -41,10 +41,7 @@ def add_encode_arguments(p: argparse.ArgumentParser) -> None:
         "images)",
     )
     options.add_batch_size(p)
-    options.add_workers(
-        p, help="image decoding processes (0: decode in this process; the default leaves one "
-        "core to the model)",
-    )  # fmt: skip
+    options.add_workers(p)
     options.add_device(p)
     options.add_precision(p)
     p.add_argument(

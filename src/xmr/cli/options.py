@@ -244,6 +244,8 @@ def add_workers(
     help: str = "image decoding processes (0: decode in this process)",
 ) -> None:
     """``--workers N``: image decoding processes, on every command that decodes images."""
+    if default == DEFAULT_WORKERS and "(default:" not in help:
+        help += f" (default: {DEFAULT_WORKERS}, the cores but one, at most 8)"
     parser.add_argument("--workers", type=non_negative_int, default=default, metavar="N", help=help)
 
 

@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_similarity_arguments(p: argparse.ArgumentParser) -> None:
     """Every option of ``xmr similarity``."""
-    p.add_argument("inputs", nargs="+", metavar="IMAGE TEXT", help="IMAGE then TEXT [TEXT...]")
+    p.add_argument(
+        "inputs", nargs="+", metavar="IMAGE TEXT", help="an image, then one or more texts"
+    )
     p.add_argument(
         "--model", required=True, metavar="M",
         help="bi-encoder spec (hf:DIR, open_clip:..., a dir)",
