@@ -140,8 +140,8 @@ def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
     if not Path(fused).expanduser().exists():
         tune = ", 'tune'" if allow_tune else ""
         raise XmrError(
-            f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (written by "
-            f"`xmr train --fused`), not {fused!r}"
+            f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (fusion.json "
+            f"and fusion.safetensors), not {fused!r}"
         )
     return fused
 
