@@ -7,6 +7,10 @@ import json
 import sys
 
 from xmr.cli import options
+from xmr.data.convert import convert_dataset
+from xmr.data.inspect import format_report, inspect_dataset
+from xmr.data.readers import load_dataset
+from xmr.data.synth import generate_synthetic
 
 CONVERT_FORMATS = ("evalscope", "beir", "csv")
 
@@ -107,16 +111,12 @@ def add_synth_arguments(synth: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from xmr.data.readers import load_dataset
-
     return load_dataset(
         args.path, args.format, args.split, images=args.images, skip_bad=args.skip_bad
     )
 
 
 def run_inspect(args) -> int:
-    from xmr.data.inspect import format_report, inspect_dataset
-
     report = inspect_dataset(_load(args), check_images=args.check_images)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
@@ -126,8 +126,6 @@ def run_inspect(args) -> int:
 
 
 def run_convert(args) -> int:
-    from xmr.data.convert import convert_dataset
-
     dataset = _load(args)
     if dataset.skipped:
         print(f"skipped {dataset.skipped} bad record(s) while reading", file=sys.stderr)
@@ -152,9 +150,6 @@ def run_convert(args) -> int:
 
 
 def run_synth(args) -> int:
-    from xmr.data.readers import load_dataset
-    from xmr.data.synth import generate_synthetic
-
     root = generate_synthetic(
         args.out,
         n_train=args.n_train,

@@ -6,6 +6,9 @@ import argparse
 import json
 
 from xmr.cli import options
+from xmr.data.readers import load_dataset
+from xmr.encode import encode_split
+from xmr.models import create_encoder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,10 +57,6 @@ def add_encode_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.data.readers import load_dataset
-    from xmr.encode import encode_split
-    from xmr.models import create_encoder
-
     dataset = load_dataset(args.data, args.format, args.split)
     split = dataset.split(args.split)
     encoder = create_encoder(args.model, device=args.device, precision=args.precision)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from xmr.cli import options
+from xmr.index import load_index
+from xmr.workflows.index_build import add_embeddings, index_embeddings
 
 KINDS = ("images", "captions", "texts")
 
@@ -90,10 +93,6 @@ def add_add_arguments(a: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    import logging
-
-    from xmr.workflows.index_build import index_embeddings
-
     logging.getLogger("xmr.index").setLevel(logging.WARNING)
     index = index_embeddings(
         args.emb_dir,
@@ -120,8 +119,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from xmr.workflows.index_build import add_embeddings
-
     index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind)
     if args.json:
         print(json.dumps({"added": added, **index.info()}, indent=2, ensure_ascii=False))
@@ -131,8 +128,6 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from xmr.index import load_index
-
     info = load_index(args.index_dir).info()
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))

@@ -6,6 +6,9 @@ import argparse
 import json
 
 from xmr.cli import options
+from xmr.data.readers import load_dataset
+from xmr.errors import XmrError
+from xmr.models import create_encoder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,17 +51,13 @@ def add_tiny_arguments(tiny: argparse.ArgumentParser) -> None:
 
 
 def run_tiny(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.models import create_encoder
-    from xmr.models.tiny import create_tiny_clip, dataset_texts
+    from xmr.models.tiny import create_tiny_clip, dataset_texts  # loads torch: not for --help
 
     for name in ("embed_dim", "image_size"):
         if getattr(args, name) <= 0:
             raise XmrError(f"--{name.replace('_', '-')} must be positive")
     texts = None
     if args.data:
-        from xmr.data.readers import load_dataset
-
         dataset = load_dataset(args.data, args.format, args.split)
         texts = dataset_texts(dataset, args.split)
         if not texts:
@@ -75,8 +74,6 @@ def run_tiny(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from xmr.models import create_encoder
-
     encoder = create_encoder(args.spec, device=args.device)
     print(json.dumps(encoder.manifest(), indent=2))
     return 0

@@ -6,6 +6,9 @@ import argparse
 import json
 
 from xmr.cli import options
+from xmr.data.readers import load_dataset
+from xmr.errors import XmrError
+from xmr.workflows.pipeline import pipeline
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +56,6 @@ def add_similarity_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.workflows.pipeline import pipeline
-
     if args.item is not None and args.data is None:
         raise XmrError("--item needs --data (the data set the item comes from)")
     if args.item is not None:
@@ -66,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError("give at least one TEXT after the IMAGE")
     dataset = None
     if args.data is not None:
-        from xmr.data.readers import load_dataset
-
         dataset = load_dataset(args.data, args.format, args.split)
     scorer = pipeline(
         "image-text-retrieval",
