@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
-DEFAULT_WORKERS = max(1, min(8, (os.cpu_count() or 2) - 1))
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument, report_skipped
+from xmr.data.readers import load_dataset
+from xmr.encode import encode_split
+from xmr.models import create_encoder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,42 +23,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "arguments; undecodable images are reported in OUT/failed.jsonl and skipped."
         ),
     )
-    p.add_argument("--model", required=True, help="model spec (hf:DIR, open_clip:..., a dir)")
-    p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
-    p.add_argument("--format", default=None, help="data set format (default: detected)")
-    p.add_argument("--split", default=None, help="split to encode (default: the only one)")
-    p.add_argument("--out", required=True, metavar="DIR", help="embeddings directory")
-    p.add_argument(
-        "--kinds",
-        default=None,
-        help="what to encode, comma-separated: images, texts (queries), captions (first "
-        "caption of each item) [images,texts; captions,texts for a corpus without images]",
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help=f"image decoding processes [{DEFAULT_WORKERS}: one core is left to the model]",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--shard-size", type=int, default=4096, help="inputs per shard [4096]")
-    p.add_argument("--no-draft", action="store_true", help="always decode JPEGs at full size")
-    p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from xmr.cli.data import add_skip_bad_argument
-
-    add_skip_bad_argument(p)
+    add_encode_arguments(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from xmr.cli.data import report_skipped
-    from xmr.data.readers import load_dataset
-    from xmr.encode import encode_split
-    from xmr.models import create_encoder
+def add_encode_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr encode``."""
+    p.add_argument(
+        "--model", required=True, metavar="M", help="model spec (hf:DIR, open_clip:..., a dir)"
+    )
+    p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
+    options.add_data_format(p)
+    options.add_split(p, "split to encode (default: the only one)")
+    options.add_out(p, "embeddings directory (new, empty or an earlier run's, which resumes)")
+    p.add_argument(
+        "--kinds",
+        default=None,
+        metavar="K,K",
+        help="what to encode, comma-separated: images, texts (queries), captions (first "
+        "caption of each item) (default: images,texts; captions,texts for a corpus without "
+        "images)",
+    )
+    options.add_batch_size(p)
+    options.add_workers(p)
+    options.add_device(p)
+    options.add_precision(p)
+    p.add_argument(
+        "--shard-size", type=options.positive_int, default=4096, metavar="N",
+        help="inputs per shard",
+    )  # fmt: skip
+    p.add_argument("--no-draft", action="store_true", help="always decode JPEGs at full size")
+    p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    options.add_json(p, "print the summary as JSON")
+    add_skip_bad_argument(p)
 
+
+def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
     report_skipped(dataset, args.data)
     split = dataset.split(args.split)

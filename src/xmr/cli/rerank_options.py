@@ -22,22 +22,21 @@ def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = Non
         type=int,
         default=DEFAULT_RERANK_K,
         metavar="K",
-        help=k_help
-        or f"how many first-stage results the cross-encoder rescores [{DEFAULT_RERANK_K}]",
+        help=k_help or "how many first-stage results the cross-encoder rescores",
     )
     g.add_argument(
         "--rerank-mode",
         default="itm",
         choices=RERANK_MODES,
         help="final score: itm = match probability (mPLUG); itm+sim = ITM match logit + alpha * "
-        "first-stage similarity (BLIP-2) [itm]",
+        "first-stage similarity (BLIP-2)",
     )
     g.add_argument(
         "--rerank-alpha",
         type=float,
         default=1.0,
         metavar="A",
-        help="weight of the first-stage similarity in itm+sim [1.0]",
+        help="weight of the first-stage similarity in itm+sim",
     )
     g.add_argument(
         "--rerank-batch-size", type=int, default=32, metavar="N", help="pairs per forward pass"

@@ -93,7 +93,7 @@ def embed_split(
             overwrite=overwrite,
             progress=progress,
             source=source,
-            redo_hint="use another --emb-dir or delete that one",
+            redo_hint="use another embeddings directory (emb_dir) or delete that one",
         )
         texts = load_embeddings(directory, "texts")
         items = load_embeddings(directory, kind)

@@ -22,6 +22,6 @@ def create_app(index: Any, settings: ServeSettings | None = None, *, reranker: A
 
 
 def app_from_env() -> Any:
-    """The app of one ``xmr serve --workers N`` process, configured through the environment."""
+    """The app of one ``xmr serve --processes N`` process, configured through the environment."""
     settings = ServeSettings.from_env(os.environ.get(SETTINGS_ENV, "{}"))
     return create_app(os.environ[INDEX_ENV], settings)
