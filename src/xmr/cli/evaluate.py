@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_model_arguments(p: argparse.ArgumentParser, *, directions: bool = True) -> None:
     """Options of the --model path, shared with ``xmr predict``."""
-    from xmr.cli.encode import DEFAULT_WORKERS
+    from xmr.cli.encode import DEFAULT_WORKERS, DRAFT_HELP
 
     g = p.add_argument_group("with --model")
     if directions:
@@ -100,6 +100,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, directions: bool = True) 
     )
     g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--draft", action="store_true", help=DRAFT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,7 +158,9 @@ def embed_for_cli(args: argparse.Namespace, dataset, split):
     from xmr.eval.model_eval import embed_split
     from xmr.models import create_encoder
 
-    encoder = create_encoder(args.model, device=args.device, precision=args.precision)
+    encoder = create_encoder(
+        args.model, device=args.device, precision=args.precision, draft=args.draft
+    )
     emb = embed_split(
         encoder,
         split,

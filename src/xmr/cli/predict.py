@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         from xmr.eval.model_eval import embed_split_fused
         from xmr.models import create_encoder
 
-        encoder = create_encoder(args.model, device=args.device, precision=args.precision)
+        encoder = create_encoder(
+            args.model, device=args.device, precision=args.precision, draft=args.draft
+        )
         emb = embed_split_fused(encoder, split, args.fused, batch_size=args.batch_size)
     else:
         _, emb = embed_for_cli(args, dataset, split)

@@ -71,8 +71,11 @@ def embed_split(
     progress: bool = True,
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
+    draft: bool | None = None,
 ) -> SplitEmbeddings:
-    """Encode ``split``'s query texts and items with ``encoder`` (see the module docstring)."""
+    """Encode ``split``'s query texts and items with ``encoder`` (see the module docstring).
+    ``draft``: JPEG draft decoding (see :func:`xmr.encode.encode_split`; None: the encoder's
+    ``preprocess.draft``, off unless loaded with ``draft=True``)."""
     from xmr.encode import encode_split, load_embeddings
 
     if not split.queries:
@@ -92,6 +95,7 @@ def embed_split(
             overwrite=overwrite,
             progress=progress,
             source=source,
+            draft=draft,
             redo_hint="use another --emb-dir or delete that one",
         )
         texts = load_embeddings(directory, "texts")
@@ -208,11 +212,15 @@ def rank_embedded(
     }
 
 
-def _encoder(model, device, precision):
+def _encoder(model, device, precision, draft=False):
     if isinstance(model, str):
         from xmr.models import create_encoder
 
-        return create_encoder(model, device=device, precision=precision)
+        return create_encoder(model, device=device, precision=precision, draft=draft)
+    if draft and not getattr(model.preprocess, "draft", False):
+        from dataclasses import replace
+
+        model.preprocess = replace(model.preprocess, draft=True)
     return model
 
 
@@ -226,16 +234,18 @@ def evaluate_model(
     k: int = 10,
     device: Any = None,
     precision: str = "fp32",
+    draft: bool = False,
     **embed_options: Any,
 ) -> dict[str, float]:
     """``xmr evaluate --model`` as a function: ``model`` is a spec string or an encoder, ``data``
     a path (or a loaded :class:`~xmr.data.dataset.RetrievalDataset`); ``embed_options`` go to
-    :func:`embed_split` (``emb_dir``, ``batch_size``, ``workers``, ``progress``)."""
+    :func:`embed_split` (``emb_dir``, ``batch_size``, ``workers``, ``progress``); ``draft``
+    opts into JPEG draft decoding (see :func:`xmr.encode.encode_split`)."""
     from xmr.data.readers import load_dataset
 
     dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
     chosen = dataset.split(split, need_relevance=True)
-    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
+    emb = embed_split(_encoder(model, device, precision, draft), chosen, **embed_options)
     return evaluate_embedded(emb, directions=directions, k=k, device=device)
 
 
@@ -250,6 +260,7 @@ def predict(
     k: int = 10,
     device: Any = None,
     precision: str = "fp32",
+    draft: bool = False,
     **embed_options: Any,
 ) -> Path:
     """``xmr predict`` without reranking as a function: the top ``k`` of every query of the split
@@ -264,7 +275,7 @@ def predict(
         split = "test"
     chosen = dataset.split(split)
     kind = submission_format or default_submission_format(dataset, chosen)
-    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
+    emb = embed_split(_encoder(model, device, precision, draft), chosen, **embed_options)
     ranked = rank_embedded(emb, min(k, len(chosen.items)), device=device)
     return write_submission(out, ranked, chosen, kind=kind, k=k)
 
