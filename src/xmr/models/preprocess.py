@@ -288,9 +288,13 @@ class ImagePreprocess:
             if (h, w) != (pil.height, pil.width):
                 resample = getattr(Image.Resampling, self.resample.upper())
                 pil = pil.resize((w, h), resample=resample)
-        array = np.asarray(pil)
         if self.crop_size is not None:
-            array = center_crop(array, self.crop_size, self.crop_rounding)
+            box = _crop_box(pil.height, pil.width, self.crop_size, self.crop_rounding)
+            if box is not None:  # PIL copies only the crop: the same pixels, less memory traffic
+                pil = pil.crop(box)
+        array = np.asarray(pil)
+        if self.crop_size is not None and array.shape[:2] != self.crop_size:
+            array = center_crop(array, self.crop_size, self.crop_rounding)  # pads when too small
         array = np.ascontiguousarray(array)
         if self.mode == "naflex":
             return patchify_uint8(array, self.patch_size, self.max_num_patches)
@@ -399,6 +403,20 @@ def to_rgb_pil(image: Any) -> Any:
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
     return to_rgb(image)
+
+
+def _crop_box(
+    h: int, w: int, size: tuple[int, int], rounding: str
+) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of ``center_crop``'s window when it needs no padding."""
+    crop_h, crop_w = size
+    if h < crop_h or w < crop_w:
+        return None
+    if rounding == "round":
+        top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+    else:
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return left, top, left + crop_w, top + crop_h
 
 
 def center_crop(array: np.ndarray, size: tuple[int, int], rounding: str = "floor") -> np.ndarray:
