@@ -11,7 +11,8 @@ the real CLIP preprocessing; a small transformer, so the model does not hide the
 2. ``encode``: wall time and peak memory of ``xmr encode`` (``encode_split``, loader chosen from
    the machine) against the batched reference loop a user writes from the transformers docs
    (``AutoImageProcessor`` on 32 PIL images + ``get_image_features``), each in its own process;
-   peak RSS of the main process and of the largest child (decoding workers) from ``getrusage``.
+   peak RSS of that process (``VmHWM``) and of its largest child (a decoding worker, forked, so
+   pages it shares with the main process count in both).
 3. ``draft``: ``encode_split`` with and without ``draft=True`` on large JPEGs: speed, and the
    accuracy cost as the max abs / mean cosine difference from the reference loop's embeddings.
 
@@ -195,7 +196,11 @@ def _child(args) -> None:
         )
         info = {"loader": summary["loader"], "kind": summary["kinds"]["images"]}
     np.save(Path(args.child_images).parent / f"{args.child}.npy", vecs)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak (getrusage's ru_maxrss would carry the launching process's
+    # peak over the exec). Workers: the largest one's peak, pages shared with this process
+    # included (they are forked from it).
+    status = Path("/proc/self/status").read_text().splitlines()
+    own = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mb": own, "child_peak_mb": kids, **info}))
 

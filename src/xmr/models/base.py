@@ -73,8 +73,9 @@ def state_dict_fingerprint(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        # view as bytes: works for every dtype (bf16 has no numpy equivalent).
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # view as bytes: works for every dtype (bf16 has no numpy equivalent); hashed through
+        # the buffer, not a ``tobytes()`` copy (the embedding matrix of a large model is 100+ MB).
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()
 
 
