@@ -340,3 +340,33 @@ def test_loader_choice_comes_from_the_machine(monkeypatch):
     assert choose_loader("cpu").workers == 0  # one core: decode in the process
     assert choose_loader("cpu", 3, 8) == choose_loader(torch.device("cpu"), 3, 8)
     assert (choose_loader("cpu", 3, 8).workers, choose_loader("cpu", 3, 8).batch_size) == (3, 8)
+
+
+def test_cli_draft_is_opt_in_recorded_and_refused_when_mixed(tmp_path, encoder, capsys):
+    """`xmr encode` decodes in full unless --draft; `evaluate --model --emb-dir` on a draft
+    directory without --draft is refused (and accepted with it); the loader choice and the
+    data-wait share are printed."""
+    from xmr.cli import main
+    from xmr.data.synth import generate_synthetic
+
+    data = tmp_path / "data"
+    generate_synthetic(data, n_train=4, n_test=12, n_valid=4, image_size=80)
+    model = encoder.spec
+    out = tmp_path / "emb"
+    assert (
+        main(
+            ["encode", "--model", model, "--data", str(data), "--split", "test"]
+            + ["--out", str(out), "--draft", "--workers", "0"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr()
+    assert "0 decoding worker(s), batch 64" in printed.err and "draft JPEG decoding" in printed.err
+    assert "waiting for data" in printed.out
+    assert read_manifest(out)["draft"] is True
+    args = ["evaluate", "--model", model, "--data", str(data), "--split", "test"]
+    args += ["--emb-dir", str(out), "--workers", "0", "--json"]
+    assert main(args) == 2
+    assert "not mixed" in capsys.readouterr().err
+    assert main([*args, "--draft"]) == 0
+    assert "t2i/R@1" in json.loads(capsys.readouterr().out)
