@@ -10,7 +10,7 @@ for what is at least 1.5x faster than eager here).
 Every runtime's embeddings are checked against eager (max abs difference printed). Text is timed
 at batch 1 (a served query) and 32; images at batch 8.
 
-    python benchmarks/bench_runtime.py [--size base|small] [--repeats 20]
+    python benchmarks/bench_runtime.py [--size base|small] [--repeats 20] [--threads N]
 
 Needs ``onnxruntime``, ``onnx`` and ``onnxscript`` (not project dependencies; see RESULTS.md).
 """
@@ -88,7 +88,10 @@ def main() -> None:
     parser.add_argument("--size", default="base", choices=["base", "small"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip", default="", help="comma-separated: compile, onnxruntime")
+    parser.add_argument("--threads", type=int, default=None, help="torch / ORT threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     skip = set(args.skip.split(","))
 
     from transformers import CLIPModel
