@@ -118,6 +118,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, evaluate: bool = True) ->
     options.add_workers(g)
     options.add_device(g)
     options.add_precision(g)
+    options.add_draft(g)
 
 
 def _depth(text: str | None) -> int | None:
@@ -150,6 +151,7 @@ def model_kwargs(args: argparse.Namespace) -> dict:
         "rerank_alpha": args.rerank_alpha,
         "rerank_batch_size": args.rerank_batch_size,
         "skip_bad": args.skip_bad,
+        "draft": args.draft,
     }
 
 

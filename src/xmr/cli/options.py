@@ -249,6 +249,18 @@ def add_workers(
     parser.add_argument("--workers", type=non_negative_int, default=default, metavar="N", help=help)
 
 
+DRAFT_HELP = (
+    "decode JPEGs at reduced scale (1/2..1/8, when at least twice the model's input): faster on "
+    "big photos, but not the reference processor's pixels, so scores differ a little; recorded "
+    "in manifests, and never mixed with fully decoded embeddings (default: off)"
+)
+
+
+def add_draft(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--draft``: the opt-in to JPEG draft decoding, on every command that decodes images."""
+    parser.add_argument("--draft", action="store_true", help=DRAFT_HELP)
+
+
 def add_data_format(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     help: str = "data set format (default: detected from the files)",

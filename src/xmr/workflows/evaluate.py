@@ -104,12 +104,17 @@ def read_data(
     return dataset
 
 
-def load_encoder(model: Any, device: Any, precision: str):
-    """A bi-encoder from a spec string (an encoder passes through)."""
+def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
+    """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
+    draft decoding on)."""
     if isinstance(model, str):
         from xmr.models import create_encoder
 
-        return create_encoder(model, device=device, precision=precision)
+        return create_encoder(model, device=device, precision=precision, draft=draft)
+    if draft and not getattr(model.preprocess, "draft", False):
+        from dataclasses import replace
+
+        model.preprocess = replace(model.preprocess, draft=True)
     return model
 
 
@@ -218,6 +223,7 @@ def evaluate_model(
     tune_metric: str = DEFAULT_TUNE_METRIC,
     skip_empty: bool = False,
     skip_bad: bool = False,
+    draft: bool = False,
 ) -> EvaluationResult:
     """Score a bi-encoder on a split: embed it, rank exactly, compute the evaluator's metrics.
 
@@ -252,6 +258,8 @@ def evaluate_model(
             result then carries ``n_empty_skipped`` and a warning says so).
         skip_bad: skip malformed records of the data set (counted in the embeddings manifest
             and in a warning) instead of stopping at the first.
+        draft: decode JPEGs in draft mode (faster on big photos, not the reference pixels;
+            recorded, and never mixed with fully decoded embeddings in ``emb_dir``).
 
     Returns:
         an :class:`EvaluationResult`.
@@ -273,7 +281,7 @@ def evaluate_model(
         raise XmrError(f"{dataset.root}: split '{chosen.name}' has no relevance to score against")
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
-    encoder = load_encoder(model, device, precision)
+    encoder = load_encoder(model, device, precision, draft)
     emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                 workers=workers, progress=progress, warnings=warnings)  # fmt: skip
     directions = directions or default_directions(emb)

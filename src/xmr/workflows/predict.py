@@ -98,6 +98,7 @@ def predict(
     fused: Any = None,
     submission_format: str | None = None,
     skip_bad: bool = False,
+    draft: bool = False,
 ) -> PredictionResult:
     """Rank every item for every query of a split and write the top ``k`` as a submission.
 
@@ -122,6 +123,7 @@ def predict(
         submission_format: the former name of ``out_format`` (deprecated).
         skip_bad: skip malformed records of the data set (counted in a warning and in the
             embeddings manifest) instead of stopping at the first.
+        draft: decode JPEGs in draft mode (see :func:`xmr.workflows.evaluate.evaluate_model`).
 
     Returns:
         a :class:`PredictionResult`.
@@ -144,7 +146,7 @@ def predict(
         split = "test"
     chosen = dataset.split(split)
     kind = out_format or default_submission_format(dataset, chosen)
-    encoder = load_encoder(model, device, precision)
+    encoder = load_encoder(model, device, precision, draft)
     if fusion is not None:
         emb = embed_split_fused(encoder, chosen, fusion, batch_size=batch_size)
     else:
