@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "similarity",
+    "caption",
+    "translate",
     "train",
     "serve",
     "demo",
