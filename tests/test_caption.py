@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from caption_server import CaptionServer
 from PIL import Image
 
+from caption_server import CaptionServer
 from xmr.cli import main
 from xmr.data.readers import load_dataset
 from xmr.errors import DataError
