@@ -2,7 +2,7 @@
 benchmark. It is real HTTP (stdlib ``ThreadingHTTPServer``, one thread per connection) and its
 answers come from a tiny local captioner: the image's mean colour, named, and its size, read from
 the decoded ``data:`` URL (so a caption proves the bytes arrived intact). Text-only requests get
-``"EN: " + text`` back.
+the last line of the prompt (the text to translate) back as it is.
 
 Behaviour per content (image sha256 or text): ``plan[sha]`` is a list of outcomes consumed one
 per request, then "ok": ``"429"`` (with ``Retry-After``), ``"500"``, ``"slow"`` (answers after
@@ -152,7 +152,7 @@ class CaptionServer:
                 text = (
                     describe_image(image)
                     if image is not None
-                    else f"EN: {prompt.split(chr(10))[-1]}"
+                    else prompt.split(chr(10))[-1]  # "translate": the text as it is
                 )
                 message = {"role": "assistant", "content": text, "refusal": None}
                 finish = "stop"
