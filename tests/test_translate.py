@@ -56,9 +56,7 @@ def test_translate_cleans_and_resumes(tmp_path, server):
     lines[3]["query"] = ["yellow 黄色 thing"]
     (root / "image_queries.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     # captions from a caption run; image 3's caption fails there
-    server.plan[__import__("hashlib").sha256((root / "img/3.png").read_bytes()).hexdigest()] = [
-        "400"
-    ]
+    server.plan[hashlib.sha256((root / "img/3.png").read_bytes()).hexdigest()] = ["400"]
     caption_dataset(root, tmp_path / "cap", api(server), progress=False)
     server.plan[request_sha("a blue picture, 21 by 11 pixels")] = ["400"]  # a failed translation
     summary = translate_dataset(
