@@ -194,7 +194,8 @@ def test_partial_writes_from_cache_without_requests(tmp_path, server):
     assert len(server.requests) == 2
     summary = caption_dataset(data, tmp_path / "out", api(server), partial=True, progress=False)
     assert len(server.requests) == 2
-    assert summary.stats["cached"] == 2 and summary.stats["failed"] == 2
+    assert summary.stats["cached"] == 2 and summary.stats["missing"] == 2
+    assert summary.stats["failed"] == 0
     assert summary.retrieval["corpus"] == 2
 
 

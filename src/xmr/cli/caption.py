@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         mean = data["mean_latency_s"]
         print(
-            f"captioned {data['captioned']}, cached {data['cached']}, failed {data['failed']} "
+            f"captioned {data['captioned']}, cached {data['cached']}, failed {data['failed']}"
+            f"{f', missing {m}' if (m := data['missing']) else ''} "
             f"of {data['items']} images; tokens {data['prompt_tokens']} prompt + "
             f"{data['completion_tokens']} completion; mean latency "
             f"{'-' if mean is None else f'{mean:.3f} s'}; wall {data['wall_s']:.1f} s"

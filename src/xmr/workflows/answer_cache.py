@@ -116,11 +116,13 @@ class AnswerJob:
 
 @dataclass
 class RunStats:
-    """What a run did, counted in items (ids): answered now, found cached, failed."""
+    """What a run did, counted in items (ids): answered now, found cached, failed, and (a run
+    that sends nothing) missing from the cache."""
 
     answered: int = 0
     cached: int = 0
     failed: int = 0
+    missing: int = 0
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -138,6 +140,7 @@ class RunStats:
             "captioned": self.answered,
             "cached": self.cached,
             "failed": self.failed,
+            "missing": self.missing,
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -169,7 +172,7 @@ def answer_missing(
         else:
             todo.append(job)
     if not send:
-        stats.failed = sum(len(j.ids) for j in todo)
+        stats.missing = sum(len(j.ids) for j in todo)
         stats.wall_s = time.monotonic() - started
         return stats
     by_key = {job.key: job for job in todo}
