@@ -50,3 +50,42 @@ def test_tiny_blip_captions_batched_and_cached(tmp_path):
     assert rc == 0
     again = json.loads((tmp_path / "out" / "image_caption.json").read_text())
     assert again["cached"] == 5 and again["requests"] == 0
+
+
+def test_tiny_llava_image_text_to_text_batched_equals_single(tmp_path):
+    from PIL import Image
+
+    from xmr.data.images import ImageRef
+    from xmr.models.caption_hf import create_tiny_llava_captioner
+    from xmr.models.captioners import CaptionRequest
+
+    model_dir = create_tiny_llava_captioner(tmp_path / "llava")
+    params = GenerationParams(max_tokens=6)
+    images = []
+    for colour, size in (("red", (40, 30)), ("blue", (20, 50)), ("green", (33, 33))):
+        path = tmp_path / f"{colour}.png"
+        Image.new("RGB", size, colour).save(path)
+        images.append(ImageRef(path=str(path)))
+    # prompts of different lengths, so a batch is padded (on the left)
+    requests = [
+        CaptionRequest("a", "describe the image", images[0]),
+        CaptionRequest("b", "describe", images[1]),
+        CaptionRequest("c", "describe this picture a", images[2]),
+    ]
+    batched, single = [], []
+    create_captioner(f"hf:{model_dir}", params=params, batch_size=3).run(requests, batched.append)
+    create_captioner(model_dir, params=params, batch_size=1).run(requests, single.append)
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(r.ok and r.text for r in batched)
+    assert [r.usage["prompt_tokens"] for r in batched] == [r.usage["prompt_tokens"] for r in single]
+    # text-only requests (translation) go through the chat template without an image
+    texts = []
+    create_captioner(model_dir, params=params).run(
+        [CaptionRequest("t", "translate the text into english")], texts.append
+    )
+    assert texts[0].ok and texts[0].usage["prompt_tokens"] > 0
+    # a BLIP captioner says it cannot answer text-only requests (a failure, not a crash)
+    blip = create_captioner(create_tiny_blip_captioner(tmp_path / "blip"), params=params)
+    refused = []
+    blip.run([CaptionRequest("t", "translate")], refused.append)
+    assert refused[0].error == "a BLIP captioner cannot answer text-only requests"

@@ -92,6 +92,9 @@ class HFCaptioner:
         except Exception as exc:
             raise _load_error(source, exc) from None
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if not self.prefix_model:
+            # A decoder-only model continues the last position of each row: pad on the left.
+            self.tokenizer.padding_side = "left"
 
     def run(self, requests: Sequence[CaptionRequest], on_result: OnResult) -> None:
         """Answer the requests ``batch_size`` at a time; ``on_result`` gets each answer."""
@@ -231,6 +234,115 @@ def create_tiny_blip_captioner(path: str | Path, *, hidden: int = 32, seed: int 
     torch.manual_seed(seed)
     config = BlipConfig(text_config=text, vision_config=vision, projection_dim=16)
     model = BlipForConditionalGeneration(config)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        model.eval().save_pretrained(out)
+        processor.save_pretrained(out)
+    return out
+
+
+def create_tiny_llava_captioner(path: str | Path, *, hidden: int = 32, seed: int = 0) -> Path:
+    """Save a tiny random LLaVA (``LlavaForConditionalGeneration``: a CLIP vision tower and a
+    Llama decoder), an image-text-to-text model with a chat template, with its processor (a
+    word-level tokenizer built here) to ``path``; load it with ``create_captioner(path)``."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    from xmr.models.blip_itm import quiet_transformers
+
+    words = [
+        "<pad>",
+        "<unk>",
+        "<s>",
+        "</s>",
+        "<image>",
+        "USER",
+        "ASSISTANT",
+        *"abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-",
+    ]
+    words += [
+        "describe",
+        "image",
+        "translate",
+        "the",
+        "a",
+        "this",
+        "picture",
+        "text",
+        "into",
+        "english",
+    ]
+    tokenizer_model = Tokenizer(
+        models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
+    )
+    tokenizer_model.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer_model.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_model,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    image_processor_class = getattr(transformers, "CLIPImageProcessorPil", None)
+    image_processor_class = image_processor_class or transformers.CLIPImageProcessor
+    image_processor = image_processor_class(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %} {% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS position the "default" strategy drops
+        chat_template=template,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    text = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=words.index("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():
