@@ -311,3 +311,45 @@ def test_cli_refuses_bad_model_options(tmp_path, capsys):
         ]
     )
     assert rc == 2 and "not an xmr caption directory" in capsys.readouterr().err
+
+
+def test_default_ids_never_collide(tmp_path):
+    from xmr.data.dataset import Item, Query, Split
+    from xmr.workflows.caption_outputs import retrieval_records, write_retrieval_data
+
+    split = Split("test")
+    split.items = {"1": Item("1"), "2": Item("2"), "7": Item("7")}
+    split.queries = {"1": Query("1", "one"), "2": Query("2", "two"), "3": Query("3", "none")}
+    split.relevance = {"1": {"2"}, "2": {"1", "7"}, "3": {"7"}}
+    captions = {"1": "c1", "2": "c2"}  # item 7's caption failed
+    corpus, queries, qrels, counts = retrieval_records(split, captions)
+    assert counts["ids"] == "prefixed"
+    assert [d["_id"] for d in corpus] == ["d:1", "d:2"]
+    assert [q["_id"] for q in queries] == ["q:1", "q:2"]  # query 3 lost its only image
+    assert qrels == [("q:1", "d:2"), ("q:2", "d:1")]
+    assert counts["items_left_out"] == 1 and counts["queries_left_out"] == 1
+    write_retrieval_data(tmp_path, split, captions)
+    beir = load_dataset(tmp_path / "retrieval_data", "beir").split()
+    assert beir.relevance == {"q:1": {"d:2"}, "q:2": {"d:1"}}
+    assert not set(beir.queries) & set(beir.items)
+
+
+def test_failed_records_attach_nothing_and_torn_lines_are_dropped(tmp_path, server):
+    data = make_evalscope(tmp_path / "data", 2)
+    server.plan[sha(data / "img" / "0.jpg")] = ["400"]
+    caption_dataset(data, tmp_path / "out", api(server), progress=False)
+    cache = tmp_path / "out" / "captions.jsonl"
+    ds = load_dataset(data, captions=cache).split()
+    assert ds.items["img/0.jpg"].captions == []
+    assert ds.items["img/1.png"].captions == ["a blue picture, 21 by 11 pixels"]
+    # a kill in the middle of a write leaves half a line: dropped, and the run goes on
+    with open(cache, "a") as fh:
+        fh.write('{"id": "img/0.jpg", "image_sha')
+    again = caption_dataset(data, tmp_path / "out", api(server), progress=False)
+    assert again.stats["captioned"] == 1 and again.stats["cached"] == 1
+    assert all(json.loads(line) for line in cache.read_text().splitlines())
+    # a bad line in the middle is an error naming the file and the line
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"captions.jsonl.*2"):
+        caption_dataset(data, tmp_path / "out", api(server), progress=False)
