@@ -10,6 +10,7 @@ import importlib
 from pathlib import Path
 
 from xmr.errors import XmrError
+from xmr.io import read_jsonl
 from xmr.registry import Registry
 
 READERS: Registry = Registry("dataset format")
@@ -78,8 +79,6 @@ def attach_captions(dataset, captions: str | Path):
     """Add to every item the successful captions a JSON-lines file gives for its id (records
     ``{"id", "caption", "error"}``, as ``xmr caption`` writes them), in file order, skipping
     ones the item already has. Returns ``dataset``."""
-    from xmr.io import read_jsonl
-
     path = Path(captions)
     if not path.is_file():
         raise XmrError(f"{path}: no such captions file")
