@@ -22,8 +22,9 @@ $(VENV)/.stamp-demo: $(VENV)/.stamp-base pyproject.toml
 
 # open_clip is installed without its dependencies for the tests: its torchvision requirement
 # would pull a CUDA build here. The open_clip tests shim torchvision inside the test module only.
+# The test extra includes `caption` (the openai client, for the loopback caption tests).
 $(VENV)/.stamp-test: $(VENV)/.stamp-base pyproject.toml
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,caption]"
 	$(PY) -m pip install -q --no-deps "open_clip_torch>=2.24" ftfy wcwidth
 	touch $@
 

@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "similarity",
+    "caption",
+    "translate",
     "train",
     "serve",
     "demo",
