@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "predict",
     "similarity",
     "train",
+    "t2i",
     "serve",
     "demo",
 ]
