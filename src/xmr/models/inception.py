@@ -28,6 +28,7 @@ IS code and torch-fidelity's ISC use) and ``logits`` (with the bias).
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,13 +287,16 @@ class FIDInception:
 
     @torch.no_grad()
     def logits(self, pool: torch.Tensor, *, bias: bool = False) -> torch.Tensor:
-        """(N, 1008) logits from pool features; ``bias=False`` gives torch-fidelity's
+        """(N, 1008) float64 logits from pool features; ``bias=False`` gives torch-fidelity's
         ``logits_unbiased`` (pool @ W^T), which the original IS code used."""
         if self._fc_weight is None:
             raise XmrError(f"{self.path}: holds no 1008x2048 output layer; IS needs one")
-        out = pool.to(self._fc_weight) @ self._fc_weight.T
+        # float64: the product is then the same whatever the batch size (float32 BLAS blocks
+        # by batch size and changes the last bits).
+        weight = self._fc_weight.double()
+        out = pool.to(weight) @ weight.T
         if bias and self._fc_bias is not None:
-            out = out + self._fc_bias
+            out = out + self._fc_bias.double()
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -373,7 +377,9 @@ def load_fid_inception(path: str | Path, device: str | torch.device | None = Non
     sha = file_sha256(path)
     if _is_torchscript(path):
         try:
-            module = torch.jit.load(str(path), map_location=dev).eval()
+            with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=dev).eval()
             trunk = module.layers
         except Exception as exc:  # a broken archive or a TorchScript model of something else
             raise XmrError(

@@ -17,6 +17,7 @@ initialisation lets them fade to almost nothing).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -75,7 +76,9 @@ def save_fid_inception(net: FIDInceptionV3, path: str | Path, format: str = "sta
         state = {k: v for k, v in net.state_dict().items() if "num_batches" not in k}
         atomic_write(path, lambda p: torch.save(state, p))
     elif format == "torchscript":
-        scripted = torch.jit.script(_ScriptedInception(net).eval())
+        with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(_ScriptedInception(net).eval())
         atomic_write(path, lambda p: scripted.save(str(p)))
     else:
         raise ValueError(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
