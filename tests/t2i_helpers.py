@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +66,21 @@ def write_submission(path: Path, rows: list[tuple[str, str]], *, seed: int = 50,
         lines.append(f"{iid}\t{b64(make_image(seed + k, colour=colour))}\n")
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+def isolate_torch_fidelity() -> bool:
+    """Make ``torch_fidelity.<module>`` importable without its package ``__init__`` (which
+    imports torchvision, absent here): its feature extractor and TF resize need torch only.
+    torchmetrics imports those modules too when torch-fidelity is installed. False when
+    torch-fidelity is not installed (``make test`` installs it with ``--no-deps``)."""
+    if hasattr(sys.modules.get("torch_fidelity"), "_xmr_isolated"):
+        return True
+    spec = importlib.util.find_spec("torch_fidelity")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    package = types.ModuleType("torch_fidelity")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__version__ = "isolated"
+    package._xmr_isolated = True
+    sys.modules["torch_fidelity"] = package
+    return True

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import io
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from t2i_helpers import isolate_torch_fidelity
 from xmr.errors import XmrError
 from xmr.models.inception import load_fid_inception, resize_like_tensorflow1x
 from xmr.models.inception_features import extract_inception_features
@@ -49,16 +47,8 @@ def images():
 
 
 def _torch_fidelity_module(name: str):
-    """A torch-fidelity submodule imported without its package ``__init__`` (which pulls
-    torchvision); skipped when torch-fidelity is not installed (``pip install --no-deps``)."""
-    if not hasattr(sys.modules.get("torch_fidelity"), "_xmr_isolated"):
-        spec = importlib.util.find_spec("torch_fidelity")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("torch-fidelity not installed (make test installs it with --no-deps)")
-        package = types.ModuleType("torch_fidelity")
-        package.__path__ = list(spec.submodule_search_locations)
-        package._xmr_isolated = True
-        sys.modules["torch_fidelity"] = package
+    if not isolate_torch_fidelity():
+        pytest.skip("torch-fidelity not installed (make test installs it with --no-deps)")
     return importlib.import_module(f"torch_fidelity.{name}")
 
 
