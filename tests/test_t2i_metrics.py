@@ -14,6 +14,7 @@ from xmr.eval.generation import (
     feature_statistics,
     fid_from_features,
     frechet_distance,
+    frechet_distance_to_features,
     inception_score,
     r_precision,
     trace_sqrt_product,
@@ -47,6 +48,18 @@ def test_fid_of_a_set_with_itself_is_zero_and_matches_scipy_on_another(feats):
     assert value == pytest.approx(_scipy_fid(x, y), rel=1e-9)
     # A pure shift of the mean adds exactly its squared length.
     assert fid_from_features(x, x + 2.0) == pytest.approx(4.0 * x.shape[1], rel=1e-9)
+
+
+def test_small_set_route_equals_the_d_by_d_route():
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(80, 40)) @ rng.normal(size=(40, 40))
+    mu, sigma = feature_statistics(real)
+    for n in (5, 39, 40, 41, 120):  # N x N route below D = 40, the D x D one above
+        gen = rng.normal(size=(n, 40)) * 2 + 1
+        expected = frechet_distance(*feature_statistics(gen), mu, sigma)
+        # (the D x D route adds sqrt(round-off) of its D - N null eigenvalues: ~1e-8 relative)
+        assert frechet_distance_to_features(gen, mu, sigma) == pytest.approx(expected, rel=1e-7)
+        assert fid_from_features(gen, real) == pytest.approx(_scipy_fid(gen, real), rel=1e-6)
 
 
 def test_trace_sqrt_is_stable_on_singular_covariances():

@@ -22,7 +22,8 @@ from xmr.errors import DataError, XmrError
 from xmr.eval.generation import (
     clip_score,
     feature_statistics,
-    frechet_distance,
+    fid_from_features,
+    frechet_distance_to_features,
     inception_score,
     r_precision,
 )
@@ -93,7 +94,8 @@ def read_categories(path: str | Path) -> dict[str, str]:
     for lineno, line in iter_lines(path, BadRecords(False)):
         if not line.strip():
             continue
-        iid, tab, category = (part.strip() for part in line.partition("\t"))
+        iid, tab, category = line.partition("\t")
+        iid, category = iid.strip(), category.strip()
         if not tab or not iid or not category:
             raise DataError("expected 'id<TAB>category'", file=str(path), line=lineno)
         if lineno == 1 and (iid, category) == ("id", "category"):
@@ -155,32 +157,33 @@ def evaluate_t2i(
         check_output_file(out)
     ids, refs = read_t2i_submission(generated, texts)
     net = load_fid_inception(inception, device)
+    cached = None
+    if real is not None and is_stats_file(real):
+        cached = load_stats(real)  # checked before any image is run through the network
+        check_stats_weights(cached, net.sha256, real)
     pool, logits = _features(net, refs, "generated", batch_size, workers, progress)
     report: dict[str, Any] = {
         "generated": str(generated),
         "texts": str(texts),
         "count": len(ids),
         "inception": net.describe(),
+        "fid": None,
     }
     real_pool, real_ids = None, None
     if real is not None:
-        if is_stats_file(real):
-            stats = load_stats(real)
-            check_stats_weights(stats, net.sha256, real)
+        if cached is not None:
+            stats = cached
         else:
             real_ids, real_refs = _tsv_images(real)
             real_pool, _ = _features(net, real_refs, "real", batch_size, workers, progress)
             mu, sigma = feature_statistics(real_pool)
             stats = InceptionStats(mu, sigma, len(real_pool), net.sha256, net.format, str(real))
-        mu, sigma = feature_statistics(pool)
-        report["fid"] = frechet_distance(mu, sigma, stats.mu, stats.sigma)
+        report["fid"] = frechet_distance_to_features(pool, stats.mu, stats.sigma)
         report["real"] = {
             "source": str(real),
             "count": stats.count,
             "weights_sha256": stats.weights_sha256,
         }
-    else:
-        report["fid"] = None
     report["is_mean"], report["is_std"] = inception_score(logits, is_splits, is_shuffle_seed)
     report["is_splits"] = is_splits
     hits = None
@@ -226,9 +229,7 @@ def _per_category(categories, ids, pool, logits, real_ids, real_pool, hits, spli
                 real_index[i] for i, c in categories.items() if c == name and i in real_index
             ]
             if len(rows) >= 2 and len(real_rows) >= 2:
-                entry["fid"] = frechet_distance(
-                    *feature_statistics(pool[rows]), *feature_statistics(real_pool[real_rows])
-                )
+                entry["fid"] = fid_from_features(pool[rows], real_pool[real_rows])
                 entry["real_count"] = len(real_rows)
         if len(rows) >= splits:
             entry["is_mean"], entry["is_std"] = inception_score(logits[rows], splits, shuffle)
