@@ -57,8 +57,9 @@ $(CROSSCHECK_VENV)/.stamp:
 	$(CROSSCHECK_VENV)/bin/pip install -q -e ".[models]" "torch-fidelity==0.4.0"
 	touch $@
 
+CROSSCHECK_ARGS ?= --images 30
 crosscheck: $(CROSSCHECK_VENV)/.stamp
-	$(CROSSCHECK_VENV)/bin/python benchmarks/crosscheck_torch_fidelity.py
+	$(CROSSCHECK_VENV)/bin/python benchmarks/crosscheck_torch_fidelity.py $(CROSSCHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

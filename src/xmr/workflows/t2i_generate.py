@@ -45,9 +45,10 @@ def encode_image(image: Any, image_format: str = "png") -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _read_partial(path: Path, wanted: set[str]) -> dict[str, str]:
-    """Finished lines of a partial file; a torn last line (killed mid-write) is cut off."""
-    done: dict[str, str] = {}
+def _read_partial(path: Path, wanted: set[str]) -> dict[str, tuple[int, int]]:
+    """``id -> (offset, length)`` of the finished lines of a partial file (images stay on
+    disk: a full run's images are gigabytes); a torn last line (killed mid-write) is cut off."""
+    done: dict[str, tuple[int, int]] = {}
     if not path.exists():
         return done
     keep = 0
@@ -58,12 +59,21 @@ def _read_partial(path: Path, wanted: set[str]) -> dict[str, str]:
             iid, tab, payload = raw.rstrip(b"\n").decode("utf-8", "replace").partition("\t")
             if not tab or iid not in wanted or not payload:
                 break
-            done[iid] = payload
+            done[iid] = (keep, len(raw))
             keep += len(raw)
     if keep != path.stat().st_size:
         with open(path, "r+b") as fh:
             fh.truncate(keep)
     return done
+
+
+def _assemble(partial: Path, done: dict[str, tuple[int, int]], ids: list[str], tmp: Path) -> None:
+    """Copy the partial file's lines into ``tmp`` in the texts' order, one line at a time."""
+    with open(partial, "rb") as src, open(tmp, "wb") as dst:
+        for iid in ids:
+            offset, length = done[iid]
+            src.seek(offset)
+            dst.write(src.read(length))
 
 
 def generate_t2i(
@@ -142,7 +152,9 @@ def generate_t2i(
                 f"{partial}: a run with other settings ({', '.join(changed)}) left images there; "
                 "use the same settings to resume it, or delete it"
             )
-    done = _read_partial(partial, {r.id for r in records}) if settings_file.exists() else {}
+    if not settings_file.exists():
+        partial.unlink(missing_ok=True)  # lines of unknown settings: not resumable
+    done = _read_partial(partial, {r.id for r in records})
     resumed = len(done)
     atomic_write_json(settings_file, settings)
     todo = [r for r in records if r.id not in done]
@@ -165,15 +177,15 @@ def generate_t2i(
                     **dims,
                 )
             for record, image in zip(batch, result.images, strict=True):
-                payload = encode_image(image, image_format)
-                fh.write(f"{record.id}\t{payload}\n".encode())
-                done[record.id] = payload
+                line = f"{record.id}\t{encode_image(image, image_format)}\n".encode()
+                done[record.id] = (fh.tell(), len(line))
+                fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
             if progress is not None:
                 progress(len(done), len(records))
-    body = "".join(f"{r.id}\t{done[r.id]}\n" for r in records)
-    atomic_write(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))
+    ids = [r.id for r in records]
+    atomic_write(out, lambda tmp: _assemble(partial, done, ids, tmp))
     partial.unlink(missing_ok=True)
     settings_file.unlink(missing_ok=True)
     return {
