@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "caption",
     "translate",
     "train",
+    "t2i",
     "serve",
     "demo",
 ]

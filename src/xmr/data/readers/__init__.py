@@ -18,8 +18,20 @@ register_reader = READERS.register
 
 # Imported lazily on first use so `import xmr` stays cheap; order is the detection order
 # (more specific layouts before the generic csv/folder fallbacks).
-_READER_MODULES = ["track2", "muge", "tianchi", "evalscope", "beir", "coco", "csv", "folder"]
+_READER_MODULES = [
+    "track2",
+    "muge",
+    "muge_t2i",
+    "tianchi",
+    "evalscope",
+    "beir",
+    "coco",
+    "csv",
+    "folder",
+]
 _loaded = False
+# Modules whose format name is not their module name (a name with a dash).
+_MODULE_FORMATS = {"muge_t2i": "muge-t2i"}
 
 
 def _load_all() -> None:
@@ -38,8 +50,9 @@ def list_readers() -> list[str]:
     """Registered formats in detection order: the specific built-in layouts, then formats
     registered by plugins (``register_reader``), then the generic csv / folder fallbacks."""
     _load_all()
-    builtin = [m for m in _READER_MODULES if m in READERS and m not in _FALLBACKS]
-    custom = [n for n in READERS.names() if n not in _READER_MODULES]
+    modules = [_MODULE_FORMATS.get(m, m) for m in _READER_MODULES]
+    builtin = [m for m in modules if m in READERS and m not in _FALLBACKS]
+    custom = [n for n in READERS.names() if n not in modules]
     return [*builtin, *custom, *(m for m in _FALLBACKS if m in READERS)]
 
 
