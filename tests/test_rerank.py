@@ -122,7 +122,7 @@ def test_edge_cases():
     assert tuples[0]["id"] == "red2"
     with pytest.raises(XmrError, match="mode"):
         rerank("red", candidates, ce, lookup=images, mode="sum")
-    with pytest.raises(XmrError, match="rerank-k"):
+    with pytest.raises(XmrError, match="k .how many candidates to rescore. must be at least 1"):
         rerank("red", candidates, ce, lookup=images, k=0)
     with pytest.raises(XmrError, match="no image or text"):
         rerank("red", [{"id": "nope", "score": 1.0}], ce, lookup=images)
@@ -198,8 +198,7 @@ def color_index(tmp_path_factory):
 
 
 def test_search_reranked_moves_only_the_top_k(color_index):
-    from xmr.rerank import RerankedResult, search_reranked
-    from xmr.search import Searcher
+    from xmr.search import RerankedResult, Searcher, search_reranked
 
     searcher = Searcher.from_index_dir(color_index)
     plain = searcher.search_text("red", k=8)
@@ -251,8 +250,8 @@ def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
     from xmr.data.dataset import Item, Query, Split
     from xmr.data.images import ImageRef
     from xmr.eval.evaluate import evaluate_split
+    from xmr.eval.reranked import evaluate_reranked
     from xmr.models import create_encoder
-    from xmr.rerank import evaluate_reranked
 
     items, queries, relevance = {}, {}, {}
     for i in range(9):

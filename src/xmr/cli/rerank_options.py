@@ -44,9 +44,20 @@ def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = Non
     )
 
 
+def check_rerank_arguments(args: argparse.Namespace) -> None:
+    """The flags' own checks, so that a bad value is reported by its flag name."""
+    from xmr.errors import XmrError
+
+    if args.rerank_k < 1:
+        raise XmrError(f"--rerank-k must be at least 1, not {args.rerank_k}")
+    if args.rerank_batch_size < 1:
+        raise XmrError(f"--rerank-batch-size must be at least 1, not {args.rerank_batch_size}")
+
+
 def rerank_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments shared by :func:`xmr.rerank.search_reranked` and ``rerank_many``
-    (callers add the depth: ``rerank_k=`` or ``k=`` respectively)."""
+    """Keyword arguments shared by :class:`xmr.search.Reranker` and ``rerank_many`` (callers add
+    the depth: ``k=``)."""
+    check_rerank_arguments(args)
     return {
         "mode": args.rerank_mode,
         "alpha": args.rerank_alpha,
@@ -74,7 +85,7 @@ def rerank_metrics(
     ``--rerank`` was given, else {}; for ``xmr evaluate --model``."""
     if not args.rerank:
         return {}
-    from xmr.rerank import evaluate_reranked
+    from xmr.eval.reranked import evaluate_reranked
 
     return evaluate_reranked(
         split,

@@ -78,7 +78,7 @@ def run_itm(args: argparse.Namespace) -> int:
     }
     valid_name = args.valid_split or "valid"
     if first_stage is not None and valid_name.lower() != "none" and valid_name in dataset.splits:
-        from xmr.rerank import evaluate_reranked
+        from xmr.eval.reranked import evaluate_reranked
 
         valid = dataset.split(valid_name)
         text_emb = first_stage.encode_texts([q.text for q in valid.queries.values()])
