@@ -63,6 +63,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="where added images are kept (default: INDEX_DIR.uploads)",
     )
+    p.add_argument(
+        "--show-model-path",
+        action="store_true",
+        help="show clients the models' full specs (a local model's absolute path); by default "
+        "a local model is named by its directory name and a short weights fingerprint",
+    )
+    p.add_argument(
+        "--attribute-names",
+        default=None,
+        metavar="FILE",
+        help="what each position of a 0/1 attribute vector means (Track2 pedestrians), so "
+        "results show attribute names: a JSON list, a JSON object with a 'pedestrian_vector' "
+        "list (the synth.json of `xmr data synth`), or one name per line",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     from xmr.cli.rerank_options import add_rerank_arguments
 
@@ -98,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.workers < 1:
         raise XmrError("--workers must be at least 1")
+    from xmr.cli.rerank_options import check_rerank_arguments
+
+    check_rerank_arguments(args)
+    if args.allow_writes and not (args.token or token_from_env()):
+        raise XmrError("--allow-writes needs a token (--token T or XMR_SERVE_TOKEN)")
+    attribute_names = None
+    if args.attribute_names:
+        from xmr.serve.limits import read_attribute_names
+
+        attribute_names = read_attribute_names(args.attribute_names)
     check_listen_address(args.host, args.port)  # before the model loads, not after
     settings = ServeSettings(
         max_k=args.max_k,
@@ -115,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         rerank_mode=args.rerank_mode,
         rerank_alpha=args.rerank_alpha,
         rerank_batch_size=args.rerank_batch_size,
+        show_model_path=args.show_model_path,
+        attribute_names=attribute_names,
     )
     if settings.allow_writes and args.workers > 1:
         raise XmrError("--allow-writes needs --workers 1 (each process holds its own index copy)")
@@ -128,14 +154,13 @@ def run(args: argparse.Namespace) -> int:
         from xmr.serve import create_app
 
         app = create_app(index_dir, settings)
-        backend = app.state.backend
-        info = backend.info()
+        info = app.state.service.info()
         print(
-            f"xmr serve: {len(backend)} items, model {info.get('model')}, index "
+            f"xmr serve: {info['size']} items, model {info.get('model')}, index "
             f"{info.get('index_type')}; page {url}  API docs {url}docs",
             file=sys.stderr,
         )
-        rerank = backend.rerank_info()
+        rerank = info.get("rerank")
         if rerank:
             print(_describe_rerank(rerank, settings), file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
