@@ -131,6 +131,39 @@ def _loaded_images(page) -> list[int]:
     )
 
 
+def test_a_missing_image_shows_only_the_placeholder(server, page, tmp_path):
+    """The card of an item whose file is gone: the placeholder, no broken-image icon or alt
+    text over the score badge. (First in the module: the server has cached no thumbnail yet.)"""
+    gone = "purple-square-1"
+    path = server["images"] / f"{gone}.jpg"
+    moved = path.with_suffix(".moved")
+    path.rename(moved)
+    try:
+        page.goto(f"{server['base']}/?q=a+purple+square&k=26")
+        page.wait_for_selector(f"#results li.card[data-id='{gone}'] .thumb.broken", timeout=15000)
+        card = page.locator(f"#results li.card[data-id='{gone}']")
+        card.scroll_into_view_if_needed()
+        assert card.locator("img").count() == 0
+        badge = card.locator(".score")
+        assert badge.is_visible() and float(badge.inner_text()) <= 1.0
+        # Nothing covers the badge: the element at its centre is the badge itself.
+        box = badge.bounding_box()
+        at = page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).className",
+            [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
+        )
+        assert at == "score"
+        placeholder = page.evaluate(
+            "el => getComputedStyle(el, '::before').content",
+            card.locator(".thumb").element_handle(),
+        )
+        assert "image unavailable" in placeholder
+        shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "missing-image.png"
+        card.screenshot(path=str(shot))
+    finally:
+        moved.rename(path)
+
+
 def test_search_page_end_to_end(server, page, tmp_path):
     base = server["base"]
     errors: list[str] = []
@@ -159,6 +192,9 @@ def test_search_page_end_to_end(server, page, tmp_path):
     assert "q=a+red+circle" in page.url and "k=8" in page.url
     status = page.inner_text("#status")
     assert "8 results" in status
+    # The footer names the model by its directory and fingerprint, not the server's path.
+    footer = page.inner_text("#info")
+    assert "model hf:model@" in footer and str(server["model_dir"]) not in footer
 
     shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "search-page.png"
     page.screenshot(path=str(shot), full_page=True)

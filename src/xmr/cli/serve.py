@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         check_listen_address,
         token_from_env,
     )
+    from xmr.serve.protocol import json_error_protocol
 
     try:
         import uvicorn
@@ -163,7 +164,13 @@ def run(args: argparse.Namespace) -> int:
         rerank = info.get("rerank")
         if rerank:
             print(_describe_rerank(rerank, settings), file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            http=json_error_protocol(),
+        )
         return 0
     # Several processes: each imports the app factory and reads its settings from the environment.
     os.environ[INDEX_ENV] = str(index_dir.resolve())
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        http=json_error_protocol(),
     )
     return 0
 
