@@ -293,10 +293,36 @@ def test_api_docs_render_offline(server, browser, tmp_path):
     assert not bad, messages
 
 
-def test_pedestrian_attributes_are_readable(server, browser, tmp_path):
+@contextlib.contextmanager
+def _serve_app(app):
+    """A built app on a real uvicorn in a thread of this process (no second model load)."""
+    import threading
+
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("uvicorn did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_pedestrian_attributes_are_readable(server, browser, tmp_path, monkeypatch):
     """A Track2 data set (``xmr data synth``) served as a user would: a pedestrian's 0/1 vector
     is shown by the attribute names its synth.json declares (``--attribute-names``), and
-    without a declared layout as the positions that are set, never as a row of digits."""
+    without a declared layout as the positions that are set, never as a row of digits. The
+    app ``xmr serve`` builds is run on uvicorn in this process, to spare a second model load."""
+    import uvicorn
+
     from xmr.cli import main
 
     data, model, emb, index = (tmp_path / n for n in ("data", "model", "emb", "index"))
@@ -307,12 +333,16 @@ def test_pedestrian_attributes_are_readable(server, browser, tmp_path):
     assert main([*encode, "--out", str(emb)]) == 0
     assert main(["index", "build", str(emb), "--out", str(index)]) == 0
     names = json.loads((data / "synth.json").read_text())["pedestrian_vector"]
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
     shown = {}
     for label, extra in (("names", ["--attribute-names", str(data / "synth.json")]), ("bits", [])):
-        with _serve(index, tmp_path / f"{label}.log", *extra) as base:
+        assert main(["serve", str(index), "--port", str(_free_port()), *extra]) == 0
+        with _serve_app(apps.pop()) as base:  # uvicorn.Server, which the patch leaves alone
             page = _new_page(browser, {"base": base}, bypass_csp=True)
             try:
                 page.goto(f"{base}/?q=a+pedestrian&k=24&category=pedestrian")
+                page.wait_for_selector("#results li.card img")
                 page.wait_for_function(
                     "[...document.querySelectorAll('#results img')].every("
                     "i => i.complete && i.naturalWidth > 0)",
@@ -329,7 +359,7 @@ def test_pedestrian_attributes_are_readable(server, browser, tmp_path):
     assert shown["names"] and all(set(text.split(", ")) <= readable for text in shown["names"]), (
         shown["names"]
     )
-    assert all(
+    assert shown["bits"] and all(
         text.startswith("attributes ") and text.endswith(f"of {len(names)}")
         for text in shown["bits"]
     ), shown["bits"]

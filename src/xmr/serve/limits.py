@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from xmr.errors import DataError, XmrError
+from xmr.rerank import RERANK_MODES
 
 
 @dataclass
@@ -67,8 +74,6 @@ class ServeSettings:
     attribute_names: list[str] | None = None
 
     def __post_init__(self) -> None:
-        from xmr.errors import XmrError
-
         if self.max_k < 1:
             raise XmrError(f"max_k must be at least 1, not {self.max_k}")
         self.default_k = max(1, min(self.default_k, self.max_k))
@@ -78,8 +83,6 @@ class ServeSettings:
             raise XmrError(f"allow_writes needs a token (or set {TOKEN_ENV})")
         if self.token is not None and len(self.token) < 8:
             raise XmrError("the write token must be at least 8 characters long")
-        from xmr.rerank import RERANK_MODES
-
         if self.rerank_k < 1:
             raise XmrError(f"rerank_k must be at least 1, not {self.rerank_k}")
         if self.rerank_mode not in RERANK_MODES:
@@ -101,14 +104,10 @@ class ServeSettings:
         return out
 
     def to_env(self) -> str:
-        import json
-
         return json.dumps(asdict(self))
 
     @classmethod
     def from_env(cls, text: str) -> ServeSettings:
-        import json
-
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
@@ -122,11 +121,6 @@ def check_listen_address(host: str, port: int) -> None:
     """Fail before the model loads when the service could not listen on ``host:port``: a port
     out of range (uvicorn would wrap it), an unknown host, an address in use. Binds a socket
     the way uvicorn does (SO_REUSEADDR) and closes it again."""
-    import errno
-    import socket
-
-    from xmr.errors import XmrError
-
     if not 0 <= int(port) <= 65535:
         raise XmrError(f"--port must be between 0 and 65535, not {port}")
     try:
@@ -150,11 +144,6 @@ def read_attribute_names(path: str | os.PathLike) -> list[str]:
     """The names of an attribute vector's positions from ``path``: a JSON list of names, a JSON
     object holding one under ``pedestrian_vector`` or ``attribute_names`` (the synth.json of
     ``xmr data synth`` declares its layout so), or a text file with one name per line."""
-    import json
-    from pathlib import Path
-
-    from xmr.errors import DataError
-
     text = Path(path).read_text(encoding="utf-8-sig")
     if text.lstrip().startswith(("[", "{")):
         try:
