@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         from xmr.serve.limits import read_attribute_names
 
         attribute_names = read_attribute_names(args.attribute_names)
+    if not 0 <= args.port <= 65535:
+        raise XmrError(f"--port must be between 0 and 65535, not {args.port}")
     check_listen_address(args.host, args.port)  # before the model loads, not after
     settings = ServeSettings(
         max_k=args.max_k,

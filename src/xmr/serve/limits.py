@@ -122,7 +122,7 @@ def check_listen_address(host: str, port: int) -> None:
     out of range (uvicorn would wrap it), an unknown host, an address in use. Binds a socket
     the way uvicorn does (SO_REUSEADDR) and closes it again."""
     if not 0 <= int(port) <= 65535:
-        raise XmrError(f"--port must be between 0 and 65535, not {port}")
+        raise XmrError(f"the port must be between 0 and 65535, not {port}")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -135,7 +135,7 @@ def check_listen_address(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            hint = " (another server runs there: choose another --port)"
+            hint = " (another server runs there: choose another port)"
             reason = (exc.strerror or str(exc)) + (hint if exc.errno == errno.EADDRINUSE else "")
             raise XmrError(f"cannot listen on {host}:{port}: {reason}") from None
 
