@@ -332,3 +332,48 @@ def test_the_openapi_schema_is_generated_from_the_request_models(searcher):
     )
     add = spec["paths"]["/api/items"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert add["schema"] == _without_nulls(AddItemForm.model_json_schema())
+
+
+def test_the_event_loop_never_waits_for_the_index_lock(searcher):
+    """While an add holds the index (saving it can take long), the event loop keeps answering:
+    health, request validation and the page; only the requests that read the index wait."""
+    import httpx
+
+    app = create_app(searcher, ServeSettings(max_k=10))
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with searcher._index_lock:
+            held.set()
+            release.wait(30)
+
+    async def while_held():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            search = asyncio.ensure_future(ac.get("/api/search", params={"q": "red", "k": 2}))
+            quick = await asyncio.wait_for(
+                asyncio.gather(
+                    ac.get("/api/health"),
+                    ac.get("/api/search", params={"q": "red", "k": "99"}),
+                    ac.get("/api/search", params={"q": "red", "category": "nope"}),
+                    ac.get("/"),
+                ),
+                timeout=20,
+            )
+            assert not search.done()  # the search itself waits for the index
+            release.set()
+            return quick, await search
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(10)
+    try:
+        quick, search = asyncio.run(while_held())
+    finally:
+        release.set()
+        thread.join()
+        app.state.service.close()
+    assert [r.status_code for r in quick] == [200, 400, 400, 200]
+    assert quick[1].json()["error"]["code"] == "k_too_large"
+    assert quick[2].json()["error"]["code"] == "unknown_category"
+    assert search.status_code == 200 and len(search.json()["results"]) == 2

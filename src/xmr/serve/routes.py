@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from xmr.serve.http import (
     MAX_JSON_BYTES,
@@ -52,7 +53,7 @@ async def health(svc: SearchService = Depends(service)) -> dict[str, Any]:
 async def info(svc: SearchService = Depends(service)) -> dict[str, Any]:
     """The model (a name and fingerprint), index type, size and dimension, categories, the
     service's limits, batching and reranker."""
-    return svc.info()
+    return await run_in_threadpool(svc.info)
 
 
 # --- searching --------------------------------------------------------------------------------
@@ -138,7 +139,7 @@ async def _image(request: Request, svc: SearchService, item_id: str, *, thumb: b
 @router.get("/api/items/{item_id:path}", tags=["items"])
 async def item_info(item_id: str, svc: SearchService = Depends(service)) -> dict[str, Any]:
     """The item's metadata: captions, attribute, category and its image URLs."""
-    return svc.item_json(item_id)
+    return await run_in_threadpool(svc.item_json, item_id)
 
 
 @router.post("/api/items", tags=["items"], openapi_extra=_ADD_BODY)

@@ -92,6 +92,9 @@ class SearchService:
             thumb_size=settings.thumb_size, cache_bytes=settings.thumb_cache_bytes
         )
         self._writer = ItemWriter(searcher, settings)
+        # The event loop never waits for the Searcher's index lock (held while a search runs or
+        # an add saves the index): what it needs is kept here, lookups run in worker threads.
+        self._categories = searcher.categories()
 
     @classmethod
     def create(
@@ -111,8 +114,9 @@ class SearchService:
             batcher.close()
 
     def context(self) -> ValidationContext:
-        """What requests are validated against (:mod:`xmr.serve.models`)."""
-        return ValidationContext(self.settings, self.searcher.categories())
+        """What requests are validated against (:mod:`xmr.serve.models`); the categories are
+        kept here (refreshed after an add), so validating takes no index lock."""
+        return ValidationContext(self.settings, self._categories)
 
     # --- facts ----------------------------------------------------------------------------------
 
@@ -212,18 +216,25 @@ class SearchService:
         return out
 
     async def item_image(self, item_id: str, *, thumb: bool) -> ImageBody:
+        return await run_in_threadpool(self._read_image, item_id, thumb)
+
+    def _read_image(self, item_id: str, thumb: bool) -> ImageBody:
         self.known_item(item_id)
         ref = self.searcher.image_ref(item_id)
         if ref is None:
             raise ApiError(404, "no_image", f"item {item_id!r} has no image")
         read = self.images.thumbnail if thumb else self.images.original
         try:
-            return await run_in_threadpool(read, item_id, ref)
+            return read(item_id, ref)
         except DataError as exc:
             log.warning("cannot serve the image of %r: %s", item_id, exc)
             raise ApiError(
                 404, "image_unavailable", f"the image of {item_id!r} cannot be read"
             ) from None
+
+    def _example_image(self, item_id: str) -> Any:
+        self.known_item(item_id)
+        return self.searcher.image_ref(item_id)
 
     def result_json(self, r: SearchResult) -> dict[str, Any]:
         """A result as the API shows it: image URLs instead of the server's paths, the first
@@ -321,8 +332,7 @@ class SearchService:
 
     async def _search_item(self, request: SearchRequest, started: float) -> dict[str, Any]:
         item_id = request.item_id
-        self.known_item(item_id)
-        ref = self.searcher.image_ref(item_id)
+        ref = await run_in_threadpool(self._example_image, item_id)
         depth, about = self.rerank_plan(request, text_query=False)
         if depth is not None and ref is None:  # the example's own image is the second's query
             if request.rerank or request.rerank_k:
@@ -374,10 +384,11 @@ class SearchService:
 
     async def add_item(self, form: AddItemForm) -> dict[str, Any]:
         """Add an uploaded image to the index: all or nothing (see :mod:`xmr.serve.writes`)."""
-        if form.id in self.searcher:
-            raise ApiError(409, "duplicate_id", f"an item with id {form.id!r} already exists")
         img = await run_in_threadpool(decode_upload, form.image, self.settings.max_upload_pixels)
-        await run_in_threadpool(self._writer.add, form, img)
+        try:
+            await run_in_threadpool(self._writer.add, form, img)
+        finally:
+            self._categories = await run_in_threadpool(self.searcher.categories)
         return {"added": form.id, "items": len(self.searcher)}
 
 
