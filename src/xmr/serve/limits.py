@@ -112,6 +112,22 @@ class ServeSettings:
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
+def public_model_name(
+    spec: str | None, fingerprint: str | None = None, *, show_path: bool = False
+) -> str | None:
+    """A model as clients see it: its spec, except that a local path is cut to its last
+    component and a short weights fingerprint (``hf:model@3f2a9c1b0d4e``) unless ``show_path``
+    (the operator's ``--show-model-path``): the server's file layout is nobody's business."""
+    if not spec or show_path:
+        return spec
+    prefix, sep, rest = spec.rpartition(":") if ":" in spec else ("", "", spec)
+    if not (rest.startswith(("/", "./", "../", "~")) or Path(rest).exists()):
+        return spec  # a hub id or a registered name says nothing about the server
+    name = Path(rest.rstrip("/")).name or "model"
+    short = (fingerprint or "").rpartition(":")[2][:12]
+    return f"{prefix}{sep}{name}@{short}" if short else f"{prefix}{sep}{name}"
+
+
 SETTINGS_ENV = "XMR_SERVE_SETTINGS"
 INDEX_ENV = "XMR_SERVE_INDEX"
 TOKEN_ENV = "XMR_SERVE_TOKEN"

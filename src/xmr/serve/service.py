@@ -24,7 +24,7 @@ from xmr.errors import DataError
 from xmr.search import Reranker, Searcher, SearchResult, TextQuery
 from xmr.serve.batching import MicroBatcher
 from xmr.serve.images import ImageBody, ImageStore, decode_upload
-from xmr.serve.limits import ApiError, ServeSettings, check_rerank
+from xmr.serve.limits import ApiError, ServeSettings, check_rerank, public_model_name
 from xmr.serve.models import AddItemForm, ImageSearchForm, SearchRequest, ValidationContext
 from xmr.serve.writes import ItemWriter
 
@@ -94,7 +94,7 @@ class SearchService:
         self._writer = ItemWriter(searcher, settings)
         # The event loop never waits for the Searcher's index lock (held while a search runs or
         # an add saves the index): what it needs is kept here, lookups run in worker threads.
-        self._categories = searcher.categories()
+        self._refresh()
 
     @classmethod
     def create(
@@ -108,6 +108,12 @@ class SearchService:
         if not isinstance(index, Searcher):
             raise TypeError(f"serve an index directory or a Searcher, not {type(index).__name__}")
         return cls(index, settings, **kwargs)
+
+    def _refresh(self) -> None:
+        """Recount what requests are checked against: categories, and which query kinds the
+        reranker can take (both change only when an item is added)."""
+        self._categories = self.searcher.categories()
+        self._rerank_why = {kind: self.searcher.rerank_unavailable(kind) for kind in (True, False)}
 
     def close(self) -> None:
         for batcher in (self.text_batcher, self.image_batcher, self.rerank_batcher):
@@ -124,18 +130,8 @@ class SearchService:
         return {"status": "ok", "items": len(self.searcher)}
 
     def model_name(self, spec: str | None, fingerprint: str | None = None) -> str | None:
-        """How a model is shown to clients: its spec, except that a local path is cut to its
-        last component and a short weights fingerprint (``hf:model@3f2a9c1b0d4e``) unless the
-        operator asked for paths (``show_model_path``)."""
-        if not spec or self.settings.show_model_path:
-            return spec
-        prefix, sep, rest = spec.rpartition(":") if ":" in spec else ("", "", spec)
-        prefix = prefix + sep
-        if not (rest.startswith(("/", "./", "../", "~")) or Path(rest).exists()):
-            return spec  # a hub id or a registered name says nothing about the server
-        name = Path(rest.rstrip("/")).name or "model"
-        short = (fingerprint or "").rpartition(":")[2][:12]
-        return f"{prefix}{name}@{short}" if short else f"{prefix}{name}"
+        """How a model is shown to clients (:func:`~xmr.serve.limits.public_model_name`)."""
+        return public_model_name(spec, fingerprint, show_path=self.settings.show_model_path)
 
     def info(self) -> dict[str, Any]:
         """The model, index type, size and dimension, categories and the service's limits."""
@@ -178,8 +174,8 @@ class SearchService:
             return None
         describe = getattr(reranker.cross_encoder, "describe", None)
         about = describe() if callable(describe) else {"spec": reranker.spec}
-        text_why = self.searcher.rerank_unavailable(True)
-        image_why = self.searcher.rerank_unavailable(False)
+        text_why = self._rerank_why[True]
+        image_why = self._rerank_why[False]
         out = {
             "model": self.model_name(about.get("spec") or reranker.spec),
             "backend": about.get("backend"),
@@ -291,7 +287,7 @@ class SearchService:
         if depth is None:
             about["reason"] = "turned off by the request"
             return None, about
-        why = self.searcher.rerank_unavailable(text_query)
+        why = self._rerank_why[text_query]
         if why is not None:
             if explicit:
                 raise ApiError(400, "rerank_unavailable", why, field="rerank")
@@ -388,7 +384,7 @@ class SearchService:
         try:
             await run_in_threadpool(self._writer.add, form, img)
         finally:
-            self._categories = await run_in_threadpool(self.searcher.categories)
+            await run_in_threadpool(self._refresh)
         return {"added": form.id, "items": len(self.searcher)}
 
 
