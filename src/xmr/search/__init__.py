@@ -21,8 +21,10 @@ Lock discipline (one Searcher serves many threads):
 * every cross-encoder call holds the *reranker lock*, for the same reasons;
 * every index read (a search, a metadata or vector lookup) and every write (:meth:`add_item`)
   holds the *index lock*, so a search never sees half an addition;
-* no thread holds two of them at once (a query is encoded, then searched, then reranked), so
-  they cannot deadlock, and a slow encoder call never blocks searches of encoded queries.
+* a query is encoded, then searched, then reranked, each step under its own lock; the only
+  nesting is a rerank looking items up (the reranker lock, then briefly the index lock), never
+  the other way round, so the locks cannot deadlock, and a slow encoder call never blocks the
+  searches of queries already encoded.
 """
 
 from __future__ import annotations
