@@ -43,9 +43,20 @@ def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = Non
     )
 
 
+def check_rerank_arguments(args: argparse.Namespace) -> None:
+    """The flags' own checks, so that a bad value is reported by its flag name."""
+    from xmr.errors import XmrError
+
+    if args.rerank_k < 1:
+        raise XmrError(f"--rerank-k must be at least 1, not {args.rerank_k}")
+    if args.rerank_batch_size < 1:
+        raise XmrError(f"--rerank-batch-size must be at least 1, not {args.rerank_batch_size}")
+
+
 def rerank_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments shared by :func:`xmr.rerank.search_reranked` and ``rerank_many``
-    (callers add the depth: ``rerank_k=`` or ``k=`` respectively)."""
+    """Keyword arguments shared by :class:`xmr.search.Reranker` and ``rerank_many`` (callers add
+    the depth: ``k=``)."""
+    check_rerank_arguments(args)
     return {
         "mode": args.rerank_mode,
         "alpha": args.rerank_alpha,
@@ -59,29 +70,4 @@ def load_cross_encoder(args: argparse.Namespace):
     precision = getattr(args, "precision", "fp32") or "fp32"
     return create_cross_encoder(
         args.rerank, device=getattr(args, "device", None), precision=precision
-    )
-
-
-def rerank_metrics(
-    args: argparse.Namespace,
-    split,
-    text_emb,
-    image_emb,
-    directions=("t2i",),
-) -> dict:
-    """Two-stage metrics (``{direction}/...`` reranked, ``first_stage/{direction}/...``) when
-    ``--rerank`` was given, else {}; for ``xmr evaluate --model``."""
-    if not args.rerank:
-        return {}
-    from xmr.rerank import evaluate_reranked
-
-    return evaluate_reranked(
-        split,
-        text_emb,
-        image_emb,
-        load_cross_encoder(args),
-        rerank_k=args.rerank_k,
-        directions=directions,
-        k=getattr(args, "k", 10),
-        **rerank_options(args),
     )

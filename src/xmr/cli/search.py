@@ -35,31 +35,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xmr.errors import XmrError
-    from xmr.search import Searcher
+    from xmr.search import Reranker, Searcher
 
     if (args.query is None) == (args.image is None):
         raise XmrError("give a query TEXT or --image FILE (one of them)")
     if args.query is not None and not args.query.strip():
         raise XmrError("the query text is empty")
-    searcher = Searcher.from_index_dir(args.index_dir, device=args.device, model=args.model)
+    reranker = None
     if args.rerank:
         from xmr.cli.rerank_options import load_cross_encoder, rerank_options
-        from xmr.rerank import search_reranked
 
+        options = rerank_options(args)
+        reranker = Reranker(load_cross_encoder(args), k=args.rerank_k, **options)
+    searcher = Searcher.from_index_dir(
+        args.index_dir, device=args.device, model=args.model, reranker=reranker
+    )
+    if reranker is not None:
         query = args.query
         if args.image is not None:
             from xmr.models.base import load_image
 
             query = load_image(args.image)
-        results = search_reranked(
-            searcher,
-            [query],
-            load_cross_encoder(args),
-            k=args.k,
-            rerank_k=args.rerank_k,
-            category=args.category,
-            **rerank_options(args),
-        )[0]
+        results = searcher.search_reranked([query], args.k, category=args.category)[0]
     elif args.image is not None:
         results = searcher.search_image(args.image, args.k, category=args.category)
     else:

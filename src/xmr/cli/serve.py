@@ -71,6 +71,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="where added images are kept (default: INDEX_DIR.uploads)",
     )
     p.add_argument(
+        "--show-model-path",
+        action="store_true",
+        help="show clients the models' full specs (a local model's absolute path); by default "
+        "a local model is named by its directory name and a short weights fingerprint",
+    )
+    p.add_argument(
+        "--attribute-names",
+        default=None,
+        metavar="FILE",
+        help="what each position of a 0/1 attribute vector means (Track2 pedestrians), so "
+        "results show attribute names: a JSON list, a JSON object with a 'pedestrian_vector' "
+        "list (the synth.json of `xmr data synth`), or one name per line",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -97,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         check_listen_address,
         token_from_env,
     )
+    from xmr.serve.protocol import json_error_protocol
 
     try:
         import uvicorn
@@ -110,6 +125,18 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.processes < 1:
         raise XmrError("--processes must be at least 1")
+    from xmr.cli.rerank_options import check_rerank_arguments
+
+    check_rerank_arguments(args)
+    if args.allow_writes and not (args.token or token_from_env()):
+        raise XmrError("--allow-writes needs a token (--token T or XMR_SERVE_TOKEN)")
+    attribute_names = None
+    if args.attribute_names:
+        from xmr.serve.limits import read_attribute_names
+
+        attribute_names = read_attribute_names(args.attribute_names)
+    if not 0 <= args.port <= 65535:
+        raise XmrError(f"--port must be between 0 and 65535, not {args.port}")
     check_listen_address(args.host, args.port)  # before the model loads, not after
     settings = ServeSettings(
         max_k=args.max_k,
@@ -127,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         rerank_mode=args.rerank_mode,
         rerank_alpha=args.rerank_alpha,
         rerank_batch_size=args.rerank_batch_size,
+        show_model_path=args.show_model_path,
+        attribute_names=attribute_names,
     )
     if settings.allow_writes and args.processes > 1:
         raise XmrError("--allow-writes needs --processes 1 (each process holds its own index copy)")
@@ -140,17 +169,22 @@ def run(args: argparse.Namespace) -> int:
         from xmr.serve import create_app
 
         app = create_app(index_dir, settings)
-        backend = app.state.backend
-        info = backend.info()
+        info = app.state.service.info()
         print(
-            f"xmr serve: {len(backend)} items, model {info.get('model')}, index "
+            f"xmr serve: {info['size']} items, model {info.get('model')}, index "
             f"{info.get('index_type')}; page {url}  API docs {url}docs",
             file=sys.stderr,
         )
-        rerank = backend.rerank_info()
+        rerank = info.get("rerank")
         if rerank:
             print(_describe_rerank(rerank, settings), file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            http=json_error_protocol(),
+        )
         return 0
     # Several processes: each imports the app factory and reads its settings from the environment.
     os.environ[INDEX_ENV] = str(index_dir.resolve())
@@ -163,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.processes,
         log_level=args.log_level,
+        http=json_error_protocol(),
     )
     return 0
 

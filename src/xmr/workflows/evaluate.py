@@ -35,9 +35,10 @@ from xmr.eval.evaluate import (
 )
 from xmr.eval.fused import evaluate_fused
 from xmr.eval.metrics import hits_from_rankings
+from xmr.eval.reranked import evaluate_reranked
 from xmr.fusion import DEFAULT_TUNE_METRIC
 from xmr.io.atomic import check_output_file
-from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES, evaluate_reranked
+from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
 
 
 @dataclass(eq=False)
