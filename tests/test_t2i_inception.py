@@ -29,7 +29,21 @@ def weights(tmp_path_factory):
     )
     # The same weights (same seed) in clean-fid's format, written as a user would.
     ts = folder / "inception-2015-12-05.pt"
-    assert main(["t2i", "tiny-inception", str(ts), "--format", "torchscript", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "t2i",
+                "tiny-inception",
+                "--out",
+                str(ts),
+                "--out-format",
+                "torchscript",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     return pth, ts
 
 

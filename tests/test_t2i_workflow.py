@@ -24,7 +24,7 @@ def setup(tmp_path_factory):
     data = root / "data"
     rows = write_t2i_split(data, "val", 3, seed=4)
     texts = data / "T2I_val.txt.tsv"
-    assert main(["t2i", "tiny-pipeline", str(root / "pipe"), "--texts", str(texts)]) == 0
+    assert main(["t2i", "tiny-pipeline", "--out", str(root / "pipe"), "--texts", str(texts)]) == 0
     assert main(["t2i", "tiny-inception", str(root / "inception.pth"), "--seed", "2"]) == 0
     assert (
         main(["model", "tiny", str(root / "clip"), "--data", str(data), "--image-size", "32"]) == 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from xmr.cli import options
 from xmr.errors import XmrError
 
 
@@ -16,26 +17,27 @@ def add_model_args(parser: argparse.ArgumentParser, *, default_concurrency: int 
     parser.add_argument(
         "--api-key-env",
         default="OPENAI_API_KEY",
-        help="environment variable holding the API key (default OPENAI_API_KEY; unset is fine "
-        "for local servers)",
+        help="environment variable holding the API key (unset is fine for local servers)",
     )
     parser.add_argument(
         "--model", default=None, help="a local captioner instead of an API: hf:<id or dir>"
     )
     parser.add_argument("--system", default=None, help="system message text")
     parser.add_argument("--max-tokens", type=int, default=None, help="cap on answer tokens")
-    parser.add_argument("--temperature", type=float, default=0.0, help="default 0 (evalscope's)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (0 is evalscope's)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="sampling seed sent to the model")
     parser.add_argument(
         "--concurrency",
         type=int,
         default=default_concurrency,
-        help=f"requests in flight (default {default_concurrency})",
+        help="requests in flight",
     )
     parser.add_argument("--retries", type=int, default=5, help="retries on 429/5xx/timeouts")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--batch-size", type=int, default=8, help="local model batch size")
-    parser.add_argument("--device", default=None, help="local model device (default: cuda if any)")
+    options.add_device(parser)
 
 
 def make_captioner(args: argparse.Namespace):
@@ -48,7 +50,10 @@ def make_captioner(args: argparse.Namespace):
         raise XmrError("give either --model or --api-base/--api-model, not both")
     if args.model:
         return create_captioner(
-            args.model, params=params, device=args.device, batch_size=args.batch_size
+            args.model,
+            params=params,
+            device=None if args.device == "auto" else args.device,
+            batch_size=args.batch_size,
         )
     if not (args.api_base and args.api_model):
         raise XmrError("give --api-base URL and --api-model NAME, or --model SPEC")

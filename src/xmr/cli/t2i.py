@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from xmr.cli import options
+
 
 def _progress(args: argparse.Namespace):
     if getattr(args, "json", False) or not sys.stderr.isatty():
@@ -23,9 +25,9 @@ def _progress(args: argparse.Namespace):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception", required=True, metavar="W", help="FID Inception weights file")
-    p.add_argument("--batch-size", type=int, default=50, help="images per forward pass [50]")
-    p.add_argument("--workers", type=int, default=0, help="image decoding processes [0]")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    options.add_device(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,17 +63,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", metavar="SPEC", help="image-text model for R-precision/CLIP score")
     e.add_argument("--categories", metavar="TSV", help="id<TAB>category for a breakdown")
     _common(e)
-    e.add_argument("--is-splits", type=int, default=10, help="IS splits [10]")
+    e.add_argument("--is-splits", type=int, default=10, help="IS splits")
     e.add_argument(
         "--is-shuffle-seed",
         type=int,
         default=None,
-        help="permute images before the IS splits (torch-fidelity: 2020) [off]",
+        help="permute images before the IS splits with this seed (torch-fidelity: 2020; default: off)",
     )
-    e.add_argument("--r-candidates", type=int, default=100, help="R-precision candidates [100]")
-    e.add_argument("--r-repeats", type=int, default=10, help="R-precision repetitions [10]")
-    e.add_argument("--seed", type=int, default=0, help="R-precision sampling seed [0]")
-    e.add_argument("--clip-scale", type=float, default=100.0, help="CLIP score scale [100]")
+    e.add_argument("--r-candidates", type=int, default=100, help="R-precision candidates")
+    e.add_argument("--r-repeats", type=int, default=10, help="R-precision repetitions")
+    e.add_argument("--seed", type=int, default=0, help="R-precision sampling seed")
+    e.add_argument("--clip-scale", type=float, default=100.0, help="CLIP score scale")
     e.add_argument("--out", metavar="REPORT.json", help="also write the report there")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.set_defaults(func=run_evaluate)
@@ -80,15 +82,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", required=True, metavar="SPEC", help="diffusers:<hub id or dir>")
     g.add_argument("--texts", required=True, metavar="TSV", help="T2I_*.txt.tsv to illustrate")
     g.add_argument("--out", required=True, metavar="PRED.tsv", help="submission to write")
-    g.add_argument("--steps", type=int, default=50, help="denoising steps [50]")
-    g.add_argument("--guidance", type=float, default=7.5, help="guidance scale [7.5]")
-    g.add_argument("--size", type=int, default=None, metavar="PX", help="image size [model's]")
-    g.add_argument("--seed", type=int, default=0, help="run seed [0]")
-    g.add_argument("--batch-size", type=int, default=1, help="prompts per call [1]")
+    g.add_argument("--steps", type=int, default=50, help="denoising steps")
+    g.add_argument("--guidance", type=float, default=7.5, help="guidance scale")
+    g.add_argument(
+        "--size", type=int, default=None, metavar="PX", help="image size (default: the model's)"
+    )
+    g.add_argument("--seed", type=int, default=0, help="run seed")
+    g.add_argument("--batch-size", type=int, default=1, help="prompts per call")
     g.add_argument("--negative-prompt", default=None, help="negative prompt for every text")
-    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
-    g.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 [auto]")
-    g.add_argument("--image-format", default="png", choices=["png", "jpeg"], help="[png]")
+    options.add_device(g)
+    g.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    g.add_argument(
+        "--image-codec",
+        dest="image_format",
+        default="png",
+        choices=["png", "jpeg"],
+        help="how generated images are stored in the TSV",
+    )
     g.add_argument("--limit", type=int, default=None, help="only the first N texts")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     g.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -97,17 +107,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ti = actions.add_parser(
         "tiny-inception", help="write a random-weight FID Inception (offline trials, tests)"
     )
-    ti.add_argument("out", metavar="OUT", help="file to write")
-    ti.add_argument("--format", default="state_dict", choices=["state_dict", "torchscript"])
-    ti.add_argument("--seed", type=int, default=0, help="weight seed [0]")
+    options.add_out(ti, "file to write", metavar="FILE", legacy_positional=True)
+    ti.add_argument(
+        "--out-format",
+        default="state_dict",
+        choices=["state_dict", "torchscript"],
+        help="torch-fidelity / pytorch-fid state dict, or clean-fid's TorchScript file",
+    )
+    options.add_deprecated_alias(
+        ti, "--format", "--out-format", dest="out_format", choices=["state_dict", "torchscript"]
+    )
+    options.add_json(ti, "print a JSON summary")
+    ti.add_argument("--seed", type=int, default=0, help="weight seed")
     ti.set_defaults(func=run_tiny_inception)
 
     tp = actions.add_parser(
         "tiny-pipeline", help="write a tiny random diffusers pipeline (offline trials, tests)"
     )
-    tp.add_argument("out", metavar="OUT", help="directory to write")
+    options.add_out(tp, "directory to write", legacy_positional=True)
     tp.add_argument("--texts", metavar="TSV", help="T2I texts whose words build the vocabulary")
-    tp.add_argument("--seed", type=int, default=0, help="weight seed [0]")
+    tp.add_argument("--seed", type=int, default=0, help="weight seed")
+    options.add_json(tp, "print a JSON summary")
     tp.set_defaults(func=run_tiny_pipeline)
 
 
@@ -136,7 +156,7 @@ def run_stats(args: argparse.Namespace) -> int:
         out=args.out,
         batch_size=args.batch_size,
         workers=args.workers,
-        device=args.device,
+        device=None if args.device == "auto" else args.device,
         progress=_progress(args),
     )
     summary = {"out": args.out, **stats.meta()}
@@ -161,7 +181,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         categories=read_categories(args.categories) if args.categories else None,
         batch_size=args.batch_size,
         workers=args.workers,
-        device=args.device,
+        device=None if args.device == "auto" else args.device,
         is_splits=args.is_splits,
         is_shuffle_seed=args.is_shuffle_seed,
         r_candidates=args.r_candidates,
@@ -204,7 +224,7 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         negative_prompt=args.negative_prompt,
-        device=args.device,
+        device=None if args.device == "auto" else args.device,
         dtype=args.dtype,
         image_format=args.image_format,
         limit=args.limit,
@@ -225,10 +245,12 @@ def run_tiny_inception(args: argparse.Namespace) -> int:
     from xmr.models.inception import file_sha256
     from xmr.models.tiny_inception import random_fid_inception, save_fid_inception
 
-    path = save_fid_inception(random_fid_inception(args.seed), args.out, args.format)
-    print(
-        f"wrote a random-weight FID Inception ({args.format}) to {path}, sha256 {file_sha256(path)}"
-    )
+    path = save_fid_inception(random_fid_inception(args.seed), args.out, args.out_format)
+    sha = file_sha256(path)
+    if args.json:
+        print(json.dumps({"out": str(path), "format": args.out_format, "sha256": sha}))
+        return 0
+    print(f"wrote a random-weight FID Inception ({args.out_format}) to {path}, sha256 {sha}")
     return 0
 
 
@@ -238,5 +260,8 @@ def run_tiny_pipeline(args: argparse.Namespace) -> int:
 
     texts = [t.text for t in read_t2i_texts(args.texts)] if args.texts else None
     out = create_tiny_text2image(args.out, texts, seed=args.seed)
+    if args.json:
+        print(json.dumps({"out": str(out), "model": f"diffusers:{out}"}))
+        return 0
     print(f"wrote a tiny random diffusers pipeline to {out}; use it as --model diffusers:{out}")
     return 0

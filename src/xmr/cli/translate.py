@@ -21,10 +21,8 @@ def add_parser(subparsers) -> None:
         "--captions", default=None, help="captions.jsonl of xmr caption to add to the items first"
     )
     parser.add_argument("--out", required=True, help="output directory (resumed when re-run)")
-    parser.add_argument("--target", default="en", help="target language code (default en)")
-    parser.add_argument(
-        "--what", default="queries,captions", help="queries, captions or both (default both)"
-    )
+    parser.add_argument("--target", default="en", help="target language code")
+    parser.add_argument("--what", default="queries,captions", help="queries, captions or both")
     add_model_args(parser)
     parser.add_argument(
         "--prompt", default=None, help="request template with {text} (and {language})"
