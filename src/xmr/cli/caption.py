@@ -8,6 +8,8 @@ import sys
 
 from xmr.cli import options
 from xmr.errors import XmrError
+from xmr.models.captioners import GenerationParams, create_captioner
+from xmr.workflows.caption import caption_dataset
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, default_concurrency: int = 8) -> None:
@@ -41,7 +43,6 @@ def add_model_args(parser: argparse.ArgumentParser, *, default_concurrency: int 
 
 
 def make_captioner(args: argparse.Namespace):
-    from xmr.models.captioners import GenerationParams, create_captioner
 
     params = GenerationParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, system=args.system
@@ -99,7 +100,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.workflows.caption import caption_dataset
 
     summary = caption_dataset(
         args.data,

@@ -10,6 +10,8 @@ from xmr.cli.data import add_skip_bad_argument, report_skipped
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.models import create_encoder
+from xmr.models.cross_encoders import create_cross_encoder
+from xmr.models.mplug.tiny import create_tiny_mplug, tiny_mplug_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,15 +90,12 @@ def run_tiny(args: argparse.Namespace) -> int:
 
 
 def _tiny_mplug(args: argparse.Namespace, texts: list[str] | None) -> int:
-    from xmr.models.mplug.tiny import create_tiny_mplug, tiny_mplug_summary
 
     words = sorted({w for t in texts or () for w in t.lower().split()})
     out = create_tiny_mplug(
         args.out, words=words, embed_dim=args.embed_dim, seed=args.seed, image_res=args.image_size
     )
     if args.json:
-        from xmr.models.cross_encoders import create_cross_encoder
-
         print(json.dumps(create_cross_encoder(f"mplug:{out}", device="cpu").describe(), indent=2))
     else:
         print(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from xmr.errors import XmrError
+from xmr.models.cross_encoders import create_cross_encoder
+from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
+
 
 def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = None) -> None:
     """``--rerank SPEC --rerank-k K --rerank-mode itm|itm+sim --rerank-alpha A``."""
-    from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
 
     g = p.add_argument_group("two-stage reranking")
     g.add_argument(
@@ -45,7 +48,6 @@ def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = Non
 
 def check_rerank_arguments(args: argparse.Namespace) -> None:
     """The flags' own checks, so that a bad value is reported by its flag name."""
-    from xmr.errors import XmrError
 
     if args.rerank_k < 1:
         raise XmrError(f"--rerank-k must be at least 1, not {args.rerank_k}")
@@ -65,7 +67,6 @@ def rerank_options(args: argparse.Namespace) -> dict:
 
 
 def load_cross_encoder(args: argparse.Namespace):
-    from xmr.models.cross_encoders import create_cross_encoder
 
     precision = getattr(args, "precision", "fp32") or "fp32"
     return create_cross_encoder(

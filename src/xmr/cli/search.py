@@ -6,6 +6,8 @@ import argparse
 import json
 
 from xmr.cli import options
+from xmr.errors import XmrError
+from xmr.search import Reranker, Searcher
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +36,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.search import Reranker, Searcher
 
     if (args.query is None) == (args.image is None):
         raise XmrError("give a query TEXT or --image FILE (one of them)")

@@ -7,6 +7,17 @@ import os
 import sys
 
 from xmr.cli import options
+from xmr.errors import XmrError
+from xmr.serve import create_app
+from xmr.serve.limits import (
+    INDEX_ENV,
+    SETTINGS_ENV,
+    ServeSettings,
+    check_listen_address,
+    read_attribute_names,
+    token_from_env,
+)
+from xmr.serve.protocol import json_error_protocol
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -103,16 +114,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from xmr.errors import XmrError
-    from xmr.serve.limits import (
-        INDEX_ENV,
-        SETTINGS_ENV,
-        ServeSettings,
-        check_listen_address,
-        token_from_env,
-    )
-    from xmr.serve.protocol import json_error_protocol
-
     try:
         import uvicorn
     except ImportError:
@@ -132,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError("--allow-writes needs a token (--token T or XMR_SERVE_TOKEN)")
     attribute_names = None
     if args.attribute_names:
-        from xmr.serve.limits import read_attribute_names
-
         attribute_names = read_attribute_names(args.attribute_names)
     if not 0 <= args.port <= 65535:
         raise XmrError(f"--port must be between 0 and 65535, not {args.port}")
@@ -166,8 +165,6 @@ def run(args: argparse.Namespace) -> int:
         )
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
     if args.processes == 1:
-        from xmr.serve import create_app
-
         app = create_app(index_dir, settings)
         info = app.state.service.info()
         print(

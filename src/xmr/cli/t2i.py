@@ -8,6 +8,11 @@ import json
 import sys
 
 from xmr.cli import options
+from xmr.data.readers.muge_t2i import read_t2i_texts
+from xmr.eval.t2i_submission import validate_t2i_submission
+from xmr.models.tiny_diffusers import create_tiny_text2image
+from xmr.workflows.t2i import compute_real_stats, evaluate_t2i, read_categories
+from xmr.workflows.t2i_generate import generate_t2i
 
 
 def _progress(args: argparse.Namespace):
@@ -132,7 +137,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from xmr.eval.t2i_submission import validate_t2i_submission
 
     check = validate_t2i_submission(args.pred, args.texts)
     if args.json:
@@ -148,7 +152,6 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from xmr.workflows.t2i import compute_real_stats
 
     stats = compute_real_stats(
         args.images,
@@ -170,7 +173,6 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from xmr.workflows.t2i import evaluate_t2i, read_categories
 
     report = evaluate_t2i(
         args.generated,
@@ -212,7 +214,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from xmr.workflows.t2i_generate import generate_t2i
 
     summary = generate_t2i(
         args.model,
@@ -255,8 +256,6 @@ def run_tiny_inception(args: argparse.Namespace) -> int:
 
 
 def run_tiny_pipeline(args: argparse.Namespace) -> int:
-    from xmr.data.readers.muge_t2i import read_t2i_texts
-    from xmr.models.tiny_diffusers import create_tiny_text2image
 
     texts = [t.text for t in read_t2i_texts(args.texts)] if args.texts else None
     out = create_tiny_text2image(args.out, texts, seed=args.seed)

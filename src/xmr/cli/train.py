@@ -6,6 +6,9 @@ import argparse
 import json
 import os
 
+from xmr.train.config import load_config
+from xmr.train.config_base import parse_overrides
+
 EPILOG = """\
 options as key=value (after the flags; any TrainConfig field, see `xmr.train.TrainConfig`):
   epochs=10 batch_size=64 accum_steps=1 accum_mode=features|gradients
@@ -107,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         from xmr.cli.train_itm import run_itm
 
         return run_itm(args)
-    from xmr.train.config import load_config
-    from xmr.train.config_base import parse_overrides
     from xmr.train.loop import train
 
     valid = args.valid_split

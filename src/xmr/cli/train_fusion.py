@@ -7,6 +7,9 @@ import argparse
 import json
 
 from xmr.cli import options
+from xmr.errors import XmrError
+from xmr.train.config_base import parse_overrides
+from xmr.train.fusion import FusionTrainConfig, train_fusion_on_dataset
 
 _BARE = "bare"  # --fused without a value (the former flag)
 
@@ -49,9 +52,6 @@ def _bare_fused(p: argparse.ArgumentParser, ns: argparse.Namespace, extras: list
 
 
 def run_fusion(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.train.config_base import parse_overrides
-    from xmr.train.fusion import FusionTrainConfig, train_fusion_on_dataset
 
     if not args.model or not args.data or not args.out:
         raise XmrError("xmr train --fused needs --model, --data and --out")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.errors import XmrError
+from xmr.train.config_base import parse_overrides
+
 ITM_FIELDS = (
     "steps, epochs, batch_size, lr, weight_decay, warmup_steps, grad_clip, hard_negatives, "
     "seed, log_every"
@@ -30,8 +33,6 @@ def add_itm_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_itm(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.train.config_base import parse_overrides
     from xmr.train.itm import ItmTrainConfig, train_itm_on_dataset
 
     if not args.data or not args.out:

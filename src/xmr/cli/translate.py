@@ -7,6 +7,7 @@ import json
 import sys
 
 from xmr.cli.caption import add_model_args, make_captioner
+from xmr.workflows.translate import translate_dataset
 
 
 def add_parser(subparsers) -> None:
@@ -42,7 +43,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.workflows.translate import translate_dataset
 
     summary = translate_dataset(
         args.data,

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from xmr.encode import encode_split, load_embeddings
 from xmr.errors import XmrError
+from xmr.fusion import encode_items, load_fusion
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,6 @@ def embed_split(
     """Encode ``split``'s query texts and items with ``encoder`` (see the module docstring).
     ``draft``: JPEG draft decoding (see :func:`xmr.encode.encode_split`; None: the encoder's
     ``preprocess.draft``, off unless loaded with ``draft=True``)."""
-    from xmr.encode import encode_split, load_embeddings
 
     if not split.queries:
         raise XmrError(f"split '{split.name}' has no queries to evaluate or predict")
@@ -222,7 +223,6 @@ def embed_split_fused(encoder, split, fusion, *, batch_size: int = 64) -> SplitE
     """Like :func:`embed_split`, with each item represented by its fused image+caption vector
     (``fusion``: a weight, a learned fusion directory or a Fusion; see
     :func:`xmr.fusion.load_fusion`), computed as ``xmr evaluate --fused`` computes it."""
-    from xmr.fusion import encode_items, load_fusion
 
     fusion = load_fusion(fusion)
     manifest = getattr(encoder, "manifest", None)

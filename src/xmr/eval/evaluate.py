@@ -30,6 +30,7 @@ from xmr.eval.metrics import (
     summarize_by_category,
 )
 from xmr.eval.predictions import read_predictions, validate_predictions
+from xmr.io.atomic import atomic_write, check_output_file
 
 DIRECTIONS = ("t2i", "i2t")
 LENIENT_NOTE = (
@@ -296,7 +297,6 @@ def _item_label(item) -> str:
 
 def write_per_query_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write :func:`per_query_rows` output as CSV (header: id,text,first_hit_rank,AP,hits)."""
-    from xmr.io.atomic import atomic_write, check_output_file
 
     path = check_output_file(path)
 

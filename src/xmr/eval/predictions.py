@@ -577,7 +577,6 @@ def write_predictions(
     when given, else a score that falls with the rank, written so that trec_eval's order is the
     ranking's order (:func:`trec_scores`). The file is replaced atomically.
     """
-    from xmr.io.atomic import atomic_write
 
     path = Path(path)
     if kind not in PREDICTION_KINDS:

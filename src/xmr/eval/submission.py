@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from xmr.errors import WriteError, XmrError
+from xmr.io.atomic import check_output_file, ensure_parent, write_error
 
 # The text->item submission kinds (cnclip-i2t is a scoring format, not a submission one).
 SUBMISSION_FORMATS = ("track2", "muge", "cnclip", "trec")
@@ -64,7 +65,6 @@ def write_submission(
         )
     rankings = {q: [i for i, _ in row[:k]] for q, row in ranked.items()}
     scores = {q: [s for _, s in row[:k]] for q, row in ranked.items()}
-    from xmr.io.atomic import check_output_file, ensure_parent, write_error
 
     path = check_output_file(path)
     ensure_parent(path)

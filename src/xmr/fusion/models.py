@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from xmr.errors import XmrError
+from xmr.errors import ModelMismatchError, XmrError
+from xmr.io.atomic import atomic_write, atomic_write_json
 from xmr.registry import Registry
 from xmr.vectors import l2_normalize
 
@@ -126,7 +127,6 @@ class Fusion:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write fusion.json (and fusion.safetensors when there are arrays) into ``out_dir``."""
-        from xmr.io.atomic import atomic_write_json
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +154,6 @@ class Fusion:
 
     def check_model(self, model: dict[str, Any] | None, *, what: str) -> None:
         """ModelMismatchError when ``model`` (an embeddings manifest) is not the fusion's."""
-        from xmr.errors import ModelMismatchError
 
         if self.dim is not None and model and model.get("embed_dim") not in (None, self.dim):
             raise ModelMismatchError(
@@ -287,7 +286,6 @@ def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
         raise XmrError(
             "saving a learned fusion needs safetensors: pip install 'xmr[models]'"
         ) from None
-    from xmr.io.atomic import atomic_write
 
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 

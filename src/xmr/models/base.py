@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xmr.data.images import ImageRef, decode_image
 from xmr.errors import XmrError
 from xmr.models.preprocess import ImagePreprocess
 
@@ -52,7 +53,6 @@ def load_image(image: Any, draft_size: tuple[int, int] | None = None) -> Any:
 
     if isinstance(image, Image.Image | np.ndarray):
         return image
-    from xmr.data.images import ImageRef, decode_image
 
     if isinstance(image, ImageRef):
         return image.open(draft_size=draft_size)

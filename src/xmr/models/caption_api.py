@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from xmr.data.images import MAX_IMAGE_PIXELS
-from xmr.errors import XmrError
+from xmr.errors import DataError, XmrError
 from xmr.models.captioners import (
     CaptionRequest,
     CaptionResult,
@@ -60,8 +60,6 @@ def image_data_url(data: bytes, *, source: str = "<bytes>") -> tuple[str, str, b
     import warnings
 
     from PIL import Image, UnidentifiedImageError
-
-    from xmr.errors import DataError
 
     try:
         with warnings.catch_warnings():
@@ -227,8 +225,6 @@ class ApiCaptioner:
 
     async def _answer(self, client, request: CaptionRequest) -> CaptionResult:
         import openai
-
-        from xmr.errors import DataError
 
         started = time.monotonic()
         image_url = None

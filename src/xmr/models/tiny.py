@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xmr.errors import write_failures_named
+from xmr.io.atomic import check_output_dir
 from xmr.models.hf_clip import quiet_transformers, save_tokenizer
 from xmr.models.offline_tokenizer import BOS, EOS, PAD, train_wordpiece
 from xmr.models.preprocess import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
@@ -77,8 +78,6 @@ def create_tiny_clip(
         The output directory.
     """
     from transformers import CLIPConfig, CLIPModel
-
-    from xmr.io.atomic import check_output_dir
 
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,8 +215,6 @@ def create_tiny_siglip(
     resize, mean/std 0.5)."""
     from transformers import SiglipConfig, SiglipModel
 
-    from xmr.io.atomic import check_output_dir
-
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
@@ -268,8 +265,6 @@ def create_tiny_siglip2(
     """A random Siglip2Model (NaFlex: variable resolution, at most ``max_num_patches`` patches)
     with an offline tokenizer and a Siglip2ImageProcessor config."""
     from transformers import Siglip2Config, Siglip2Model
-
-    from xmr.io.atomic import check_output_dir
 
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)

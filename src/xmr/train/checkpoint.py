@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from xmr.errors import XmrError
+from xmr.io.atomic import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -48,7 +49,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``
     (:func:`xmr.io.atomic.atomic_write`, which also removes what a killed save left)."""
-    from xmr.io.atomic import atomic_write
 
     path = Path(path)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xmr.data.convert import convert_dataset
+from xmr.data.dataset import RetrievalDataset, Split
 from xmr.data.readers import load_dataset
 from xmr.errors import DataError, XmrError
 from xmr.io import atomic_replace_dir, atomic_write_json, prepare_output_dir
@@ -168,8 +170,6 @@ def caption_dataset(
 
 
 def _write_dataset_copy(out: Path, split, dataset, captions: dict[str, str]) -> str:
-    from xmr.data.convert import convert_dataset
-    from xmr.data.dataset import RetrievalDataset, Split
 
     items = {iid: item for iid, item in split.items.items() if iid in captions}
     copy = Split(split.name, queries=split.queries)

@@ -20,6 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xmr.data.readers import load_dataset
+from xmr.data.synth import generate_synthetic
+from xmr.encode import encode_split, load_embeddings
+from xmr.eval.evaluate import evaluate_rankings, split_categories
+from xmr.models import create_encoder
+from xmr.search import Searcher
+
 # The numbers reported side by side (Track2 scores mAP@10; recall shows where the first hit is).
 REPORTED = ("t2i/mAP@10", "t2i/R@1", "t2i/R@5", "t2i/R@10", "t2i/MeanRecall")
 TARGET_METRIC = "t2i/mAP@10"
@@ -88,9 +95,6 @@ def _encode_and_index(
 ):
     """Encode the split with the model, build an exact index, search every query; returns
     (metrics, index)."""
-    from xmr.encode import encode_split, load_embeddings
-    from xmr.eval.evaluate import evaluate_rankings, split_categories
-    from xmr.models import create_encoder
     from xmr.workflows.index_build import index_embeddings
 
     encoder = create_encoder(model_spec, device="cpu")
@@ -118,8 +122,6 @@ def run_demo(
     out: str | os.PathLike = "demo_out", config: DemoConfig | None = None
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the final metrics (also printed as the last line)."""
-    from xmr.data.readers import load_dataset
-    from xmr.data.synth import generate_synthetic
     from xmr.models import create_tiny_clip
     from xmr.train import TrainConfig, train
 
@@ -235,7 +237,6 @@ def run_demo(
 
 def _show_examples(index_dir: Path, split, n: int) -> None:
     """A few text searches (one per category when possible) and one search by image."""
-    from xmr.search import Searcher
 
     if n <= 0:
         return

@@ -38,6 +38,8 @@ from xmr.eval.metrics import hits_from_rankings
 from xmr.eval.reranked import evaluate_reranked
 from xmr.fusion import DEFAULT_TUNE_METRIC
 from xmr.io.atomic import check_output_file
+from xmr.models import create_encoder
+from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
 
 
@@ -109,8 +111,6 @@ def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
     """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
     draft decoding on)."""
     if isinstance(model, str):
-        from xmr.models import create_encoder
-
         return create_encoder(model, device=device, precision=precision, draft=draft)
     if draft and not getattr(model.preprocess, "draft", False):
         from dataclasses import replace
@@ -122,8 +122,6 @@ def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
 def load_reranker(rerank: Any, device: Any, precision: str):
     """A cross-encoder from a spec string (an instance passes through)."""
     if isinstance(rerank, str):
-        from xmr.models.cross_encoders import create_cross_encoder
-
         return create_cross_encoder(rerank, device=device, precision=precision)
     return rerank
 

@@ -6,7 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from xmr.encode import load_embeddings, load_metadata, read_manifest
 from xmr.errors import XmrError
+from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings, fusion_digest, load_fusion
 from xmr.index.store import Index, build_index, load_index
 
 log = logging.getLogger(__name__)
@@ -14,7 +16,6 @@ log = logging.getLogger(__name__)
 
 def default_kind(emb_dir: str | Path) -> str:
     """The kind to index: item images when encoded, else item captions (text corpora)."""
-    from xmr.encode import read_manifest
 
     kinds = read_manifest(emb_dir).get("kinds") or {}
     for kind in ("images", "captions"):
@@ -27,7 +28,6 @@ def default_kind(emb_dir: str | Path) -> str:
 
 
 def _records(emb_dir: Path, kind: str, ids: list[str]) -> list[dict[str, Any]]:
-    from xmr.encode import load_metadata
 
     meta = load_metadata(emb_dir, kind)
     return [meta.get(i, {"id": i}) for i in ids]
@@ -36,11 +36,8 @@ def _records(emb_dir: Path, kind: str, ids: list[str]) -> list[dict[str, Any]]:
 def _load_vectors(emb_dir: Path, kind: str, fusion: Any):
     """One kind's embeddings; ``fused`` combines images and captions with ``fusion`` (a weight,
     a learned fusion or its directory; see :mod:`xmr.fusion`)."""
-    from xmr.encode import load_embeddings
 
     if kind == "fused":
-        from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings
-
         return fused_embeddings(emb_dir, DEFAULT_FUSION_WEIGHT if fusion is None else fusion)
     return load_embeddings(emb_dir, kind)
 
@@ -51,7 +48,6 @@ def _index_fusion(source: dict[str, Any]) -> Any:
     info = source.get("fusion") or {}
     if source.get("fusion_weight") is not None or not info.get("path"):
         return source.get("fusion_weight")
-    from xmr.fusion import fusion_digest, load_fusion
 
     path = Path(info["path"])
     if not path.is_dir() or fusion_digest(path) != info.get("sha256"):
@@ -79,7 +75,6 @@ def index_embeddings(
     """Build an index over the ``kind`` vectors of ``emb_dir`` (default: images) and save it to
     ``out_dir`` when given. The query texts encoded beside them, if any, measure the recall of an
     approximate index. ``options`` go to :func:`xmr.workflows.index_build_index`."""
-    from xmr.encode import load_embeddings
 
     emb_dir = Path(emb_dir)
     fusion = options.pop("fusion", None)

@@ -31,7 +31,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xmr.data.images import decode_image
+from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
+from xmr.models import create_encoder
+from xmr.models.cross_encoders import (
+    CrossEncoder,
+    create_cross_encoder,
+    is_cross_encoder_spec,
+    match_probabilities,
+)
 
 TASKS = ("image-text-retrieval", "image-text-similarity")
 
@@ -89,12 +98,6 @@ class ImageTextScorer:
         precision: str = "fp32",
         batch_size: int = 32,
     ) -> None:
-        from xmr.models import create_encoder
-        from xmr.models.cross_encoders import (
-            CrossEncoder,
-            create_cross_encoder,
-            is_cross_encoder_spec,
-        )
 
         if model is None:
             raise XmrError(
@@ -166,8 +169,6 @@ class ImageTextScorer:
         if not texts:
             return []
         if self.encoder is None:
-            from xmr.models.cross_encoders import match_probabilities
-
             logits = self.cross_encoder.logits(
                 list(images), list(texts), batch_size=self.batch_size
             )
@@ -224,8 +225,6 @@ def _items_of(dataset: Any, split: str | None) -> dict[str, Any] | None:
     if dataset is None:
         return None
     if isinstance(dataset, str | os.PathLike):
-        from xmr.data.readers import load_dataset
-
         dataset = load_dataset(dataset, split=split)
     splits = [dataset.split(split)] if split else list(dataset.splits.values())
     items: dict[str, Any] = {}
@@ -238,8 +237,6 @@ def _items_of(dataset: Any, split: str | None) -> dict[str, Any] | None:
 def _fetch_url(url: str) -> Any:
     import urllib.error
     import urllib.request
-
-    from xmr.data.images import decode_image
 
     try:
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (http(s) only)

@@ -36,6 +36,7 @@ from xmr.eval.t2i_stats import (
 )
 from xmr.eval.t2i_submission import read_t2i_submission
 from xmr.io.atomic import atomic_write_json, check_output_file
+from xmr.models import create_encoder
 
 Progress = Callable[[str, int, int], None]
 
@@ -201,7 +202,6 @@ def evaluate_t2i(
 
 
 def _retrieval_metrics(report, model, ids, refs, texts, device, candidates, repeats, seed, scale):
-    from xmr.models import create_encoder
 
     by_id = {t.id: t.text for t in read_t2i_texts(texts)}
     descriptions = [by_id[i] for i in ids]

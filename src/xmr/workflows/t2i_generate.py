@@ -25,6 +25,7 @@ from xmr.data.readers._common import open_binary
 from xmr.data.readers.muge_t2i import read_t2i_texts
 from xmr.errors import XmrError
 from xmr.io.atomic import atomic_write, atomic_write_json, check_output_file
+from xmr.models.generators import load_text2image_pipeline
 
 IMAGE_FORMATS = ("png", "jpeg")
 
@@ -117,8 +118,6 @@ def generate_t2i(
         A summary: counts (generated now, resumed), the settings and the pipeline's info.
     """
     import torch
-
-    from xmr.models.generators import load_text2image_pipeline
 
     out = check_output_file(out)
     if out.exists() and not overwrite:

@@ -31,6 +31,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from xmr.data.convert import convert_dataset
 from xmr.data.dataset import Item, Query, RetrievalDataset, Split
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
@@ -158,7 +159,6 @@ def translate_dataset(
     written: dict[str, Any] = {}
 
     def fill(tmp: Path) -> None:
-        from xmr.data.convert import convert_dataset
 
         written.update(convert_dataset(copy, "beir", tmp, copy_images=False))
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmr.errors import DataError, XmrError
+from xmr.io.atomic import atomic_write, check_output_dir
 from xmr.models.cross_encoders import CrossEncoder, check_pairs, register_cross_encoder
 from xmr.models.mplug.layout import (
     CONFIG_YAML,
@@ -200,8 +201,6 @@ class MplugCrossEncoder(CrossEncoder):
         in place of the ones it read. Each file is written atomically.
         """
         import torch
-
-        from xmr.io.atomic import atomic_write, check_output_dir
 
         out = check_output_dir(path)
         out.mkdir(parents=True, exist_ok=True)

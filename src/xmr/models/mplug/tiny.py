@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xmr.errors import XmrError
+from xmr.io.atomic import atomic_write, atomic_write_json, check_output_dir
 from xmr.models.mplug.layout import CONFIG_YAML, CONFIGURATION, RETRIEVAL_TASK, VOCAB, WEIGHTS
 
 
@@ -47,7 +48,6 @@ def create_tiny_mplug(
     import torch
     import yaml
 
-    from xmr.io.atomic import atomic_write, atomic_write_json, check_output_dir
     from xmr.models.blip_itm import tiny_vocab
     from xmr.models.mplug.layout import read_config
     from xmr.models.mplug.modeling import MplugItm
