@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from xmr.data.records import document_text
 from xmr.errors import XmrError
 from xmr.search import SearchResult
 
@@ -76,6 +77,23 @@ def _item_image(value: Any) -> Any:
     if image is None:
         raise XmrError(f"rerank: item '{getattr(value, 'id', value)}' has no image")
     return load_image(image)
+
+
+def is_text_pair_encoder(cross_encoder: Any) -> bool:
+    """True for a text cross-encoder (``ce:``), which reads (query text, document text)."""
+    return getattr(cross_encoder, "pair_kind", "image-text") == "text-text"
+
+
+def _item_document(value: Any) -> str:
+    """The document text of a candidate for a text cross-encoder: its captions joined."""
+    if isinstance(value, str):
+        return value
+    captions = getattr(value, "captions", None)
+    if captions is None and isinstance(value, Mapping):
+        captions = value.get("captions")
+    if captions:
+        return document_text(captions)
+    raise XmrError(f"rerank: candidate {getattr(value, 'id', value)!r} has no text to read")
 
 
 def _item_text(value: Any) -> str:
@@ -173,6 +191,9 @@ def rerank_many(
     if isinstance(cross_encoder, str):
         cross_encoder = create_cross_encoder(cross_encoder)
     resolve = _resolver(lookup)
+    text_pairs = is_text_pair_encoder(cross_encoder)
+    if text_pairs and not all(_is_text(q) for q in queries):
+        raise XmrError(f"rerank: {cross_encoder.spec} reads texts; the queries must be texts")
     lists = [[_as_candidate(c) for c in cands] for cands in candidate_lists]
     results: list[list[dict[str, Any]]] = []
 
@@ -193,7 +214,10 @@ def rerank_many(
                     cid = c["id"]
                     if cid not in cache:
                         value = resolve(cid)
-                        cache[cid] = _item_image(value) if text_query else _item_text(value)
+                        if text_pairs:
+                            cache[cid] = _item_document(value)
+                        else:
+                            cache[cid] = _item_image(value) if text_query else _item_text(value)
                     if text_query:
                         images.append(cache[cid])
                         texts.append(query)
@@ -286,8 +310,13 @@ class RerankedResult(SearchResult):
     reranked: bool = False
 
 
-def searcher_lookup(searcher: Any, *, text_queries: bool) -> Callable[[str], Any]:
-    """id -> the item's image (text queries) or its first caption (image queries)."""
+def searcher_lookup(
+    searcher: Any, *, text_queries: bool, documents: bool = False
+) -> Callable[[str], Any]:
+    """id -> the item's image (text queries) or its first caption (image queries); with
+    ``documents`` (a text cross-encoder) its captions joined, the text BM25 indexes."""
+    if documents:
+        return lambda item_id: _item_document(searcher.item(item_id))
 
     def image(item_id: str) -> Any:
         ref = searcher.image_ref(item_id)
@@ -318,9 +347,11 @@ def search_reranked(
     alpha: float = 1.0,
     category: str | None = None,
     batch_size: int = 32,
+    search_mode: str | None = None,
 ) -> list[list[Any]]:
-    """Two-stage search: the Searcher retrieves ``max(k, rerank_k)`` per query, the cross-encoder
-    rescores the first ``rerank_k``, and the best ``k`` are returned.
+    """Two-stage search: the Searcher retrieves ``max(k, rerank_k)`` per query (text queries in
+    ``search_mode``: dense, bm25 or hybrid), the cross-encoder rescores the first ``rerank_k``,
+    and the best ``k`` are returned. A text cross-encoder (``ce:``) reads the items' texts.
 
     ``queries`` are all texts (matched against item images) or all images (matched against item
     captions). Results are ``SearchResult``s with ``first_stage_score``, ``first_stage_rank``,
@@ -332,8 +363,12 @@ def search_reranked(
     if not text_queries and any(isinstance(q, str) for q in queries):
         raise XmrError("rerank: queries must be all texts or all images")
     depth = max(int(k), int(rerank_k))
+    if isinstance(cross_encoder, str):
+        from xmr.models.cross_encoders import create_cross_encoder
+
+        cross_encoder = create_cross_encoder(cross_encoder)
     if text_queries:
-        first = searcher.search_texts(list(queries), depth, category=category)
+        first = searcher.search_texts(list(queries), depth, category=category, mode=search_mode)
     else:
         first = searcher.search_images(list(queries), depth, category=category)
     candidate_lists = [[{"id": r.id, "score": r.score, "result": r} for r in row] for row in first]
@@ -341,7 +376,9 @@ def search_reranked(
         queries,
         candidate_lists,
         cross_encoder,
-        lookup=searcher_lookup(searcher, text_queries=text_queries),
+        lookup=searcher_lookup(
+            searcher, text_queries=text_queries, documents=is_text_pair_encoder(cross_encoder)
+        ),
         k=rerank_k,
         mode=mode,
         alpha=alpha,
@@ -404,7 +441,7 @@ def evaluate_reranked(
             q_emb, c_emb, q_ids, c_ids = text_emb, image_emb, query_ids, item_ids
             relevance = split.relevance
             queries = {q: split.queries[q].text for q in q_ids}
-            lookup = dataset_lookup(split, side="image")
+            lookup = dataset_lookup(split, side="image")  # the Item: image, or captions for ce:
         elif direction == "i2t":
             q_emb, c_emb, q_ids, c_ids = image_emb, text_emb, item_ids, query_ids
             relevance = split.item_relevance()

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--model",
         metavar="M",
-        help="encode the split with model M (hf:DIR, open_clip:..., a dir), rank exactly, score",
+        help="encode the split with model M (hf:DIR, open_clip:..., a dir), rank exactly, score; "
+        "st:DIR (a text model) or bm25[:k1=..,b=..,tokenizer=..] score text retrieval (t2t/)",
     )
     p.add_argument("--data", required=True, metavar="PATH", help="the data set with relevance")
     p.add_argument(
@@ -75,6 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     add_rerank_arguments(p)
     add_fusion_arguments(p)
+    from xmr.cli.text_options import add_text_arguments
+
+    add_text_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Options that mean something with one source of rankings only: refusing them beats ignoring them.
-_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split")
+_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split", "hybrid", "bm25")
 _PREDICTIONS_ONLY = ("prediction_kind",)
 
 
@@ -234,6 +238,10 @@ def _from_model(args: argparse.Namespace):
             "its fused numbers are optimistic (choose another with --tune-split)",
             file=sys.stderr,
         )
+    from xmr.workflows.text_eval import is_text_job
+
+    if is_text_job(args.model, split, args.hybrid):  # text -> text: t2t/ keys (cli/text_options)
+        return _from_text_model(args, dataset, split), []
     encoder, emb = embed_for_cli(args, dataset, split)
     directions = default_directions(emb)
     if args.directions:
@@ -254,6 +262,29 @@ def _from_model(args: argparse.Namespace):
         metrics |= rerank_metrics(args, split, emb.text, emb.items, directions=directions)
     metrics |= fusion_metrics(args, encoder, dataset, split)
     return metrics, _model_per_query(args, split, emb) if args.per_query else []
+
+
+def _from_text_model(args: argparse.Namespace, dataset, split) -> dict:
+    """``--model bm25|st:...`` or ``--hybrid`` (or a corpus without images): text retrieval."""
+    from xmr.cli.rerank_options import load_cross_encoder, rerank_options
+    from xmr.cli.text_options import text_options
+    from xmr.errors import XmrError
+    from xmr.workflows.text_eval import evaluate_text_model
+
+    unsupported = [f for f in ("per_query", "fused", "depth", "emb_dir") if getattr(args, f, None)]
+    if unsupported:
+        flag = "--" + unsupported[0].replace("_", "-")
+        raise XmrError(f"{flag} does not apply to text retrieval (--model bm25, st:..., --hybrid)")
+    if args.directions and args.directions.strip() != "t2t":
+        raise XmrError("text retrieval has the one direction t2t")
+    rerank = load_cross_encoder(args) if args.rerank else None
+    return evaluate_text_model(
+        args.model, dataset, split=split.name, k=args.k, device=args.device,
+        precision=args.precision, batch_size=args.batch_size,
+        skip_empty=args.skip_empty_queries, rerank=rerank,
+        rerank_options={"rerank_k": args.rerank_k, **rerank_options(args)},
+        **text_options(args),
+    )  # fmt: skip
 
 
 def _model_per_query(args: argparse.Namespace, split, emb) -> list:

@@ -20,7 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "before xmr reports success, and it is replaced atomically."
         ),
     )
-    p.add_argument("--model", required=True, metavar="M", help="model spec (hf:DIR, open_clip:...)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="M",
+        help="model spec (hf:DIR, open_clip:..., st:DIR, or bm25[:k1=..,b=..,tokenizer=..])",
+    )
     p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
     p.add_argument(
         "--format", default=None, metavar="F", help="data set format (default: detected)"
@@ -48,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     add_model_arguments(p, directions=False)
     add_rerank_arguments(p)
+    from xmr.cli.text_options import add_text_arguments
+
+    add_text_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -67,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if name is None and "test" in dataset.splits:
         name = "test"
     split = dataset.split(name)
+    from xmr.workflows.text_eval import is_text_job
+
+    if is_text_job(args.model, split, args.hybrid):  # text retrieval (cli/text_options)
+        return _predict_text(args, dataset, split)
     kind = args.submission_format or default_submission_format(dataset, split)
     if args.fused is not None:
         from xmr.eval.embedded import embed_split_fused
@@ -121,3 +133,32 @@ def _reranked(args: argparse.Namespace, split, ranked: dict) -> dict:
         **rerank_options(args),
     )
     return {q: [(r["id"], r["score"]) for r in row] for q, row in zip(qids, rows, strict=True)}
+
+
+def _predict_text(args: argparse.Namespace, dataset, split) -> int:
+    """``--model bm25|st:...`` / ``--hybrid``: a text retrieval run (TREC unless asked)."""
+    from xmr.cli.rerank_options import load_cross_encoder, rerank_options
+    from xmr.cli.text_options import text_options
+    from xmr.errors import XmrError
+    from xmr.workflows.text_eval import predict_text
+
+    if args.fused is not None:
+        raise XmrError("--fused does not apply to text retrieval (--model bm25, st:..., --hybrid)")
+    kind = args.submission_format or "trec"
+    path = predict_text(
+        args.model, dataset, args.out, split=split.name, submission_format=kind, k=args.k,
+        device=args.device, precision=args.precision, batch_size=args.batch_size,
+        rerank=load_cross_encoder(args) if args.rerank else None,
+        rerank_options={"rerank_k": args.rerank_k, **rerank_options(args)},
+        **text_options(args),
+    )  # fmt: skip
+    summary = {"out": str(path), "submission_format": kind, "split": split.name,
+               "queries": len(split.queries), "k": args.k, "reranked": bool(args.rerank),
+               "model": args.model, "hybrid": args.hybrid}  # fmt: skip
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print(
+            f"wrote {kind} predictions for {len(split.queries)} queries of split '{split.name}' to {path}"
+        )
+    return 0

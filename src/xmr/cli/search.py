@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from xmr.cli.rerank_options import add_rerank_arguments
 
     add_rerank_arguments(p)
+    from xmr.cli.text_options import add_text_arguments
+
+    add_text_arguments(p, search=True)
     p.set_defaults(func=run)
 
 
@@ -37,7 +40,14 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError("give a query TEXT or --image FILE (one of them)")
     if args.query is not None and not args.query.strip():
         raise XmrError("the query text is empty")
-    searcher = Searcher.from_index_dir(args.index_dir, device=args.device, model=args.model)
+    from xmr.cli.text_options import searcher_options
+
+    searcher = Searcher.from_index_dir(
+        args.index_dir, device=args.device, model=args.model, **searcher_options(args)
+    )
+    mode = args.mode or ("hybrid" if args.hybrid else None)
+    if mode is not None and args.image is not None:
+        raise XmrError("--mode applies to text queries, not --image")
     if args.rerank:
         from xmr.cli.rerank_options import load_cross_encoder, rerank_options
         from xmr.rerank import search_reranked
@@ -54,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
             k=args.k,
             rerank_k=args.rerank_k,
             category=args.category,
+            search_mode=mode,
             **rerank_options(args),
         )[0]
     elif args.image is not None:
         results = searcher.search_image(args.image, args.k, category=args.category)
     else:
-        results = searcher.search_text(args.query, args.k, category=args.category)
+        results = searcher.search_text(args.query, args.k, category=args.category, mode=mode)
     if args.json:
         out = {"query": args.query, "image": args.image, "results": [r.to_dict() for r in results]}
         print(json.dumps(out, ensure_ascii=False, indent=2))

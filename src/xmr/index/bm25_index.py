@@ -115,7 +115,9 @@ class BM25Index:
 
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.items):
-            raise XmrError(f"{self.path or 'index'}: {len(self.ids)} ids but {len(self.items)} items")
+            raise XmrError(
+                f"{self.path or 'index'}: {len(self.ids)} ids but {len(self.items)} items"
+            )
         self._positions = {id_: i for i, id_ in enumerate(self.ids)}
         if len(self._positions) != len(self.ids):
             raise XmrError(f"{self.path or 'index'}: duplicate ids in the index")

@@ -108,6 +108,7 @@ def list_cross_encoders() -> list[str]:
 def _load_backends() -> None:
     # The backends register on import; transformers itself is imported only when one is built.
     import xmr.models.blip_itm  # noqa: F401
+    import xmr.models.text_cross_encoder  # noqa: F401
 
 
 def local_backend(path: Path) -> str | None:

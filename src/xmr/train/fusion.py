@@ -29,8 +29,7 @@ import numpy as np
 
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
-from xmr.fusion import DEFAULT_TUNE_METRIC
-from xmr.fusion import GatedFusion, WeightedFusion
+from xmr.fusion import DEFAULT_TUNE_METRIC, GatedFusion, WeightedFusion
 from xmr.io.atomic import check_output_dir
 from xmr.models import create_encoder
 from xmr.train.config_base import TrainerConfig

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.eval.embedded import SplitEmbeddings, evaluate_embedded
 from xmr.eval.evaluate import recall_ks
 from xmr.eval.metrics import metric_names
-from xmr.eval.embedded import SplitEmbeddings, evaluate_embedded
 
 log = logging.getLogger(__name__)
 
