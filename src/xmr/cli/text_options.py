@@ -7,9 +7,11 @@ import argparse
 from typing import Any
 
 
-def add_text_arguments(p: argparse.ArgumentParser, *, search: bool = False) -> None:
-    """``--hybrid``, ``--bm25``, ``--hybrid-weights``, ``--rrf-k`` (and for search/serve
-    ``--bm25-index`` / ``--mode``)."""
+def add_text_arguments(
+    p: argparse.ArgumentParser, *, search: bool = False, mode: bool = True
+) -> None:
+    """``--hybrid``, ``--bm25``, ``--hybrid-weights``, ``--rrf-k`` (for search/serve
+    ``--bm25-index`` instead of ``--bm25``, and for search ``--mode``)."""
     g = p.add_argument_group("text retrieval (--model bm25, st:..., hybrid)")
     g.add_argument(
         "--hybrid",
@@ -26,13 +28,14 @@ def add_text_arguments(p: argparse.ArgumentParser, *, search: bool = False) -> N
             help="a BM25 index of the same items (xmr index build --model bm25), for "
             "--mode bm25|hybrid beside a vector index",
         )
+    if search and mode:
         g.add_argument(
             "--mode",
             default=None,
             choices=["dense", "bm25", "hybrid"],
             help="text search mode [dense; bm25 for a BM25 index]",
         )
-    else:
+    if not search:
         g.add_argument(
             "--bm25",
             default=None,

@@ -37,6 +37,7 @@ from xmr.serve.limits import (
     ServeSettings,
     check_category,
     check_k,
+    check_mode,
     check_query,
     check_rerank,
 )
@@ -96,6 +97,16 @@ _SEARCH_BODY_DOC = {
 }
 
 
+def _text_search_options(settings: ServeSettings) -> dict[str, Any]:
+    """The Searcher's BM25 / hybrid keywords from the settings."""
+    out: dict[str, Any] = {"hybrid": settings.hybrid, "rrf_k": settings.rrf_k}
+    if settings.bm25_index:
+        out["bm25_index"] = settings.bm25_index
+    if settings.hybrid_weights is not None:
+        out["hybrid_weights"] = list(settings.hybrid_weights)
+    return out
+
+
 def create_app(
     index: str | Path | Any,
     settings: ServeSettings | None = None,
@@ -123,7 +134,9 @@ def create_app(
     if isinstance(index, SearchBackend):
         backend = index
     elif isinstance(index, (str, Path)):
-        backend = SearchBackend.load(index, device=settings.device)
+        backend = SearchBackend.load(
+            index, device=settings.device, **_text_search_options(settings)
+        )
     else:
         backend = SearchBackend.from_searcher(index)
     backend.writable = settings.allow_writes
@@ -306,16 +319,24 @@ def create_app(
         return await image_batcher.submit(img)
 
     async def text_search(
-        q: Any, k: Any, category: Any, started: float, rerank: Any = None, rerank_k: Any = None
+        q: Any,
+        k: Any,
+        category: Any,
+        started: float,
+        rerank: Any = None,
+        rerank_k: Any = None,
+        mode: Any = None,
     ) -> JSONResponse:
         k = check_k(k, settings)
         text = check_query(q, settings)
         category = check_category(category, backend.categories())
+        mode = check_mode(mode, backend.modes)
         depth, about = rerank_plan(rerank, rerank_k, text_query=True)
         # One batched call encodes the text and searches the index (no second thread hop).
-        hits = await text_batcher.submit(TextQuery(text, max(k, depth or 0), category))
+        hits = await text_batcher.submit(TextQuery(text, max(k, depth or 0), category, mode))
         results = await second_stage(text, hits, k, depth)
-        return respond({"type": "text", "text": text}, k, category, results, started, about)
+        query = {"type": "text", "text": text, "mode": mode or backend.modes[0]}
+        return respond(query, k, category, results, started, about)
 
     # -- routes: API -----------------------------------------------------------------------
 
@@ -362,9 +383,14 @@ def create_app(
         rerank_k: str | None = Query(
             None, description="How many first-stage results to rerank (1..the service's)."
         ),
+        mode: str | None = Query(
+            None,
+            description="dense (the model and the vector index), bm25 (the BM25 index) or "
+            "hybrid (both, fused); the default is the first the service can do.",
+        ),
     ) -> JSONResponse:
         """Search the images by a text query."""
-        return await text_search(q, k, category, time.perf_counter(), rerank, rerank_k)
+        return await text_search(q, k, category, time.perf_counter(), rerank, rerank_k, mode)
 
     @app.post("/api/search", tags=["search"], openapi_extra=_SEARCH_BODY_DOC)
     async def search_post(request: Request) -> JSONResponse:
@@ -384,7 +410,7 @@ def create_app(
         payload = _parse_json(body)
         if not isinstance(payload, dict):
             raise ApiError(400, "bad_json", "the JSON body must be an object {q, k, ...}")
-        unknown = set(payload) - {"q", "k", "category", "item_id", "rerank", "rerank_k"}
+        unknown = set(payload) - {"q", "k", "category", "item_id", "rerank", "rerank_k", "mode"}
         if unknown:
             raise ApiError(400, "unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
         if payload.get("item_id") is not None:
@@ -424,6 +450,7 @@ def create_app(
             started,
             payload.get("rerank"),
             payload.get("rerank_k"),
+            payload.get("mode"),
         )
 
     async def image_search(request: Request, body: bytes, started: float) -> JSONResponse:

@@ -23,6 +23,7 @@ class TextQuery(NamedTuple):
     text: str
     k: int
     category: str | None = None
+    mode: str | None = None  # dense | bm25 | hybrid (None: the searcher's default)
 
 
 class RerankJob(NamedTuple):
@@ -59,18 +60,25 @@ class SearchBackend:
     def from_searcher(cls, searcher: Any) -> SearchBackend:
         index = getattr(searcher, "index", None)
         encoder = getattr(searcher, "encoder", None) or getattr(searcher, "model", None)
-        if index is None or encoder is None:
+        lexical_only = getattr(searcher, "modes", None) == ["bm25"]  # a BM25 index: no model
+        if index is None or (encoder is None and not lexical_only):
             raise TypeError(
                 f"{type(searcher).__name__} has no .index and .encoder; pass a xmr Searcher"
             )
         return cls(index, encoder, searcher=searcher)
 
     @classmethod
-    def load(cls, index_dir: str | Path, *, device: str = "cpu") -> SearchBackend:
-        """Load an index directory and the model its manifest names (checked to be the same)."""
+    def load(cls, index_dir: str | Path, *, device: str = "cpu", **options: Any) -> SearchBackend:
+        """Load an index directory and the model its manifest names (checked to be the same);
+        ``options`` (``bm25_index``, ``hybrid``...) go to :meth:`Searcher.from_index_dir`."""
         from xmr.search import Searcher
 
-        return cls.from_searcher(Searcher.from_index_dir(index_dir, device=device))
+        return cls.from_searcher(Searcher.from_index_dir(index_dir, device=device, **options))
+
+    @property
+    def modes(self) -> list[str]:
+        """The text search modes (``dense``, ``bm25``, ``hybrid``) this backend can do."""
+        return list(getattr(self.searcher, "modes", None) or ["dense"])
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -98,6 +106,8 @@ class SearchBackend:
         return np.asarray(self.encoder.encode_texts(list(texts)), dtype=np.float32)
 
     def encode_images(self, images: list) -> np.ndarray:
+        if self.encoder is None:
+            raise XmrError("this is a BM25 index: it is searched by text only")
         return np.asarray(self.encoder.encode_images(list(images)), dtype=np.float32)
 
     # -- index -----------------------------------------------------------------------------
@@ -124,7 +134,11 @@ class SearchBackend:
 
     def search_texts(self, queries: list[TextQuery]) -> list[list[tuple[str, float]]]:
         """Encode every query text in one call, then search once per category present (with the
-        largest k asked for there, each list cut to its own k)."""
+        largest k asked for there, each list cut to its own k). BM25 and hybrid queries go
+        through the Searcher (one call per mode and category)."""
+        default = self.modes[0]
+        if any((q.mode or default) != "dense" for q in queries):
+            return self._search_texts_by_mode(queries, default)
         vectors = self.encode_texts([q.text for q in queries])
         out: list[list[tuple[str, float]]] = [[] for _ in queries]
         groups: dict[str | None, list[int]] = {}
@@ -137,6 +151,25 @@ class SearchBackend:
                 out[i] = row[: queries[i].k]
         return out
 
+    def _search_texts_by_mode(
+        self, queries: list[TextQuery], default: str
+    ) -> list[list[tuple[str, float]]]:
+        out: list[list[tuple[str, float]]] = [[] for _ in queries]
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault((q.mode or default, q.category), []).append(i)
+        for (mode, category), rows in groups.items():
+            k = max(queries[i].k for i in rows)
+            texts = [queries[i].text for i in rows]
+            if self.writable:
+                with self._lock:
+                    hits = self.searcher.search_texts(texts, k, category=category, mode=mode)
+            else:
+                hits = self.searcher.search_texts(texts, k, category=category, mode=mode)
+            for i, row in zip(rows, hits, strict=True):
+                out[i] = [(str(r.id), float(r.score)) for r in row[: queries[i].k]]
+        return out
+
     def info(self) -> dict[str, Any]:
         describe = getattr(self.searcher, "info", None)
         info = dict(describe() if callable(describe) else self.index.info())
@@ -147,7 +180,8 @@ class SearchBackend:
             "model": spec or (self.index.model or {}).get("spec"),
             "index_type": (info.get("index") or {}).get("type") or info.get("requested_spec"),
             "size": len(self.index),
-            "dim": self.index.dim,
+            "dim": getattr(self.index, "dim", None),
+            "modes": self.modes,
             "exact": (info.get("index") or {}).get("exact"),
             "categories": self.categories(),
             "index": info,
