@@ -84,3 +84,56 @@ def seed_muge_beir(root: Path) -> Path:
     docs = {str(i): t for i, t in enumerate(SEED_DOCS)}
     queries = {str(i): t for i, t in enumerate(SEED_QUERIES)}
     return write_beir(root, docs, queries, {str(i): {str(i): 1} for i in range(len(docs))})
+
+
+TINY_VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "query", ":", "passage",
+    "a", "white", "red", "black", "blue", "green", "car", "suv", "cat", "dog", "on", "the",
+    "mat", "fast", "christmas", "pillow", "phone", "case",
+]  # fmt: skip
+
+
+def _tiny_bert(directory: Path, *, labels: int | None = None) -> Path:
+    """A tiny random BERT (and its WordPiece tokenizer) saved with save_pretrained."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        BertModel,
+        BertTokenizerFast,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if labels is None:
+        model = BertModel(config)
+    else:
+        config.num_labels = labels
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def tiny_sentence_transformer(directory: Path, *, prompts: dict[str, str] | None = None) -> Path:
+    """A tiny random sentence-transformers bi-encoder (BertModel + mean Pooling + Normalize)
+    written by SentenceTransformer.save: modules.json, config_sentence_transformers.json..."""
+    from sentence_transformers import SentenceTransformer, models
+
+    bert = _tiny_bert(directory.parent / f"{directory.name}-bert")
+    transformer = models.Transformer(str(bert))
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts)
+    model.save(str(directory))
+    return directory
+
+
+def tiny_cross_encoder(directory: Path) -> Path:
+    """A tiny random one-label BERT cross-encoder, the layout sentence-transformers loads."""
+    return _tiny_bert(directory, labels=1)

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "index",
     "search",
     "evaluate",
+    "compare",
     "predict",
     "similarity",
     "train",

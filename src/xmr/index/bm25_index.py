@@ -13,8 +13,10 @@ Scoring (``method``, bm25s' names; ``N`` documents, ``df`` documents holding the
 its count in the document, ``dl`` the document's length in tokens, ``avgdl`` the mean)::
 
     lucene (default)  idf = ln(1 + (N - df + 0.5) / (df + 0.5))
-                      tf' = tf / (tf + k1 * (1 - b + b * dl / avgdl))
-    robertson         idf = ln((N - df + 0.5) / (df + 0.5))
+    robertson         idf = max(0, ln((N - df + 0.5) / (df + 0.5)))   (a term in more than
+                      half the documents adds nothing, rather than a negative score)
+    both              tf' = tf / (tf + k1 * (1 - b + b * dl / avgdl))
+    atire             idf = ln(N / df)
                       tf' = tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))
 
     score(q, d) = sum over the query's tokens t (repeats counted) of idf(t) * tf'(t, d)

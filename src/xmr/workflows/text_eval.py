@@ -185,8 +185,8 @@ def predict_text(
     rerank_options: dict[str, Any] | None = None,
 ) -> Path:
     """``xmr predict`` for text retrievers: each query's top ``k`` written as a validated
-    submission (TREC by default, for trec_eval; BM25 may return fewer than ``k`` for a query
-    that shares no token with any document, which only a TREC run allows)."""
+    submission (TREC by default, for trec_eval). A query BM25 finds fewer than ``k`` documents
+    for is padded with score-0 items (:func:`pad_run`), so the file has every query."""
     check_output_file(out)
     dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
     if split is None and "test" in dataset.splits:
@@ -201,7 +201,23 @@ def predict_text(
     run = runs[""]
     if rerank is not None:
         run = rerank_run(run, chosen, rerank, **(rerank_options or {}))
-    return write_submission(out, run, chosen, kind=submission_format, k=k)
+    return write_submission(out, pad_run(run, chosen, k), chosen, kind=submission_format, k=k)
+
+
+def pad_run(run: dict, split: Any, k: int) -> dict[str, list[tuple[str, float]]]:
+    """Each query's list filled up to ``k`` with score-0 items in the split's order (BM25 returns
+    only documents sharing a token with the query; every submission format, TREC included as
+    xmr validates it, needs each query present, and MUGE files exactly ``k`` ids)."""
+    k = min(k, len(split.items))
+    out = {}
+    for qid in split.queries:
+        row = list(run.get(qid, ()))[:k]
+        if len(row) < k:
+            have = {d for d, _ in row}
+            floor = min([0.0, *(s for _, s in row)])
+            row += [(i, floor) for i in split.items if i not in have][: k - len(row)]
+        out[qid] = row
+    return out
 
 
 def compare_retrievers(
