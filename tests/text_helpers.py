@@ -124,12 +124,19 @@ def _tiny_bert(directory: Path, *, labels: int | None = None) -> Path:
 def tiny_sentence_transformer(directory: Path, *, prompts: dict[str, str] | None = None) -> Path:
     """A tiny random sentence-transformers bi-encoder (BertModel + mean Pooling + Normalize)
     written by SentenceTransformer.save: modules.json, config_sentence_transformers.json..."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer import modules
+    except ImportError:
+        from sentence_transformers import models as modules
 
     bert = _tiny_bert(directory.parent / f"{directory.name}-bert")
-    transformer = models.Transformer(str(bert))
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
-    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts)
+    transformer = modules.Transformer(str(bert))
+    pooling = modules.Pooling(16, "mean")  # the tiny BERT's hidden size
+    model = SentenceTransformer(
+        modules=[transformer, pooling, modules.Normalize()], prompts=prompts
+    )
     model.save(str(directory))
     return directory
 

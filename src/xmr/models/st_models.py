@@ -72,7 +72,9 @@ class SentenceTransformerEncoder(Encoder):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model.to(self.device)
-        dim = model.get_sentence_embedding_dimension()
+        # sentence-transformers 6 renamed get_sentence_embedding_dimension
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = dim_of()
         if not dim:
             raise XmrError(f"{spec}: the model does not say its embedding dimension")
         self.embed_dim = int(dim)
