@@ -73,7 +73,10 @@ class SentenceTransformerEncoder(Encoder):
         self.precision = resolve_precision(precision, self.device)
         self.model.to(self.device)
         # sentence-transformers 6 renamed get_sentence_embedding_dimension
-        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim_of = (
+            getattr(model, "get_embedding_dimension", None)
+            or model.get_sentence_embedding_dimension
+        )
         dim = dim_of()
         if not dim:
             raise XmrError(f"{spec}: the model does not say its embedding dimension")
