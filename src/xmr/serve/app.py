@@ -335,7 +335,9 @@ def create_app(
         # One batched call encodes the text and searches the index (no second thread hop).
         hits = await text_batcher.submit(TextQuery(text, max(k, depth or 0), category, mode))
         results = await second_stage(text, hits, k, depth)
-        query = {"type": "text", "text": text, "mode": mode or backend.modes[0]}
+        query = {"type": "text", "text": text}
+        if mode is not None or backend.modes != ["dense"]:  # say which ran where there is a choice
+            query["mode"] = mode or backend.modes[0]
         return respond(query, k, category, results, started, about)
 
     # -- routes: API -----------------------------------------------------------------------
