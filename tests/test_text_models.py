@@ -188,6 +188,8 @@ def test_service_bm25_and_hybrid_modes(tmp_path, st_dir):
     assert r.status_code == 200 and [x["id"] for x in r.json()["results"]] == ["d2", "d3"]
     r = alone.get("/api/search", params={"q": "black cat", "mode": "hybrid"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "mode_unavailable"
+    about = alone.get("/api/info").json()
+    assert about["modes"] == ["bm25"] and about["index_type"] == "BM25" and about["size"] == 8
     # and a vector index with --bm25-index beside it, as `xmr serve` loads them
     settings = ServeSettings(bm25_index=str(tmp_path / "bm25"), hybrid="rrf")
     both = TestClient(create_app(str(tmp_path / "dense"), settings))

@@ -269,7 +269,8 @@ def build_bm25_index(
     retriever = bm25s.BM25(k1=options["k1"], b=options["b"], method=options["method"])
     retriever.index(tokens, show_progress=False)
     build_s = time.perf_counter() - started
-    index_config = {**options, "tokenizer": tokenizer, "requested_tokenizer": options["tokenizer"]}
+    index_config = {"type": "BM25", "exact": True, **options, "tokenizer": tokenizer}
+    index_config["requested_tokenizer"] = options["tokenizer"]
     index_config["tokenizer_reason"] = reason
     index_config["vocabulary"] = len(retriever.vocab_dict)
     index_config["bm25s_version"] = getattr(bm25s, "__version__", None)
