@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,27 +21,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--data", required=True, metavar="PATH", help="a data set with item captions")
-    p.add_argument(
-        "--format", default=None, metavar="F", help="data set format (default: detected)"
-    )
-    p.add_argument("--split", default=None, help="split to score [the only one with relevance]")
+    options.add_data_format(p)
+    options.add_split(p, "split to score (default: the only one with relevance)")
     p.add_argument("--image-model", default=None, metavar="M", help="image model (hf:, open_clip:)")
     p.add_argument(
         "--text-model",
         default=None,
         metavar="M",
-        help="text model for the caption-dense row (st:DIR...) [the image model's text tower]",
+        help="text model for the caption-dense row (st:DIR...) (default: the image model's "
+        "text tower)",
     )
-    p.add_argument("--bm25", default="bm25", metavar="SPEC", help="the BM25 spec [bm25]")
+    p.add_argument("--bm25", default="bm25", metavar="SPEC", help="the BM25 spec")
     p.add_argument(
-        "--fusion-weight", type=float, default=0.5, metavar="W", help="image weight of fused [0.5]"
+        "--fusion-weight", type=float, default=0.5, metavar="W", help="image weight of fused"
     )
-    p.add_argument("--hybrid", default="rrf", choices=["rrf", "weighted"], help="[rrf]")
-    p.add_argument("--k", type=int, default=10, help="cut-off of the xmr metrics [10]")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument(
+        "--hybrid",
+        default="rrf",
+        choices=["rrf", "weighted"],
+        help="how the hybrid row fuses the image ranking with caption BM25",
+    )
+    options.add_k(p, "cut-off of the xmr metrics")
+    options.add_batch_size(p)
+    options.add_device(p)
+    options.add_precision(p)
+    options.add_json(p, "print the result as one JSON object")
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument, report_skipped
+from xmr.data.readers import load_dataset
+from xmr.errors import XmrError
+from xmr.models import create_encoder
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("model", help="create a tiny offline model, describe a model")
@@ -13,21 +19,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     tiny = actions.add_parser(
         "tiny",
-        help="write a small random CLIP in transformers' format (no download)",
+        help="write a small random CLIP (or mPLUG) in its real on-disk format (no download)",
         description=(
             "Write a small random CLIPModel with a tokenizer trained offline (on the data set's "
             "texts with --data, else on built-in English and traffic words) and its image "
-            "processor config. Load it with --model hf:OUT (or transformers itself)."
+            "processor config. Load it with --model hf:OUT (or transformers itself). "
+            "With --family mplug: a small random mPLUG image-text retrieval model in "
+            "ModelScope's layout (configuration.json, config.yaml, config_bert.json, vocab.txt, "
+            "pytorch_model.bin); use it as --cross-encoder mplug:OUT or --rerank mplug:OUT."
         ),
     )
-    tiny.add_argument("out", metavar="OUT", help="output directory")
-    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
-    tiny.add_argument("--format", default=None, help="data set format (default: detected)")
-    tiny.add_argument("--split", default=None, help="only this split's texts (default: all)")
-    tiny.add_argument("--embed-dim", type=int, default=64, help="embedding dimension [64]")
-    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed [0]")
-    tiny.add_argument("--image-size", type=int, default=64, metavar="PX", help="input size [64]")
-    tiny.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
+    add_tiny_arguments(tiny)
     tiny.set_defaults(func=run_tiny)
 
     info = actions.add_parser(
@@ -35,26 +37,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print a model's manifest (spec, backend, dimension, preprocessing, fingerprint)",
     )
     info.add_argument("spec", metavar="SPEC", help="hf:<id or dir>, open_clip:<arch>[@w], a dir")
-    info.add_argument("--device", default="cpu", help="device to load on [cpu]")
+    options.add_device(info)
+    options.add_json(info, "print the manifest as JSON (it always is; for scripts' uniformity)")
     info.set_defaults(func=run_info)
 
 
-def run_tiny(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.models import create_encoder
-    from xmr.models.tiny import create_tiny_clip, dataset_texts
+def add_tiny_arguments(tiny: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr model tiny``."""
+    options.add_out(tiny, "output directory", legacy_positional=True)
+    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
+    options.add_data_format(tiny)
+    options.add_split(tiny, "only this split's texts (default: all)")
+    tiny.add_argument("--family", default="clip", choices=["clip", "mplug"], help="what to write")
+    tiny.add_argument("--embed-dim", type=int, default=64, metavar="N", help="embedding dimension")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument(
+        "--image-size", type=int, default=None, metavar="PX",
+        help="input size (default: 64; mplug 28)",
+    )  # fmt: skip
+    options.add_json(tiny, "print the model's manifest as JSON")
+    add_skip_bad_argument(tiny)
 
+
+def run_tiny(args: argparse.Namespace) -> int:
+    from xmr.models.tiny import create_tiny_clip, dataset_texts  # loads torch: not for --help
+
+    if args.image_size is None:
+        args.image_size = 28 if args.family == "mplug" else 64
     for name in ("embed_dim", "image_size"):
         if getattr(args, name) <= 0:
             raise XmrError(f"--{name.replace('_', '-')} must be positive")
     texts = None
     if args.data:
-        from xmr.data.readers import load_dataset
-
-        dataset = load_dataset(args.data, args.format, args.split)
+        dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
+        report_skipped(dataset, args.data)
         texts = dataset_texts(dataset, args.split)
         if not texts:
             raise XmrError(f"{args.data}: the data set has no texts to build a vocabulary from")
+    if args.family == "mplug":
+        return _tiny_mplug(args, texts)
     out = create_tiny_clip(
         args.out, texts=texts, embed_dim=args.embed_dim, seed=args.seed, image_size=args.image_size
     )
@@ -66,9 +87,26 @@ def run_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
-    from xmr.models import create_encoder
+def _tiny_mplug(args: argparse.Namespace, texts: list[str] | None) -> int:
+    from xmr.models.mplug.tiny import create_tiny_mplug, tiny_mplug_summary
 
+    words = sorted({w for t in texts or () for w in t.lower().split()})
+    out = create_tiny_mplug(
+        args.out, words=words, embed_dim=args.embed_dim, seed=args.seed, image_res=args.image_size
+    )
+    if args.json:
+        from xmr.models.cross_encoders import create_cross_encoder
+
+        print(json.dumps(create_cross_encoder(f"mplug:{out}", device="cpu").describe(), indent=2))
+    else:
+        print(
+            f"wrote a tiny mPLUG retrieval model to {out} ({tiny_mplug_summary(out)}); "
+            f"use it as --cross-encoder mplug:{out}"
+        )
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
     encoder = create_encoder(args.spec, device=args.device)
     print(json.dumps(encoder.manifest(), indent=2))
     return 0

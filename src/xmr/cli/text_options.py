@@ -18,7 +18,7 @@ def add_text_arguments(
         default=None,
         choices=["rrf", "weighted"],
         help="fuse the dense model's ranking with BM25's: reciprocal rank fusion or a weighted "
-        "sum of min-max normalised scores",
+        "sum of min-max normalised scores (default: none, the dense model alone)",
     )
     if search:
         g.add_argument(
@@ -26,29 +26,33 @@ def add_text_arguments(
             default=None,
             metavar="DIR",
             help="a BM25 index of the same items (xmr index build --model bm25), for "
-            "--mode bm25|hybrid beside a vector index",
+            "--mode bm25|hybrid beside a vector index (default: none)",
         )
     if search and mode:
         g.add_argument(
             "--mode",
             default=None,
             choices=["dense", "bm25", "hybrid"],
-            help="text search mode [dense; bm25 for a BM25 index]",
+            help="text search mode (default: dense; bm25 for a BM25 index)",
         )
     if not search:
         g.add_argument(
             "--bm25",
             default=None,
             metavar="SPEC",
-            help="the BM25 side of --hybrid: bm25[:k1=..,b=..,method=..,tokenizer=..] [bm25]",
+            help="the BM25 side of --hybrid: bm25[:k1=..,b=..,method=..,tokenizer=..] "
+            "(default: bm25)",
         )
     g.add_argument(
         "--hybrid-weights",
         default=None,
         metavar="WD,WB",
-        help="weights of the dense and the BM25 ranking [1,1 for rrf; 0.5,0.5 for weighted]",
+        help="weights of the dense and the BM25 ranking (default: 1,1 for rrf; 0.5,0.5 for "
+        "weighted)",
     )
-    g.add_argument("--rrf-k", type=int, default=None, help="RRF's k in 1 / (k + rank) [60]")
+    g.add_argument(
+        "--rrf-k", type=int, default=None, help="RRF's k in 1 / (k + rank) (default: 60)"
+    )
 
 
 def _weights(value: str | None) -> list[float] | None:

@@ -24,9 +24,9 @@ def add_itm_arguments(p: argparse.ArgumentParser) -> None:
         "--cross-encoder",
         default=None,
         metavar="SPEC",
-        help="train this cross-encoder (blip:HUB_ID, blip2:HUB_ID, a local dir) instead",
+        help="train this cross-encoder (blip:HUB_ID, blip2:HUB_ID, mplug:DIR, a local dir) instead",
     )
-    g.add_argument("--rerank-k", type=int, default=16, help="validation reranking depth [16]")
+    g.add_argument("--rerank-k", type=int, default=16, help="validation reranking depth")
 
 
 def run_itm(args: argparse.Namespace) -> int:
@@ -63,6 +63,7 @@ def run_itm(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision or "fp32",
         log=None if quiet else print,
+        skip_bad=getattr(args, "skip_bad", False),
     )
     if args.json:
         print(json.dumps(result.summary, indent=2))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from xmr.data.dataset import Item, RetrievalDataset, Split
-from xmr.errors import DataError, XmrError
+from xmr.errors import DataError, WriteError, XmrError, write_error
 from xmr.io.outdirs import prepare_output_dir
 
 TARGETS = ("evalscope", "beir", "csv")
@@ -95,7 +95,12 @@ class ImageExporter:
                 try:
                     shutil.copyfile(source, dest)
                 except OSError as exc:
-                    raise DataError(f"cannot copy image: {exc.strerror}", file=ref.path) from None
+                    if exc.filename is not None and Path(exc.filename) == source:
+                        raise DataError(
+                            f"cannot copy image: {exc.strerror}", file=ref.path
+                        ) from None
+                    # The destination refused it (a full disk): name the file being written.
+                    raise write_error(exc, self.final / dest.name, dest) from exc
         else:
             data = ref.read_bytes()
             ext = image_extension(data)
@@ -104,7 +109,10 @@ class ImageExporter:
                     "image data is not JPEG, PNG, GIF, WebP, BMP or TIFF", file=ref.describe()
                 )
             dest = self._destination(item.id, ext)
-            dest.write_bytes(data)
+            try:
+                dest.write_bytes(data)
+            except OSError as exc:
+                raise write_error(exc, self.final / dest.name, dest) from exc
         self.n_written += 1
         return self.final / dest.name
 
@@ -207,6 +215,8 @@ def convert_dataset(
         if out.exists():
             out.rmdir()
         partial.rename(out)
+    except WriteError:
+        raise
     except OSError as exc:
         raise XmrError(f"{out}: cannot write ({exc.strerror or exc})") from None
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xmr.data.images import ImageRef
 from xmr.errors import XmrError
@@ -99,6 +100,23 @@ class RetrievalDataset:
     splits: dict[str, Split] = field(default_factory=dict)
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+
+    def skip_record(self) -> dict[str, Any]:
+        """What reading dropped, for manifests and summaries: ``skipped_records`` (the count) and
+        ``skipped_examples`` (the first errors, ``file:line, field 'f': what is wrong``)."""
+        return {"skipped_records": self.skipped, "skipped_examples": list(self.skipped_examples)}
+
+    def source(self, path: str | Path, split: str | None = None) -> dict[str, Any]:
+        """Where a split came from, as artefacts record it (``source`` in an embeddings
+        manifest): path, format, split and what reading skipped."""
+        return {"path": str(path), "format": self.format, "split": split, **self.skip_record()}
+
+    def skipped_warning(self, path: str | Path | None = None) -> str | None:
+        """One line for stderr when bad records were skipped (None when none were)."""
+        if not self.skipped:
+            return None
+        first = f"; first: {self.skipped_examples[0]}" if self.skipped_examples else ""
+        return f"skipped {self.skipped} bad record(s) reading {path or self.root}{first}"
 
     def split(self, name: str | None = None, *, need_relevance: bool = False) -> Split:
         """Return split ``name``; without a name, the only split (or the only one with relevance

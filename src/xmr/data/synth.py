@@ -55,7 +55,7 @@ from xmr.data.synth_render import (
     VehicleLook,
     render,
 )
-from xmr.errors import XmrError
+from xmr.errors import XmrError, writing
 from xmr.io.outdirs import prepare_output_dir
 
 PEDESTRIAN_VECTOR: tuple[str, ...] = (
@@ -302,13 +302,15 @@ def _write_split(
         image, _ = render(aset.look, image_size, image_rng)
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False)
-        (image_dir / f"{stem}.jpg").write_bytes(buf.getvalue())
+        with writing(image_dir / f"{stem}.jpg"):  # a full disk names the file
+            (image_dir / f"{stem}.jpg").write_bytes(buf.getvalue())
         n_texts = 2 if split == "train" and rng.random() < extra_text_fraction else 1
         for j in range(n_texts):
             text = aset.phrasings[(k + j) % len(aset.phrasings)]
             lines.append(_Line(field, f"{stem}.jpg", aset.attribute, text))
     label = "".join(f"{ln.field}${ln.attribute}${ln.text}\n" for ln in lines)
-    (split_dir / f"{split}_label.txt").write_text(label, encoding="utf-8")
+    with writing(split_dir / f"{split}_label.txt"):
+        (split_dir / f"{split}_label.txt").write_text(label, encoding="utf-8")
     return lines
 
 
@@ -408,7 +410,8 @@ def generate_synthetic(
         ],
     }
     # Written first: a run cut short leaves a directory that a re-run may replace.
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    with writing(root / MANIFEST):
+        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     counters = {"vehicle": 0, "pedestrian": 0}
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     for split in SPLITS:
@@ -419,12 +422,14 @@ def generate_synthetic(
         )
         if split == "test":
             relevance = _relevance_from_lines((ln.file, ln.attribute, ln.text) for ln in lines)
-            (root / "test" / "test_text.txt").write_text(
-                "".join(f"{t}\n" for t in relevance), encoding="utf-8"
-            )
-            (root / "test" / "test_gt.txt").write_text(
-                "".join("$".join([t, *imgs]) + "\n" for t, imgs in relevance.items()),
-                encoding="utf-8",
-            )
+            with writing(root / "test" / "test_text.txt"):
+                (root / "test" / "test_text.txt").write_text(
+                    "".join(f"{t}\n" for t in relevance), encoding="utf-8"
+                )
+            with writing(root / "test" / "test_gt.txt"):
+                (root / "test" / "test_gt.txt").write_text(
+                    "".join("$".join([t, *imgs]) + "\n" for t, imgs in relevance.items()),
+                    encoding="utf-8",
+                )
 
     return root

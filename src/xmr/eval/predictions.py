@@ -47,6 +47,7 @@ from pathlib import Path
 
 from xmr.data.dataset import Split
 from xmr.errors import DataError, XmrError
+from xmr.io.atomic import atomic_write
 
 # kind -> direction (None: decided from the ids, for TREC runs).
 PREDICTION_KINDS: dict[str, str | None] = {
@@ -76,6 +77,10 @@ class PredictionError(DataError):
             text += f"\n  ... and {more} more"
         noun = "problem" if len(problems) == 1 else "problems"
         super().__init__(f"{len(problems)} {noun} in the prediction file:\n{text}", file=str(path))
+
+
+class UnknownKindError(DataError):
+    """A prediction file whose kind cannot be told from its content (name it: ``kind=``)."""
 
 
 @dataclass
@@ -134,9 +139,9 @@ def detect_kind(path: str | Path, text: str | None = None) -> str:
         return "track2"
     if len(first.split()) == 6:
         return "trec"
-    raise DataError(
+    raise UnknownKindError(
         "cannot tell the kind of this prediction file (Track2 JSON, MUGE/Chinese-CLIP JSON lines "
-        "or a TREC run); name it with --prediction-kind",
+        f"or a TREC run); name it ({', '.join(PREDICTION_KINDS)})",
         file=str(path),
         line=1,
     )
@@ -548,6 +553,11 @@ def trec_scores(ids: Sequence[str], scores: Sequence[float]) -> list[float]:
                 value = math.nextafter(prev, -math.inf)
         out.append(value)
     return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # The shared writer: fsynced, no temporary left by a failure, a full disk named in one line.
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_predictions(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from xmr.errors import XmrError
+from xmr.errors import WriteError, XmrError
 
 # The text->item submission kinds (cnclip-i2t is a scoring format, not a submission one).
 SUBMISSION_FORMATS = ("track2", "muge", "cnclip", "trec")
@@ -64,7 +64,7 @@ def write_submission(
         )
     rankings = {q: [i for i, _ in row[:k]] for q, row in ranked.items()}
     scores = {q: [s for _, s in row[:k]] for q, row in ranked.items()}
-    from xmr.io.atomic import check_output_file, ensure_parent
+    from xmr.io.atomic import check_output_file, ensure_parent, write_error
 
     path = check_output_file(path)
     ensure_parent(path)
@@ -81,6 +81,10 @@ def write_submission(
                 warnings.warn(f"{path}: {message}", stacklevel=2)
             else:
                 on_warning(f"{path}: {message}")
+    except WriteError as exc:  # name the file the user asked for, not the unchecked one
+        raise WriteError(str(path), exc.reason, exc.errno) from exc
+    except OSError as exc:
+        raise write_error(exc, path, tmp) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

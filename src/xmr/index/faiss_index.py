@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from xmr.errors import XmrError
+from xmr.errors import XmrError, writing
 from xmr.index.base import AUTO_EXACT_MAX, IndexBackend, register_index_backend
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,15 @@ class FaissBackend(IndexBackend):
         )
 
     def save(self, directory: Path) -> list[Path]:
+        """Write ``index.faiss`` through a Python file: faiss' own file writer reports a full
+        disk only when a write call fails, and ignores a failed ``fclose``, so a small index
+        on a full disk came out truncated without an error. Here every failure, the final
+        flush included, raises an OSError naming the file."""
+        faiss = _faiss()
         path = Path(directory) / INDEX_FILE
-        index = _faiss().index_gpu_to_cpu(self._index) if self.on_gpu else self._index
-        _faiss().write_index(index, str(path))
+        index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
+        with writing(path), open(path, "wb") as fh:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
         return [path]
 
     # --- properties -----------------------------------------------------------------------------

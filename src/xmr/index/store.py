@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from xmr.errors import ModelMismatchError, XmrError
+from xmr.errors import ModelMismatchError, XmrError, writing
 from xmr.index.base import IndexBackend, exact_search, get_backend, normalise
 from xmr.io.atomic import atomic_replace_dir
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
@@ -206,11 +206,16 @@ class Index:
 
         def fill(tmp: Path) -> None:
             self.backend.save(tmp)
-            (tmp / IDS_FILE).write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
+            with writing(tmp / IDS_FILE):
+                (tmp / IDS_FILE).write_text(
+                    json.dumps(self.ids, ensure_ascii=False), encoding="utf-8"
+                )
             write_jsonl(tmp / ITEMS_FILE, self.items)
-            (tmp / MANIFEST).write_text(
-                json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
+            with writing(tmp / MANIFEST):
+                (tmp / MANIFEST).write_text(
+                    json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n",
+                    encoding="utf-8",
+                )
 
         atomic_replace_dir(dest, fill, may_replace=_is_index_dir)
         self.path = dest

@@ -4,6 +4,11 @@ Temporary files and directories are created beside their destination with the pe
 plain ``open``/``mkdir`` would give (the umask applies), and named after the process that
 writes them, so the leftovers of a killed writer can be told from the work of a live one and
 are cleaned up by the next write of the same destination.
+
+A write that fails (a full disk, a permission refused, an I/O error; from Python or from a C++
+library such as faiss or torch) removes its temporary, leaves the previous version in place, and
+raises :class:`~xmr.errors.WriteError` naming the destination file (``INDEX_DIR/index.faiss``,
+not the hidden temporary) with the system's reason: the CLI prints that as one line.
 """
 
 from __future__ import annotations
@@ -17,10 +22,25 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import XmrError
+from xmr.errors import XmrError, is_write_failure, write_error, writing
+
+__all__ = [  # the write-failure helpers live in xmr.errors; importable from here too
+    "atomic_replace_dir",
+    "atomic_write",
+    "atomic_write_json",
+    "check_output_dir",
+    "check_output_file",
+    "ensure_parent",
+    "is_write_failure",
+    "remove_abandoned",
+    "temp_path",
+    "write_error",
+    "writing",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -98,11 +118,14 @@ def remove_abandoned(directory: Path, prefix: str) -> None:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
+            with suppress(OSError):  # best effort: a read-only directory reports itself later
+                path.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over
+    ``path``. A failed write is a :class:`~xmr.errors.WriteError` naming ``path``; ``path`` is
+    then as it was, and the temporary is gone."""
     path = Path(path)
     if path.is_dir():
         raise XmrError(f"{path}: is a directory; cannot write a file there")
@@ -115,10 +138,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        _discard(tmp)
+        if is_write_failure(exc):
+            raise write_error(exc, path, tmp) from exc
         raise
     fsync_dir(path.parent)
+
+
+def _discard(tmp: Path) -> None:
+    with suppress(OSError):  # it could not be created, or its directory is read-only now
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
@@ -130,6 +160,8 @@ def atomic_replace_dir(
     dest: str | Path, fill: Callable[[Path], None], *, may_replace: Callable[[Path], bool]
 ) -> None:
     """Fill a new directory beside ``dest`` with ``fill(tmp)``, then swap it in for ``dest``.
+    A failed write is a :class:`~xmr.errors.WriteError` naming ``dest`` or the file of it that
+    could not be written (``fill`` should write under :func:`writing`).
 
     On Linux the two directories are exchanged in one ``renameat2(RENAME_EXCHANGE)``, so
     ``dest`` always exists; elsewhere the old one is renamed aside first (a killed process can
@@ -144,7 +176,10 @@ def atomic_replace_dir(
     if dest.exists() and not (dest.is_dir() and (not any(dest.iterdir()) or may_replace(dest))):
         raise XmrError(f"{dest}: exists and is not an xmr index; refusing to replace it")
     tmp = _temp_name(dest, "new")
-    os.mkdir(tmp, 0o777)
+    try:
+        os.mkdir(tmp, 0o777)
+    except OSError as exc:
+        raise write_error(exc, dest, tmp) from exc
     try:
         fill(tmp)
         for f in tmp.iterdir():
@@ -169,8 +204,10 @@ def atomic_replace_dir(
         else:
             os.rename(tmp, dest)
         fsync_dir(parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(exc):
+            raise write_error(exc, dest, tmp) from exc
         raise
 
 

@@ -12,12 +12,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import DataError
+from xmr.errors import DataError, writing
 from xmr.io.textfiles import BadRecords, iter_lines, load_json
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    with writing(path), open(path, "w", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
         fh.flush()

@@ -59,6 +59,17 @@ def open_binary(path: Path) -> BinaryIO:
         raise DataError(f"cannot open: {exc.strerror or exc}", file=str(path)) from None
 
 
+def strip_bom(raw: bytes) -> bytes:
+    """``raw`` without a leading UTF-8 byte order mark (Windows editors write one; it would
+    otherwise become part of the first id or text)."""
+    return raw[len(UTF8_BOM) :] if raw.startswith(UTF8_BOM) else raw
+
+
+def bom_length(raw: bytes) -> int:
+    """3 when ``raw`` starts with a UTF-8 byte order mark, else 0."""
+    return len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+
+
 def _utf8_error(byte: int, column: int) -> str:
     return f"not valid UTF-8 (byte 0x{byte:02x} at column {column})"
 
@@ -68,8 +79,8 @@ def iter_lines(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
     DataError naming the line and column of the first bad byte."""
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
-            if lineno == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM) :]
+            if lineno == 1:
+                raw = strip_bom(raw)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -83,8 +94,7 @@ def read_text(path: Path) -> str:
     """A whole file as text; a non-UTF-8 byte is a DataError naming its line."""
     with open_binary(path) as fh:
         raw = fh.read()
-    if raw.startswith(UTF8_BOM):
-        raw = raw[len(UTF8_BOM) :]
+    raw = strip_bom(raw)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -11,6 +11,8 @@ Backends live in their own registry, apart from the bi-encoders::
     create_cross_encoder("blip2-itm-vit-g")                       # a known short name
     create_cross_encoder("hf:/models/my-blip")                    # a local save_pretrained dir
     create_cross_encoder("/models/my-blip")                       # same; backend from config.json
+    create_cross_encoder("mplug:/models/mplug_image-text-retrieval_flickr30k_large_en")
+    create_cross_encoder("/models/mplug_...")                     # ModelScope layout: mplug
 
 Every backend implements :meth:`CrossEncoder.logits` (two-class ITM logits, column 1 = "match"
 as in transformers and LAVIS); :meth:`CrossEncoder.score` turns them into match probabilities.
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.models.registry import looks_local
 from xmr.registry import Registry
 
 if TYPE_CHECKING:
@@ -89,6 +92,33 @@ def match_probability(logits: np.ndarray) -> np.ndarray:
     return (e[:, 1] / e.sum(axis=1)).astype(np.float32)
 
 
+def match_probabilities(logits: np.ndarray) -> np.ndarray:
+    """softmax(logits) over both columns, (n, 2) float32: ``[p(no match), p(match)]``, the
+    ``scores`` pair ModelScope's image-text retrieval pipeline returns."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1, 2)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def is_cross_encoder_spec(spec: str) -> bool:
+    """True when ``spec`` can only name a cross-encoder: a known short name, a registered
+    cross-encoder backend prefix (``blip:``, ``blip2:``, ``mplug:``), or a local directory that
+    is one (ModelScope's mPLUG layout, a BLIP config.json). ``hf:`` specs and hub ids are not
+    claimed (they may be bi-encoders)."""
+    _load_backends()
+    spec = spec.strip()
+    if spec in KNOWN_CROSS_ENCODERS:
+        return True
+    backend, sep, _ = spec.partition(":")
+    if sep and backend in CROSS_ENCODERS:
+        return True
+    path = Path(spec).expanduser()
+    try:
+        return path.is_dir() and local_backend(path) is not None
+    except XmrError:
+        return False
+
+
 def check_pairs(images: Sequence[Any], texts: Sequence[str]) -> None:
     if len(images) != len(texts):
         raise XmrError(
@@ -108,11 +138,17 @@ def list_cross_encoders() -> list[str]:
 def _load_backends() -> None:
     # The backends register on import; transformers itself is imported only when one is built.
     import xmr.models.blip_itm  # noqa: F401
+    import xmr.models.mplug.backend  # noqa: F401
     import xmr.models.text_cross_encoder  # noqa: F401
 
 
 def local_backend(path: Path) -> str | None:
-    """The backend for a local model directory, from its config.json ``model_type``."""
+    """The backend for a local model directory: ``mplug`` for ModelScope's mPLUG layout
+    (configuration.json with model type mplug), else from config.json's ``model_type``."""
+    from xmr.models.mplug.layout import is_mplug_dir
+
+    if is_mplug_dir(path):
+        return "mplug"
     config = path / "config.json"
     if not config.is_file():
         return None
@@ -148,10 +184,13 @@ def _backend_for(source: str, spec: str) -> str:
         if backend is None:
             raise XmrError(
                 f"{path}: not a cross-encoder directory (config.json model_type must be one of "
-                f"{', '.join(sorted(MODEL_TYPE_BACKENDS))})"
+                f"{', '.join(sorted(MODEL_TYPE_BACKENDS))}, or configuration.json + config.yaml "
+                "of a ModelScope mPLUG model)"
             )
         return backend
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if looks_local(source) and not path.exists():
+        raise XmrError(f"unknown cross-encoder '{spec}': {source}: no such directory")
+    if path.exists() or source.count("/") != 1:
         raise XmrError(
             f"unknown cross-encoder '{spec}': not a model directory, a known name "
             f"({', '.join(sorted(KNOWN_CROSS_ENCODERS))}) or backend:hub-id "

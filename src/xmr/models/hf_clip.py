@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from xmr.errors import XmrError
+from xmr.errors import XmrError, write_failures_named
 from xmr.models.base import Encoder, resolve_device, resolve_precision
 from xmr.models.preprocess import ImagePreprocess
-from xmr.models.registry import HF_MODEL_TYPES
+from xmr.models.registry import HF_MODEL_TYPES, looks_local
 
 IMAGE_PROCESSOR_TYPES = {
     "clip": "CLIPImageProcessor",
@@ -186,7 +186,7 @@ class HFEncoder(Encoder):
         if local_files_only is not None:
             hub_kwargs["local_files_only"] = local_files_only
         where = f"local directory {target}" if is_local else f"'{target}' (hub id)"
-        if not is_local and (os.path.exists(target) or target.startswith(("/", ".", "~"))):
+        if not is_local and (os.path.exists(target) or looks_local(target)):
             # A path, never a hub id: say so instead of transformers' repo-id complaint.
             what = "is not a directory" if os.path.exists(target) else "no such directory"
             raise XmrError(f"model {target}: {what}")
@@ -259,12 +259,13 @@ class HFEncoder(Encoder):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         kwargs = {} if _transformers_version() >= (5, 0) else {"safe_serialization": True}
-        with quiet_transformers():
-            self.model.save_pretrained(out, **kwargs)
-        save_tokenizer(self.tokenizer, out)
-        processor = {**self.processor_config}
-        processor.update(self.preprocess.to_hf_config(IMAGE_PROCESSOR_TYPES[self.model_type]))
-        (out / "preprocessor_config.json").write_text(
-            json.dumps(processor, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        with write_failures_named(out):  # a full disk: one line naming the directory
+            with quiet_transformers():
+                self.model.save_pretrained(out, **kwargs)
+            save_tokenizer(self.tokenizer, out)
+            processor = {**self.processor_config}
+            processor.update(self.preprocess.to_hf_config(IMAGE_PROCESSOR_TYPES[self.model_type]))
+            (out / "preprocessor_config.json").write_text(
+                json.dumps(processor, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
         return out

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from xmr.errors import XmrError
+from xmr.errors import XmrError, write_failures_named
 from xmr.models.base import Encoder, resolve_device, resolve_precision
 from xmr.models.preprocess import ImagePreprocess
 
@@ -177,7 +177,8 @@ class OpenClipEncoder(Encoder):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME))
-        config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg}
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        with write_failures_named(out):
+            save_file(state, str(out / WEIGHTS_NAME))
+            config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg}
+            (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return out

@@ -39,6 +39,21 @@ def list_backends() -> list[str]:
     return BACKENDS.names()
 
 
+def looks_local(target: str) -> bool:
+    """Whether a model ``target`` that is not an existing directory is still meant as a local
+    path, so that its absence is "no such directory" and not a trip to the hub: absolute, or
+    ``./``, ``../``, ``~`` relative; more than one ``/`` (a hub id is ``name`` or ``org/name``);
+    or ``dir/name`` where ``dir`` exists here (``hf:qs/nosuch`` beside a ``qs/`` directory).
+    A bare ``org/name`` with no ``org/`` here stays a hub id."""
+    text = os.fspath(target)
+    if text.startswith(("/", ".", "~")) or os.path.isabs(text):
+        return True
+    parts = text.replace(os.sep, "/").split("/")
+    if len(parts) > 2:
+        return True
+    return len(parts) == 2 and os.path.isdir(os.path.expanduser(parts[0]))
+
+
 def parse_spec(spec: str | os.PathLike) -> tuple[str, str]:
     """Split a spec into (backend, target); a bare local directory is resolved by its contents."""
     text = os.fspath(spec)
@@ -90,6 +105,8 @@ def create_encoder(
     spec: str | os.PathLike,
     device: str | None = None,
     precision: str = "fp32",
+    *,
+    draft: bool = False,
     **kwargs: Any,
 ) -> Encoder:
     """Load the encoder named by ``spec`` onto ``device`` (default: cuda when available).
@@ -98,11 +115,19 @@ def create_encoder(
         spec: see the module docstring.
         device: "cpu", "cuda", "cuda:1", ... or None for automatic.
         precision: "fp32", "fp16" or "bf16" (autocast during encoding).
+        draft: decode JPEGs in draft mode (reduced scale) wherever this encoder's preprocessing
+            decodes images: faster on big photos, not the reference processor's pixels; recorded
+            in its manifest (``preprocess.draft``). Off by default.
         **kwargs: backend options (e.g. ``context_length`` to override the text length).
     """
     backend, target = parse_spec(spec)
     factory = BACKENDS.get(backend)
-    return factory(target, device=device, precision=precision, **kwargs)
+    encoder = factory(target, device=device, precision=precision, **kwargs)
+    if draft:
+        from dataclasses import replace
+
+        encoder.preprocess = replace(encoder.preprocess, draft=True)
+    return encoder
 
 
 @register_backend("hf")

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from xmr.errors import write_failures_named
 from xmr.models.hf_clip import quiet_transformers, save_tokenizer
 from xmr.models.offline_tokenizer import BOS, EOS, PAD, train_wordpiece
 from xmr.models.preprocess import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
@@ -110,9 +111,6 @@ def create_tiny_clip(
         projection_dim=embed_dim,
     )
     model = _seeded_init(seed, lambda: CLIPModel(config))
-    with quiet_transformers():
-        model.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
     preprocess = ImagePreprocess(
         mode="shortest_edge",
         size=image_size,
@@ -120,7 +118,11 @@ def create_tiny_clip(
         mean=OPENAI_CLIP_MEAN,
         std=OPENAI_CLIP_STD,
     )
-    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("CLIPImageProcessor"))
+    with write_failures_named(out):  # a full disk: one line, not safetensors' traceback
+        with quiet_transformers():
+            model.save_pretrained(out)
+        save_tokenizer(tokenizer, out)
+        _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("CLIPImageProcessor"))
     return out
 
 

@@ -64,6 +64,8 @@ class TrainConfig(TrainerConfig):
         split / valid_split: training and validation split names; ``valid_split=None`` (or "")
             trains without validation. A missing validation split is skipped with a warning.
         max_train_items: use only the first N training items (quick experiments).
+        skip_bad: skip malformed records of the data set instead of stopping at the first; the
+            count and the first errors are recorded in ``train_config.json`` (``extra.derived``).
         text_source: an item's training texts: "auto" (its pairs, else captions), "pairs",
             "captions" (seed 001: one of an image's captions per step) or "both".
     Optimisation:
@@ -111,6 +113,7 @@ class TrainConfig(TrainerConfig):
     valid_split: str | None = "valid"
     max_train_items: int | None = None
     text_source: str = "auto"
+    skip_bad: bool = False
 
     epochs: int = 10
     batch_size: int = 64

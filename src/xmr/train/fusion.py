@@ -255,6 +255,7 @@ def train_fusion_on_dataset(
     device: str | None = None,
     precision: str = "fp32",
     log: Callable[[str], None] | None = None,
+    skip_bad: bool = False,
 ) -> TrainResult:
     """``xmr train --fused``: learn a fusion of a frozen bi-encoder's item images and captions
     on a data set, and save it to ``out`` (``fusion.json`` + ``fusion.safetensors``).
@@ -272,6 +273,8 @@ def train_fusion_on_dataset(
             fusion trains there too (else on ``config.device``).
         precision: the encoder's precision.
         log: called with progress lines.
+        skip_bad: skip malformed records of the data set (counted and reported through ``log``)
+            instead of stopping at the first.
 
     Returns:
         ``train_fusion``'s ``TrainResult`` with ``out_dir`` and ``summary`` filled in.
@@ -283,7 +286,9 @@ def train_fusion_on_dataset(
     if device not in (None, "auto"):
         config = config.replace(device=device)
     check_output_dir(out)  # before the encoding and training, not after them
-    dataset = load_dataset(data, format, images=images)
+    dataset = load_dataset(data, format, images=images, skip_bad=skip_bad)
+    if log and dataset.skipped_warning():
+        log(f"warning: {dataset.skipped_warning(data)}")
     train_name = split or ("train" if "train" in dataset.splits else None)
     train_split = dataset.split(train_name, need_relevance=True)
     valid_name = resolve_valid_split(dataset, valid_split, train_split.name, data)

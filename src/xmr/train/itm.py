@@ -26,10 +26,10 @@ import numpy as np
 
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
+from xmr.eval.reranked import evaluate_reranked
 from xmr.io.atomic import check_output_dir
 from xmr.models import create_encoder
 from xmr.models.cross_encoders import create_cross_encoder
-from xmr.rerank import evaluate_reranked
 from xmr.train.config_base import TrainerConfig
 from xmr.train.itm_data import ItmBatch, ItmPairs, mine_hard_negatives, positive_pairs
 from xmr.train.optim import optimizer_update
@@ -284,6 +284,7 @@ def train_itm_on_dataset(
     device: str | None = None,
     precision: str = "fp32",
     log: Callable[[str], None] | None = None,
+    skip_bad: bool = False,
 ) -> TrainResult:
     """``xmr train --cross-encoder``: ITM fine-tuning of a cross-encoder on a data set's split.
 
@@ -303,6 +304,8 @@ def train_itm_on_dataset(
         config: the training options (an ``ItmTrainConfig`` or a dict of its fields).
         device, precision: where and how the models run (None/"auto": CUDA when available).
         log: called with progress lines.
+        skip_bad: skip malformed records of the data set (counted and reported through ``log``)
+            instead of stopping at the first.
     """
     check_output_dir(out)  # before loading and training, not after them
     if isinstance(config, Mapping):
@@ -310,7 +313,9 @@ def train_itm_on_dataset(
     if config is not None:
         config.validate()
     device = None if device in (None, "auto") else device
-    dataset = load_dataset(data, format, images=images)
+    dataset = load_dataset(data, format, images=images, skip_bad=skip_bad)
+    if log and dataset.skipped_warning():
+        log(f"warning: {dataset.skipped_warning(data)}")
     train_split = dataset.split(split or ("train" if "train" in dataset.splits else None))
     valid_name = None
     if first_stage is not None:  # validation reranks the first stage's results

@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from xmr.io.atomic import atomic_write, writing
+
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +48,9 @@ class MetricLog:
     def truncate_after(self, step: int) -> list[dict[str, Any]]:
         """Keep the rows with ``step <= step`` (both files rewritten); returns them."""
         rows = [r for r in self.rows() if int(r.get("step", 0)) <= step]
-        self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        # Rewritten atomically: a full disk here must not cost the log of the finished steps.
+        atomic_write(self.jsonl, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self._rewrite_csv(rows)
         return rows
 
@@ -59,10 +62,14 @@ class MetricLog:
         if not rows:
             self.csv.unlink(missing_ok=True)
             return
-        with self.csv.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", encoding="utf-8", newline="") as fh:
+                writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.csv, write)
 
     def reset(self) -> None:
         for path in (self.jsonl, self.csv):
@@ -72,7 +79,7 @@ class MetricLog:
     def write(self, row: dict[str, Any]) -> None:
         row = {k: _jsonable(v) for k, v in row.items()}
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with self.jsonl.open("a", encoding="utf-8") as fh:
+        with writing(self.jsonl), self.jsonl.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         self._write_csv(row)
 
@@ -89,7 +96,7 @@ class MetricLog:
             # (the JSONL file already holds this row).
             self._rewrite_csv(self.rows())
             return
-        with self.csv.open("a", encoding="utf-8", newline="") as fh:
+        with writing(self.csv), self.csv.open("a", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, self._columns, extrasaction="ignore")
             if new_file:
                 writer.writeheader()

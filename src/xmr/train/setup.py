@@ -96,7 +96,11 @@ def build_session(
     state = _checkpoint_to_resume(cfg, info, out, say)
     seed_everything(cfg.seed + info.rank)
 
-    dataset = load_dataset(cfg.data, cfg.format, split=cfg.split, images=cfg.images)
+    dataset = load_dataset(
+        cfg.data, cfg.format, split=cfg.split, images=cfg.images, skip_bad=cfg.skip_bad
+    )
+    if info.is_main and dataset.skipped_warning():
+        say(f"warning: {dataset.skipped_warning(cfg.data)}")
     examples = training_examples(dataset.split(cfg.split), cfg.max_train_items, cfg.text_source)
     if evaluator is not None:
         best_metric = evaluator.primary_metric
@@ -198,6 +202,7 @@ def build_session(
             "warmup_steps": warmup,
             "train_examples": len(examples),
             "dataset_format": dataset.format,
+            **dataset.skip_record(),
             "precision": precision,
             "param_groups": {g.name: g.n_params for g in group_infos},
             "frozen_params": frozen,
@@ -316,9 +321,9 @@ def _retrieval_evaluator(
     if not (cfg.valid_split and info.is_main):
         return None
     try:
-        split = load_dataset(cfg.data, cfg.format, split=cfg.valid_split, images=cfg.images).split(
-            cfg.valid_split
-        )
+        split = load_dataset(
+            cfg.data, cfg.format, split=cfg.valid_split, images=cfg.images, skip_bad=cfg.skip_bad
+        ).split(cfg.valid_split)
         return RetrievalEvaluator(
             split,
             primary_metric=best_metric,

@@ -10,9 +10,18 @@ match probability::
     score({"image": photo_bytes, "text": ["a dog", "a cat"]})      # one dict per text
     score([{"image": "a.jpg", "text": "x"}, {"image": "b.jpg", "text": "y"}])
 
+A cross-encoder alone may be the model, as in ModelScope's
+``pipeline(Tasks.image_text_retrieval, model=...)`` (seed 002); each result then also carries
+ModelScope's ``scores`` pair, ``[p(no match), p(match)]``::
+
+    score = xmr.pipeline("image-text-retrieval", model="mplug:./mplug_image-text-retrieval_flickr30k_large_en")
+    score({"image": "https://.../image-text-retrieval.jpg", "question": "Two young guys ..."})
+    # {"text": "Two young guys ...", "match_prob": 0.93, "scores": [0.07, 0.93]}
+
 An image is a PIL image, encoded bytes, an ``ImageRef``, a ``pathlib.Path``, a string that is a
-file path, an http(s) URL, or the id of an item of the data set given as ``dataset=``. The text
-key may also be spelled ``question`` (mPLUG's name for it).
+file path, an http(s) URL (fetched; an unreachable one is an error naming it), or the id of an
+item of the data set given as ``dataset=``. The text key may also be spelled ``question``
+(mPLUG's name for it).
 """
 
 from __future__ import annotations
@@ -42,7 +51,10 @@ def pipeline(
 
     Args:
         task: "image-text-retrieval" (alias "image-text-similarity").
-        model: bi-encoder spec (see ``xmr.models.create_encoder``) or an ``Encoder``.
+        model: bi-encoder spec (see ``xmr.models.create_encoder``) or an ``Encoder``; or a
+            cross-encoder spec (``mplug:DIR``, ``blip:...``, a ModelScope mPLUG directory) or
+            ``CrossEncoder`` when ``cross_encoder`` is not given: pairs are then scored by it
+            alone (no ``similarity``; ModelScope's ``scores`` pair besides ``match_prob``).
         cross_encoder: optional cross-encoder spec or instance (adds ``match_prob``).
         dataset: a data set path or ``RetrievalDataset`` whose item ids may name images.
         split: the split of ``dataset`` to take items from (default: all splits).
@@ -78,10 +90,23 @@ class ImageTextScorer:
         batch_size: int = 32,
     ) -> None:
         from xmr.models import create_encoder
-        from xmr.models.cross_encoders import create_cross_encoder
+        from xmr.models.cross_encoders import (
+            CrossEncoder,
+            create_cross_encoder,
+            is_cross_encoder_spec,
+        )
 
         if model is None:
-            raise XmrError("image-text-retrieval needs a bi-encoder: pass model=<spec>")
+            raise XmrError(
+                "image-text-retrieval needs a model: pass model=<bi-encoder or cross-encoder spec>"
+            )
+        # The seed's form: the cross-encoder is the model (ModelScope's mPLUG pipeline).
+        self.modelscope_style = cross_encoder is None and (
+            isinstance(model, CrossEncoder)
+            or (isinstance(model, str | os.PathLike) and is_cross_encoder_spec(str(model)))
+        )
+        if self.modelscope_style:
+            model, cross_encoder = None, model
         self.encoder = (
             create_encoder(model, device=device, precision=precision)
             if isinstance(model, str | os.PathLike)
@@ -131,7 +156,8 @@ class ImageTextScorer:
     def score_pairs(self, images: Sequence[Any], texts: Sequence[str]) -> list[dict[str, Any]]:
         """Aligned pairs -> ``[{"text", "similarity", "match_prob"?}]``; images are PIL images.
 
-        Each distinct image (by identity) and each distinct text is encoded once.
+        Each distinct image (by identity) and each distinct text is encoded once. With a
+        cross-encoder alone: ``[{"text", "match_prob", "scores": [1 - match_prob, match_prob]}]``.
         """
         import numpy as np
 
@@ -139,6 +165,17 @@ class ImageTextScorer:
             raise XmrError(f"{len(images)} images but {len(texts)} texts")
         if not texts:
             return []
+        if self.encoder is None:
+            from xmr.models.cross_encoders import match_probabilities
+
+            logits = self.cross_encoder.logits(
+                list(images), list(texts), batch_size=self.batch_size
+            )
+            pairs = match_probabilities(logits)
+            return [
+                {"text": t, "match_prob": float(p[1]), "scores": [float(p[0]), float(p[1])]}
+                for t, p in zip(texts, pairs, strict=True)
+            ]
         unique_images: dict[int, int] = {}
         image_list = []
         for im in images:
@@ -207,6 +244,13 @@ def _fetch_url(url: str) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (http(s) only)
             data = response.read(64 * 1024 * 1024)
+    except urllib.error.HTTPError as exc:
+        raise XmrError(
+            f"cannot fetch image {url}: the server answered {exc.code} {exc.reason}"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise XmrError(f"cannot fetch image {url}: {exc}") from None
+        reason = getattr(exc, "reason", None) or exc
+        raise XmrError(
+            f"cannot fetch image {url}: {reason} (no network here? download it and give the file)"
+        ) from None
     return decode_image(data, source=url)

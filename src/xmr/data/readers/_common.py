@@ -20,10 +20,12 @@ from xmr.io.textfiles import (  # noqa: F401 - the readers' toolkit, re-exported
     MAX_SKIP_EXAMPLES,
     UTF8_BOM,
     BadRecords,
+    bom_length,
     iter_lines,
     load_json,
     open_binary,
     read_text,
+    strip_bom,
 )
 
 # Well-known split names first, in this order; others follow alphabetically.
@@ -56,6 +58,22 @@ def choose_splits(available: Iterable[str], requested: str | None, where: Path) 
     if requested not in names:
         raise XmrError(f"{where}: no split '{requested}' (available: {', '.join(names) or 'none'})")
     return [requested]
+
+
+def require_content(path: Path) -> None:
+    """A record file that is present but holds nothing (zero bytes, or only blanks and a byte
+    order mark) is an error naming it: that is a truncated download or a wrong file far more
+    often than a data set without data, and reading it as empty gives an empty split that fails
+    later or, worse, evaluates nothing without a word. Reads only up to the first non-blank byte."""
+    with open_binary(path) as fh:
+        head = strip_bom(fh.read(len(UTF8_BOM)))
+        while True:
+            if head.strip():
+                return
+            head = fh.read(65536)
+            if not head:
+                break
+    raise DataError("empty file: it holds no records", file=str(path))
 
 
 class Record:

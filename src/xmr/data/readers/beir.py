@@ -6,13 +6,14 @@
 
 Items are text-only: ``image=None`` and one caption, the text (``title text`` when a title is
 given). A corpus line may also carry ``"image"``, a path relative to ``corpus.jsonl`` (as
-``xmr data convert --to beir`` writes it): the item then has that image too. A pair is relevant
+``xmr data convert --out-format beir`` writes it): the item then has that image too. A pair is relevant
 when its score is > 0; the scores are kept as ``Split.grades`` (nDCG's graded gains). Each qrels file is a split with the queries it names; all splits share the
 corpus. Without ``qrels/`` there is one split, ``test``, with every query and no relevance.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from xmr.data.dataset import Item, Query, RetrievalDataset, Split
@@ -24,6 +25,7 @@ from xmr.data.readers._common import (
     choose_splits,
     iter_jsonl,
     iter_lines,
+    require_content,
     require_path,
 )
 from xmr.errors import DataError
@@ -52,6 +54,7 @@ class BeirReader:
         folder = path.parent if path.is_file() else path
         for name in (CORPUS, QUERIES):
             require_path(folder / name)
+            require_content(folder / name)
         qrels_dir = folder / QRELS
         qrels = {p.stem: p for p in qrels_dir.glob("*.tsv")} if qrels_dir.is_dir() else {}
         names = choose_splits(qrels or ["test"], split, path)
@@ -113,6 +116,7 @@ def _read_qrels(
 ) -> dict[str, set[str]]:
     relevance: dict[str, set[str]] = {}
     where = str(file)
+    require_content(file)
     for lineno, line in iter_lines(file, bad):
         if not line.strip():
             continue
@@ -142,6 +146,8 @@ def _read_qrels(
                 raise DataError(
                     f"score is not a number: {score!r}", file=where, line=lineno, field="score"
                 ) from None
+            if math.isnan(value):
+                raise DataError("score is NaN", file=where, line=lineno, field="score")
             if value > 0:
                 relevance.setdefault(qid, set()).add(cid)
             grades.setdefault(qid, {})[cid] = value

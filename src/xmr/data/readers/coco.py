@@ -29,6 +29,7 @@ from xmr.data.readers._common import (
     choose_splits,
     load_json,
     peek_text,
+    require_content,
     require_path,
 )
 from xmr.errors import DataError
@@ -71,6 +72,7 @@ class CocoReader:
             raise DataError(f"no Karpathy-split JSON ({', '.join(KNOWN_FILES)})", file=str(path))
         root = Path(images) if images else file.parent
         require_path(root)
+        require_content(file)
         doc = load_json(file)
         entries = doc.get("images") if isinstance(doc, dict) else None
         if not isinstance(entries, list):

@@ -25,6 +25,7 @@ from xmr.data.readers._common import (
     first_json_record,
     iter_jsonl,
     numbered_query_ids,
+    require_content,
     require_path,
 )
 
@@ -71,6 +72,7 @@ class EvalscopeReader:
         choose_splits([SPLIT], split, path)
         file = _file(path)
         require_path(file)
+        require_content(file)
         bad = BadRecords(skip_bad)
         index = DirectoryIndex()
         bases = image_bases(file, images)

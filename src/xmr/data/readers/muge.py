@@ -8,9 +8,10 @@ Per split, in one directory::
 
 The TSV is indexed, never decoded: each item holds the byte offset of its line, and the image is
 decoded (standard or urlsafe base64) only when it is read. A TSV line must have an id, a tab and
-a non-empty base64 field. Every relevant id must be a line of the split's TSV. A query with an
-empty id list is judged with nothing relevant (it scores 0, as in the official scorers); one
-without the field has no ground truth. ``pairs``: item ->
+a non-empty base64 field (a leading UTF-8 byte order mark is skipped; an id longer than 256
+characters is refused as swapped columns). Every relevant id must be a line of the split's TSV.
+A query with an empty id list is judged with nothing relevant (it scores 0, as in the official
+scorers); one without the field has no ground truth. ``pairs``: item ->
 the texts of the queries it is relevant to. ``--images`` names the TSV when it lives elsewhere.
 """
 
@@ -26,9 +27,11 @@ from xmr.data.readers._common import (
     BadRecords,
     Record,
     as_ident,
+    bom_length,
     choose_splits,
     iter_jsonl,
     open_binary,
+    require_content,
     require_path,
 )
 from xmr.errors import DataError, XmrError
@@ -37,6 +40,8 @@ _QUERIES = (re.compile(r"MR_(\w+?)_queries\.jsonl"), re.compile(r"(\w+?)_texts\.
 _IMAGES = (re.compile(r"MR_(\w+?)_imgs\.tsv"), re.compile(r"(\w+?)_imgs\.tsv"))
 # Checked on a field's first 64 bytes: cheap, and catches a shifted or swapped column.
 _BASE64_PREFIX = re.compile(rb"[A-Za-z0-9+/_\-]*={0,2}")
+# Ids are short (MUGE's are integers); a longer one is a base64 image in the id column.
+MAX_ID_LENGTH = 256
 
 
 def _match(patterns, name: str) -> str | None:
@@ -70,12 +75,17 @@ def read_image_tsv(path: Path, bad: BadRecords, items: dict[str, Item]) -> None:
     """Index an ``id<TAB>base64`` TSV into ``items`` (id -> Item with an ImageRef to the line).
 
     Lines are ~30 KB of base64 each and a TSV holds 100k+ of them: only the id and the first
-    bytes of the image field are looked at (no copies of the whole line)."""
+    bytes of the image field are looked at (no copies of the whole line). A UTF-8 byte order
+    mark before the first id is skipped (the line's offset points past it)."""
     file = str(path)
+    require_content(path)
     offset = 0
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             start, offset = offset, offset + len(raw)
+            if lineno == 1 and bom_length(raw):
+                start += bom_length(raw)
+                raw = raw[bom_length(raw) :]
             with bad:
                 tab = raw.find(b"\t")
                 if tab < 0:
@@ -101,6 +111,14 @@ def read_image_tsv(path: Path, bad: BadRecords, items: dict[str, Item]) -> None:
                     ) from None
                 if not iid:
                     raise DataError("empty image id", file=file, line=lineno, field="id")
+                if len(iid) > MAX_ID_LENGTH:
+                    raise DataError(
+                        f"id is {len(iid)} characters long ({iid[:20]!r}...): are the columns "
+                        "swapped? expected 'id<TAB>base64'",
+                        file=file,
+                        line=lineno,
+                        field="id",
+                    )
                 head = raw[tab + 1 : tab + 65].strip()
                 if not head:
                     raise DataError("empty base64 image", file=file, line=lineno, field="image")
@@ -186,6 +204,7 @@ def _read_split(name: str, queries: Path | None, tsv: Path | None, bad: BadRecor
         read_image_tsv(tsv, bad, split.items)
     if queries is None:
         return split
+    require_content(queries)
     where = tsv.name if tsv is not None else f"the split's image TSV (no MR_{name}_imgs.tsv)"
     for record in iter_jsonl(queries, bad):
         with bad:

@@ -37,6 +37,7 @@ from xmr.data.readers._common import (
     first_json_record,
     image_files,
     iter_json_records,
+    require_content,
     require_path,
     split_from_name,
 )
@@ -153,6 +154,7 @@ def _read_split(name: str, file: Path, source: Path | None, bad: BadRecords) -> 
     split = Split(name)
     if source is not None:
         _load_gallery(source, bad, split.items)
+    require_content(file)
     for record in iter_json_records(file, bad):
         with bad:
             qid = record.ident("query_id")

@@ -33,6 +33,10 @@ else the label file's own directory.
 - Items are the label file's images; a split without a label file has every image of
   ``{split}_images/`` as an item, its file name as id.
 - ``pairs``: item id -> the texts of its label lines.
+- Refused (a DataError naming file and line; skipped and counted with ``skip_bad``): a label line
+  with fewer than two ``$``, a ground-truth line with no ``$`` at all (it would become a query
+  without relevance), a ``{split}_text.txt`` line holding ``$`` (a label or ground-truth line in
+  the wrong file). A file of the layout that is present but empty is an error naming it.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from xmr.data.readers._common import (
     numbered_query_ids,
     ordered_unique,
     peek_text,
+    require_content,
     require_path,
 )
 from xmr.errors import DataError, XmrError
@@ -148,6 +153,9 @@ def _read_split(files: _SplitFiles, bad: BadRecords) -> Split:
     index = DirectoryIndex()
     if not files.images.is_dir():
         raise DataError("images directory not found (pass --images DIR)", file=str(files.images))
+    for present in (files.label, files.text, files.gt):
+        if present is not None:
+            require_content(present)
     text_attrs: dict[str, list[str]] = {}
     attr_items: dict[str, dict[str, None]] = {}  # attribute -> its images, as an ordered set
     text_category: dict[str, str | None] = {}
@@ -159,7 +167,7 @@ def _read_split(files: _SplitFiles, bad: BadRecords) -> Split:
 
     texts: list[str] = []
     if files.text is not None:
-        texts = [t.strip() for _, t in iter_lines(files.text, bad) if t.strip()]
+        texts = _read_texts(files.text, bad)
     texts.extend(text_attrs)
     gt = _read_gt(files, split, bad) if files.gt is not None else None
     if gt is not None:
@@ -243,6 +251,28 @@ def _read_labels(
                 texts.append(text)
 
 
+def _read_texts(path: Path, bad: BadRecords) -> list[str]:
+    """The query texts of ``{split}_text.txt``, one per line. A line with ``$`` is refused: '$'
+    separates the fields of the Track2 files, so such a line is a label or ground-truth line in
+    the wrong file (taking it as a text would make a query nobody asked)."""
+    texts = []
+    for lineno, line in iter_lines(path, bad):
+        text = line.strip()
+        if not text:
+            continue
+        with bad:
+            if "$" in text:
+                raise DataError(
+                    "a query text holds '$' (the field separator of the label and ground-truth "
+                    "files: is this a label or ground-truth line in the text file?)",
+                    file=str(path),
+                    line=lineno,
+                    field="text",
+                )
+            texts.append(text)
+    return texts
+
+
 def _read_gt(files: _SplitFiles, split: Split, bad: BadRecords) -> dict[str, list[str]]:
     """text -> relevant item ids from ``text$img1$img2...`` lines; image names match an item id,
     its file name, or its file name's stem."""
@@ -259,6 +289,15 @@ def _read_gt(files: _SplitFiles, split: Split, bad: BadRecords) -> dict[str, lis
         if not line.strip():
             continue
         with bad:
+            if "$" not in line:
+                # Without it the whole line would become a query with no relevant image, and
+                # the query it belongs to would lose its relevance: two queries skipped silently.
+                raise DataError(
+                    "expected 'text$image1$image2...', found no '$'",
+                    file=gt_file,
+                    line=lineno,
+                    field="image 1",
+                )
             text, *names = (p.strip() for p in line.split("$"))
             if not text:
                 raise DataError("empty text", file=gt_file, line=lineno, field="text")

@@ -1,0 +1,545 @@
+"""The Searcher: an encoder, an index and its metadata -> ranked results (see :mod:`xmr.search`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.data.records import image_ref_from_record
+from xmr.errors import ModelMismatchError, XmrError
+from xmr.fusion.hybrid import HYBRID_DEPTH, HYBRID_MODES, RRF_K, fuse_ranked_lists
+from xmr.index import BM25Index, Hit, Index, check_same_model, is_lexical, load_index, open_index
+from xmr.models import create_encoder
+from xmr.search.reranking import Reranker, rerank_results
+from xmr.search.results import SearchResult, TextQuery
+
+SEARCH_MODES = ("dense", "bm25", "hybrid")
+
+
+class Searcher:
+    """Search an index by text, image, vector or item id, and rerank with a cross-encoder.
+
+    Text queries have three modes: ``dense`` (the encoder and the vector index), ``bm25`` (a
+    lexical :class:`~xmr.index.BM25Index`, no model needed) and ``hybrid`` (both, fused by
+    :func:`xmr.fusion.hybrid.fuse_ranked_lists`: RRF or weighted scores).
+
+    Args:
+        index: a loaded :class:`xmr.index.Index` (with ``encoder``) or a
+            :class:`~xmr.index.BM25Index` (``encoder`` None: text queries in ``bm25`` mode).
+        encoder: the model that built it (an :class:`xmr.models.base.Encoder`).
+        check_model: refuse an encoder whose manifest is not the index's model.
+        reranker: the second stage of :meth:`search_reranked` / :meth:`rerank` (optional).
+        lexical: a BM25 index over the same items, for ``mode="bm25"`` / ``"hybrid"``.
+        hybrid: ``rrf`` or ``weighted`` (see :mod:`xmr.fusion.hybrid`); ``hybrid_weights``
+            (dense, bm25) and ``rrf_k`` its parameters; ``hybrid_depth`` candidates per side.
+    """
+
+    def __init__(
+        self,
+        index: Index | BM25Index,
+        encoder: Any = None,
+        *,
+        check_model: bool = True,
+        reranker: Reranker | None = None,
+        lexical: BM25Index | None = None,
+        hybrid: str = "rrf",
+        hybrid_weights: Sequence[float] | None = None,
+        rrf_k: int = RRF_K,
+        hybrid_depth: int = HYBRID_DEPTH,
+    ) -> None:
+        if hybrid not in HYBRID_MODES:
+            raise XmrError(
+                f"unknown hybrid mode '{hybrid}' (choose from {', '.join(HYBRID_MODES)})"
+            )
+        self.hybrid, self.rrf_k, self.hybrid_depth = hybrid, int(rrf_k), int(hybrid_depth)
+        self.hybrid_weights = list(hybrid_weights) if hybrid_weights is not None else None
+        self.reranker = reranker
+        self._load_options: dict[str, Any] = {}
+        self._encoder_lock = threading.Lock()
+        self._reranker_lock = threading.Lock()
+        self._index_lock = threading.RLock()
+        self._missing: dict[str, int] | None = None
+        if is_lexical(index):
+            if lexical is not None:
+                raise XmrError("a BM25 index searched alone takes no second lexical index")
+            self.index, self.encoder, self.lexical, self.dense = index, encoder, index, None
+            return
+        if lexical is not None and not is_lexical(lexical):
+            raise XmrError("lexical= must be a BM25 index (built with --model bm25)")
+        if encoder is None:
+            raise XmrError("a vector index needs the encoder that built it")
+        self.lexical = lexical
+        self.dense = index
+        if int(encoder.embed_dim) != index.dim:
+            raise ModelMismatchError(
+                f"model {getattr(encoder, 'spec', '?')!r} makes {encoder.embed_dim}-d embeddings, "
+                f"the index holds {index.dim}-d vectors; search it with the model that built it "
+                f"({(index.model or {}).get('spec', 'unknown')!r})"
+            )
+        if check_model:
+            check_same_model(index.model, encoder.manifest(), what="the query embeddings")
+        self.index = index
+        self.encoder = encoder
+
+    @property
+    def modes(self) -> list[str]:
+        """The text search modes this Searcher can do."""
+        if self.dense is None:
+            return ["bm25"]
+        return ["dense", "bm25", "hybrid"] if self.lexical is not None else ["dense"]
+
+    @property
+    def default_mode(self) -> str:
+        return self.modes[0]
+
+    @classmethod
+    def from_index_dir(
+        cls,
+        index_dir: str | Path,
+        device: str | None = "cpu",
+        model: Any = None,
+        *,
+        precision: str = "fp32",
+        gpu: bool | None = None,
+        reranker: Reranker | None = None,
+        bm25_index: str | Path | None = None,
+        **options: Any,
+    ) -> Searcher:
+        """Load an index and the encoder it names (or ``model``: a spec or an Encoder, which must
+        be the same model, e.g. a copy of it in another directory). A BM25 index directory
+        needs no model; ``bm25_index`` adds one beside a vector index (``mode=bm25|hybrid``);
+        ``options`` are the hybrid settings of :class:`Searcher`."""
+        index = open_index(index_dir, gpu=gpu)
+        if is_lexical(index):
+            if bm25_index is not None:
+                raise XmrError(
+                    f"{index_dir} is a BM25 index already; bm25_index is for a vector one"
+                )
+            return cls(index, None, reranker=reranker, **options)
+        lexical = open_index(bm25_index) if bm25_index is not None else None
+        if lexical is not None and not is_lexical(lexical):
+            raise XmrError(f"{bm25_index}: not a BM25 index (build it with --model bm25)")
+        if model is None or isinstance(model, str | Path):
+            spec = str(model) if model is not None else (index.model or {}).get("spec")
+            if not spec:
+                raise XmrError(f"{index_dir}: the index names no model; pass one (model=...)")
+            try:
+                encoder = create_encoder(spec, device=device, precision=precision)
+            except XmrError as exc:
+                if model is not None:
+                    raise
+                raise XmrError(
+                    f"cannot load the model the index was built with ({exc}); pass a copy of it "
+                    "as the model"
+                ) from None
+        else:
+            encoder = model
+        searcher = cls(index, encoder, reranker=reranker, lexical=lexical, **options)
+        searcher._load_options = {"gpu": gpu}
+        return searcher
+
+    @classmethod
+    def load(cls, index_dir: str | Path, *, device: str | None = "cpu", **kwargs: Any) -> Searcher:
+        """Alias of :meth:`from_index_dir`."""
+        return cls.from_index_dir(index_dir, device=device, **kwargs)
+
+    # --- the model ------------------------------------------------------------------------------
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors for ``texts`` (one encoder call, under the encoder lock)."""
+        from xmr.models.base import check_texts
+
+        texts = check_texts(texts, what="the query text", allow_empty=False)
+        with self._encoder_lock:
+            vectors = self.encoder.encode_texts(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Query vectors for images (paths, bytes, PIL images or ImageRefs), one encoder call."""
+        with self._encoder_lock:
+            vectors = self.encoder.encode_images(list(images))
+        return np.asarray(vectors, dtype=np.float32)
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def search_text(
+        self, text: str, k: int = 10, *, category: str | None = None, mode: str | None = None
+    ) -> list[SearchResult]:
+        return self.search_texts([text], k, category=category, mode=mode)[0]
+
+    def search_texts(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        *,
+        category: str | None = None,
+        mode: str | None = None,
+    ) -> list[list[SearchResult]]:
+        """One ranked list per text; ``mode`` is ``dense`` (texts encoded in one batch), ``bm25``
+        or ``hybrid`` (default: the first of :attr:`modes`)."""
+        if isinstance(texts, str):
+            raise TypeError("search_texts takes a list of strings; use search_text for one")
+        mode = self._check_mode(mode)
+        k = _check_k(k)
+        if mode != "dense":
+            texts = check_query_texts(texts)
+        if not texts:
+            return []
+        if mode == "bm25":
+            with self._index_lock:
+                hits = self.lexical.search_texts(texts, k, category=category)
+                return [
+                    [self._result(h, r, self.lexical) for r, h in enumerate(row, 1)] for row in hits
+                ]
+        vectors = self.encode_texts(texts)
+        if mode == "dense":
+            return self.search_vectors(vectors, k, category=category)
+        return self._search_hybrid(texts, vectors, k, category)
+
+    def _search_hybrid(
+        self, texts: list[str], vectors: np.ndarray, k: int, category: str | None
+    ) -> list[list[SearchResult]]:
+        """Both rankings to ``hybrid_depth``, fused (RRF or weighted) and cut to ``k``."""
+        depth = max(k, self.hybrid_depth)
+        out = []
+        with self._index_lock:
+            dense = self.index.search(vectors, depth, category=category)
+            lexical = self.lexical.search_texts(texts, depth, category=category)
+            for d_row, l_row in zip(dense, lexical, strict=True):
+                fused = fuse_ranked_lists(
+                    [[(h.id, h.score) for h in d_row], [(h.id, h.score) for h in l_row]],
+                    mode=self.hybrid,
+                    weights=self.hybrid_weights,
+                    rrf_k=self.rrf_k,
+                    k=k,
+                )
+                row = []
+                for rank, f in enumerate(fused, 1):
+                    source = self.index if f.id in self.index else self.lexical
+                    hit = Hit(f.id, f.score, source.position(f.id))
+                    row.append(self._result(hit, rank, source))
+                out.append(row)
+        return out
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or self.default_mode
+        if mode not in SEARCH_MODES:
+            raise XmrError(f"unknown search mode '{mode}' (choose from {', '.join(SEARCH_MODES)})")
+        if mode not in self.modes:
+            why = (
+                "this index is a BM25 index (no vectors)"
+                if self.dense is None
+                else "no BM25 index is loaded beside the vector index (bm25_index)"
+            )
+            raise XmrError(f"search mode '{mode}' is not available: {why}")
+        return mode
+
+    def _dense_only(self, what: str) -> None:
+        if self.dense is None:
+            raise XmrError(f"{what} needs a vector index; this is a BM25 index (text queries only)")
+
+    def search_text_batch(self, queries: Sequence[TextQuery]) -> list[list[SearchResult]]:
+        """Queries with their own ``k``, category and mode: one encoder call for all the dense
+        texts, then one index search per category present (to the largest ``k`` asked for
+        there, each list cut to its own ``k``); BM25 and hybrid queries are searched per
+        (mode, category) group through :meth:`search_texts`."""
+        if not queries:
+            return []
+        for q in queries:
+            _check_k(q.k)
+        modes = [self._check_mode(q.mode) for q in queries]
+        if any(m != "dense" for m in modes):
+            out_m: list[list[SearchResult]] = [[] for _ in queries]
+            by_group: dict[tuple[str, str | None], list[int]] = {}
+            for i, q in enumerate(queries):
+                by_group.setdefault((modes[i], q.category), []).append(i)
+            for (mode, category), rows in by_group.items():
+                depth = max(queries[i].k for i in rows)
+                lists = self.search_texts(
+                    [queries[i].text for i in rows], depth, category=category, mode=mode
+                )
+                for i, row in zip(rows, lists, strict=True):
+                    out_m[i] = row[: queries[i].k]
+            return out_m
+        vectors = self.encode_texts([q.text for q in queries])
+        out: list[list[SearchResult]] = [[] for _ in queries]
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.category, []).append(i)
+        for category, rows in groups.items():
+            depth = max(queries[i].k for i in rows)
+            lists = self.search_vectors(vectors[rows], depth, category=category)
+            for i, row in zip(rows, lists, strict=True):
+                out[i] = row[: queries[i].k]
+        return out
+
+    def search_image(
+        self, image: Any, k: int = 10, *, category: str | None = None
+    ) -> list[SearchResult]:
+        """``image``: a path, encoded bytes, a PIL image or an ImageRef."""
+        return self.search_images([image], k, category=category)[0]
+
+    def search_images(
+        self, images: Sequence[Any], k: int = 10, *, category: str | None = None
+    ) -> list[list[SearchResult]]:
+        self._dense_only("image search")
+        if not images:
+            return []
+        return self.search_vectors(self.encode_images(images), k, category=category)
+
+    def search_item(
+        self, item_id: str, k: int = 10, *, category: str | None = None, exclude_self: bool = True
+    ) -> list[SearchResult]:
+        """Items similar to an indexed item (query by example, with its stored vector; an index
+        that cannot give the vector back is asked with the item's image instead)."""
+        self._dense_only("search by item")
+        vector = self.item_vector(item_id)
+        if vector is None:
+            ref = self.image_ref(item_id)
+            if ref is None:
+                raise XmrError(f"item '{item_id}' has no stored vector and no image")
+            vector = self.encode_images([ref])[0]
+        exclude = item_id if exclude_self else None
+        return self.search_vectors(vector[None, :], k, category=category, exclude=exclude)[0]
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        category: str | None = None,
+        exclude: str | None = None,
+    ) -> list[list[SearchResult]]:
+        """Top-``k`` results per query vector, within ``category`` when given, without the item
+        ``exclude`` (its own example, in a query by example)."""
+        self._dense_only("vector search")
+        k = _check_k(k)
+        q = np.asarray(vectors, dtype=np.float32)
+        with self._index_lock:
+            rows = self.index.search(q, k + (exclude is not None), category=category)
+            hits = [[h for h in row if h.id != exclude][:k] for row in rows]
+            return [[self._result(h, rank) for rank, h in enumerate(row, 1)] for row in hits]
+
+    def _result(self, hit: Any, rank: int, source: Any = None) -> SearchResult:
+        rec = (source or self.index).items[hit.position]
+        return SearchResult(
+            id=hit.id,
+            score=hit.score,
+            rank=rank,
+            image=rec.get("image"),
+            captions=list(rec.get("captions") or []),
+            attribute=rec.get("attribute"),
+            category=rec.get("category"),
+        )
+
+    # --- items and facts ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, item_id: object) -> bool:
+        with self._index_lock:
+            return item_id in self.index
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """The item's metadata record (an unknown id is an XmrError)."""
+        with self._index_lock:
+            return self.index.item(item_id)
+
+    def get_item(self, item_id: Any) -> dict[str, Any] | None:
+        """The item's metadata record, or None for an unknown id (a dict lookup: ids never
+        become paths)."""
+        with self._index_lock:
+            if not isinstance(item_id, str) or item_id not in self.index:
+                return None
+            return self.index.item(item_id)
+
+    def item_vector(self, item_id: str) -> np.ndarray | None:
+        """The item's stored vector, or None when the index cannot reconstruct it (some
+        compressed indexes); an unknown id is an XmrError."""
+        with self._index_lock:
+            self.index.position(item_id)
+            try:
+                vector = self.index.vector(item_id)
+            except Exception:  # noqa: BLE001 - FAISS raises RuntimeError for no reconstruction
+                return None
+        return np.asarray(vector, dtype=np.float32).reshape(-1)
+
+    def image_ref(self, item_id: str):
+        """An :class:`~xmr.data.ImageRef` for the item's image, or None when it has none."""
+        return image_ref_from_record(self.item(item_id).get("image"))
+
+    def categories(self) -> dict[str, int]:
+        with self._index_lock:
+            return self.index.categories()
+
+    def info(self) -> dict[str, Any]:
+        with self._index_lock:
+            info = self.index.info()
+        info["modes"] = self.modes
+        if self.dense is None:
+            return info
+        if self.lexical is not None:
+            info["bm25"] = self.lexical.info()
+            info["hybrid"] = {
+                "mode": self.hybrid,
+                "weights": self.hybrid_weights,
+                "rrf_k": self.rrf_k,
+                "depth": self.hybrid_depth,
+            }
+        info["model"] = {
+            "spec": getattr(self.encoder, "spec", None),
+            "fingerprint": (self.index.model or {}).get("fingerprint"),
+            "device": str(getattr(self.encoder, "device", "")),
+            "precision": getattr(self.encoder, "precision", None),
+        }
+        return info
+
+    # --- the second stage (composed in xmr.search.reranking) -----------------------------------
+
+    def missing_sides(self) -> dict[str, int]:
+        """How many items have no image and how many no caption: a text query is reranked
+        against item images, an image query against item captions, so each direction needs
+        every item to have that side. Counted once, then kept up to date by :meth:`add_item`."""
+        with self._index_lock:
+            if self._missing is None:
+                no_image = sum(not rec.get("image") for rec in self.index.items)
+                no_caption = sum(not rec.get("captions") for rec in self.index.items)
+                self._missing = {"image": no_image, "caption": no_caption}
+            return dict(self._missing)
+
+    def rerank_unavailable(self, text_queries: bool) -> str | None:
+        """Why queries of this kind (texts, or images) cannot be reranked, or None."""
+        if self.reranker is None:
+            return "no reranker is set"
+        side = "image" if text_queries else "caption"
+        missing = self.missing_sides()[side]
+        if not missing:
+            return None
+        kind, pairs = ("text", "images") if text_queries else ("image", "captions")
+        return (
+            f"{kind} queries cannot be reranked: the cross-encoder reads item {pairs}, and "
+            f"{missing} of the {len(self)} indexed items have no {side}"
+        )
+
+    def rerank(
+        self,
+        queries: Sequence[Any],
+        first_stage: Sequence[Sequence[SearchResult]],
+        *,
+        depth: int | Sequence[int] | None = None,
+        reranker: Reranker | None = None,
+    ) -> list[list[SearchResult]]:
+        """Rescore the first ``depth`` results of each query's first-stage list.
+
+        Args:
+            queries: texts (scored against item images) or images (PIL, path, bytes, ImageRef:
+                scored against item captions); the two kinds may be mixed.
+            first_stage: each query's results, best first (from a search of this Searcher).
+            depth: how many to rescore, one for all or one per query (default: the reranker's
+                ``k``).
+            reranker: instead of the Searcher's own.
+
+        Returns:
+            New result lists in the final order (``rank`` renumbered, second-stage fields set);
+            the queries of one kind and depth share cross-encoder batches.
+        """
+        second = reranker or self.reranker
+        if second is None:
+            raise XmrError("no reranker: give the Searcher one, or pass reranker=")
+        with self._reranker_lock:
+            return rerank_results(self, queries, first_stage, second, depth)
+
+    def search_reranked(
+        self,
+        queries: Sequence[Any],
+        k: int = 10,
+        *,
+        rerank_k: int | None = None,
+        category: str | None = None,
+        reranker: Reranker | None = None,
+        mode: str | None = None,
+    ) -> list[list[SearchResult]]:
+        """Two-stage search: retrieve ``max(k, rerank_k)`` per query (text queries in ``mode``:
+        dense, bm25 or hybrid), rescore the first ``rerank_k`` with the cross-encoder, return
+        the best ``k``. ``queries`` are all texts or all images; a text cross-encoder (``ce:``)
+        reads the items' texts."""
+        second = reranker or self.reranker
+        if second is None:
+            raise XmrError("no reranker: give the Searcher one, or pass reranker=")
+        if not queries:
+            return []
+        text_queries = all(isinstance(q, str) for q in queries)
+        if not text_queries and any(isinstance(q, str) for q in queries):
+            raise XmrError("rerank: queries must be all texts or all images")
+        depth = int(rerank_k if rerank_k is not None else second.k)
+        fetch = max(_check_k(k), depth)
+        if text_queries:
+            first = self.search_texts(list(queries), fetch, category=category, mode=mode)
+        else:
+            first = self.search_images(list(queries), fetch, category=category)
+        reranked = self.rerank(queries, first, depth=depth, reranker=second)
+        return [row[:k] for row in reranked]
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def add_item(self, vector: np.ndarray, record: dict[str, Any]) -> None:
+        """Append one item (its vector and metadata record) and save the index directory when it
+        was loaded from one. All or nothing: when the save fails the in-memory index is put back
+        as it was (reloaded from the directory, whose previous version the atomic save left
+        intact) and the error is raised."""
+        self._dense_only("adding an item")
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        with self._index_lock:
+            index = self.index
+            index.add(vector, [str(record["id"])], [record])
+            if index.path is not None:
+                try:
+                    index.save()
+                except BaseException as exc:
+                    self._restore(index.path, exc)
+                    raise
+            if self._missing is not None:
+                self._missing["image"] += not record.get("image")
+                self._missing["caption"] += not record.get("captions")
+
+    def _restore(self, path: Path, cause: BaseException) -> None:
+        """Put back the index as it is in ``path`` after a failed save."""
+        try:
+            self.index = load_index(path, **self._load_options)
+        except Exception as exc:  # noqa: BLE001 - reported with the save's own failure
+            raise XmrError(
+                f"{path}: saving the index failed ({cause}) and reloading its previous version "
+                f"failed too ({exc}); the in-memory index holds an unsaved item"
+            ) from cause
+        self._missing = None
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or int(k) <= 0:
+        raise XmrError(f"k must be a positive number, got {k}")
+    return int(k)
+
+
+def check_query_texts(texts: Sequence[str]) -> list[str]:
+    """:func:`xmr.models.base.check_texts` (strings, valid UTF-8, not blank, the same messages)
+    without importing torch, for BM25 searches."""
+    out = list(texts)
+    for n, text in enumerate(out, 1):
+        where = "the query text" if len(out) == 1 else f"the query text {n}"
+        if not isinstance(text, str):
+            raise XmrError(f"{where} must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "replace").decode("utf-8")[:60]
+            raise XmrError(
+                f"{where} {shown!r} is not valid UTF-8 (it holds undecodable bytes)"
+            ) from None
+        if not text.strip():
+            raise XmrError(f"{where} is empty")
+    return out
