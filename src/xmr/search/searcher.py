@@ -11,13 +11,12 @@ import numpy as np
 
 from xmr.data.records import image_ref_from_record
 from xmr.errors import ModelMismatchError, XmrError
-from xmr.fusion.hybrid import HYBRID_DEPTH, HYBRID_MODES, RRF_K, fuse_ranked_lists
+from xmr.fusion.hybrid import HYBRID_DEPTH, HYBRID_MODES, RRF_K
 from xmr.index import BM25Index, Hit, Index, check_same_model, is_lexical, load_index, open_index
 from xmr.models import create_encoder
+from xmr.search.modes import SEARCH_MODES, check_query_texts, fuse_rows
 from xmr.search.reranking import Reranker, rerank_results
 from xmr.search.results import SearchResult, TextQuery
-
-SEARCH_MODES = ("dense", "bm25", "hybrid")
 
 
 class Searcher:
@@ -205,25 +204,18 @@ class Searcher:
     ) -> list[list[SearchResult]]:
         """Both rankings to ``hybrid_depth``, fused (RRF or weighted) and cut to ``k``."""
         depth = max(k, self.hybrid_depth)
-        out = []
         with self._index_lock:
             dense = self.index.search(vectors, depth, category=category)
             lexical = self.lexical.search_texts(texts, depth, category=category)
-            for d_row, l_row in zip(dense, lexical, strict=True):
-                fused = fuse_ranked_lists(
-                    [[(h.id, h.score) for h in d_row], [(h.id, h.score) for h in l_row]],
-                    mode=self.hybrid,
-                    weights=self.hybrid_weights,
-                    rrf_k=self.rrf_k,
-                    k=k,
-                )
-                row = []
-                for rank, f in enumerate(fused, 1):
-                    source = self.index if f.id in self.index else self.lexical
-                    hit = Hit(f.id, f.score, source.position(f.id))
-                    row.append(self._result(hit, rank, source))
-                out.append(row)
-        return out
+            rows = fuse_rows(dense, lexical, self.hybrid, self.hybrid_weights, self.rrf_k, k)
+            return [
+                [self._fused_result(i, sc, r) for r, (i, sc) in enumerate(row, 1)] for row in rows
+            ]
+
+    def _fused_result(self, item_id: str, score: float, rank: int) -> SearchResult:
+        """A hybrid hit, its record from the index that holds it (one side may lack it)."""
+        source = self.index if item_id in self.index else self.lexical
+        return self._result(Hit(item_id, score, source.position(item_id)), rank, source)
 
     def _check_mode(self, mode: str | None) -> str:
         mode = mode or self.default_mode
@@ -523,23 +515,3 @@ def _check_k(k: Any) -> int:
     if isinstance(k, bool) or int(k) <= 0:
         raise XmrError(f"k must be a positive number, got {k}")
     return int(k)
-
-
-def check_query_texts(texts: Sequence[str]) -> list[str]:
-    """:func:`xmr.models.base.check_texts` (strings, valid UTF-8, not blank, the same messages)
-    without importing torch, for BM25 searches."""
-    out = list(texts)
-    for n, text in enumerate(out, 1):
-        where = "the query text" if len(out) == 1 else f"the query text {n}"
-        if not isinstance(text, str):
-            raise XmrError(f"{where} must be a string, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = text.encode("utf-8", "replace").decode("utf-8")[:60]
-            raise XmrError(
-                f"{where} {shown!r} is not valid UTF-8 (it holds undecodable bytes)"
-            ) from None
-        if not text.strip():
-            raise XmrError(f"{where} is empty")
-    return out
