@@ -327,7 +327,9 @@ def test_the_openapi_schema_is_generated_from_the_request_models(searcher):
         ImageSearchForm.model_json_schema()
     )
     schema = body["application/json"]["schema"]
-    assert {"q", "k", "category", "item_id", "rerank", "rerank_k"} == set(schema["properties"])
+    assert {"q", "k", "category", "item_id", "rerank", "rerank_k", "mode"} == set(
+        schema["properties"]
+    )
     assert schema["additionalProperties"] is False
     image = body["multipart/form-data"]["schema"]["properties"]["image"]
     assert (

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from xmr.data.records import document_text
 from xmr.errors import XmrError
 from xmr.models.cross_encoders import create_cross_encoder, match_probability
 
@@ -79,6 +80,23 @@ def _item_image(value: Any) -> Any:
     if image is None:
         raise XmrError(f"rerank: item '{getattr(value, 'id', value)}' has no image")
     return load_image(image)
+
+
+def is_text_pair_encoder(cross_encoder: Any) -> bool:
+    """True for a text cross-encoder (``ce:``), which reads (query text, document text)."""
+    return getattr(cross_encoder, "pair_kind", "image-text") == "text-text"
+
+
+def item_document(value: Any) -> str:
+    """The document text of a candidate for a text cross-encoder: its captions joined."""
+    if isinstance(value, str):
+        return value
+    captions = getattr(value, "captions", None)
+    if captions is None and isinstance(value, Mapping):
+        captions = value.get("captions")
+    if captions:
+        return document_text(captions)
+    raise XmrError(f"rerank: candidate {getattr(value, 'id', value)!r} has no text to read")
 
 
 def _item_text(value: Any) -> str:
@@ -173,6 +191,9 @@ def rerank_many(
     if isinstance(cross_encoder, str):
         cross_encoder = create_cross_encoder(cross_encoder)
     resolve = _resolver(lookup)
+    text_pairs = is_text_pair_encoder(cross_encoder)
+    if text_pairs and not all(_is_text(q) for q in queries):
+        raise XmrError(f"rerank: {cross_encoder.spec} reads texts; the queries must be texts")
     lists = [[_as_candidate(c) for c in cands] for cands in candidate_lists]
     results: list[list[dict[str, Any]]] = []
 
@@ -193,7 +214,10 @@ def rerank_many(
                     cid = c["id"]
                     if cid not in cache:
                         value = resolve(cid)
-                        cache[cid] = _item_image(value) if text_query else _item_text(value)
+                        if text_pairs:
+                            cache[cid] = item_document(value)
+                        else:
+                            cache[cid] = _item_image(value) if text_query else _item_text(value)
                     if text_query:
                         images.append(cache[cid])
                         texts.append(query)

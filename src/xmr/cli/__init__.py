@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "index",
     "search",
     "evaluate",
+    "compare",
     "predict",
     "similarity",
     "caption",

@@ -16,6 +16,7 @@ from xmr.cli import options
 from xmr.cli.data import add_skip_bad_argument
 from xmr.cli.fusion_options import add_fusion_arguments, fusion_kwargs
 from xmr.cli.rerank_options import add_rerank_arguments
+from xmr.cli.text_options import add_text_arguments, text_options
 from xmr.errors import XmrError
 from xmr.eval.clip_benchmark import clip_benchmark_result
 from xmr.eval.evaluate import format_metrics_table
@@ -46,7 +47,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--model",
         metavar="M",
-        help="encode the split with model M (hf:DIR, open_clip:..., a dir), rank exactly, score",
+        help="encode the split with model M (hf:DIR, open_clip:..., a dir), rank exactly, score; "
+        "st:DIR (a text model) or bm25[:k1=..,b=..,tokenizer=..] score text retrieval (t2t/)",
     )
     p.add_argument("--data", required=True, metavar="PATH", help="the data set with relevance")
     options.add_data_format(p)
@@ -86,6 +88,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_rerank_arguments(p)
     add_fusion_arguments(p)
+    add_text_arguments(p)
     add_skip_bad_argument(p)
 
 
@@ -152,11 +155,13 @@ def model_kwargs(args: argparse.Namespace) -> dict:
         "rerank_batch_size": args.rerank_batch_size,
         "skip_bad": args.skip_bad,
         "draft": args.draft,
+        "text": text_options(args),
     }
 
 
 # Options that mean something with one source of rankings only: refusing them beats ignoring them.
-_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split")
+_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split", "hybrid", "bm25",
+               "hybrid_weights", "rrf_k")  # fmt: skip
 _PREDICTIONS_ONLY = ("predictions_format",)
 
 

@@ -7,7 +7,6 @@ import json
 import logging
 
 from xmr.cli import options
-from xmr.index import load_index
 from xmr.workflows.index_build import add_embeddings, index_embeddings
 
 KINDS = ("images", "captions", "texts")
@@ -43,8 +42,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_build_arguments(b: argparse.ArgumentParser) -> None:
     """Every option of ``xmr index build``."""
-    b.add_argument("emb_dir", metavar="EMB_DIR", help="embeddings directory (xmr encode --out)")
+    b.add_argument(
+        "emb_dir",
+        metavar="EMB_DIR",
+        nargs="?",
+        default=None,
+        help="embeddings directory (xmr encode --out); none with --model bm25",
+    )
     options.add_out(b, "index directory (replaced atomically)", metavar="INDEX_DIR")
+    # A lexical index is built from the data set's texts, not from embeddings.
+    b.add_argument(
+        "--model",
+        default=None,
+        metavar="bm25[:k1=..,b=..,method=..,tokenizer=..]",
+        help="build a BM25 index over --data's item texts (captions; a BEIR corpus) instead of "
+        "EMB_DIR; tokenizer auto|words|cjk-bigram|jieba (default: none, a vector index; "
+        "tokenizer auto: from the corpus)",
+    )
+    b.add_argument(
+        "--data", default=None, metavar="PATH", help="the data set for --model bm25 (default: none)"
+    )
+    options.add_data_format(b)
+    options.add_split(b)
     b.add_argument(
         "--spec",
         default="auto",
@@ -93,6 +112,12 @@ def add_add_arguments(a: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    if args.model is not None or args.data is not None:
+        return _run_build_bm25(args)
+    if args.emb_dir is None:
+        from xmr.errors import XmrError
+
+        raise XmrError("give EMB_DIR (xmr encode output), or --model bm25 --data PATH")
     logging.getLogger("xmr.index").setLevel(logging.WARNING)
     index = index_embeddings(
         args.emb_dir,
@@ -118,6 +143,29 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_build_bm25(args: argparse.Namespace) -> int:
+    from xmr.errors import XmrError
+    from xmr.index.bm25_index import is_bm25_spec
+    from xmr.workflows.index_build import index_texts
+
+    if not is_bm25_spec(args.model) or args.data is None or args.emb_dir is not None:
+        raise XmrError(
+            "a text index is built with --model bm25[:...] --data PATH (and no EMB_DIR); dense "
+            "models index embeddings: xmr encode, then xmr index build EMB_DIR"
+        )
+    index = index_texts(args.data, args.out, args.model, format=args.format, split=args.split)
+    if args.json:
+        print(json.dumps(index.info(), indent=2, ensure_ascii=False))
+        return 0
+    cfg = index.manifest["index"]
+    print(
+        f"built BM25 index of {len(index)} documents (tokenizer {cfg['tokenizer']}, k1 "
+        f"{cfg['k1']:g}, b {cfg['b']:g}, {cfg['method']}, vocabulary {cfg['vocabulary']}) in "
+        f"{args.out}"
+    )
+    return 0
+
+
 def run_add(args: argparse.Namespace) -> int:
     index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind)
     if args.json:
@@ -128,7 +176,13 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    info = load_index(args.index_dir).info()
+    from xmr.index import is_lexical, open_index
+
+    index = open_index(args.index_dir)
+    info = index.info()
+    if args.json or is_lexical(index):  # a BM25 index: its settings as JSON
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0

@@ -10,6 +10,7 @@ from xmr.cli import options
 from xmr.cli.data import add_skip_bad_argument
 from xmr.cli.evaluate import add_model_arguments, model_kwargs, print_warnings
 from xmr.cli.rerank_options import add_rerank_arguments
+from xmr.cli.text_options import add_text_arguments
 from xmr.eval.submission import SUBMISSION_FORMATS
 from xmr.workflows.predict import predict
 
@@ -31,7 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     """Every option of ``xmr predict``."""
-    p.add_argument("--model", required=True, metavar="M", help="model spec (hf:DIR, open_clip:...)")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="M",
+        help="model spec (hf:DIR, open_clip:..., st:DIR, or bm25[:k1=..,b=..,tokenizer=..])",
+    )
     p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
     options.add_data_format(p)
     options.add_split(p, "split to predict (default: test, else the only one)")
@@ -54,6 +60,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(p, evaluate=False)
     add_rerank_arguments(p)
+    add_text_arguments(p)
     add_skip_bad_argument(p)
 
 

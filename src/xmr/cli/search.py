@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from xmr.cli.rerank_options import add_rerank_arguments
 
     add_rerank_arguments(p)
+    from xmr.cli.text_options import add_text_arguments
+
+    add_text_arguments(p, search=True)
     p.set_defaults(func=run)
 
 
@@ -41,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError("give a query TEXT or --image FILE (one of them)")
     if args.query is not None and not args.query.strip():
         raise XmrError("the query text is empty")
+    from xmr.cli.text_options import searcher_options
+
+    mode = args.mode or ("hybrid" if args.hybrid else None)
+    if mode is not None and args.image is not None:
+        raise XmrError("--mode applies to text queries, not --image")
     reranker = None
     if args.rerank:
         from xmr.cli.rerank_options import load_cross_encoder, rerank_options
@@ -48,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
         options = rerank_options(args)
         reranker = Reranker(load_cross_encoder(args), k=args.rerank_k, **options)
     searcher = Searcher.from_index_dir(
-        args.index_dir, device=args.device, model=args.model, reranker=reranker
+        args.index_dir,
+        device=args.device,
+        model=args.model,
+        reranker=reranker,
+        **searcher_options(args),
     )
     if reranker is not None:
         query = args.query
@@ -56,11 +68,13 @@ def run(args: argparse.Namespace) -> int:
             from xmr.models.base import load_image
 
             query = load_image(args.image)
-        results = searcher.search_reranked([query], args.k, category=args.category)[0]
+        results = searcher.search_reranked(
+            [query], args.k, category=args.category, mode=mode if args.image is None else None
+        )[0]
     elif args.image is not None:
         results = searcher.search_image(args.image, args.k, category=args.category)
     else:
-        results = searcher.search_text(args.query, args.k, category=args.category)
+        results = searcher.search_text(args.query, args.k, category=args.category, mode=mode)
     if args.json:
         out = {"query": args.query, "image": args.image, "results": [r.to_dict() for r in results]}
         print(json.dumps(out, ensure_ascii=False, indent=2))

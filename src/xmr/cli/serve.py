@@ -108,6 +108,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         k_help="how many first-stage results the cross-encoder rescores; a request may ask for "
         "fewer (rerank_k) or none (rerank=false) (default: %(default)s)",
     )
+    from xmr.cli.text_options import add_text_arguments
+
+    # ?mode=dense|bm25|hybrid per request; these say what hybrid means and where BM25 is.
+    add_text_arguments(p, search=True, mode=False)
     p.set_defaults(func=run)
 
 
@@ -155,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         rerank_batch_size=args.rerank_batch_size,
         show_model_path=args.show_model_path,
         attribute_names=attribute_names,
+        **_text_settings(args),
     )
     if settings.allow_writes and args.processes > 1:
         raise XmrError("--allow-writes needs --processes 1 (each process holds its own index copy)")
@@ -209,3 +214,16 @@ def _describe_rerank(rerank: dict, settings) -> str:
         if why:
             line += f"; {why}"
     return line
+
+
+def _text_settings(args) -> dict:
+    """``--bm25-index`` / ``--hybrid`` / ``--hybrid-weights`` / ``--rrf-k`` as settings."""
+    from xmr.cli.text_options import searcher_options
+
+    options = searcher_options(args)
+    out = {"bm25_index": options.get("bm25_index"), "hybrid": options.get("hybrid", "rrf")}
+    if "hybrid_weights" in options:
+        out["hybrid_weights"] = tuple(options["hybrid_weights"])
+    if "rrf_k" in options:
+        out["rrf_k"] = options["rrf_k"]
+    return out

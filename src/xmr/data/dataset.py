@@ -48,6 +48,9 @@ class Split:
     label file calls ``000240``). Submissions are written with it and matched against it
     exactly, as the official scorer compares names.
 
+    ``grades``: query id -> item id -> graded relevance, where the ground truth grades it (BEIR
+    qrels scores, for nDCG's graded gains); empty means every relevant pair has grade 1.
+
     Readers may share one relevance set between queries with the same relevant items (Track2
     texts of one attribute string: thousands of texts x thousands of images); treat the sets as
     read-only and copy one before changing it.
@@ -59,6 +62,7 @@ class Split:
     relevance: dict[str, set[str]] = field(default_factory=dict)
     pairs: dict[str, list[str]] = field(default_factory=dict)
     item_names: dict[str, str] = field(default_factory=dict)
+    grades: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def item_name(self, item_id: str) -> str:
         """The name the ground truth (and so a submission) uses for ``item_id``."""

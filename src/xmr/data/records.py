@@ -13,6 +13,12 @@ from typing import Any
 from xmr.data.images import ImageRef
 
 
+def document_text(captions: list[str] | tuple[str, ...]) -> str:
+    """The one text of an item that lexical search and text cross-encoders read: its captions
+    joined by newlines (a BEIR document has one, ``title text``)."""
+    return "\n".join(c for c in captions if c)
+
+
 def image_record(ref: ImageRef | None) -> dict[str, Any] | None:
     """The JSON form of an image reference; in-memory bytes cannot be referenced (null)."""
     if ref is None:

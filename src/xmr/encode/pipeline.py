@@ -356,9 +356,14 @@ class _KindRun:
         if not plan:
             return
         if self.kind != "images":
+            # A text model with separate query / document prompts (st:) encodes corpus
+            # captions as documents; CLIP-family encoders have one text tower for both.
+            encode = self.encoder.encode_texts
+            if self.kind == "captions":
+                encode = getattr(self.encoder, "encode_documents", encode)
             for shard, positions in plan:
                 texts = [self.inputs[p] for p in positions]
-                vectors = self.encoder.encode_texts(texts, batch_size=len(texts))
+                vectors = encode(texts, batch_size=len(texts))
                 yield shard, positions, np.asarray(vectors, dtype=np.float32), []
             return
         from dataclasses import replace

@@ -1,4 +1,4 @@
-"""Vector indexes: one interface, backends in a registry (FAISS is the default and only one yet).
+"""Indexes: vectors behind one backend interface (FAISS), and lexical BM25 indexes beside them.
 
 ``build_index`` / ``load_index`` / ``Index`` are what callers use; a backend only stores vectors
 at integer positions, and :class:`Index` adds string ids, item metadata and the manifest.
@@ -13,22 +13,30 @@ from xmr.index.base import (
     list_index_backends,
     register_index_backend,
 )
+from xmr.index.bm25_index import BM25Index, build_bm25_index, is_bm25_spec, load_bm25_index
 from xmr.index.faiss_index import resolve_auto_spec
+from xmr.index.opening import is_lexical, open_index
 from xmr.index.store import Hit, Index, build_index, check_same_model, load_index, measure_recall
 
 __all__ = [
     "AUTO_EXACT_MAX",
+    "BM25Index",
     "INDEX_BACKENDS",
     "Hit",
     "Index",
     "IndexBackend",
+    "build_bm25_index",
     "build_index",
     "exact_search",
     "get_backend",
     "check_same_model",
+    "is_bm25_spec",
+    "is_lexical",
     "list_index_backends",
+    "load_bm25_index",
     "load_index",
     "measure_recall",
+    "open_index",
     "register_index_backend",
     "resolve_auto_spec",
 ]

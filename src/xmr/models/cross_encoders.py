@@ -139,6 +139,7 @@ def _load_backends() -> None:
     # The backends register on import; transformers itself is imported only when one is built.
     import xmr.models.blip_itm  # noqa: F401
     import xmr.models.mplug.backend  # noqa: F401
+    import xmr.models.text_cross_encoder  # noqa: F401
 
 
 def local_backend(path: Path) -> str | None:

@@ -3,6 +3,7 @@
 Spec forms:
     ``hf:<hub id or local dir>``           transformers CLIP / ChineseCLIP / SigLIP / SigLIP2
     ``open_clip:<arch>[@<tag or ckpt>]``   open_clip (optional extra ``xmr[open_clip]``)
+    ``st:<hub id or local dir>``           a sentence-transformers text bi-encoder (``xmr[text]``)
     ``<local dir>``                         resolved by what is in it
     ``<backend>:<target>``                 any backend added with ``register_backend``
 """
@@ -78,6 +79,8 @@ def parse_spec(spec: str | os.PathLike) -> tuple[str, str]:
 def detect_backend(directory: str | os.PathLike) -> str:
     """Which backend loads a local directory, from the files in it."""
     path = Path(directory)
+    if (path / "modules.json").is_file():  # sentence-transformers' save format
+        return "st"
     config = path / "config.json"
     if config.is_file():
         try:
@@ -139,3 +142,10 @@ def _open_clip_backend(target: str, **kwargs: Any) -> Encoder:
     from xmr.models.open_clip_backend import OpenClipEncoder
 
     return OpenClipEncoder.load(target, **kwargs)
+
+
+@register_backend("st")
+def _st_backend(target: str, **kwargs: Any) -> Encoder:
+    from xmr.models.st_models import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder.load(target, **kwargs)

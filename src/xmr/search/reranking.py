@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from xmr.errors import XmrError
 from xmr.models.cross_encoders import create_cross_encoder
-from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES, rerank_many
+from xmr.rerank import (
+    DEFAULT_RERANK_K,
+    RERANK_MODES,
+    is_text_pair_encoder,
+    item_document,
+    rerank_many,
+)
 from xmr.search.results import SearchResult
 
 if TYPE_CHECKING:
@@ -61,8 +67,13 @@ class Reranker:
         return getattr(self.cross_encoder, "spec", "") or type(self.cross_encoder).__name__
 
 
-def searcher_lookup(searcher: Searcher, *, text_queries: bool) -> Callable[[str], Any]:
-    """id -> the item's image (text queries) or its first caption (image queries)."""
+def searcher_lookup(
+    searcher: Searcher, *, text_queries: bool, documents: bool = False
+) -> Callable[[str], Any]:
+    """id -> the item's image (text queries) or its first caption (image queries); with
+    ``documents`` (a text cross-encoder, ``ce:``) its captions joined, the text BM25 indexes."""
+    if documents:
+        return lambda item_id: item_document(searcher.item(item_id))
 
     def image(item_id: str) -> Any:
         ref = searcher.image_ref(item_id)
@@ -110,7 +121,11 @@ def rerank_results(
             [queries[i] for i in rows],
             [[(r.id, r.score) for r in first_stage[i]] for i in rows],
             reranker.cross_encoder,
-            lookup=searcher_lookup(searcher, text_queries=text_queries),
+            lookup=searcher_lookup(
+                searcher,
+                text_queries=text_queries,
+                documents=is_text_pair_encoder(reranker.cross_encoder),
+            ),
             k=k,
             mode=reranker.mode,
             alpha=reranker.alpha,
@@ -143,11 +158,13 @@ def search_reranked(
     alpha: float = 1.0,
     category: str | None = None,
     batch_size: int = 32,
+    search_mode: str | None = None,
 ) -> list[list[SearchResult]]:
-    """:meth:`Searcher.search_reranked` with a cross-encoder (loaded or a spec) given here."""
+    """:meth:`Searcher.search_reranked` with a cross-encoder (loaded or a spec) given here;
+    ``search_mode`` (dense, bm25, hybrid) is the text queries' first stage."""
     reranker = Reranker.create(
         cross_encoder, k=rerank_k, mode=mode, alpha=alpha, batch_size=batch_size
     )
     return searcher.search_reranked(
-        queries, k, rerank_k=rerank_k, category=category, reranker=reranker
+        queries, k, rerank_k=rerank_k, category=category, reranker=reranker, mode=search_mode
     )

@@ -57,3 +57,4 @@ class TextQuery:
     text: str
     k: int = 10
     category: str | None = None
+    mode: str | None = None  # dense | bm25 | hybrid (None: the Searcher's default)

@@ -11,8 +11,10 @@ import numpy as np
 
 from xmr.data.records import image_ref_from_record
 from xmr.errors import ModelMismatchError, XmrError
-from xmr.index import Index, check_same_model, load_index
+from xmr.fusion.hybrid import HYBRID_DEPTH, HYBRID_MODES, RRF_K
+from xmr.index import BM25Index, Hit, Index, check_same_model, is_lexical, load_index, open_index
 from xmr.models import create_encoder
+from xmr.search.modes import SEARCH_MODES, check_query_texts, fuse_rows
 from xmr.search.reranking import Reranker, rerank_results
 from xmr.search.results import SearchResult, TextQuery
 
@@ -20,21 +22,57 @@ from xmr.search.results import SearchResult, TextQuery
 class Searcher:
     """Search an index by text, image, vector or item id, and rerank with a cross-encoder.
 
+    Text queries have three modes: ``dense`` (the encoder and the vector index), ``bm25`` (a
+    lexical :class:`~xmr.index.BM25Index`, no model needed) and ``hybrid`` (both, fused by
+    :func:`xmr.fusion.hybrid.fuse_ranked_lists`: RRF or weighted scores).
+
     Args:
-        index: a loaded :class:`xmr.index.Index`.
+        index: a loaded :class:`xmr.index.Index` (with ``encoder``) or a
+            :class:`~xmr.index.BM25Index` (``encoder`` None: text queries in ``bm25`` mode).
         encoder: the model that built it (an :class:`xmr.models.base.Encoder`).
         check_model: refuse an encoder whose manifest is not the index's model.
         reranker: the second stage of :meth:`search_reranked` / :meth:`rerank` (optional).
+        lexical: a BM25 index over the same items, for ``mode="bm25"`` / ``"hybrid"``.
+        hybrid: ``rrf`` or ``weighted`` (see :mod:`xmr.fusion.hybrid`); ``hybrid_weights``
+            (dense, bm25) and ``rrf_k`` its parameters; ``hybrid_depth`` candidates per side.
     """
 
     def __init__(
         self,
-        index: Index,
-        encoder: Any,
+        index: Index | BM25Index,
+        encoder: Any = None,
         *,
         check_model: bool = True,
         reranker: Reranker | None = None,
+        lexical: BM25Index | None = None,
+        hybrid: str = "rrf",
+        hybrid_weights: Sequence[float] | None = None,
+        rrf_k: int = RRF_K,
+        hybrid_depth: int = HYBRID_DEPTH,
     ) -> None:
+        if hybrid not in HYBRID_MODES:
+            raise XmrError(
+                f"unknown hybrid mode '{hybrid}' (choose from {', '.join(HYBRID_MODES)})"
+            )
+        self.hybrid, self.rrf_k, self.hybrid_depth = hybrid, int(rrf_k), int(hybrid_depth)
+        self.hybrid_weights = list(hybrid_weights) if hybrid_weights is not None else None
+        self.reranker = reranker
+        self._load_options: dict[str, Any] = {}
+        self._encoder_lock = threading.Lock()
+        self._reranker_lock = threading.Lock()
+        self._index_lock = threading.RLock()
+        self._missing: dict[str, int] | None = None
+        if is_lexical(index):
+            if lexical is not None:
+                raise XmrError("a BM25 index searched alone takes no second lexical index")
+            self.index, self.encoder, self.lexical, self.dense = index, encoder, index, None
+            return
+        if lexical is not None and not is_lexical(lexical):
+            raise XmrError("lexical= must be a BM25 index (built with --model bm25)")
+        if encoder is None:
+            raise XmrError("a vector index needs the encoder that built it")
+        self.lexical = lexical
+        self.dense = index
         if int(encoder.embed_dim) != index.dim:
             raise ModelMismatchError(
                 f"model {getattr(encoder, 'spec', '?')!r} makes {encoder.embed_dim}-d embeddings, "
@@ -45,12 +83,17 @@ class Searcher:
             check_same_model(index.model, encoder.manifest(), what="the query embeddings")
         self.index = index
         self.encoder = encoder
-        self.reranker = reranker
-        self._load_options: dict[str, Any] = {}
-        self._encoder_lock = threading.Lock()
-        self._reranker_lock = threading.Lock()
-        self._index_lock = threading.RLock()
-        self._missing: dict[str, int] | None = None
+
+    @property
+    def modes(self) -> list[str]:
+        """The text search modes this Searcher can do."""
+        if self.dense is None:
+            return ["bm25"]
+        return ["dense", "bm25", "hybrid"] if self.lexical is not None else ["dense"]
+
+    @property
+    def default_mode(self) -> str:
+        return self.modes[0]
 
     @classmethod
     def from_index_dir(
@@ -62,10 +105,23 @@ class Searcher:
         precision: str = "fp32",
         gpu: bool | None = None,
         reranker: Reranker | None = None,
+        bm25_index: str | Path | None = None,
+        **options: Any,
     ) -> Searcher:
         """Load an index and the encoder it names (or ``model``: a spec or an Encoder, which must
-        be the same model, e.g. a copy of it in another directory)."""
-        index = load_index(index_dir, gpu=gpu)
+        be the same model, e.g. a copy of it in another directory). A BM25 index directory
+        needs no model; ``bm25_index`` adds one beside a vector index (``mode=bm25|hybrid``);
+        ``options`` are the hybrid settings of :class:`Searcher`."""
+        index = open_index(index_dir, gpu=gpu)
+        if is_lexical(index):
+            if bm25_index is not None:
+                raise XmrError(
+                    f"{index_dir} is a BM25 index already; bm25_index is for a vector one"
+                )
+            return cls(index, None, reranker=reranker, **options)
+        lexical = open_index(bm25_index) if bm25_index is not None else None
+        if lexical is not None and not is_lexical(lexical):
+            raise XmrError(f"{bm25_index}: not a BM25 index (build it with --model bm25)")
         if model is None or isinstance(model, str | Path):
             spec = str(model) if model is not None else (index.model or {}).get("spec")
             if not spec:
@@ -81,7 +137,7 @@ class Searcher:
                 ) from None
         else:
             encoder = model
-        searcher = cls(index, encoder, reranker=reranker)
+        searcher = cls(index, encoder, reranker=reranker, lexical=lexical, **options)
         searcher._load_options = {"gpu": gpu}
         return searcher
 
@@ -110,28 +166,97 @@ class Searcher:
     # --- queries --------------------------------------------------------------------------------
 
     def search_text(
-        self, text: str, k: int = 10, *, category: str | None = None
+        self, text: str, k: int = 10, *, category: str | None = None, mode: str | None = None
     ) -> list[SearchResult]:
-        return self.search_texts([text], k, category=category)[0]
+        return self.search_texts([text], k, category=category, mode=mode)[0]
 
     def search_texts(
-        self, texts: Sequence[str], k: int = 10, *, category: str | None = None
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        *,
+        category: str | None = None,
+        mode: str | None = None,
     ) -> list[list[SearchResult]]:
-        """One ranked list per text; the texts are encoded in one batch."""
+        """One ranked list per text; ``mode`` is ``dense`` (texts encoded in one batch), ``bm25``
+        or ``hybrid`` (default: the first of :attr:`modes`)."""
         if isinstance(texts, str):
             raise TypeError("search_texts takes a list of strings; use search_text for one")
+        mode = self._check_mode(mode)
+        k = _check_k(k)
+        if mode != "dense":
+            texts = check_query_texts(texts)
         if not texts:
             return []
-        return self.search_vectors(self.encode_texts(texts), k, category=category)
+        if mode == "bm25":
+            with self._index_lock:
+                hits = self.lexical.search_texts(texts, k, category=category)
+                return [
+                    [self._result(h, r, self.lexical) for r, h in enumerate(row, 1)] for row in hits
+                ]
+        vectors = self.encode_texts(texts)
+        if mode == "dense":
+            return self.search_vectors(vectors, k, category=category)
+        return self._search_hybrid(texts, vectors, k, category)
+
+    def _search_hybrid(
+        self, texts: list[str], vectors: np.ndarray, k: int, category: str | None
+    ) -> list[list[SearchResult]]:
+        """Both rankings to ``hybrid_depth``, fused (RRF or weighted) and cut to ``k``."""
+        depth = max(k, self.hybrid_depth)
+        with self._index_lock:
+            dense = self.index.search(vectors, depth, category=category)
+            lexical = self.lexical.search_texts(texts, depth, category=category)
+            rows = fuse_rows(dense, lexical, self.hybrid, self.hybrid_weights, self.rrf_k, k)
+            return [
+                [self._fused_result(i, sc, r) for r, (i, sc) in enumerate(row, 1)] for row in rows
+            ]
+
+    def _fused_result(self, item_id: str, score: float, rank: int) -> SearchResult:
+        """A hybrid hit, its record from the index that holds it (one side may lack it)."""
+        source = self.index if item_id in self.index else self.lexical
+        return self._result(Hit(item_id, score, source.position(item_id)), rank, source)
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or self.default_mode
+        if mode not in SEARCH_MODES:
+            raise XmrError(f"unknown search mode '{mode}' (choose from {', '.join(SEARCH_MODES)})")
+        if mode not in self.modes:
+            why = (
+                "this index is a BM25 index (no vectors)"
+                if self.dense is None
+                else "no BM25 index is loaded beside the vector index (bm25_index)"
+            )
+            raise XmrError(f"search mode '{mode}' is not available: {why}")
+        return mode
+
+    def _dense_only(self, what: str) -> None:
+        if self.dense is None:
+            raise XmrError(f"{what} needs a vector index; this is a BM25 index (text queries only)")
 
     def search_text_batch(self, queries: Sequence[TextQuery]) -> list[list[SearchResult]]:
-        """Queries with their own ``k`` and category: one encoder call for all the texts, then
-        one index search per category present (to the largest ``k`` asked for there, each list
-        cut to its own ``k``)."""
+        """Queries with their own ``k``, category and mode: one encoder call for all the dense
+        texts, then one index search per category present (to the largest ``k`` asked for
+        there, each list cut to its own ``k``); BM25 and hybrid queries are searched per
+        (mode, category) group through :meth:`search_texts`."""
         if not queries:
             return []
         for q in queries:
             _check_k(q.k)
+        modes = [self._check_mode(q.mode) for q in queries]
+        if any(m != "dense" for m in modes):
+            out_m: list[list[SearchResult]] = [[] for _ in queries]
+            by_group: dict[tuple[str, str | None], list[int]] = {}
+            for i, q in enumerate(queries):
+                by_group.setdefault((modes[i], q.category), []).append(i)
+            for (mode, category), rows in by_group.items():
+                depth = max(queries[i].k for i in rows)
+                lists = self.search_texts(
+                    [queries[i].text for i in rows], depth, category=category, mode=mode
+                )
+                for i, row in zip(rows, lists, strict=True):
+                    out_m[i] = row[: queries[i].k]
+            return out_m
         vectors = self.encode_texts([q.text for q in queries])
         out: list[list[SearchResult]] = [[] for _ in queries]
         groups: dict[str | None, list[int]] = {}
@@ -153,6 +278,7 @@ class Searcher:
     def search_images(
         self, images: Sequence[Any], k: int = 10, *, category: str | None = None
     ) -> list[list[SearchResult]]:
+        self._dense_only("image search")
         if not images:
             return []
         return self.search_vectors(self.encode_images(images), k, category=category)
@@ -162,6 +288,7 @@ class Searcher:
     ) -> list[SearchResult]:
         """Items similar to an indexed item (query by example, with its stored vector; an index
         that cannot give the vector back is asked with the item's image instead)."""
+        self._dense_only("search by item")
         vector = self.item_vector(item_id)
         if vector is None:
             ref = self.image_ref(item_id)
@@ -181,6 +308,7 @@ class Searcher:
     ) -> list[list[SearchResult]]:
         """Top-``k`` results per query vector, within ``category`` when given, without the item
         ``exclude`` (its own example, in a query by example)."""
+        self._dense_only("vector search")
         k = _check_k(k)
         q = np.asarray(vectors, dtype=np.float32)
         with self._index_lock:
@@ -188,8 +316,8 @@ class Searcher:
             hits = [[h for h in row if h.id != exclude][:k] for row in rows]
             return [[self._result(h, rank) for rank, h in enumerate(row, 1)] for row in hits]
 
-    def _result(self, hit: Any, rank: int) -> SearchResult:
-        rec = self.index.items[hit.position]
+    def _result(self, hit: Any, rank: int, source: Any = None) -> SearchResult:
+        rec = (source or self.index).items[hit.position]
         return SearchResult(
             id=hit.id,
             score=hit.score,
@@ -244,6 +372,17 @@ class Searcher:
     def info(self) -> dict[str, Any]:
         with self._index_lock:
             info = self.index.info()
+        info["modes"] = self.modes
+        if self.dense is None:
+            return info
+        if self.lexical is not None:
+            info["bm25"] = self.lexical.info()
+            info["hybrid"] = {
+                "mode": self.hybrid,
+                "weights": self.hybrid_weights,
+                "rrf_k": self.rrf_k,
+                "depth": self.hybrid_depth,
+            }
         info["model"] = {
             "spec": getattr(self.encoder, "spec", None),
             "fingerprint": (self.index.model or {}).get("fingerprint"),
@@ -315,10 +454,12 @@ class Searcher:
         rerank_k: int | None = None,
         category: str | None = None,
         reranker: Reranker | None = None,
+        mode: str | None = None,
     ) -> list[list[SearchResult]]:
-        """Two-stage search: retrieve ``max(k, rerank_k)`` per query, rescore the first
-        ``rerank_k`` with the cross-encoder, return the best ``k``. ``queries`` are all texts
-        or all images."""
+        """Two-stage search: retrieve ``max(k, rerank_k)`` per query (text queries in ``mode``:
+        dense, bm25 or hybrid), rescore the first ``rerank_k`` with the cross-encoder, return
+        the best ``k``. ``queries`` are all texts or all images; a text cross-encoder (``ce:``)
+        reads the items' texts."""
         second = reranker or self.reranker
         if second is None:
             raise XmrError("no reranker: give the Searcher one, or pass reranker=")
@@ -329,8 +470,10 @@ class Searcher:
             raise XmrError("rerank: queries must be all texts or all images")
         depth = int(rerank_k if rerank_k is not None else second.k)
         fetch = max(_check_k(k), depth)
-        search = self.search_texts if text_queries else self.search_images
-        first = search(list(queries), fetch, category=category)
+        if text_queries:
+            first = self.search_texts(list(queries), fetch, category=category, mode=mode)
+        else:
+            first = self.search_images(list(queries), fetch, category=category)
         reranked = self.rerank(queries, first, depth=depth, reranker=second)
         return [row[:k] for row in reranked]
 
@@ -341,6 +484,7 @@ class Searcher:
         was loaded from one. All or nothing: when the save fails the in-memory index is put back
         as it was (reloaded from the directory, whose previous version the atomic save left
         intact) and the error is raised."""
+        self._dense_only("adding an item")
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         with self._index_lock:
             index = self.index

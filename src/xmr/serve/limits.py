@@ -42,6 +42,10 @@ class ServeSettings:
         rerank_alpha: the weight of the first-stage similarity in ``itm+sim``.
         rerank_batch_size: (image, text) pairs per cross-encoder forward pass.
         rerank_max_queries: the most queries whose pairs share one cross-encoder call.
+        bm25_index: a BM25 index directory of the same items, loaded beside a vector index so
+            that ``?mode=bm25|hybrid`` work (a BM25 index given as the index needs none).
+        hybrid: ``rrf`` or ``weighted`` (:mod:`xmr.fusion.hybrid`); ``hybrid_weights`` (dense,
+            bm25) and ``rrf_k`` its parameters.
         show_model_path: name the models in ``/api/info`` and on the page by their full spec,
             which for a local model is its absolute path on the server. Off by default: a
             local model is shown by its directory name and a short weights fingerprint.
@@ -70,6 +74,10 @@ class ServeSettings:
     rerank_alpha: float = 1.0
     rerank_batch_size: int = 32
     rerank_max_queries: int = 8
+    bm25_index: str | None = None
+    hybrid: str = "rrf"
+    hybrid_weights: tuple[float, float] | None = None
+    rrf_k: int = 60
     show_model_path: bool = False
     attribute_names: list[str] | None = None
 
@@ -356,3 +364,19 @@ def _positive_int(value: Any, field: str) -> int:
     if value < 1:
         raise ApiError(400, f"bad_{field}", f"{field} must be at least 1, not {value}", field=field)
     return value
+
+
+def check_mode(mode: Any, available: list[str]) -> str | None:
+    """A text search mode the service can do (``dense``, ``bm25``, ``hybrid``) or None."""
+    if mode is None or mode == "":
+        return None
+    if not isinstance(mode, str) or mode not in ("dense", "bm25", "hybrid"):
+        raise ApiError(400, "bad_mode", "mode must be dense, bm25 or hybrid", field="mode")
+    if mode not in available:
+        raise ApiError(
+            400,
+            "mode_unavailable",
+            f"mode {mode!r} is not available here (this service does: {', '.join(available)})",
+            field="mode",
+        )
+    return mode

@@ -11,7 +11,7 @@ schema of ``POST /api/search`` and ``POST /api/items`` is generated from these c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from xmr.serve.limits import (
     ServeSettings,
     check_category,
     check_k,
+    check_mode,
     check_query,
     parse_rerank,
     parse_rerank_k,
@@ -34,6 +35,7 @@ class ValidationContext:
 
     settings: ServeSettings
     categories: Mapping[str, int] = field(default_factory=dict)
+    modes: Sequence[str] = ("dense",)  # the text search modes the Searcher can do
 
 
 def _context(info: ValidationInfo) -> ValidationContext:
@@ -100,6 +102,16 @@ class SearchRequest(_QueryOptions):
 
     q: str | None = Field(None, description="The query text.")
     item_id: str | None = Field(None, description="Search by this indexed item's vector.")
+    mode: str | None = Field(
+        None,
+        description="dense (the model and the vector index), bm25 (the BM25 index) or hybrid "
+        "(both, fused); the default is the first the service can do.",
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any, info: ValidationInfo) -> str | None:
+        return check_mode(value, list(_context(info).modes))
 
     @field_validator("q", mode="before")
     @classmethod

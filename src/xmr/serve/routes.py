@@ -27,7 +27,8 @@ _SEARCH_BODY = request_body_doc(
     "A JSON object (a text query `q`, or `item_id`: query by the example of an indexed item), "
     "or a multipart form with an image file field `image` (query by image). `rerank` turns "
     "the service's cross-encoder on or off for this query; `rerank_k` rescores fewer "
-    "first-stage results than the service's.",
+    "first-stage results than the service's; `mode` (dense, bm25, hybrid) picks the text "
+    "search where a BM25 index is served.",
     {"application/json": SearchRequest, "multipart/form-data": ImageSearchForm},
 )
 _ADD_BODY = request_body_doc(
@@ -72,10 +73,17 @@ async def search_get(
     rerank_k: str | None = Query(
         None, description="How many first-stage results to rerank (1..the service's)."
     ),
+    mode: str | None = Query(
+        None,
+        description="dense (the model and the vector index), bm25 (the BM25 index) or hybrid "
+        "(both, fused); the default is the first the service can do.",
+    ),
     svc: SearchService = Depends(service),
 ) -> JSONResponse:
     """Search the images by a text query."""
     params = {"q": q, "k": k, "category": category, "rerank": rerank, "rerank_k": rerank_k}
+    if mode is not None:
+        params["mode"] = mode
     request = SearchRequest.parse(params, svc.context())
     # A Response skips FastAPI's per-field encoding: a few thousand results stay cheap.
     return JSONResponse(await svc.search(request))

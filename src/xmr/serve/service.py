@@ -104,7 +104,9 @@ class SearchService:
         loaded Searcher."""
         settings = settings or ServeSettings()
         if isinstance(index, str | Path):
-            index = Searcher.from_index_dir(index, device=settings.device)
+            index = Searcher.from_index_dir(
+                index, device=settings.device, **text_search_options(settings)
+            )
         if not isinstance(index, Searcher):
             raise TypeError(f"serve an index directory or a Searcher, not {type(index).__name__}")
         return cls(index, settings, **kwargs)
@@ -122,7 +124,7 @@ class SearchService:
     def context(self) -> ValidationContext:
         """What requests are validated against (:mod:`xmr.serve.models`); the categories are
         kept here (refreshed after an add), so validating takes no index lock."""
-        return ValidationContext(self.settings, self._categories)
+        return ValidationContext(self.settings, self._categories, self.searcher.modes)
 
     # --- facts ----------------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class SearchService:
         info = self.searcher.info()
         info.pop("path", None)  # the server's file layout is nobody's business
         model = info.get("model") or {}
+        if not isinstance(model, dict):  # a BM25 index alone: its spec, no neural model
+            model = {"spec": model}
         name = self.model_name(model.get("spec"), model.get("fingerprint"))
         info["model"] = {**model, "spec": name}
         out = {
@@ -146,7 +150,8 @@ class SearchService:
             "model_fingerprint": model.get("fingerprint"),
             "index_type": (info.get("index") or {}).get("type") or info.get("requested_spec"),
             "size": len(self.searcher),
-            "dim": self.searcher.index.dim,
+            "dim": getattr(self.searcher.index, "dim", None),
+            "modes": self.searcher.modes,
             "exact": (info.get("index") or {}).get("exact"),
             "categories": self.searcher.categories(),
             "index": info,
@@ -321,10 +326,14 @@ class SearchService:
             return await self._search_item(request, started)
         depth, about = self.rerank_plan(request, text_query=True)
         # One batched call encodes the text and searches the index (no second thread hop).
-        query = TextQuery(request.q, max(request.k, depth or 0), request.category)
+        query = TextQuery(request.q, max(request.k, depth or 0), request.category, request.mode)
         first = await self.text_batcher.submit(query)
         results = await self._second_stage(request.q, first, request.k, depth)
-        return self._respond({"type": "text", "text": request.q}, request, results, started, about)
+        said: dict[str, Any] = {"type": "text", "text": request.q}
+        modes = self.searcher.modes
+        if request.mode is not None or modes != ["dense"]:  # say which ran where there is a choice
+            said["mode"] = request.mode or modes[0]
+        return self._respond(said, request, results, started, about)
 
     async def _search_item(self, request: SearchRequest, started: float) -> dict[str, Any]:
         item_id = request.item_id
@@ -395,3 +404,13 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
         "attribute": record.get("attribute"),
         "category": record.get("category"),
     }
+
+
+def text_search_options(settings: ServeSettings) -> dict[str, Any]:
+    """The Searcher's BM25 / hybrid keywords from the settings."""
+    out: dict[str, Any] = {"hybrid": settings.hybrid, "rrf_k": settings.rrf_k}
+    if settings.bm25_index:
+        out["bm25_index"] = settings.bm25_index
+    if settings.hybrid_weights is not None:
+        out["hybrid_weights"] = list(settings.hybrid_weights)
+    return out

@@ -41,6 +41,7 @@ from xmr.io.atomic import check_output_file
 from xmr.models import create_encoder
 from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
+from xmr.workflows.text_eval import evaluate_text_model, is_text_job
 
 
 @dataclass(eq=False)
@@ -223,6 +224,7 @@ def evaluate_model(
     skip_empty: bool = False,
     skip_bad: bool = False,
     draft: bool = False,
+    text: Mapping[str, Any] | None = None,
 ) -> EvaluationResult:
     """Score a bi-encoder on a split: embed it, rank exactly, compute the evaluator's metrics.
 
@@ -259,6 +261,12 @@ def evaluate_model(
             and in a warning) instead of stopping at the first.
         draft: decode JPEGs in draft mode (faster on big photos, not the reference pixels;
             recorded, and never mixed with fully decoded embeddings in ``emb_dir``).
+        text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``,
+            ``k_values``). A text -> text job (``model="bm25..."``, ``st:...``, a ``hybrid``
+            here, or a corpus whose items have no image, such as BEIR) is scored by
+            :func:`xmr.workflows.text_eval.evaluate_text_model` with MTEB's metrics beside
+            R@K, as ``t2t/`` keys (``per_query``, ``fused``, ``depth`` and ``emb_dir`` do not
+            apply to it).
 
     Returns:
         an :class:`EvaluationResult`.
@@ -278,6 +286,15 @@ def evaluate_model(
     chosen = dataset.split(split, need_relevance=True)
     if not chosen.has_relevance:
         raise XmrError(f"{dataset.root}: split '{chosen.name}' has no relevance to score against")
+    if is_text_job(model, chosen, (text or {}).get("hybrid")):
+        return _evaluate_text(
+            model, dataset, chosen, text, directions=directions, k=k, device=device,
+            precision=precision, batch_size=batch_size, skip_empty=skip_empty, rerank=rerank,
+            rerank_options={"rerank_k": rerank_k, "mode": rerank_mode, "alpha": rerank_alpha,
+                            "batch_size": rerank_batch_size},
+            refused={"per_query": per_query, "fused": fused, "depth": depth, "emb_dir": emb_dir},
+            warnings=warnings,
+        )  # fmt: skip
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
     encoder = load_encoder(model, device, precision, draft)
@@ -306,6 +323,35 @@ def evaluate_model(
     if skip_empty:
         warnings.append(lenient_warning(metrics))
     return EvaluationResult(metrics, chosen.name, "model", rows, path, list(emb.failed), warnings)
+
+
+def _evaluate_text(
+    model: Any,
+    dataset: Any,
+    chosen: Any,
+    text: Mapping[str, Any] | None,
+    *,
+    directions: Sequence[str] | None,
+    refused: Mapping[str, Any],
+    warnings: list[str],
+    **options: Any,
+) -> EvaluationResult:
+    """:func:`evaluate_model` for a text -> text job (see its ``text`` parameter)."""
+    given = [name for name, value in refused.items() if value is not None]
+    if given:
+        raise XmrError(f"{given[0]} does not apply to text retrieval (bm25, st:..., hybrid)")
+    if directions and set(directions) - {"t2t"}:
+        raise XmrError(f"a text retrieval job has the one direction t2t, not {list(directions)}")
+    if options.get("rerank") is not None:
+        options["rerank"] = load_reranker(
+            options["rerank"], options["device"], options["precision"]
+        )
+    else:
+        options.pop("rerank_options")
+    metrics = evaluate_text_model(model, dataset, split=chosen.name, **options, **dict(text or {}))
+    if options.get("skip_empty"):
+        warnings.append(lenient_warning(metrics))
+    return EvaluationResult(metrics, chosen.name, "model", warnings=warnings)
 
 
 def fused_metrics(

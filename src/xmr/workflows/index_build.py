@@ -142,6 +142,48 @@ def add_embeddings(
     return index, len(emb)
 
 
+def index_texts(
+    data: Any,
+    out_dir: str | Path | None = None,
+    spec: str = "bm25",
+    *,
+    format: str | None = None,
+    split: str | None = None,
+) -> Any:
+    """``xmr index build --model bm25 --data PATH``: a BM25 index over the items of a data set
+    (their captions joined; a BEIR corpus's title + text), saved to ``out_dir`` when given.
+
+    Every item with text is indexed, with its metadata record (image, captions, category), so
+    ``xmr search`` and ``xmr serve`` show the same results as from a vector index. Items
+    without a caption have no text to match and are left out (counted in the log)."""
+    from xmr.data.readers import load_dataset
+    from xmr.data.records import document_text, item_record
+    from xmr.index.bm25_index import build_bm25_index
+
+    if out_dir is not None:
+        from xmr.io.atomic import check_output_dir
+
+        check_output_dir(out_dir)
+    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    chosen = dataset.split(split)
+    items = [it for it in chosen.items.values() if it.captions]
+    if not items:
+        raise XmrError(f"{data}: split '{chosen.name}' has no item with a caption or text to index")
+    if len(items) < len(chosen.items):
+        log.warning("bm25: %d item(s) without text left out", len(chosen.items) - len(items))
+    index = build_bm25_index(
+        [document_text(it.captions) for it in items],
+        [it.id for it in items],
+        spec,
+        items=[item_record(it) for it in items],
+        source={"data": str(getattr(dataset, "root", data)), "format": dataset.format,
+                "split": chosen.name, "skipped_without_text": len(chosen.items) - len(items)},
+    )  # fmt: skip
+    if out_dir is not None:
+        index.save(out_dir)
+    return index
+
+
 def _check_same_decoding(built: Any, adding: Any, emb_dir: Path) -> None:
     """Refuse to mix draft-decoded (``--draft``) and fully decoded image embeddings."""
     was = bool((built or {}).get("jpeg_draft"))

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import warnings as _warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xmr.errors import XmrError
 from xmr.eval.embedded import embed_split_fused, rank_embedded
 from xmr.eval.submission import default_submission_format, write_submission
 from xmr.io.atomic import check_output_file
@@ -23,6 +25,7 @@ from xmr.workflows.evaluate import (
     load_reranker,
     read_data,
 )
+from xmr.workflows.text_eval import is_text_job, predict_text
 
 
 @dataclass(eq=False)
@@ -99,6 +102,7 @@ def predict(
     submission_format: str | None = None,
     skip_bad: bool = False,
     draft: bool = False,
+    text: Mapping[str, Any] | None = None,
 ) -> PredictionResult:
     """Rank every item for every query of a split and write the top ``k`` as a submission.
 
@@ -124,6 +128,10 @@ def predict(
         skip_bad: skip malformed records of the data set (counted in a warning and in the
             embeddings manifest) instead of stopping at the first.
         draft: decode JPEGs in draft mode (see :func:`xmr.workflows.evaluate.evaluate_model`).
+        text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``). A
+            text -> text job (``bm25...``, ``st:...``, a ``hybrid``, a corpus without images) is
+            written by :func:`xmr.workflows.text_eval.predict_text`, a TREC run by default,
+            padded to ``k`` (``fused`` does not apply to it).
 
     Returns:
         a :class:`PredictionResult`.
@@ -145,6 +153,21 @@ def predict(
     if split is None and "test" in dataset.splits:
         split = "test"
     chosen = dataset.split(split)
+    text = {key: v for key, v in (text or {}).items() if key != "k_values"}
+    if is_text_job(model, chosen, text.get("hybrid")):
+        if fused is not None:
+            raise XmrError("fused does not apply to text retrieval (bm25, st:..., hybrid)")
+        kind = out_format or "trec"
+        cross = load_reranker(rerank, device, precision) if rerank is not None else None
+        path = predict_text(
+            model, dataset, out, split=chosen.name, submission_format=kind, k=k, device=device,
+            precision=precision, batch_size=batch_size, rerank=cross,
+            rerank_options={"rerank_k": rerank_k, "mode": rerank_mode, "alpha": rerank_alpha,
+                            "batch_size": rerank_batch_size},
+            **text,
+        )  # fmt: skip
+        return PredictionResult(Path(path), kind, chosen.name, len(chosen.queries), k,
+                                reranked=rerank is not None, warnings=warnings)  # fmt: skip
     kind = out_format or default_submission_format(dataset, chosen)
     encoder = load_encoder(model, device, precision, draft)
     if fusion is not None:

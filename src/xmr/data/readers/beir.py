@@ -7,7 +7,7 @@
 Items are text-only: ``image=None`` and one caption, the text (``title text`` when a title is
 given). A corpus line may also carry ``"image"``, a path relative to ``corpus.jsonl`` (as
 ``xmr data convert --out-format beir`` writes it): the item then has that image too. A pair is relevant
-when its score is > 0. Each qrels file is a split with the queries it names; all splits share the
+when its score is > 0; the scores are kept as ``Split.grades`` (nDCG's graded gains). Each qrels file is a split with the queries it names; all splits share the
 corpus. Without ``qrels/`` there is one split, ``test``, with every query and no relevance.
 """
 
@@ -65,7 +65,7 @@ class BeirReader:
         for name in names:
             result = Split(name, items=items)
             if name in qrels:
-                result.relevance = _read_qrels(qrels[name], bad, items, queries)
+                result.relevance = _read_qrels(qrels[name], bad, items, queries, result.grades)
                 result.queries = {q: queries[q] for q in queries if q in result.relevance}
             else:
                 result.queries = dict(queries)
@@ -108,7 +108,11 @@ def _read_queries(file: Path, bad: BadRecords) -> dict[str, Query]:
 
 
 def _read_qrels(
-    file: Path, bad: BadRecords, items: dict[str, Item], queries: dict[str, Query]
+    file: Path,
+    bad: BadRecords,
+    items: dict[str, Item],
+    queries: dict[str, Query],
+    grades: dict[str, dict[str, float]],
 ) -> dict[str, set[str]]:
     relevance: dict[str, set[str]] = {}
     where = str(file)
@@ -146,4 +150,5 @@ def _read_qrels(
                 raise DataError("score is NaN", file=where, line=lineno, field="score")
             if value > 0:
                 relevance.setdefault(qid, set()).add(cid)
+            grades.setdefault(qid, {})[cid] = value
     return relevance
