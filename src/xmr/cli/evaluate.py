@@ -69,6 +69,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="OUT.csv",
         help="write id,text,first_hit_rank,AP,hits per query",
     )
+    # --report: the HTML report (xmr.workflows.report); all its logic lives in cli/report.py.
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/index.html: metric tables, Recall@K curves, rank and AP "
+        "histograms, failure gallery with thumbnails, provenance (needs xmr[report])",
+    )
     add_model_arguments(p)
     from xmr.cli.data import add_skip_bad_argument
     from xmr.cli.fusion_options import add_fusion_arguments
@@ -136,10 +144,18 @@ def run(args: argparse.Namespace) -> int:
         from xmr.io.atomic import check_output_file
 
         check_output_file(args.per_query)  # before the work, not after it
+    if args.report:
+        from xmr.cli.report import check_report_dir
+
+        check_report_dir(args.report)
     if args.model is not None:
         metrics, rows = _from_model(args)
     else:
         metrics, rows = _from_predictions(args)
+    if args.report:
+        from xmr.cli.report import write_evaluation_report
+
+        write_evaluation_report(args, metrics)
     return report(metrics, rows, args)
 
 
@@ -174,6 +190,7 @@ def _from_predictions(args: argparse.Namespace):
     split = _load_split(args)
     if not split.has_relevance:
         raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")
+    args.report_inputs = {"split": split}  # for --report
     return evaluate_predictions(
         args.predictions,
         split,
@@ -262,6 +279,7 @@ def _from_model(args: argparse.Namespace):
         # The reranked numbers replace the first stage's keys; the first stage stays beside them.
         metrics |= rerank_metrics(args, split, emb.text, emb.items, directions=directions)
     metrics |= fusion_metrics(args, encoder, dataset, split)
+    args.report_inputs = {"split": split, "emb": emb, "directions": directions}  # for --report
     return metrics, _model_per_query(args, split, emb) if args.per_query else []
 
 

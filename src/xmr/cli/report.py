@@ -1,0 +1,80 @@
+"""``xmr evaluate --report DIR`` (the glue the evaluate command calls) and ``xmr report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="build or compare HTML reports")
+    reports = p.add_subparsers(dest="report_command", metavar="WHAT")
+    reports.required = True
+    c = reports.add_parser(
+        "compare",
+        help="two evaluation reports of the same split side by side",
+        description="Compare two evaluation reports (xmr evaluate --report DIR) of the same "
+        "split: every metric with its delta, and the queries that gained and lost the most.",
+    )
+    c.add_argument("a", metavar="DIR_A", help="the first (baseline) report")
+    c.add_argument("b", metavar="DIR_B", help="the second report")
+    c.add_argument("--out", default=None, metavar="DIR", help="where to write [DIR_B/compare]")
+    c.add_argument("--top", type=int, default=10, help="queries gained / lost shown [10]")
+    c.set_defaults(func=run_compare)
+
+
+def check_report_dir(path: str) -> None:
+    """Refuse an unusable ``--report DIR`` before the evaluation's work."""
+    from xmr.workflows.report.evaluation import check_report_dir as check
+
+    check(path)
+
+
+def write_evaluation_report(args: argparse.Namespace, metrics: dict) -> None:
+    """Build ``args.report`` from what ``xmr evaluate`` computed (``args.report_inputs``)."""
+    from xmr.workflows.report import build_evaluation_report
+    from xmr.workflows.report.sources import (
+        embedded_rankings,
+        model_fingerprint,
+        predictions_rankings,
+        run_provenance,
+    )
+
+    inputs = args.report_inputs
+    split = inputs["split"]
+    if "emb" in inputs:
+        emb = inputs["emb"]
+        rankings = embedded_rankings(emb, inputs["directions"], device=args.device)
+        fingerprint = model_fingerprint(emb.model)
+    else:
+        rankings = predictions_rankings(
+            args.predictions, split, k=args.k, kind=args.prediction_kind
+        )
+        fingerprint = None
+    provenance = run_provenance(
+        model=args.model,
+        fingerprint=fingerprint,
+        data=args.data,
+        split=split.name,
+        predictions=args.predictions,
+        k=args.k,
+        argv=getattr(args, "argv", None),
+    )
+    path = build_evaluation_report(
+        args.report,
+        metrics,
+        rankings,
+        split,
+        k=args.k,
+        skip_empty=args.skip_empty_queries,
+        provenance=provenance,
+    )
+    print(f"xmr: report written to {path}", file=sys.stderr)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from xmr.workflows.report.compare import compare_reports
+
+    path = compare_reports(args.a, args.b, out_dir=args.out, top=args.top)
+    print(path)
+    return 0

@@ -1,0 +1,117 @@
+"""The evaluation report (``xmr evaluate --report DIR``) as files: built from the rankings the
+evaluation had, its numbers the ``--json`` numbers, untrusted texts escaped, curves right."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from report_helpers import EVIL, synth_split, track2_predictions
+from xmr.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    split = synth_split(tmp / "ds")
+    pred = tmp / "pred.json"
+    ranked = track2_predictions(pred, split)
+    return {"tmp": tmp, "split": split, "pred": pred, "ranked": ranked}
+
+
+def evaluate_with_report(capsys, built, out, *extra):
+    code = main(["evaluate", "--predictions", str(built["pred"]), "--data",
+                 str(built["tmp"] / "ds"), "--split", "test", "--json", "--report", str(out),
+                 *extra])  # fmt: skip
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_page_numbers_are_the_json_numbers(capsys, built, tmp_path):
+    metrics = evaluate_with_report(capsys, built, tmp_path / "rep")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page))
+    assert set(cells) == set(metrics)
+    for key, value in metrics.items():
+        assert float(cells[key]) == value, key
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["metrics"] == metrics
+    assert "pred.json" in saved["provenance"]["command"]
+
+
+def test_query_text_holding_html_is_escaped(capsys, built, tmp_path):
+    evaluate_with_report(capsys, built, tmp_path / "rep")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert EVIL not in page
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &quot;quoted&quot;" in page
+    # Nothing the page would fetch: no src/href off the page (SVG namespaces are names only).
+    assert not re.search(r'(src|href)="(?!data:|#|per_query\.csv#)', page)
+
+
+def test_per_query_csv_and_curves_follow_the_rankings(capsys, built, tmp_path):
+    metrics = evaluate_with_report(capsys, built, tmp_path / "rep")
+    with open(tmp_path / "rep" / "per_query.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    split, ranked = built["split"], built["ranked"]
+    assert len(rows) == metrics["t2i/n_queries"] == len(split.queries)
+    by_text = {q.text: qid for qid, q in split.queries.items()}
+    for row in rows:
+        qid = row["id"]
+        names = ranked[split.queries[qid].text]
+        rel = {split.item_names.get(i, i) for i in split.relevance[qid]}
+        want = next((n for n, x in enumerate(names, start=1) if x in rel), None)
+        assert (int(row["first_relevant_rank"]) if row["first_relevant_rank"] else None) == want
+    assert by_text[EVIL] in {r["id"] for r in rows}
+    # The curve at K is the share of queries whose first hit is at most K: R@1 of the hit-rate
+    # definition, checked against the rows by hand.
+    from xmr.workflows.report.ranks import hit_rate_curve
+
+    firsts = [int(r["first_relevant_rank"]) if r["first_relevant_rank"] else None for r in rows]
+    curve = hit_rate_curve(firsts, 10)
+    for kk in (1, 5, 10):
+        assert curve[kk - 1] == pytest.approx(np.mean([bool(f and f <= kk) for f in firsts]))
+    assert curve[-1] == pytest.approx(1 - metrics["t2i/NotFound"])
+
+
+def test_report_refuses_a_file_and_a_foreign_directory(capsys, built, tmp_path):
+    from xmr.errors import XmrError
+    from xmr.workflows.report import build_evaluation_report
+
+    (tmp_path / "file").write_text("x")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for out, message in ((tmp_path / "file", "not a directory"), (mine, "not an xmr report")):
+        code = main(["evaluate", "--predictions", str(built["pred"]), "--data",
+                     str(built["tmp"] / "ds"), "--split", "test", "--report", str(out)])  # fmt: skip
+        assert code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(XmrError, match="not an xmr report"):
+        build_evaluation_report(mine, {}, {"t2i": {}}, built["split"])
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_model_report_has_both_directions(tmp_path, capsys, built):
+    pytest.importorskip("transformers")
+    ds = built["tmp"] / "ds"
+    assert main(["model", "tiny", str(tmp_path / "m"), "--data", str(ds)]) == 0
+    capsys.readouterr()
+    code = main(["evaluate", "--model", f"hf:{tmp_path / 'm'}", "--data", str(ds), "--split",
+                 "test", "--json", "--workers", "0", "--report", str(tmp_path / "rep")])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count('data-plot="recall"') == 2
+    assert 'id="gallery-i2t"' in page and 'id="gallery-t2i"' in page
+    # Ranked 30 deep (every item), so the curve's end is every query.
+    with open(tmp_path / "rep" / "per_query.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["direction"] == "t2i"]
+    hits1 = np.mean([r["first_relevant_rank"] == "1" for r in rows])
+    assert hits1 == pytest.approx(metrics["t2i/R@1"]) or metrics["t2i/R@1"] <= hits1
+    assert all(r["first_relevant_rank"] for r in rows)  # every query has a hit at full depth
