@@ -115,3 +115,41 @@ def test_model_report_has_both_directions(tmp_path, capsys, built):
     hits1 = np.mean([r["first_relevant_rank"] == "1" for r in rows])
     assert hits1 == pytest.approx(metrics["t2i/R@1"]) or metrics["t2i/R@1"] <= hits1
     assert all(r["first_relevant_rank"] for r in rows)  # every query has a hit at full depth
+
+
+def test_compare_two_runs(capsys, built, tmp_path):
+    ma = evaluate_with_report(capsys, built, tmp_path / "a")
+    pred_b = tmp_path / "pred_b.json"
+    track2_predictions(pred_b, built["split"], seed=1)
+    code = main(["evaluate", "--predictions", str(pred_b), "--data", str(built["tmp"] / "ds"),
+                 "--split", "test", "--json", "--report", str(tmp_path / "b")])  # fmt: skip
+    assert code == 0
+    mb = json.loads(capsys.readouterr().out)
+    assert main(["report", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--top", "4"]) == 0
+    out = tmp_path / "b" / "compare"
+    assert capsys.readouterr().out.strip() == str(out / "index.html")
+    record = json.loads((out / "compare.json").read_text())
+    for key, delta in record["deltas"].items():
+        assert delta == pytest.approx(mb[key] - ma[key])
+    assert "t2i/R@1" in record["deltas"] and "t2i/n_queries" not in record["deltas"]
+    ap = {}
+    for side in ("a", "b"):
+        with open(tmp_path / side / "per_query.csv", newline="") as fh:
+            ap[side] = {r["id"]: float(r["AP"]) for r in csv.DictReader(fh)}
+    change = {q: ap["b"][q] - ap["a"][q] for q in ap["a"]}
+    gained = [q["id"] for q in record["queries"] if q["change"] == "gained"]
+    lost = [q["id"] for q in record["queries"] if q["change"] == "lost"]
+    assert len(gained) == len(lost) == 4
+    assert min(change[q] for q in gained) >= sorted(change.values(), reverse=True)[3]
+    assert max(change[q] for q in lost) <= sorted(change.values())[3]
+    html_page = (out / "index.html").read_text()
+    assert html_page.count('class="query"') == 8
+    assert "data:image/jpeg;base64," in html_page  # thumbnails from the recorded data set
+    assert EVIL not in html_page
+
+
+def test_compare_refuses_other_splits(capsys, built, tmp_path):
+    evaluate_with_report(capsys, built, tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "compare", str(tmp_path / "a"), str(tmp_path / "empty")]) == 2
+    assert "not an evaluation report" in capsys.readouterr().err

@@ -96,3 +96,43 @@ def test_report_page_in_chromium(tmp_path, capsys):
             browser.close()
     assert errors == []
     assert requests == [url]
+
+
+def test_compare_page_in_chromium(tmp_path, capsys):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("matplotlib")
+    split = synth_split(tmp_path / "ds", n_test=30)
+    for side, seed in (("a", 0), ("b", 3)):
+        track2_predictions(tmp_path / f"{side}.json", split, seed=seed)
+        assert main(["evaluate", "--predictions", str(tmp_path / f"{side}.json"), "--data",
+                     str(tmp_path / "ds"), "--split", "test", "--report",
+                     str(tmp_path / side)]) == 0  # fmt: skip
+    assert main(["report", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--top", "3"]) == 0
+    url = (tmp_path / "b" / "compare" / "index.html").as_uri()
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+
+            def route(r):
+                requests.append(r.request.url)
+                return r.continue_() if r.request.url == url else r.abort()
+
+            context.route("**/*", route)
+            page = context.new_page()
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            assert page.locator(".query[data-change=gained]").count() == 3
+            assert page.locator(".query[data-change=lost]").count() == 3
+            assert page.locator(".query .strip").count() == 12  # A's and B's top 10 each
+            shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "report-compare.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert requests == [url]

@@ -7,6 +7,8 @@ Layout of ``DIR``::
                     provenance; plots inline SVG, thumbnails data: URLs, no request off the page
     per_query.csv   direction,id,text,category,first_relevant_rank,AP,hits (one row a query)
     report.json     the metrics exactly as ``--json`` prints them, and the provenance
+    rankings.json   direction -> query id -> {"ranked": top 10, "relevant_at": [1-based ranks]}
+                    (what ``xmr report compare`` shows of each query)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def json_metrics(metrics: Mapping[str, float]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
 
 
-class _Thumbs:
+class Thumbs:
     """Small JPEG data: URLs of item images, made once per item (a gallery shows an item often)."""
 
     def __init__(self, split):
@@ -108,7 +110,7 @@ def _metric_tables(metrics: Mapping[str, float]) -> str:
     return "".join(out) + note
 
 
-def _cell(view: DirectionView, thumbs: _Thumbs, split, ident: str, rank: int, cls: str) -> str:
+def _cell(view: DirectionView, thumbs: Thumbs, split, ident: str, rank: int, cls: str) -> str:
     label = f"#{rank}" if rank else "not ranked"
     if view.direction == "t2i":
         url = thumbs.url(ident)
@@ -126,7 +128,7 @@ def _cell(view: DirectionView, thumbs: _Thumbs, split, ident: str, rank: int, cl
     )
 
 
-def _query_block(view: DirectionView, row, thumbs: _Thumbs, split, kind: str) -> str:
+def _query_block(view: DirectionView, row, thumbs: Thumbs, split, kind: str) -> str:
     cells = [
         _cell(view, thumbs, split, i, n, "rel" if i in row.relevant else "")
         for n, i in enumerate(row.ranked[:TOP], start=1)
@@ -245,7 +247,7 @@ def build_evaluation_report(
     check_report_dir(out_dir)
     views = [direction_view(d, r, split, k, skip_empty=skip_empty) for d, r in rankings.items()]
     csv_bytes = _per_query_csv(views)
-    thumbs = _Thumbs(split)
+    thumbs = Thumbs(split)
     sections = [page.section("Metrics", _metric_tables(metrics), ident="metrics")]
     for view in views:
         name = NAMES.get(view.direction, view.direction)
@@ -281,10 +283,21 @@ def build_evaluation_report(
     subtitle = " · ".join(str(prov[x]) for x in ("model", "data", "split") if prov.get(x))
     html_text = page.document(title, subtitle, sections)
     record = {"metrics": json_metrics(metrics), "provenance": prov, "k": k}
+    tops = {
+        view.direction: {
+            row.id: {
+                "ranked": row.ranked[:TOP],
+                "relevant_at": [n for n, i in enumerate(row.ranked[:TOP], 1) if i in row.relevant],
+            }
+            for row in view.rows
+        }
+        for view in views
+    }
 
     def fill(tmp: Path) -> None:
         (tmp / "index.html").write_text(html_text, encoding="utf-8")
         (tmp / "per_query.csv").write_bytes(csv_bytes)
+        (tmp / "rankings.json").write_text(json.dumps(tops, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.json").write_text(
             json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8"
         )
