@@ -21,6 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default=None, metavar="DIR", help="where to write [DIR_B/compare]")
     c.add_argument("--top", type=int, default=10, help="queries gained / lost shown [10]")
     c.set_defaults(func=run_compare)
+    t = reports.add_parser(
+        "train",
+        help="(re)build OUT/report.html of a training run",
+        description="Rebuild OUT/report.html from a training run's logs (train_log.jsonl, "
+        "metrics.jsonl, train_config.json): loss, learning rates, logit scale, samples/s and "
+        "every validation metric against the step, the best step marked, the configuration.",
+    )
+    t.add_argument("out", metavar="OUT", help="the training output directory")
+    t.set_defaults(func=run_train_report)
 
 
 def check_report_dir(path: str) -> None:
@@ -78,3 +87,35 @@ def run_compare(args: argparse.Namespace) -> int:
     path = compare_reports(args.a, args.b, out_dir=args.out, top=args.top)
     print(path)
     return 0
+
+
+def run_train_report(args: argparse.Namespace) -> int:
+    from xmr.workflows.report.training import build_training_report
+
+    print(build_training_report(args.out))
+    return 0
+
+
+def training_report_hook():
+    """The callable ``xmr train`` hands the trainer to rebuild ``OUT/report.html`` after each
+    validation, or None (with a warning) without matplotlib. A report that cannot be written
+    is a warning, never the end of a training run."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print(
+            "xmr: warning: no OUT/report.html: the training report needs matplotlib "
+            "(pip install 'xmr[report]')",
+            file=sys.stderr,
+        )
+        return None
+    from xmr.errors import XmrError
+    from xmr.workflows.report.training import build_training_report
+
+    def hook(out) -> None:
+        try:
+            build_training_report(out)
+        except (XmrError, OSError) as exc:
+            print(f"xmr: warning: training report not written: {exc}", file=sys.stderr)
+
+    return hook

@@ -22,7 +22,7 @@ table.metrics{border-collapse:collapse;font-variant-numeric:tabular-nums;font-si
 table.metrics th,table.metrics td{padding:4px 10px;border-bottom:1px solid #e5e7eb;
 text-align:right}table.metrics th:first-child,table.metrics td:first-child{text-align:left}
 table.metrics thead th{background:#f3f4f6}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plot{flex:1 1 340px;max-width:520px;margin:0}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.plot{flex:0 1 400px;margin:0}
 .plot svg{width:100%;height:auto}.scroll{overflow-x:auto}
 .query{border-top:1px solid #e5e7eb;padding:10px 0}
 .qhead{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap}

@@ -111,3 +111,31 @@ def rank_change_svg(before: Sequence[int], after: Sequence[int], depth: int, tit
     ax.set_ylabel("after")
     ax.set_title(title, fontsize=10)
     return _svg(fig)
+
+
+def series_svg(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    ylabel: str,
+    *,
+    mark_x: float | None = None,
+    log_y: bool = False,
+) -> str:
+    """Lines against the training step, one a name; ``mark_x`` draws the best step."""
+    fig, ax = _figure(6.4 if len(series) > 4 else 5.2)
+    for n, (name, (xs, ys)) in enumerate(series.items()):
+        style = "-o" if len(xs) < 30 else "-"
+        ax.plot(xs, ys, style, label=name, color=COLOURS[n % len(COLOURS)], linewidth=1.6,
+                markersize=3)  # fmt: skip
+    if mark_x is not None:
+        ax.axvline(mark_x, color="#16a34a", linestyle="--", linewidth=1.2, label="best step")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if len(series) > 4:  # many lines: the legend beside the axes, not over the lines
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    elif len(series) > 1 or mark_x is not None:
+        ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
