@@ -153,3 +153,28 @@ def test_compare_refuses_other_splits(capsys, built, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["report", "compare", str(tmp_path / "a"), str(tmp_path / "empty")]) == 2
     assert "not an evaluation report" in capsys.readouterr().err
+
+
+def test_reranked_run_reports_both_stages_and_what_changed(capsys, built, tmp_path):
+    pytest.importorskip("transformers")
+    ds = built["tmp"] / "ds"
+    assert main(["model", "tiny", str(tmp_path / "m"), "--data", str(ds)]) == 0
+    assert main(["model", "tiny", "--family", "mplug", str(tmp_path / "mp")]) == 0
+    capsys.readouterr()
+    code = main(["evaluate", "--model", f"hf:{tmp_path / 'm'}", "--data", str(ds), "--split",
+                 "test", "--json", "--workers", "0", "--directions", "t2i", "--rerank",
+                 f"mplug:{tmp_path / 'mp'}", "--report", str(tmp_path / "rep")])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page))
+    assert set(cells) == set(metrics) and any(k.startswith("first_stage/") for k in cells)
+    assert page.count('data-plot="rank-change"') == 1 and page.count('data-plot="recall"') == 2
+    with open(tmp_path / "rep" / "per_query.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    first = {r["id"]: r["first_relevant_rank"] for r in rows if r["direction"] == "t2i"}
+    before = {r["id"]: r["first_relevant_rank"] for r in rows if r["direction"] != "t2i"}
+    assert set(first) == set(before)
+    depth = 1 + max(int(v) for v in [*first.values(), *before.values()] if v)
+    up = sum(int(first[q] or depth + 1) < int(before[q] or depth + 1) for q in first)
+    assert f"{up} queries moved their first relevant item up" in page

@@ -382,6 +382,7 @@ def evaluate_reranked(
     ks: Sequence[int] | None = None,
     batch_size: int = 32,
     device: Any = None,
+    rankings_out: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, float]:
     """Metrics of two-stage retrieval on ``split``, beside the first stage's own.
 
@@ -389,7 +390,9 @@ def evaluate_reranked(
     ``image_emb`` rows in ``split.items`` order, as :func:`xmr.eval.evaluate.evaluate_split`
     takes them); the cross-encoder rescores each query's top ``rerank_k``. Keys:
     ``{direction}/<metric>`` for the reranked rankings and ``first_stage/{direction}/<metric>``
-    for the first stage, on the same queries and to the same depth.
+    for the first stage, on the same queries and to the same depth. ``rankings_out``, when
+    given, receives both rankings (``{direction}`` and ``first_stage/{direction}`` -> query id
+    -> ranked ids), for a report of what reranking changed.
     """
     from xmr.eval.evaluate import evaluate_rankings, recall_ks, split_categories
     from xmr.eval.ranking import topk_from_embeddings
@@ -450,4 +453,6 @@ def evaluate_reranked(
                 query_ids=q_ids,
             )
             out.update({f"{prefix}{key}": value for key, value in metrics.items()})
+            if rankings_out is not None:
+                rankings_out[f"{prefix}{direction}"] = rankings
     return out

@@ -277,7 +277,11 @@ def _from_model(args: argparse.Namespace):
     )
     if args.rerank:
         # The reranked numbers replace the first stage's keys; the first stage stays beside them.
-        metrics |= rerank_metrics(args, split, emb.text, emb.items, directions=directions)
+        reranked: dict = {}  # both stages' rankings, for --report
+        metrics |= rerank_metrics(
+            args, split, emb.text, emb.items, directions=directions, rankings_out=reranked
+        )
+        args.report_rankings = reranked
     metrics |= fusion_metrics(args, encoder, dataset, split)
     args.report_inputs = {"split": split, "emb": emb, "directions": directions}  # for --report
     return metrics, _model_per_query(args, split, emb) if args.per_query else []

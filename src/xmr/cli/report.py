@@ -53,7 +53,10 @@ def write_evaluation_report(args: argparse.Namespace, metrics: dict) -> None:
     split = inputs["split"]
     if "emb" in inputs:
         emb = inputs["emb"]
-        rankings = embedded_rankings(emb, inputs["directions"], device=args.device)
+        # Reranked: both stages as the evaluation ranked them; else the split ranked 100 deep.
+        rankings = getattr(args, "report_rankings", None) or embedded_rankings(
+            emb, inputs["directions"], device=args.device
+        )
         fingerprint = model_fingerprint(emb.model)
     else:
         rankings = predictions_rankings(

@@ -69,6 +69,7 @@ def rerank_metrics(
     text_emb,
     image_emb,
     directions=("t2i",),
+    rankings_out: dict | None = None,
 ) -> dict:
     """Two-stage metrics (``{direction}/...`` reranked, ``first_stage/{direction}/...``) when
     ``--rerank`` was given, else {}; for ``xmr evaluate --model``."""
@@ -84,5 +85,6 @@ def rerank_metrics(
         rerank_k=args.rerank_k,
         directions=directions,
         k=getattr(args, "k", 10),
+        rankings_out=rankings_out,
         **rerank_options(args),
     )

@@ -18,7 +18,8 @@ from xmr.errors import DataError, XmrError
 from xmr.eval.evaluate import _format_value
 from xmr.io.atomic import atomic_replace_dir, check_output_dir
 from xmr.workflows.report import page
-from xmr.workflows.report.evaluation import NAMES, Thumbs
+from xmr.workflows.report.evaluation import Thumbs, direction_name
+from xmr.workflows.report.ranks import base_direction
 from xmr.workflows.report.sources import run_provenance
 
 
@@ -85,11 +86,13 @@ def _strip(label: str, top: dict[str, Any] | None, direction: str, thumbs, split
     rel = set(top.get("relevant_at", []))
     cells = []
     for n, ident in enumerate(top["ranked"], start=1):
-        url = thumbs.url(ident) if (thumbs and direction == "t2i") else None
+        url = thumbs.url(ident) if (thumbs and base_direction(direction) == "t2i") else None
         if url:
             inner = f'<img alt="{page.esc(ident)}" src="{url}">'
         else:
-            query = split.queries.get(ident) if (split and direction == "i2t") else None
+            query = (
+                split.queries.get(ident) if (split and base_direction(direction) == "i2t") else None
+            )
             inner = f'<span class="txt">{page.esc(query.text if query else ident)}</span>'
         cls = "rel" if n in rel else ""
         cells.append(
@@ -176,7 +179,7 @@ def compare_reports(
                 f"{_strip('A', ra, direction, thumbs, split)}"
                 f"{_strip('B', rb, direction, thumbs, split)}</div>"
             )
-        title = f"Queries that gained and lost the most · {NAMES.get(direction, direction)}"
+        title = f"Queries that gained and lost the most · {direction_name(direction)}"
         sections.append(page.section(title, "".join(blocks) or "<p>No query changed.</p>"))
     prov = {
         "A": f"{dir_a} ({a['provenance'].get('model') or a['provenance'].get('predictions')})",

@@ -26,11 +26,25 @@ from xmr.errors import XmrError
 from xmr.eval.evaluate import _format_value
 from xmr.io.atomic import atomic_replace_dir, check_output_dir
 from xmr.workflows.report import page, plots
-from xmr.workflows.report.ranks import DirectionView, direction_view, worst_and_best
+from xmr.workflows.report.ranks import (
+    DirectionView,
+    base_direction,
+    direction_view,
+    worst_and_best,
+)
 
 THUMB = 96
 TOP = 10
 NAMES = {"t2i": "text → image", "i2t": "image → text"}
+# Metric-key prefixes naming a ranking stage: reranked runs keep first_stage/..., fused runs
+# image/, caption/, fused/ (xmr.rerank, xmr.eval.fused).
+STAGES = ("first_stage", "image", "caption", "fused")
+
+
+def direction_name(direction: str) -> str:
+    """``text → image``, ``first_stage · text → image``."""
+    *stage, base = direction.split("/")
+    return " · ".join([*stage, NAMES.get(base, base)])
 
 
 def json_metrics(metrics: Mapping[str, float]) -> dict[str, Any]:
@@ -70,12 +84,9 @@ def _metric_tables(metrics: Mapping[str, float]) -> str:
     groups: dict[str, dict[str, dict[str, float]]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
-        if len(parts) == 2:
-            direction, group, name = parts[0], "all", parts[1]
-        elif len(parts) == 3:
-            direction, group, name = parts
-        else:  # reranked / fused keys carry a stage prefix: keep them under it
-            direction, group, name = "/".join(parts[:-2]), parts[-2], parts[-1]
+        stage = [parts.pop(0)] if parts[0] in STAGES and len(parts) > 2 else []
+        direction = "/".join([*stage, parts[0]])
+        group, name = (parts[1], parts[2]) if len(parts) == 3 else ("all", parts[-1])
         groups.setdefault(direction, {}).setdefault(group, {})[name] = value
     out = []
     for direction, rows in groups.items():
@@ -99,7 +110,7 @@ def _metric_tables(metrics: Mapping[str, float]) -> str:
                 )
             body.append(f"<tr><th>{page.esc(group)}</th>{''.join(cells)}</tr>")
         out.append(
-            f"<h3>{page.esc(NAMES.get(direction, direction))}</h3>"
+            f"<h3>{page.esc(direction_name(direction))}</h3>"
             f'<div class="scroll"><table class="metrics"><thead><tr><th></th>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>"
         )
@@ -112,7 +123,7 @@ def _metric_tables(metrics: Mapping[str, float]) -> str:
 
 def _cell(view: DirectionView, thumbs: Thumbs, split, ident: str, rank: int, cls: str) -> str:
     label = f"#{rank}" if rank else "not ranked"
-    if view.direction == "t2i":
+    if base_direction(view.direction) == "t2i":
         url = thumbs.url(ident)
         inner = (
             f'<img alt="{page.esc(ident)}" src="{url}">'
@@ -141,7 +152,7 @@ def _query_block(view: DirectionView, row, thumbs: Thumbs, split, kind: str) -> 
     if missed:
         cells.append('<span class="sep">missed:</span>')
         cells += [_cell(view, thumbs, split, i, position.get(i, 0), "missed") for i in missed]
-    if view.direction == "i2t":
+    if base_direction(view.direction) == "i2t":
         url = thumbs.url(row.id)
         head = f'<img alt="" src="{url}" width="64" height="64">' if url else ""
     else:
@@ -168,7 +179,7 @@ def _gallery(view: DirectionView, thumbs, split, n_worst: int, n_best: int, seed
     ]
     for name, rows in groups.items():
         worst, best = worst_and_best(rows, n_worst, n_best, seed)
-        title = f"{NAMES.get(view.direction, view.direction)} · {name}"
+        title = f"{direction_name(view.direction)} · {name}"
         out.append(f"<h3>{page.esc(title)}: worst {len(worst)} of {len(rows)}</h3>")
         out += [_query_block(view, r, thumbs, split, "failure") for r in worst]
         if best:
@@ -198,6 +209,31 @@ def _per_query_csv(views: Sequence[DirectionView]) -> bytes:
                 ]
             )
     return buf.getvalue().encode("utf-8")
+
+
+def _stage_changes(views: Sequence[DirectionView]) -> list[str]:
+    """For a reranked run: each query's first relevant rank before (first stage) and after."""
+    by_key = {v.direction: v for v in views}
+    out = []
+    for view in views:
+        before = by_key.get(f"first_stage/{view.direction}")
+        if before is None:
+            continue
+        first = {r.id: r.first_rank for r in before.rows}
+        depth = max(view.depth, before.depth)
+        pairs = [(first[r.id], r.first_rank) for r in view.rows if r.id in first]
+        b = [x or depth + 1 for x, _ in pairs]
+        a = [y or depth + 1 for _, y in pairs]
+        up = sum(y < x for x, y in zip(b, a, strict=True))
+        down = sum(y > x for x, y in zip(b, a, strict=True))
+        svg = plots.rank_change_svg(b, a, depth, f"{direction_name(view.direction)}: rank change")
+        text = (
+            f'<p><span class="up">{up} queries moved their first relevant item up</span>, '
+            f'<span class="down">{down} down</span>, {len(pairs) - up - down} unchanged '
+            f"(not ranked = {depth + 1}).</p>"
+        )
+        out.append(page.section("What reranking changed", text + page.plot(svg, "rank-change")))
+    return out
 
 
 def is_report_dir(path: Path) -> bool:
@@ -250,7 +286,7 @@ def build_evaluation_report(
     thumbs = Thumbs(split)
     sections = [page.section("Metrics", _metric_tables(metrics), ident="metrics")]
     for view in views:
-        name = NAMES.get(view.direction, view.direction)
+        name = direction_name(view.direction)
         figs = [
             page.plot(
                 plots.recall_curve_svg(view.curves, f"{name}: Recall@K, K=1..{view.depth}"),
@@ -269,13 +305,14 @@ def build_evaluation_report(
         sections.append(
             page.section(f"Curves · {name}", f'<div class="plots">{"".join(figs)}</div>')
         )
+    sections += _stage_changes(views)
     for view in views:
-        name = NAMES.get(view.direction, view.direction)
+        name = direction_name(view.direction)
         sections.append(
             page.section(
                 f"Failure gallery · {name}",
                 _gallery(view, thumbs, split, n_worst, n_best, seed),
-                ident=f"gallery-{view.direction}",
+                ident=f"gallery-{view.direction.replace('/', '-')}",
             )
         )
     prov = dict(provenance or {})

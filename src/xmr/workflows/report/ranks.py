@@ -52,7 +52,7 @@ def direction_view(
     ids, best first; deeper than K where the caller ranked deeper). Queries are the ones the
     official means count: judged ones, empty ground truth included (it scores 0) unless
     ``skip_empty``."""
-    if direction == "t2i":
+    if base_direction(direction) == "t2i":
         relevance = split.relevance
         texts = {q: query.text for q, query in split.queries.items()}
     else:
@@ -89,6 +89,11 @@ def direction_view(
     for name, members in groups.items():
         view.curves[name] = hit_rate_curve([r.first_rank for r in members], depth)
     return view
+
+
+def base_direction(direction: str) -> str:
+    """``t2i`` of ``first_stage/t2i`` (a stage prefix names the ranking, not the direction)."""
+    return direction.rsplit("/", 1)[-1]
 
 
 def hit_rate_curve(first_ranks: Sequence[int | None], depth: int) -> np.ndarray:
