@@ -178,3 +178,24 @@ def test_reranked_run_reports_both_stages_and_what_changed(capsys, built, tmp_pa
     depth = 1 + max(int(v) for v in [*first.values(), *before.values()] if v)
     up = sum(int(first[q] or depth + 1) < int(before[q] or depth + 1) for q in first)
     assert f"{up} queries moved their first relevant item up" in page
+
+
+def test_text_corpus_report_shows_item_texts(tmp_path):
+    """A text retrieval set (BEIR-like: items without images) built from Python: the gallery
+    shows the documents' texts, escaped, and the curves run as deep as the ranking."""
+    from xmr.data.dataset import Item, Query, Split
+    from xmr.workflows.report import build_evaluation_report
+
+    items = {f"d{i}": Item(f"d{i}", captions=[f"doc <i>{i}</i>"]) for i in range(30)}
+    queries = {f"q{i}": Query(f"q{i}", f"query {i}") for i in range(5)}
+    split = Split("test", items=items, queries=queries,
+                  relevance={f"q{i}": {f"d{3 * i}"} for i in range(5)})  # fmt: skip
+    rankings = {"t2i": {f"q{i}": [f"d{(3 * i + j) % 30}" for j in range(-i, 30 - i)]
+                        for i in range(5)}}  # fmt: skip
+    path = build_evaluation_report(tmp_path / "rep", {"t2i/R@1": 0.2}, rankings, split, k=10)
+    page = path.read_text()
+    assert "doc &lt;i&gt;0&lt;/i&gt;" in page and "<i>0</i>" not in page
+    with open(tmp_path / "rep" / "per_query.csv", newline="") as fh:
+        firsts = [r["first_relevant_rank"] for r in csv.DictReader(fh)]
+    assert firsts == ["1", "2", "3", "4", "5"]
+    assert "K=1..30" in page

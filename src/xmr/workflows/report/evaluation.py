@@ -125,10 +125,13 @@ def _cell(view: DirectionView, thumbs: Thumbs, split, ident: str, rank: int, cls
     label = f"#{rank}" if rank else "not ranked"
     if base_direction(view.direction) == "t2i":
         url = thumbs.url(ident)
+        item = split.items.get(ident)
+        # A text corpus (BEIR) item shows its text; an image that cannot be read, its id.
+        text = item.captions[0] if item is not None and item.captions else ident
         inner = (
             f'<img alt="{page.esc(ident)}" src="{url}">'
             if url
-            else f'<span class="txt">{page.esc(ident)}</span>'
+            else f'<span class="txt">{page.esc(text)}</span>'
         )
     else:
         query = split.queries.get(ident)
