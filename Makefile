@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint format clean install
+.PHONY: demo test lint format clean install crosscheck
 
 $(VENV)/.stamp-base:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,13 @@ $(VENV)/.stamp-demo: $(VENV)/.stamp-base pyproject.toml
 
 # open_clip is installed without its dependencies for the tests: its torchvision requirement
 # would pull a CUDA build here. The open_clip tests shim torchvision inside the test module only.
+# The test extra includes `caption` (the openai client, for the loopback caption tests) and `t2i`.
+# torch-fidelity likewise (it requires torchvision): the t2i tests import its Inception
+# extractor and TF resize without its package __init__, to check xmr's against them.
 $(VENV)/.stamp-test: $(VENV)/.stamp-base pyproject.toml
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,caption,t2i]"
 	$(PY) -m pip install -q --no-deps "open_clip_torch>=2.24" ftfy wcwidth
+	$(PY) -m pip install -q --no-deps "torch-fidelity==0.4.0"
 	touch $@
 
 install: $(VENV)/.stamp-demo
@@ -46,6 +50,19 @@ lint: $(VENV)/.stamp-test
 format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
+
+# FID/IS against torch-fidelity itself, which needs torchvision: its own venv with a torch and
+# torchvision that load together (~5.5 GB). Not part of `make test`.
+CROSSCHECK_VENV ?= $(VENV)/crosscheck
+$(CROSSCHECK_VENV)/.stamp:
+	$(PYTHON) -m venv $(CROSSCHECK_VENV)
+	$(CROSSCHECK_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(CROSSCHECK_VENV)/bin/pip install -q -e ".[models]" "torch-fidelity==0.4.0"
+	touch $@
+
+CROSSCHECK_ARGS ?= --images 30
+crosscheck: $(CROSSCHECK_VENV)/.stamp
+	$(CROSSCHECK_VENV)/bin/python benchmarks/crosscheck_torch_fidelity.py $(CROSSCHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -13,12 +13,18 @@ whose text tower (what a text query costs) is ``--text-width`` wide with ``--tex
 never repeated back to back.
 
     python benchmarks/bench_serve.py [--index DIR] [--requests 256] [--clients 1,8,32]
+        [--baseline-src OTHER_CHECKOUT/src]
+
+``--baseline-src`` adds a third server, batching on, running another source tree (e.g. the
+main branch before a change), alternating with the other two: "baseline" rows and a
+this-tree/baseline ratio per level.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -121,7 +127,9 @@ def get_json(url: str):
 
 
 class Server:
-    def __init__(self, index: Path, batching: bool, wait_ms: float) -> None:
+    def __init__(
+        self, index: Path, batching: bool, wait_ms: float, src: Path | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [
@@ -141,7 +149,12 @@ class Server:
         ]
         if not batching:
             cmd.append("--no-batching")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = None
+        if src is not None:  # another checkout's package, first on the path
+            env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
 
     def __enter__(self) -> Server:
         deadline = time.monotonic() + 120
@@ -222,6 +235,12 @@ def main() -> None:
     p.add_argument("--clients", default="1,8,32", help="concurrency levels")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also serve (batching on) from this source tree and compare with it",
+    )
     args = p.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     texts = query_texts(1000)
@@ -242,13 +261,16 @@ def main() -> None:
         rows = []
         # Both servers run side by side (an idle one costs nothing) and the levels alternate
         # between them, so a neighbour's load on the machine hits both sides alike.
-        with (
-            Server(index, True, args.batch_wait_ms) as on,
-            Server(index, False, args.batch_wait_ms) as off,
-        ):
+        with contextlib.ExitStack() as stack:
+            on = stack.enter_context(Server(index, True, args.batch_wait_ms))
+            off = stack.enter_context(Server(index, False, args.batch_wait_ms))
+            servers = [(on, "on"), (off, "off")]
+            if args.baseline_src is not None:
+                base = Server(index, True, args.batch_wait_ms, src=args.baseline_src)
+                servers.append((stack.enter_context(base), "baseline"))
             info = get_json(f"{on.base}/api/info")
             for clients in levels:
-                for server, mode in ((on, "on"), (off, "off")):
+                for server, mode in servers:
                     r = asyncio.run(load(server.base, clients, args.requests, texts, args.k))
                     r["batching"] = mode
                     rows.append(r)
@@ -258,7 +280,8 @@ def main() -> None:
                         f"p99 {r['p99_ms']:7.1f} ms  mean batch {r['mean_batch']:.1f}",
                         flush=True,
                     )
-        rows.sort(key=lambda r: (r["batching"] != "on", r["clients"]))
+        order = {"on": 0, "off": 1, "baseline": 2}
+        rows.sort(key=lambda r: (order[r["batching"]], r["clients"]))
 
     print()
     print(
@@ -283,6 +306,12 @@ def main() -> None:
         on, off = by.get(("on", c)), by.get(("off", c))
         if on and off:
             print(f"clients {c}: batching gives {on['rps'] / off['rps']:.2f}x the throughput")
+        baseline = by.get(("baseline", c))
+        if on and baseline:
+            print(
+                f"clients {c}: this tree gives {on['rps'] / baseline['rps']:.2f}x the baseline's "
+                f"throughput (p50 {on['p50_ms']:.1f} vs {baseline['p50_ms']:.1f} ms)"
+            )
 
 
 if __name__ == "__main__":

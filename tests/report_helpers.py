@@ -16,7 +16,7 @@ EVIL = '<img src="http://example.com/x.png" onerror="alert(1)"> <b>bold</b> & "q
 
 def synth_split(root: Path, n_test: int = 30):
     """``xmr data synth`` with ``n_test`` test images; the first test text becomes ``EVIL``."""
-    assert main(["data", "synth", str(root), "--n-train", "4", "--n-test", str(n_test),
+    assert main(["data", "synth", "--out", str(root), "--n-train", "4", "--n-test", str(n_test),
                  "--n-valid", "4", "--image-size", "32"]) == 0  # fmt: skip
     test = root / "test"
     first = (test / "test_text.txt").read_text().splitlines()[0]

@@ -57,11 +57,11 @@ def test_bad_paths_are_one_line_errors(tmp_path, capsys, command):
 def test_system_refusals_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
     """What the library does not name itself (a permission refused, a full disk) still ends in
     one line with the file, not a traceback."""
-    import xmr.data.readers
+    import xmr.cli.data
 
     def refuse(*_args, **_kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "secret.txt"))
 
-    monkeypatch.setattr(xmr.data.readers, "load_dataset", refuse)
+    monkeypatch.setattr(xmr.cli.data, "load_dataset", refuse)  # the reader the command calls
     assert main(["data", "inspect", str(tmp_path)]) == 2
     assert _one_error_line(capsys) == f"xmr: error: {tmp_path / 'secret.txt'}: Permission denied"

@@ -6,6 +6,8 @@ Python package; skipped with the reason otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -44,30 +46,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("fastapi")
-    built = shared_index(tmp_path_factory)
+@contextlib.contextmanager
+def _serve(index_dir, log, *extra):
+    """``xmr serve INDEX_DIR`` on a free loopback port until the block ends; yields its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    argv = [sys.executable, "-m", "xmr", "serve", str(index_dir), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--log-level", "warning", *extra]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xmr",
-                "serve",
-                str(built["index_dir"]),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -83,7 +69,7 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"xmr serve did not start in 60 s:\n{log.read_text()}")
             time.sleep(0.2)
-        yield {"base": base, **built}
+        yield base
     finally:
         proc.terminate()
         try:
@@ -91,6 +77,15 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("fastapi")
+    built = shared_index(tmp_path_factory)
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    with _serve(built["index_dir"], log) as base:
+        yield {"base": base, **built}
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +126,39 @@ def _loaded_images(page) -> list[int]:
     )
 
 
+def test_a_missing_image_shows_only_the_placeholder(server, page, tmp_path):
+    """The card of an item whose file is gone: the placeholder, no broken-image icon or alt
+    text over the score badge. (First in the module: the server has cached no thumbnail yet.)"""
+    gone = "purple-square-1"
+    path = server["images"] / f"{gone}.jpg"
+    moved = path.with_suffix(".moved")
+    path.rename(moved)
+    try:
+        page.goto(f"{server['base']}/?q=a+purple+square&k=26")
+        page.wait_for_selector(f"#results li.card[data-id='{gone}'] .thumb.broken", timeout=15000)
+        card = page.locator(f"#results li.card[data-id='{gone}']")
+        card.scroll_into_view_if_needed()
+        assert card.locator("img").count() == 0
+        badge = card.locator(".score")
+        assert badge.is_visible() and float(badge.inner_text()) <= 1.0
+        # Nothing covers the badge: the element at its centre is the badge itself.
+        box = badge.bounding_box()
+        at = page.evaluate(
+            "([x, y]) => document.elementFromPoint(x, y).className",
+            [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2],
+        )
+        assert at == "score"
+        placeholder = page.evaluate(
+            "el => getComputedStyle(el, '::before').content",
+            card.locator(".thumb").element_handle(),
+        )
+        assert "image unavailable" in placeholder
+        shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "missing-image.png"
+        card.screenshot(path=str(shot))
+    finally:
+        moved.rename(path)
+
+
 def test_search_page_end_to_end(server, page, tmp_path):
     base = server["base"]
     errors: list[str] = []
@@ -159,6 +187,9 @@ def test_search_page_end_to_end(server, page, tmp_path):
     assert "q=a+red+circle" in page.url and "k=8" in page.url
     status = page.inner_text("#status")
     assert "8 results" in status
+    # The footer names the model by its directory and fingerprint, not the server's path.
+    footer = page.inner_text("#info")
+    assert "model hf:model@" in footer and str(server["model_dir"]) not in footer
 
     shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path)) / "search-page.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -260,3 +291,76 @@ def test_api_docs_render_offline(server, browser, tmp_path):
     assert elsewhere == []
     bad = [m for m in messages if m.startswith(("error", "pageerror")) or "Security" in m]
     assert not bad, messages
+
+
+@contextlib.contextmanager
+def _serve_app(app):
+    """A built app on a real uvicorn in a thread of this process (no second model load)."""
+    import threading
+
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("uvicorn did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_pedestrian_attributes_are_readable(server, browser, tmp_path, monkeypatch):
+    """A Track2 data set (``xmr data synth``) served as a user would: a pedestrian's 0/1 vector
+    is shown by the attribute names its synth.json declares (``--attribute-names``), and
+    without a declared layout as the positions that are set, never as a row of digits. The
+    app ``xmr serve`` builds is run on uvicorn in this process, to spare a second model load."""
+    import uvicorn
+
+    from xmr.cli import main
+
+    data, model, emb, index = (tmp_path / n for n in ("data", "model", "emb", "index"))
+    argv = ["data", "synth", str(data), "--n-train", "8", "--n-valid", "4", "--n-test", "24"]
+    assert main([*argv, "--attribute-sets", "6"]) == 0
+    assert main(["model", "tiny", str(model), "--data", str(data)]) == 0
+    encode = ["encode", "--model", f"hf:{model}", "--data", str(data), "--split", "test"]
+    assert main([*encode, "--out", str(emb)]) == 0
+    assert main(["index", "build", str(emb), "--out", str(index)]) == 0
+    names = json.loads((data / "synth.json").read_text())["pedestrian_vector"]
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    shown = {}
+    for label, extra in (("names", ["--attribute-names", str(data / "synth.json")]), ("bits", [])):
+        assert main(["serve", str(index), "--port", str(_free_port()), *extra]) == 0
+        with _serve_app(apps.pop()) as base:  # uvicorn.Server, which the patch leaves alone
+            page = _new_page(browser, {"base": base}, bypass_csp=True)
+            try:
+                page.goto(f"{base}/?q=a+pedestrian&k=24&category=pedestrian")
+                page.wait_for_selector("#results li.card img")
+                page.wait_for_function(
+                    "[...document.querySelectorAll('#results img')].every("
+                    "i => i.complete && i.naturalWidth > 0)",
+                    timeout=15000,
+                )
+                shown[label] = page.eval_on_selector_all(
+                    "#results li.card .caption", "cs => cs.map(c => c.textContent)"
+                )
+                shot = Path(os.environ.get("XMR_SCREENSHOT_DIR", tmp_path))
+                page.screenshot(path=str(shot / f"pedestrians-{label}.png"))
+            finally:
+                page.context.close()
+    readable = {n.replace("_", " ") for n in names}
+    assert shown["names"] and all(set(text.split(", ")) <= readable for text in shown["names"]), (
+        shown["names"]
+    )
+    assert shown["bits"] and all(
+        text.startswith("attributes ") and text.endswith(f"of {len(names)}")
+        for text in shown["bits"]
+    ), shown["bits"]
+    assert not [t for t in shown["names"] + shown["bits"] if "0,1" in t or "1,0" in t]

@@ -16,9 +16,13 @@ def test_demo_smoke(tmp_path, capsys):
     from xmr.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--smoke"]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()
-    summary = json.loads(printed[-1])
+    # --json: stdout is the one JSON object; the report goes to stderr (it is stdout without it)
+    assert main(["demo", "--out", str(out), "--smoke", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 1
+    summary = json.loads(captured.out)
+    printed = captured.err.strip().splitlines()
+    assert json.loads(printed[-1]) == summary  # the report's own last line
     assert printed[-2].strip() == f"xmr serve {out / 'index'}"
     for which in ("zero_shot", "trained"):
         for key in ("t2i/mAP@10", "t2i/R@1", "t2i/R@5", "t2i/R@10"):

@@ -249,3 +249,124 @@ def test_unreadable_manifests_are_clear_errors(tmp_path):
             read_manifest(emb)
         with pytest.raises(XmrError, match=message):
             load_embeddings(emb)
+
+
+def _photo_jpegs(root, sizes):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, (xx * yy) % 256], -1) + rng.normal(
+            0, 15, (h, w, 3)
+        )
+        path = root / f"p{i}.jpg"
+        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(path, quality=88)
+        paths.append(path)
+    return paths
+
+
+def test_default_encode_equals_the_transformers_reference_loop(tmp_path, encoder):
+    """Issue 12 item 4 / issue 20: workers crop to uint8, batches are normalised in the encoder,
+    and the vectors equal transformers' processor + get_image_features on the same files
+    (large non-square JPEGs, where draft decoding would differ)."""
+    from PIL import Image
+    from transformers import AutoImageProcessor, CLIPModel
+
+    paths = _photo_jpegs(tmp_path / "big", [(181, 317), (640, 300), (300, 700), (90, 90)])
+    split = Split("big", {p.stem: Item(p.stem, ImageRef(path=str(p))) for p in paths})
+    summary = encode_split(
+        encoder, split, tmp_path / "emb", kinds=("images",), workers=1, batch_size=3, progress=False
+    )
+    model_dir = encoder.spec.split(":", 1)[1]
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        inputs = processor(images=[Image.open(p) for p in paths], return_tensors="pt")
+        feats = model.get_image_features(**inputs)
+        feats = getattr(feats, "pooler_output", feats)
+        expected = torch.nn.functional.normalize(feats, dim=-1).numpy()
+    got = load_embeddings(tmp_path / "emb", "images").vectors
+    assert np.abs(got - expected).max() < 1e-5
+    manifest = read_manifest(tmp_path / "emb")
+    assert manifest["draft"] is False and manifest["preprocessing"]["jpeg_draft"] is False
+    info = summary.to_dict()
+    assert info["loader"] == {"workers": 1, "batch_size": 3, "reason": "as given"}
+    kind = info["kinds"]["images"]
+    assert kind["encoded"] == 4 and 0.0 <= kind["data_wait_share"] <= 1.0
+    assert kind["data_wait_s"] <= kind["seconds"]
+
+    # --draft: recorded, differs from the reference, and never mixed with full decoding.
+    encode_split(encoder, split, tmp_path / "draft", kinds=("images",), draft=True, progress=False)
+    drafted = read_manifest(tmp_path / "draft")
+    assert drafted["draft"] is True and drafted["model"]["preprocess"]["draft"] is True
+    assert np.abs(load_embeddings(tmp_path / "draft", "images").vectors - expected).max() > 1e-4
+    with pytest.raises(XmrError, match="draft and full-decode embeddings are not mixed"):
+        encode_split(encoder, split, tmp_path / "draft", kinds=("images",), progress=False)
+    with pytest.raises(XmrError, match="draft and full-decode embeddings are not mixed"):
+        encode_split(
+            encoder, split, tmp_path / "emb", kinds=("images",), draft=True, progress=False
+        )
+
+
+def test_draft_and_full_decode_embeddings_are_not_mixed_in_an_index(tmp_path, encoder):
+    pytest.importorskip("faiss")
+    from xmr.workflows.index_build import add_embeddings, index_embeddings
+
+    paths = _photo_jpegs(tmp_path / "big", [(300, 200), (200, 300)])
+    more = _photo_jpegs(tmp_path / "more", [(400, 250)])
+    first = Split("a", {p.stem: Item(p.stem, ImageRef(path=str(p))) for p in paths})
+    second = Split("b", {"m0": Item("m0", ImageRef(path=str(more[0])))})
+    encode_split(encoder, first, tmp_path / "e1", kinds=("images",), progress=False)
+    encode_split(encoder, second, tmp_path / "e2", kinds=("images",), draft=True, progress=False)
+    index_embeddings(tmp_path / "e1", tmp_path / "index")
+    with pytest.raises(XmrError, match="not mixed in one index"):
+        add_embeddings(tmp_path / "index", tmp_path / "e2")
+
+
+def test_loader_choice_comes_from_the_machine(monkeypatch):
+    import os
+
+    from xmr.encode import choose_loader
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    cpu = choose_loader(torch.device("cpu"))
+    assert (cpu.workers, cpu.batch_size) == (4, 64) and "8 CPU core(s)" in cpu.reason
+    gpu = choose_loader(torch.device("cuda"))
+    assert (gpu.workers, gpu.batch_size) == (7, 256)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert choose_loader("cpu").workers == 0  # one core: decode in the process
+    assert choose_loader("cpu", 3, 8) == choose_loader(torch.device("cpu"), 3, 8)
+    assert (choose_loader("cpu", 3, 8).workers, choose_loader("cpu", 3, 8).batch_size) == (3, 8)
+
+
+def test_cli_draft_is_opt_in_recorded_and_refused_when_mixed(tmp_path, encoder, capsys):
+    """`xmr encode` decodes in full unless --draft; `evaluate --model --emb-dir` on a draft
+    directory without --draft is refused (and accepted with it); the loader choice and the
+    data-wait share are printed."""
+    from xmr.cli import main
+    from xmr.data.synth import generate_synthetic
+
+    data = tmp_path / "data"
+    generate_synthetic(data, n_train=4, n_test=12, n_valid=4, image_size=80)
+    model = encoder.spec
+    out = tmp_path / "emb"
+    assert (
+        main(
+            ["encode", "--model", model, "--data", str(data), "--split", "test"]
+            + ["--out", str(out), "--draft", "--workers", "0"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr()
+    assert "0 decoding worker(s), batch 64" in printed.err and "draft JPEG decoding" in printed.err
+    assert "waiting for data" in printed.out
+    assert read_manifest(out)["draft"] is True
+    args = ["evaluate", "--model", model, "--data", str(data), "--split", "test"]
+    args += ["--emb-dir", str(out), "--workers", "0", "--json"]
+    assert main(args) == 2
+    assert "not mixed" in capsys.readouterr().err
+    assert main([*args, "--draft"]) == 0
+    assert "t2i/R@1" in json.loads(capsys.readouterr().out)

@@ -225,24 +225,20 @@ def _ids_vectors(emb):
 
 
 def test_evaluate_fusion_options_tune_on_the_train_split(tmp_path):
-    import argparse
-
-    from xmr.cli.fusion_options import add_fusion_arguments, fusion_metrics
+    from xmr.workflows.evaluate import fused_metrics
 
     root = write_tianchi(tmp_path / "t")
     write_tianchi(root, "train")
     dataset = load_dataset(root)
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--k", type=int, default=10)
-    add_fusion_arguments(parser)
     enc, valid = WordColorEncoder(), dataset.split("valid")
-    assert fusion_metrics(parser.parse_args([]), enc, dataset, valid) == {}
-    fixed = fusion_metrics(parser.parse_args(["--fused", "0.5"]), enc, dataset, valid)
+    fixed = fused_metrics(enc, dataset, valid, "0.5")
     assert fixed["fused/t2i/R@1"] == 1.0 and fixed["fused/weight"] == 0.5
-    tuned = fusion_metrics(
-        parser.parse_args(["--fused", "tune", "--tune-metric", "R@1"]), enc, dataset, valid
-    )
+    warnings: list[str] = []
+    tuned = fused_metrics(enc, dataset, valid, "tune", tune_metric="R@1", warnings=warnings)
     assert 0.0 < tuned["fused/weight"] < 1.0 and tuned["fused/t2i/R@1"] == 1.0
     assert tuned["fused/tuned/w=0/R@1"] == pytest.approx(0.5)  # tuned on train: same data here
+    assert warnings == []  # train is not the evaluated split
+    fused_metrics(enc, dataset, valid, "tune", tune_split="valid", warnings=warnings)
+    assert len(warnings) == 1 and "optimistic" in warnings[0]
     with pytest.raises(XmrError, match="weight in"):
-        fusion_metrics(parser.parse_args(["--fused", "half"]), enc, dataset, valid)
+        fused_metrics(enc, dataset, valid, "half")

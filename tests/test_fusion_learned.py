@@ -331,25 +331,20 @@ def test_fused_dir_for_another_model_is_refused(tianchi, tmp_path):
 
 
 def test_evaluate_fused_with_a_learned_fusion(tianchi, tmp_path):
-    import argparse
-
-    from xmr.cli.fusion_options import add_fusion_arguments, fusion_metrics
     from xmr.data.readers import load_dataset
     from xmr.models import create_encoder
+    from xmr.workflows.evaluate import fused_metrics
 
     enc = create_encoder(tianchi["model"], device="cpu")
     dataset = load_dataset(tianchi["data"])
     train = FusionData.encode(enc, dataset.split("train"))
     result = train_fusion(train, config=FusionTrainConfig(epochs=2), model=enc.manifest())
     d = result.model.save(tmp_path / "f")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--k", type=int, default=10)
-    add_fusion_arguments(parser)
     valid = dataset.split("valid")
-    out = fusion_metrics(parser.parse_args(["--fused", str(d)]), enc, dataset, valid)
+    out = fused_metrics(enc, dataset, valid, str(d))
     assert 0.0 < out["fused/image_share"] < 1.0 and "fused/weight" not in out
     items = FusionData.encode(enc, valid)
     assert out["fused/t2i/R@1"] == pytest.approx(r_at_1(items, load_fusion(d)))
     assert out["image/t2i/R@1"] == pytest.approx(r_at_1(items, WeightedFusion(1.0)))
     with pytest.raises(XmrError, match="weight in"):
-        fusion_metrics(parser.parse_args(["--fused", "half"]), enc, dataset, valid)
+        fused_metrics(enc, dataset, valid, "half")

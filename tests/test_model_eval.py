@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,8 +350,8 @@ def test_fusion_tuning_reads_the_train_split_and_options_must_fit_the_source(
                            data, "--rerank", "blip")  # fmt: skip
     assert code == 2 and "--rerank does not apply with --predictions" in err
     code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data,
-                           "--prediction-kind", "muge")  # fmt: skip
-    assert code == 2 and "--prediction-kind does not apply with --model" in err
+                           "--predictions-format", "muge")  # fmt: skip
+    assert code == 2 and "--predictions-format does not apply with --model" in err
 
 
 def test_depth_all_gives_the_uncut_mrr_and_ranks(world, capsys):
@@ -377,3 +379,61 @@ def test_depth_all_gives_the_uncut_mrr_and_ranks(world, capsys):
     code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", data, "--depth",
                            "deep", *COMMON)  # fmt: skip
     assert code == 2 and "--depth" in err
+
+
+def test_the_library_has_every_option_of_the_commands(world, tmp_path, capsys):
+    """Reranked, fused and per-query evaluation and reranked prediction from Python give what the
+    commands give, option for option."""
+    import xmr
+    from test_fusion import write_tianchi
+    from xmr.models.blip_itm import create_tiny_cross_encoder
+
+    data = write_tianchi(tmp_path / "tianchi")
+    blip = str(create_tiny_cross_encoder(tmp_path / "blip", "blip"))
+    model = world["model"]
+    lib = {"workers": 0, "batch_size": 16, "device": "cpu", "progress": False}
+    result = xmr.evaluate_model(model, data, k=4, directions="t2i", rerank=blip, rerank_k=3,
+                                fused=0.3, per_query=tmp_path / "lib.csv", **lib)  # fmt: skip
+    cli = evaluate_json(capsys, "--model", model, "--data", data, "--k", "4", "--directions",
+                        "t2i", "--rerank", blip, "--rerank-k", "3", "--fused", "0.3",
+                        "--per-query", tmp_path / "cli.csv", *COMMON)  # fmt: skip
+    assert isinstance(result, xmr.EvaluationResult) and result.source == "model"
+    assert result.json_metrics().keys() == cli.keys()
+    for key, value in cli.items():
+        assert result.json_metrics()[key] == pytest.approx(value), key
+    assert "first_stage/t2i/R@1" in result and "fused/t2i/R@1" in result
+    assert (tmp_path / "lib.csv").read_text() == (tmp_path / "cli.csv").read_text()
+    assert result.per_query_path == tmp_path / "lib.csv"
+    assert len(result.per_query) == len((tmp_path / "lib.csv").read_text().splitlines()) - 1
+
+    sub = xmr.predict(model, data, tmp_path / "lib.jsonl", k=4, rerank=blip, rerank_k=3,
+                      out_format="muge", **lib)  # fmt: skip
+    code, out, err = run_cli(capsys, "predict", "--model", model, "--data", data, "--out",
+                             tmp_path / "cli.jsonl", "--k", "4", "--rerank", blip, "--rerank-k",
+                             "3", "--out-format", "muge", "--json", *COMMON)  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "lib.jsonl").read_text() == (tmp_path / "cli.jsonl").read_text()
+    assert isinstance(sub, xmr.PredictionResult) and sub.reranked and sub.out_format == "muge"
+    summary = json.loads(out)
+    assert {**sub.summary(), "out": None} == {**summary, "out": None}
+    assert Path(sub) == sub.path and os.fspath(sub) == str(sub.path)  # path-like, as it was
+
+
+def test_library_errors_name_parameters_not_flags(world, tmp_path):
+    import xmr
+
+    data, model = world["data"], world["model"]
+    for kwargs, message in (
+        ({"k": 0}, "k must be at least 1"),
+        ({"rerank": "blip", "rerank_k": 0}, "rerank_k must be at least 1"),
+        ({"rerank": "blip", "rerank_mode": "best"}, "unknown rerank mode 'best'"),
+        ({"fused": "half"}, "fused must be a weight in [0, 1], 'tune' or"),
+        ({"depth": "deep"}, "depth takes a number or 'all'"),
+    ):
+        with pytest.raises(xmr.XmrError) as exc:
+            xmr.evaluate_model(model, data, progress=False, **kwargs)
+        assert message in str(exc.value) and "--" not in str(exc.value), str(exc.value)
+    with pytest.raises(xmr.XmrError) as exc:
+        xmr.predict(model, data, tmp_path / "p.json", fused="tune", progress=False)
+    assert "fused must be a weight in [0, 1] or" in str(exc.value)
+    assert "--" not in str(exc.value)

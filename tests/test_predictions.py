@@ -15,6 +15,7 @@ from xmr.eval import (
     validate_predictions,
     write_predictions,
 )
+from xmr.eval.predictions import UnknownKindError
 
 ITEMS = [f"{n:06d}" for n in range(12)]  # numeric ids, as MUGE's
 
@@ -210,7 +211,7 @@ def test_trec_problems(tmp_path, split):
 def test_unknown_kind_and_undetectable_files(tmp_path, split):
     path = tmp_path / "p.txt"
     path.write_text("hello world\n")
-    with pytest.raises(DataError, match="--prediction-kind"):
+    with pytest.raises(UnknownKindError, match="name it"):
         detect_kind(path)
     path.write_text("")
     with pytest.raises(DataError, match="empty"):

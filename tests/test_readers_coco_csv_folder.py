@@ -184,7 +184,7 @@ def test_detection(tmp_path):
     with pytest.raises(XmrError, match="cannot detect"):
         xmr.detect_format(tmp_path)
     assert xmr.list_readers() == [
-        "track2", "muge", "tianchi", "evalscope", "beir", "coco", "csv", "folder"
+        "track2", "muge", "muge-t2i", "tianchi", "evalscope", "beir", "coco", "csv", "folder"
     ]  # fmt: skip
     with pytest.raises(XmrError, match="unknown dataset format 'nope'"):
         xmr.load_dataset(tmp_path, format="nope")

@@ -100,7 +100,7 @@ def test_report_refuses_a_file_and_a_foreign_directory(capsys, built, tmp_path):
 def test_model_report_has_both_directions(tmp_path, capsys, built):
     pytest.importorskip("transformers")
     ds = built["tmp"] / "ds"
-    assert main(["model", "tiny", str(tmp_path / "m"), "--data", str(ds)]) == 0
+    assert main(["model", "tiny", "--out", str(tmp_path / "m"), "--data", str(ds)]) == 0
     capsys.readouterr()
     code = main(["evaluate", "--model", f"hf:{tmp_path / 'm'}", "--data", str(ds), "--split",
                  "test", "--json", "--workers", "0", "--report", str(tmp_path / "rep")])  # fmt: skip
@@ -158,8 +158,8 @@ def test_compare_refuses_other_splits(capsys, built, tmp_path):
 def test_reranked_run_reports_both_stages_and_what_changed(capsys, built, tmp_path):
     pytest.importorskip("transformers")
     ds = built["tmp"] / "ds"
-    assert main(["model", "tiny", str(tmp_path / "m"), "--data", str(ds)]) == 0
-    assert main(["model", "tiny", "--family", "mplug", str(tmp_path / "mp")]) == 0
+    assert main(["model", "tiny", "--out", str(tmp_path / "m"), "--data", str(ds)]) == 0
+    assert main(["model", "tiny", "--family", "mplug", "--out", str(tmp_path / "mp")]) == 0
     capsys.readouterr()
     code = main(["evaluate", "--model", f"hf:{tmp_path / 'm'}", "--data", str(ds), "--split",
                  "test", "--json", "--workers", "0", "--directions", "t2i", "--rerank",

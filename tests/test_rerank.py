@@ -122,7 +122,7 @@ def test_edge_cases():
     assert tuples[0]["id"] == "red2"
     with pytest.raises(XmrError, match="mode"):
         rerank("red", candidates, ce, lookup=images, mode="sum")
-    with pytest.raises(XmrError, match="rerank-k"):
+    with pytest.raises(XmrError, match="k .how many candidates to rescore. must be at least 1"):
         rerank("red", candidates, ce, lookup=images, k=0)
     with pytest.raises(XmrError, match="no image or text"):
         rerank("red", [{"id": "nope", "score": 1.0}], ce, lookup=images)
@@ -198,8 +198,7 @@ def color_index(tmp_path_factory):
 
 
 def test_search_reranked_moves_only_the_top_k(color_index):
-    from xmr.rerank import RerankedResult, search_reranked
-    from xmr.search import Searcher
+    from xmr.search import RerankedResult, Searcher, search_reranked
 
     searcher = Searcher.from_index_dir(color_index)
     plain = searcher.search_text("red", k=8)
@@ -251,8 +250,8 @@ def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
     from xmr.data.dataset import Item, Query, Split
     from xmr.data.images import ImageRef
     from xmr.eval.evaluate import evaluate_split
+    from xmr.eval.reranked import evaluate_reranked
     from xmr.models import create_encoder
-    from xmr.rerank import evaluate_reranked
 
     items, queries, relevance = {}, {}, {}
     for i in range(9):
@@ -280,19 +279,15 @@ def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
     assert out["t2i/n_queries"] == 3 and out["t2i/n_skipped"] == 1
 
 
-def test_rerank_options_give_two_stage_metrics(tmp_path):
-    import argparse
-
+def test_evaluate_reranked_gives_two_stage_metrics(tmp_path):
     pytest.importorskip("transformers")
-    from xmr.cli.rerank_options import add_rerank_arguments, rerank_metrics
     from xmr.data.dataset import Item, Query, Split
     from xmr.data.images import ImageRef
+    from xmr.eval.reranked import evaluate_reranked
     from xmr.models.blip_itm import create_tiny_cross_encoder
+    from xmr.models.cross_encoders import create_cross_encoder
 
     blip = create_tiny_cross_encoder(tmp_path / "blip", "blip")
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--k", type=int, default=5)
-    add_rerank_arguments(parser)
     items = {}
     for color in COLORS:
         Image.new("RGB", (8, 8), COLORS[color]).save(tmp_path / f"{color}.png")
@@ -300,8 +295,7 @@ def test_rerank_options_give_two_stage_metrics(tmp_path):
     queries = {c: Query(c, f"a {c} thing") for c in COLORS}
     split = Split("test", items, queries, {c: {c} for c in COLORS})
     emb = np.eye(3, dtype=np.float32)
-    assert rerank_metrics(parser.parse_args([]), split, emb, emb) == {}
-    args = parser.parse_args(["--rerank", str(blip), "--rerank-k", "3", "--rerank-mode", "itm+sim"])
-    out = rerank_metrics(args, split, emb, emb)
+    ce = create_cross_encoder(str(blip), device="cpu")
+    out = evaluate_reranked(split, emb, emb, ce, rerank_k=3, mode="itm+sim", k=5)
     assert out["first_stage/t2i/R@1"] == 1.0  # identity embeddings: the first stage is perfect
     assert 0.0 <= out["t2i/R@1"] <= 1.0 and out["t2i/n_queries"] == 3

@@ -184,3 +184,104 @@ def test_cli_encode_index_search(built, tmp_path, capsys):
 
     assert main(["search", str(index), "   "]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+class _OneAtATime:
+    """An encoder wrapper that records how many calls were inside it at once."""
+
+    def __init__(self, inner):
+        import threading
+
+        self.inner, self.inside, self.most = inner, 0, 0
+        self._count = threading.Lock()
+
+    def _enter(self):
+        import time
+
+        with self._count:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        time.sleep(0.01)  # widen the window in which an unserialised call would overlap
+
+    def _leave(self):
+        with self._count:
+            self.inside -= 1
+
+    def encode_texts(self, texts):
+        self._enter()
+        try:
+            return self.inner.encode_texts(texts)
+        finally:
+            self._leave()
+
+    def encode_images(self, images):
+        self._enter()
+        try:
+            return self.inner.encode_images(images)
+        finally:
+            self._leave()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_encoder_calls_are_serialised_across_threads(built):
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = Searcher.from_index_dir(built["root"] / "index")
+    guarded = _OneAtATime(base.encoder)
+    searcher = Searcher(base.index, guarded)
+    image = built["split"].items["it004"].image.path
+    jobs = [("text", f"photo {i}") for i in range(8)] + [("image", image)] * 4
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [
+            pool.submit(searcher.search_text if kind == "text" else searcher.search_image, q, k=3)
+            for kind, q in jobs
+        ]
+        results = [f.result() for f in futures]
+    assert guarded.most == 1
+    assert all(len(r) == 3 for r in results)
+    assert [r.id for r in results[0]] == [r.id for r in base.search_text("photo 0", k=3)]
+
+
+def test_search_text_batch_gives_each_query_its_own_k_and_category(built):
+    from xmr.search import TextQuery
+
+    searcher = Searcher.from_index_dir(built["root"] / "index")
+    asks = [TextQuery("photo 1", 2), TextQuery("photo 1", 5, "a"), TextQuery("photo 7", 1, "b")]
+    for ask, row in zip(asks, searcher.search_text_batch(asks), strict=True):
+        expected = searcher.search_text(ask.text, ask.k, category=ask.category)
+        assert [r.id for r in row] == [r.id for r in expected]
+        assert len(row) == ask.k and [r.rank for r in row] == list(range(1, ask.k + 1))
+
+
+def test_a_failed_save_leaves_the_index_as_it_was(built, tmp_path):
+    import errno
+    import hashlib
+
+    from xmr.index import load_index
+
+    index_dir = tmp_path / "index"
+    index_embeddings(built["root"] / "emb", index_dir, "Flat")
+    searcher = Searcher.from_index_dir(index_dir)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in index_dir.iterdir()}
+    vector = searcher.encode_texts(["a new item"])[0]
+    record = {"id": "new", "image": None, "captions": ["a new item"], "attribute": None}
+
+    def full_disk(directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    searcher.index.backend.save = full_disk
+    with pytest.raises(OSError, match="No space left"):
+        searcher.add_item(vector, record)
+    assert "new" not in searcher and len(searcher) == 12
+    assert searcher.missing_sides() == {"image": 0, "caption": 0}
+    assert "new" not in [r.id for r in searcher.search_vectors(vector[None, :], 12)[0]]
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in index_dir.iterdir()}
+    assert after == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    searcher.add_item(vector, record)  # the reloaded index saves normally
+    assert (
+        "new" in load_index(index_dir)
+        and searcher.search_vectors(vector[None, :], 1)[0][0].id == "new"
+    )
+    assert searcher.missing_sides() == {"image": 1, "caption": 0}

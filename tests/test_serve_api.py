@@ -17,8 +17,8 @@ pytest.importorskip("faiss")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serve_index import BMP_ITEM, TSV_ITEM, shared_index  # noqa: E402
+from xmr.search import Searcher  # noqa: E402
 from xmr.serve import ServeSettings, create_app  # noqa: E402
-from xmr.serve.backend import SearchBackend  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -30,8 +30,6 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def searcher(built):
-    from xmr.search import Searcher
-
     return Searcher.from_index_dir(built["index_dir"], device="cpu")
 
 
@@ -81,7 +79,10 @@ def test_health_and_info(client, built):
     assert info["size"] == built["n"]
     assert info["dim"] == 32
     assert info["index_type"] == "Flat"
-    assert info["model"] == f"hf:{built['model_dir']}"
+    # A local model is named by its directory and a short fingerprint, not the server's path.
+    fingerprint = info["model_fingerprint"]
+    assert info["model"] == f"hf:model@{fingerprint.rpartition(':')[2][:12]}"
+    assert str(built["model_dir"]) not in client.get("/api/info").text
     assert info["categories"] == {"circle": 13, "square": 13}
     assert info["limits"]["max_k"] == 10
     assert info["writes"] is False
@@ -433,6 +434,9 @@ class CountingEncoder:
     def encode_images(self, images):
         return self.inner.encode_images(images)
 
+    def __getattr__(self, name):  # embed_dim, manifest(), spec: the real encoder's
+        return getattr(self.inner, name)
+
 
 async def _concurrent_queries(app, texts):
     import httpx
@@ -447,13 +451,13 @@ def test_concurrent_queries_share_encoder_calls(searcher):
     texts = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in ("circle", "square")]
     texts = texts * 2  # 16 requests
     counting = CountingEncoder(searcher.encoder)
-    backend = SearchBackend(searcher.index, counting, searcher=searcher)
+    counted = Searcher(searcher.index, counting)
     # A generous window makes the grouping independent of machine speed.
-    app = create_app(backend, ServeSettings(batch_wait_ms=250, max_batch=64))
+    app = create_app(counted, ServeSettings(batch_wait_ms=250, max_batch=64))
     try:
         bodies = asyncio.run(_concurrent_queries(app, texts))
     finally:
-        app.state.text_batcher.close()
+        app.state.service.close()
     assert sum(counting.text_calls) == len(texts)
     assert len(counting.text_calls) < len(texts)
     assert max(counting.text_calls) > 1
@@ -467,8 +471,8 @@ def test_one_batch_serves_different_k_and_categories(searcher):
     import httpx
 
     counting = CountingEncoder(searcher.encoder)
-    backend = SearchBackend(searcher.index, counting, searcher=searcher)
-    app = create_app(backend, ServeSettings(batch_wait_ms=250))
+    counted = Searcher(searcher.index, counting)
+    app = create_app(counted, ServeSettings(batch_wait_ms=250))
     asks = [
         {"q": "a red circle", "k": 2},
         {"q": "a red circle", "k": 9, "category": "square"},
@@ -486,7 +490,7 @@ def test_one_batch_serves_different_k_and_categories(searcher):
     try:
         bodies = asyncio.run(run())
     finally:
-        app.state.text_batcher.close()
+        app.state.service.close()
     assert len(counting.text_calls) < len(asks)
     for ask, body in zip(asks, bodies, strict=True):
         expected = searcher.search_text(ask["q"], k=ask["k"], category=ask.get("category"))
@@ -498,12 +502,12 @@ def test_one_batch_serves_different_k_and_categories(searcher):
 
 def test_batching_can_be_disabled(searcher):
     counting = CountingEncoder(searcher.encoder)
-    backend = SearchBackend(searcher.index, counting, searcher=searcher)
-    app = create_app(backend, ServeSettings(batching=False))
+    counted = Searcher(searcher.index, counting)
+    app = create_app(counted, ServeSettings(batching=False))
     try:
         asyncio.run(_concurrent_queries(app, ["a red circle"] * 6))
     finally:
-        app.state.text_batcher.close()
+        app.state.service.close()
     assert counting.text_calls == [1] * 6
 
 

@@ -149,7 +149,7 @@ def test_cli_help_and_bad_arguments(tmp_path, capsys):
         main(["serve", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--host", "--port", "--workers", "--max-k", "--allow-writes", "--token"):
+    for flag in ("--host", "--port", "--processes", "--max-k", "--allow-writes", "--token"):
         assert flag in out
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "not an index directory" in capsys.readouterr().err

@@ -49,7 +49,7 @@ def client(built, blip_dir):
 
 def test_info_reports_the_reranker(client, built, blip_dir):
     info = client.get("/api/info").json()["rerank"]
-    assert info["model"] == f"blip:{blip_dir.resolve()}"
+    assert info["model"] == "blip:blip"  # the directory's name, not the server's path
     assert info["k"] == info["max_k"] == 4
     assert info["mode"] == "itm" and info["alpha"] == 1.0
     assert info["text_queries"] is True
@@ -64,7 +64,7 @@ def test_reranking_moves_only_the_top_k(client, blip_dir):
     query = "a red circle"
     plain = client.get("/api/search", params={"q": query, "k": 8, "rerank": "false"}).json()
     assert plain["rerank"] == {
-        "model": f"blip:{blip_dir.resolve()}",
+        "model": "blip:blip",
         "mode": "itm",
         "applied": False,
         "reason": "turned off by the request",
@@ -92,7 +92,7 @@ def test_reranking_moves_only_the_top_k(client, blip_dir):
     assert scores == sorted(scores, reverse=True)
     # The match probabilities are the cross-encoder's own on (item image, query).
     ce = create_cross_encoder(str(blip_dir), device="cpu")
-    pics = [client.app.state.backend.image_ref(i).open() for i in ids[:4]]
+    pics = [client.app.state.service.searcher.image_ref(i).open() for i in ids[:4]]
     assert probs == pytest.approx(ce.score(pics, [query] * 4).tolist(), abs=1e-5)
 
 
@@ -222,7 +222,8 @@ def test_concurrent_queries_share_cross_encoder_calls(color_index):
     depth share the cross-encoder's forward passes); no timing is asserted, only the grouping."""
     import asyncio
 
-    from xmr.serve.backend import RerankJob
+    from xmr.search import SearchResult
+    from xmr.serve.service import RerankJob
 
     matcher = ColorMatcher()
     calls = []
@@ -233,24 +234,25 @@ def test_concurrent_queries_share_cross_encoder_calls(color_index):
             return matcher.logits(images, texts, batch_size)
 
     app = create_app(color_index, ServeSettings(rerank_k=3), reranker=Counting())
-    backend = app.state.backend
-    hits = [(f"{c}{i}", 1.0 - 0.1 * i) for i, c in enumerate(["red", "green", "blue"] * 2)]
-    jobs = [RerankJob("red", hits, 3), RerankJob("blue", hits, 3), RerankJob("green", hits, 2)]
-    rows = backend.rerank(jobs)
+    svc = app.state.service
+    ids = [f"{c}{i}" for i, c in enumerate(["red", "green", "blue"] * 2)]
+    hits = [SearchResult(i, 1.0 - 0.1 * n, n + 1) for n, i in enumerate(ids)]
+    rows = svc.searcher.rerank(["red", "blue", "green"], [hits] * 3, depth=[3, 3, 2])
     assert calls == [6, 2]  # the two depth-3 text queries in one call, the depth-2 one apart
-    assert rows[0][0]["id"] == "red0" and rows[1][0]["id"] == "blue2"
-    assert rows[2][:2] == sorted(rows[2][:2], key=lambda r: -r["score"])
+    assert rows[0][0].id == "red0" and rows[1][0].id == "blue2"
+    assert [r.score for r in rows[2][:2]] == sorted((r.score for r in rows[2][:2]), reverse=True)
+    assert [r.first_stage_rank for r in rows[2][2:]] == [3, 4, 5, 6]
 
     async def many():
         return await asyncio.gather(
-            *(app.state.rerank_batcher.submit(RerankJob(q, hits, 3)) for q in ("red", "blue"))
+            *(svc.rerank_batcher.submit(RerankJob(q, hits, 3)) for q in ("red", "blue"))
         )
 
     calls.clear()
     out = asyncio.run(many())
-    app.state.rerank_batcher.close()
-    assert [row[0]["id"] for row in out] == ["red0", "blue2"]
-    assert sum(calls) == 6 and app.state.rerank_batcher.stats.items == 2
+    svc.close()
+    assert [row[0].id for row in out] == ["red0", "blue2"]
+    assert sum(calls) == 6 and svc.rerank_batcher.stats.items == 2
 
 
 def test_serve_cli_wires_the_reranker(color_index, blip_dir, monkeypatch, capsys):

@@ -99,7 +99,8 @@ def test_skip_bad_on_every_command_that_reads_a_data_set(bad, tmp_path, capsys, 
 
 
 def test_library_functions_take_skip_bad(bad, tmp_path):
-    from xmr.workflows.evaluate import evaluate_model, predict
+    from xmr.workflows.evaluate import evaluate_model
+    from xmr.workflows.predict import predict
 
     metrics = evaluate_model(
         bad["model"], bad["data"], split="test", device="cpu", skip_bad=True,
@@ -110,4 +111,5 @@ def test_library_functions_take_skip_bad(bad, tmp_path):
     assert manifest["source"]["skipped_records"] >= 1
     out = predict(bad["model"], bad["data"], tmp_path / "p.json", split="test", k=5, device="cpu", skip_bad=True,
                   progress=False)  # fmt: skip
-    assert out.is_file()
+    assert out.path.is_file() and out.summary()["skipped_records"] >= 1
+    assert any("skipped" in w for w in out.warnings)

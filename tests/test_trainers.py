@@ -130,9 +130,9 @@ def color_data(tmp_path_factory):
 
 def test_itm_validation_is_the_librarys_and_equals_evaluate_reranked(color_data, tmp_path):
     from xmr.data.readers import load_dataset
+    from xmr.eval.reranked import evaluate_reranked
     from xmr.models import create_encoder
     from xmr.models.cross_encoders import create_cross_encoder
-    from xmr.rerank import evaluate_reranked
     from xmr.train.itm import train_itm_on_dataset
 
     out = tmp_path / "itm"

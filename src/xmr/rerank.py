@@ -18,18 +18,21 @@ list: outside the block it is ``first_stage_score - shift``, where ``shift`` is 
 lowest score is already above the first unreranked score, and otherwise the smallest shift (plus
 1e-6) that puts it below. So a consumer that re-sorts by ``score`` (pytrec_eval does) gets the
 same ranking as the list order.
+
+This module is the algorithm only: reranking a Searcher's results is
+:meth:`xmr.search.Searcher.rerank` / :meth:`~xmr.search.Searcher.search_reranked`, and the
+two-stage metrics of a data set are :func:`xmr.eval.reranked.evaluate_reranked`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from xmr.errors import XmrError
-from xmr.search import SearchResult
+from xmr.models.cross_encoders import create_cross_encoder, match_probability
 
 RERANK_MODES = ("itm", "itm+sim")
 DEFAULT_RERANK_K = 16
@@ -94,8 +97,6 @@ def combine_scores(
     logits: np.ndarray, first_stage: np.ndarray, mode: str, alpha: float = 1.0
 ) -> np.ndarray:
     """The final score of reranked pairs (see the module docstring for the formulas)."""
-    from xmr.models.cross_encoders import match_probability
-
     if mode == "itm":
         return match_probability(logits).astype(np.float64)
     if mode == "itm+sim":
@@ -162,12 +163,11 @@ def rerank_many(
     """:func:`rerank` for many queries: pairs of several queries share cross-encoder batches,
     and a candidate that recurs within a chunk is decoded (and, for BLIP, encoded) once."""
     from xmr.models.base import load_image
-    from xmr.models.cross_encoders import create_cross_encoder
 
     if len(queries) != len(candidate_lists):
         raise XmrError(f"rerank: {len(queries)} queries but {len(candidate_lists)} candidate lists")
     if k < 1:
-        raise XmrError(f"--rerank-k must be >= 1, got {k}")
+        raise XmrError(f"rerank: k (how many candidates to rescore) must be at least 1, not {k}")
     if mode not in RERANK_MODES:
         raise XmrError(f"unknown rerank mode '{mode}' (choose from {', '.join(RERANK_MODES)})")
     if isinstance(cross_encoder, str):
@@ -218,8 +218,6 @@ def rerank_many(
 def _merge(
     cands: list[dict[str, Any]], logits: np.ndarray, k: int, mode: str, alpha: float
 ) -> list[dict[str, Any]]:
-    from xmr.models.cross_encoders import match_probability
-
     top, rest = cands[:k], cands[k:]
     first = np.array([c["score"] for c in top], dtype=np.float64)
     final = combine_scores(logits, first, mode, alpha)
@@ -270,189 +268,3 @@ def dataset_lookup(split: Any, *, side: str = "image") -> Callable[[str], Any]:
 
         return text
     raise XmrError(f"dataset_lookup side must be 'image' or 'text', got '{side}'")
-
-
-# --- on top of a Searcher ----------------------------------------------------------------------
-
-
-@dataclass
-class RerankedResult(SearchResult):
-    """A search hit after reranking: ``score`` is the final score (see the module docstring),
-    ``rank`` the final rank; the first stage's score and rank are kept beside them."""
-
-    first_stage_score: float | None = None
-    first_stage_rank: int | None = None
-    match_prob: float | None = None
-    reranked: bool = False
-
-
-def searcher_lookup(searcher: Any, *, text_queries: bool) -> Callable[[str], Any]:
-    """id -> the item's image (text queries) or its first caption (image queries)."""
-
-    def image(item_id: str) -> Any:
-        ref = searcher.image_ref(item_id)
-        if ref is None:
-            raise XmrError(f"rerank: item '{item_id}' has no image for the cross-encoder to read")
-        return ref
-
-    def caption(item_id: str) -> str:
-        captions = searcher.item(item_id).get("captions") or []
-        if not captions:
-            raise XmrError(
-                f"rerank: item '{item_id}' has no caption; an image query is reranked against "
-                "item captions"
-            )
-        return captions[0]
-
-    return image if text_queries else caption
-
-
-def search_reranked(
-    searcher: Any,
-    queries: Sequence[Any],
-    cross_encoder: Any,
-    *,
-    k: int = 10,
-    rerank_k: int = DEFAULT_RERANK_K,
-    mode: str = "itm",
-    alpha: float = 1.0,
-    category: str | None = None,
-    batch_size: int = 32,
-) -> list[list[Any]]:
-    """Two-stage search: the Searcher retrieves ``max(k, rerank_k)`` per query, the cross-encoder
-    rescores the first ``rerank_k``, and the best ``k`` are returned.
-
-    ``queries`` are all texts (matched against item images) or all images (matched against item
-    captions). Results are ``SearchResult``s with ``first_stage_score``, ``first_stage_rank``,
-    ``match_prob`` and ``reranked`` added.
-    """
-    if not queries:
-        return []
-    text_queries = all(isinstance(q, str) for q in queries)
-    if not text_queries and any(isinstance(q, str) for q in queries):
-        raise XmrError("rerank: queries must be all texts or all images")
-    depth = max(int(k), int(rerank_k))
-    if text_queries:
-        first = searcher.search_texts(list(queries), depth, category=category)
-    else:
-        first = searcher.search_images(list(queries), depth, category=category)
-    candidate_lists = [[{"id": r.id, "score": r.score, "result": r} for r in row] for row in first]
-    reranked = rerank_many(
-        queries,
-        candidate_lists,
-        cross_encoder,
-        lookup=searcher_lookup(searcher, text_queries=text_queries),
-        k=rerank_k,
-        mode=mode,
-        alpha=alpha,
-        batch_size=batch_size,
-    )
-    out = []
-    for row in reranked:
-        results = []
-        for rank, r in enumerate(row[:k], 1):
-            base = asdict(r["result"])
-            base.update(
-                score=r["score"],
-                rank=rank,
-                first_stage_score=r["first_stage_score"],
-                first_stage_rank=r["result"].rank,
-                match_prob=r.get("match_prob"),
-                reranked=r["reranked"],
-            )
-            results.append(RerankedResult(**base))
-        out.append(results)
-    return out
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-
-
-def evaluate_reranked(
-    split: Any,
-    text_emb: Any,
-    image_emb: Any,
-    cross_encoder: Any,
-    *,
-    rerank_k: int = DEFAULT_RERANK_K,
-    mode: str = "itm",
-    alpha: float = 1.0,
-    directions: Sequence[str] = ("t2i",),
-    k: int = 10,
-    ks: Sequence[int] | None = None,
-    batch_size: int = 32,
-    device: Any = None,
-    rankings_out: dict[str, dict[str, list[str]]] | None = None,
-) -> dict[str, float]:
-    """Metrics of two-stage retrieval on ``split``, beside the first stage's own.
-
-    The first stage ranks by the embeddings (``text_emb`` rows in ``split.queries`` order,
-    ``image_emb`` rows in ``split.items`` order, as :func:`xmr.eval.evaluate.evaluate_split`
-    takes them); the cross-encoder rescores each query's top ``rerank_k``. Keys:
-    ``{direction}/<metric>`` for the reranked rankings and ``first_stage/{direction}/<metric>``
-    for the first stage, on the same queries and to the same depth. ``rankings_out``, when
-    given, receives both rankings (``{direction}`` and ``first_stage/{direction}`` -> query id
-    -> ranked ids), for a report of what reranking changed.
-    """
-    from xmr.eval.evaluate import evaluate_rankings, recall_ks, split_categories
-    from xmr.eval.ranking import topk_from_embeddings
-    from xmr.models.cross_encoders import create_cross_encoder
-
-    ks = tuple(ks or recall_ks(k))
-    ce = create_cross_encoder(cross_encoder) if isinstance(cross_encoder, str) else cross_encoder
-    query_ids, item_ids = list(split.queries), list(split.items)
-    out: dict[str, float] = {}
-    for direction in directions:
-        if direction == "t2i":
-            q_emb, c_emb, q_ids, c_ids = text_emb, image_emb, query_ids, item_ids
-            relevance = split.relevance
-            queries = {q: split.queries[q].text for q in q_ids}
-            lookup = dataset_lookup(split, side="image")
-        elif direction == "i2t":
-            q_emb, c_emb, q_ids, c_ids = image_emb, text_emb, item_ids, query_ids
-            relevance = split.item_relevance()
-            queries = {i: split.items[i].image for i in q_ids}
-            lookup = dataset_lookup(split, side="text")
-        else:
-            raise XmrError(f"unknown direction '{direction}' (t2i or i2t)")
-        rows = np.array([n for n, q in enumerate(q_ids) if relevance.get(q)], dtype=np.int64)
-        kept = [q_ids[n] for n in rows]
-        if direction == "i2t" and any(queries[q] is None for q in kept):
-            raise XmrError("i2t reranking needs every evaluated item to have an image")
-        depth = min(max(rerank_k, k, *ks), len(c_ids))
-        index, scores = topk_from_embeddings(q_emb, c_emb, depth, rows=rows, device=device)
-        first = {
-            q: [
-                {"id": c_ids[j], "score": float(s)}
-                for j, s in zip(index[n], scores[n], strict=True)
-            ]
-            for n, q in enumerate(kept)
-        }
-        reranked = rerank_many(
-            [queries[q] for q in kept],
-            [first[q] for q in kept],
-            ce,
-            lookup=lookup,
-            k=rerank_k,
-            mode=mode,
-            alpha=alpha,
-            batch_size=batch_size,
-        )
-        categories = split_categories(split, direction)
-        for prefix, rankings in (
-            ("", {q: [r["id"] for r in row] for q, row in zip(kept, reranked, strict=True)}),
-            ("first_stage/", {q: [c["id"] for c in first[q]] for q in kept}),
-        ):
-            metrics = evaluate_rankings(
-                rankings,
-                relevance,
-                ks=ks,
-                k=k,
-                direction=direction,
-                categories=categories,
-                query_ids=q_ids,
-            )
-            out.update({f"{prefix}{key}": value for key, value in metrics.items()})
-            if rankings_out is not None:
-                rankings_out[f"{prefix}{direction}"] = rankings
-    return out

@@ -1,7 +1,9 @@
 """The ``xmr`` command: parse arguments, call the library, print. No logic of its own.
 
 Each subcommand lives in ``xmr/cli/<name>.py`` with ``add_parser(subparsers)`` that sets
-``func(args) -> int``. Errors from bad user input (XmrError) print one line, exit 2.
+``func(args) -> int``; the options that several commands share come from
+:mod:`xmr.cli.options`, spelt one way. Errors from bad user input (XmrError) print one line,
+exit 2; usage errors are argparse's (exit 2).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import importlib
 import os
 import sys
 
+from xmr.cli.options import ArgumentParser
 from xmr.errors import XmrError
 
 # Subcommand modules, in the order `xmr --help` lists them. A module that is absent (a stage not
@@ -24,7 +27,10 @@ COMMAND_MODULES = [
     "evaluate",
     "predict",
     "similarity",
+    "caption",
+    "translate",
     "train",
+    "t2i",
     "serve",
     "demo",
     "report",
@@ -34,7 +40,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     from xmr import __version__
 
-    parser = argparse.ArgumentParser(prog="xmr", description="Cross-modal retrieval toolkit.")
+    parser = ArgumentParser(prog="xmr", description="Cross-modal retrieval toolkit.")
     parser.add_argument("--version", action="version", version=f"xmr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -6,18 +6,30 @@ import argparse
 import json
 import sys
 
+from xmr.cli import options
+from xmr.data.convert import convert_dataset
+from xmr.data.inspect import format_report, inspect_dataset
+from xmr.data.readers import load_dataset
+from xmr.data.synth import generate_synthetic
+
+CONVERT_FORMATS = ("evalscope", "beir", "csv")
+
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="data set file or directory")
     parser.add_argument(
         "--format",
         default=None,
+        metavar="F",
         help="data set format (track2, muge, tianchi, evalscope, beir, coco, csv, folder); "
-        "detected from the files present when omitted",
+        "(default: detected from the files present)",
     )
-    parser.add_argument("--split", default=None, help="read only this split")
+    options.add_split(parser, "read only this split (default: all)")
     parser.add_argument(
-        "--images", default=None, help="image directory or TSV when it is not in the usual place"
+        "--images",
+        default=None,
+        metavar="DIR|TSV",
+        help="image directory or TSV when it is not in the usual place",
     )
     add_skip_bad_argument(parser)
 
@@ -55,50 +67,69 @@ def add_parser(subparsers) -> None:
     inspect.set_defaults(func=run_inspect)
 
     convert = actions.add_parser("convert", help="write a data set in another format")
+    add_convert_arguments(convert)
+    convert.set_defaults(func=run_convert)
+
+    synth = actions.add_parser("synth", help="generate the synthetic traffic data set (track2)")
+    add_synth_arguments(synth)
+    synth.set_defaults(func=run_synth)
+
+
+def add_convert_arguments(convert: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr data convert``."""
     _add_source_args(convert)
-    convert.add_argument("--to", required=True, choices=["evalscope", "beir", "csv"])
-    convert.add_argument("out", help="output directory (new or empty)")
+    options.add_out(
+        convert, "output directory (new or empty; written whole, then renamed)",
+        legacy_positional=True,
+    )  # fmt: skip
+    options.add_out_format(
+        convert, "format to write", choices=CONVERT_FORMATS, required=True, old="--to"
+    )
     convert.add_argument(
         "--no-copy-images",
         action="store_true",
         help="point at the original image files instead of copying them into OUT/images",
     )
-    convert.set_defaults(func=run_convert)
+    options.add_json(convert, "print the summary as JSON")
 
-    synth = actions.add_parser("synth", help="generate the synthetic traffic data set (track2)")
-    synth.add_argument("out", help="output directory")
-    synth.add_argument("--n-train", type=int, default=2000, help="train images (default 2000)")
-    synth.add_argument("--n-test", type=int, default=500, help="test images (default 500)")
+
+def add_synth_arguments(synth: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr data synth``."""
+    options.add_out(
+        synth, "output directory (new, empty or an earlier data synth output)",
+        legacy_positional=True,
+    )  # fmt: skip
+    synth.add_argument("--n-train", type=options.non_negative_int, default=2000, metavar="N",
+                       help="train images")  # fmt: skip
+    synth.add_argument("--n-test", type=options.non_negative_int, default=500, metavar="N",
+                       help="test images")  # fmt: skip
     synth.add_argument(
-        "--n-valid", type=int, default=None, help="valid images (default: as many as --n-test)"
+        "--n-valid",
+        type=options.non_negative_int,
+        default=None,
+        metavar="N",
+        help="valid images (default: as many as --n-test)",
     )
     synth.add_argument(
         "--attribute-sets",
         type=int,
         default=40,
-        help="distinct attribute sets shared by the splits (default 40)",
+        metavar="N",
+        help="distinct attribute sets shared by the splits",
     )
-    synth.add_argument(
-        "--colours", type=int, default=8, help="palette size, 2-10 (default 8 of the 10)"
-    )
-    synth.add_argument(
-        "--image-size", type=int, default=64, help="image side in pixels (default 64)"
-    )
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.set_defaults(func=run_synth)
+    synth.add_argument("--colours", type=int, default=8, metavar="N", help="palette size, 2-10")
+    synth.add_argument("--image-size", type=int, default=64, metavar="PX", help="image side")
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    options.add_json(synth, "print the summary as JSON")
 
 
 def _load(args):
-    from xmr.data.readers import load_dataset
-
     return load_dataset(
         args.path, args.format, args.split, images=args.images, skip_bad=args.skip_bad
     )
 
 
 def run_inspect(args) -> int:
-    from xmr.data.inspect import format_report, inspect_dataset
-
     report = inspect_dataset(_load(args), check_images=args.check_images)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
@@ -108,13 +139,14 @@ def run_inspect(args) -> int:
 
 
 def run_convert(args) -> int:
-    from xmr.data.convert import convert_dataset
-
     dataset = _load(args)
     report_skipped(dataset, args.path)
     summary = convert_dataset(
-        dataset, args.to, args.out, split=args.split, copy_images=not args.no_copy_images
+        dataset, args.out_format, args.out, split=args.split, copy_images=not args.no_copy_images
     )
+    if args.json:
+        print(json.dumps({**summary, "n_skipped": dataset.skipped}, indent=2, default=str))
+        return 0
     print(
         f"wrote {summary['out']} ({summary['format']}, split {summary['split']}): "
         f"{summary['n_items']} items, {summary['n_queries']} queries, "
@@ -130,9 +162,6 @@ def run_convert(args) -> int:
 
 
 def run_synth(args) -> int:
-    from xmr.data.readers import load_dataset
-    from xmr.data.synth import generate_synthetic
-
     root = generate_synthetic(
         args.out,
         n_train=args.n_train,
@@ -144,6 +173,13 @@ def run_synth(args) -> int:
         n_colours=args.colours,
     )
     dataset = load_dataset(root, "track2")
+    if args.json:
+        splits = {
+            name: {"n_items": len(s.items), "n_queries": len(s.queries)}
+            for name, s in dataset.splits.items()
+        }
+        print(json.dumps({"out": str(root), "format": "track2", "splits": splits}, indent=2))
+        return 0
     parts = [
         f"{name} {len(s.items)} images / {len(s.queries)} texts"
         for name, s in dataset.splits.items()

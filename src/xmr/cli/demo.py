@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
+from dataclasses import replace
+
+from xmr.cli import options
+from xmr.workflows.demo import TARGET_METRIC, DemoConfig, run_demo
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,21 +23,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "network. The last line printed is the final metrics as JSON."
         ),
     )
-    p.add_argument("--out", default="demo_out", metavar="DIR", help="output directory [demo_out]")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
-    p.add_argument("--seed", type=int, default=None, help="data and model seed [0]")
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes [0]")
-    p.add_argument(
-        "--smoke", action="store_true", help="a seconds-long run with tiny sizes (for tests)"
-    )
+    add_demo_arguments(p)
     p.set_defaults(func=run)
 
 
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr demo``."""
+    options.add_out(p, "output directory", required=False, default="demo_out")
+    p.add_argument("--epochs", type=options.positive_int, default=None, metavar="N",
+                   help="training epochs (default: the demo's, 30)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=None, help="data and model seed (default: 0)")
+    options.add_workers(p, default=None, help="image decoding processes (default: 0)")
+    p.add_argument(
+        "--smoke", action="store_true", help="a seconds-long run with tiny sizes (for tests)"
+    )
+    options.add_json(
+        p, "print only the final metrics, as one JSON object (the progress goes to stderr)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from xmr.workflows.demo import TARGET_METRIC, DemoConfig, run_demo
-
     cfg = DemoConfig.smoke() if args.smoke else DemoConfig()
     changes = {
         k: v
@@ -38,10 +50,15 @@ def run(args: argparse.Namespace) -> int:
         if v is not None
     }
     cfg = replace(cfg, **changes)
-    summary = run_demo(args.out, cfg)
+    if args.json:
+        # The demo reports as it goes and ends with the JSON line; with --json that line is
+        # all stdout gets.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run_demo(args.out, cfg)
+        print(json.dumps(summary), flush=True)
+    else:
+        summary = run_demo(args.out, cfg)
     if not args.smoke and not summary["passed"]:
-        import sys
-
         print(
             f"xmr demo: {TARGET_METRIC} {summary['trained'][TARGET_METRIC]:.3f} is below the "
             "demo's target of 0.9",

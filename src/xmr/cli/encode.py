@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 
-DEFAULT_WORKERS = max(1, min(8, (os.cpu_count() or 2) - 1))
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument, report_skipped
+from xmr.data.readers import load_dataset
+from xmr.encode import choose_loader, encode_split
+from xmr.models import create_encoder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,42 +24,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "arguments; undecodable images are reported in OUT/failed.jsonl and skipped."
         ),
     )
-    p.add_argument("--model", required=True, help="model spec (hf:DIR, open_clip:..., a dir)")
-    p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
-    p.add_argument("--format", default=None, help="data set format (default: detected)")
-    p.add_argument("--split", default=None, help="split to encode (default: the only one)")
-    p.add_argument("--out", required=True, metavar="DIR", help="embeddings directory")
-    p.add_argument(
-        "--kinds",
-        default=None,
-        help="what to encode, comma-separated: images, texts (queries), captions (first "
-        "caption of each item) [images,texts; captions,texts for a corpus without images]",
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help=f"image decoding processes [{DEFAULT_WORKERS}: one core is left to the model]",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--shard-size", type=int, default=4096, help="inputs per shard [4096]")
-    p.add_argument("--no-draft", action="store_true", help="always decode JPEGs at full size")
-    p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from xmr.cli.data import add_skip_bad_argument
-
-    add_skip_bad_argument(p)
+    add_encode_arguments(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from xmr.cli.data import report_skipped
-    from xmr.data.readers import load_dataset
-    from xmr.encode import encode_split
-    from xmr.models import create_encoder
+def add_encode_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr encode``."""
+    p.add_argument(
+        "--model", required=True, metavar="M", help="model spec (hf:DIR, open_clip:..., a dir)"
+    )
+    p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
+    options.add_data_format(p)
+    options.add_split(p, "split to encode (default: the only one)")
+    options.add_out(p, "embeddings directory (new, empty or an earlier run's, which resumes)")
+    p.add_argument(
+        "--kinds",
+        default=None,
+        metavar="K,K",
+        help="what to encode, comma-separated: images, texts (queries), captions (first "
+        "caption of each item) (default: images,texts; captions,texts for a corpus without "
+        "images)",
+    )
+    options.add_batch_size(
+        p, default=None,
+        help="inputs per forward pass (default: chosen from the device: 64 on a CPU, 256 on a GPU)",
+    )  # fmt: skip
+    options.add_workers(
+        p, default=None,
+        help="image decoding processes (default: chosen from the machine: half the cores when "
+        "the model runs on the CPU, all but one with a GPU; the choice is printed)",
+    )  # fmt: skip
+    options.add_device(p)
+    options.add_precision(p)
+    p.add_argument(
+        "--shard-size", type=options.positive_int, default=4096, metavar="N",
+        help="inputs per shard",
+    )  # fmt: skip
+    options.add_draft(p)
+    # The former opt-out: full decoding is the default now.
+    p.add_argument("--no-draft", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
+    options.add_json(p, "print the summary as JSON")
+    add_skip_bad_argument(p)
 
+
+def run(args: argparse.Namespace) -> int:
+    if args.no_draft:
+        print("xmr: warning: --no-draft is the default now (see --draft)", file=sys.stderr)
     dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
     report_skipped(dataset, args.data)
     split = dataset.split(args.split)
@@ -65,15 +80,22 @@ def run(args: argparse.Namespace) -> int:
         kinds = ["images" if has_images else "captions", "texts"]
     else:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    loader = choose_loader(encoder.device, args.workers, args.batch_size)
+    if not args.json:
+        print(
+            f"xmr encode: {loader.workers} decoding worker(s), batch {loader.batch_size} "
+            f"({loader.reason}){'; draft JPEG decoding' if args.draft else ''}",
+            file=sys.stderr,
+        )
     summary = encode_split(
         encoder,
         split,
         args.out,
-        batch_size=args.batch_size,
-        workers=args.workers,
+        batch_size=loader.batch_size,
+        workers=loader.workers,
         kinds=kinds,
         shard_size=args.shard_size,
-        draft=not args.no_draft,
+        draft=args.draft,
         overwrite=args.overwrite,
         progress=not args.json,
         source=dataset.source(args.data, split.name),
@@ -85,9 +107,20 @@ def run(args: argparse.Namespace) -> int:
     for kind, s in summary.kinds.items():
         reused = f", {s.shards_reused} of {s.shards} shards reused" if s.shards_reused else ""
         print(f"{kind}: {s.encoded} of {s.count} encoded ({s.items_per_s:g}/s{reused})")
+        if kind == "images" and s.seconds > 0 and s.encoded:
+            print(f"  waiting for data {s.data_wait_share:.0%} of {s.seconds:g} s: {_verdict(s)}")
         if s.failed:
             print(f"  {s.failed} skipped, see {args.out}/failed.jsonl; first:")
             for f in s.first_failures:
                 print(f"    {f['id']}: {f['error']}")
     print(f"embeddings in {summary.out_dir}")
     return 0
+
+
+def _verdict(s) -> str:
+    """Which side limits the speed: the data path (decoding) or the model."""
+    if s.data_wait_share >= 0.5:
+        return "the data path is the bottleneck (more --workers, or --draft for big JPEGs)"
+    if s.data_wait_share <= 0.1:
+        return "the model is the bottleneck"
+    return "data path and model are close"

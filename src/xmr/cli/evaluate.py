@@ -1,16 +1,27 @@
 """``xmr evaluate``: score a prediction file or a model against a data set's relevance.
 
-``--predictions FILE`` and ``--model M`` are the two sources of rankings, mutually exclusive;
-everything after the rankings (the metric dict, the table, ``--json``, ``--per-query``) is
-shared by both.
+``--predictions FILE`` (:func:`xmr.workflows.evaluate.evaluate_prediction_file`) and ``--model M``
+(:func:`xmr.workflows.evaluate.evaluate_model`) are the two sources of rankings, mutually
+exclusive; the printing (the table, ``--json``) is shared by both.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+from pathlib import Path
+
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument
+from xmr.cli.fusion_options import add_fusion_arguments, fusion_kwargs
+from xmr.cli.report import check_report_dir, write_evaluation_report
+from xmr.cli.rerank_options import add_rerank_arguments
+from xmr.errors import XmrError
+from xmr.eval.clip_benchmark import clip_benchmark_result
+from xmr.eval.evaluate import format_metrics_table
+from xmr.eval.predictions import PREDICTION_KINDS, UnknownKindError
+from xmr.workflows.evaluate import evaluate_model, evaluate_prediction_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,11 +31,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Score a prediction file against the relevance of a data set split: R@1/5/10, "
             "MeanRecall (MUGE), mAP@K (the Track2 scorer), mAP@K_trec, nDCG@K, P@K, MRR and "
-            "first-hit ranks, for all queries and per category. The prediction file's kind "
+            "first-hit ranks, for all queries and per category. The prediction file's format "
             "(Track2 JSON, MUGE or Chinese-CLIP JSON lines, TREC run) is detected from its "
             "content and it is validated as the official scorers do."
         ),
     )
+    add_evaluate_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr evaluate``."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", metavar="FILE", help="prediction or submission file")
     source.add_argument(
@@ -33,22 +50,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="encode the split with model M (hf:DIR, open_clip:..., a dir), rank exactly, score",
     )
     p.add_argument("--data", required=True, metavar="PATH", help="the data set with relevance")
+    options.add_data_format(p)
+    options.add_split(p, "split to score against (default: the one with relevance)")
     p.add_argument(
-        "--format", default=None, metavar="F", help="data set format (default: detected)"
-    )
-    p.add_argument(
-        "--split", default=None, help="split to score against (default: the one with relevance)"
-    )
-    p.add_argument(
-        "--prediction-kind",
+        "--predictions-format",
         default=None,
-        metavar="KIND",
-        help="track2, muge, cnclip, cnclip-i2t or trec (default: detected from the content)",
+        choices=list(PREDICTION_KINDS),
+        help="format of the --predictions file (default: detected from the content)",
     )
-    p.add_argument(
-        "--k", type=int, default=10, help="cut-off K: ids per query and mAP/nDCG/P cut (10)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object (fractions in [0,1])")
+    options.add_deprecated_alias(
+        p, "--prediction-kind", "--predictions-format", dest="predictions_format",
+        choices=list(PREDICTION_KINDS),
+    )  # fmt: skip
+    options.add_k(p, "cut-off K: ids per query and the K of mAP/nDCG/P")
+    options.add_json(p, "print one JSON object (fractions in [0, 1], NaN as null)")
     p.add_argument(
         "--json-format",
         default=None,
@@ -69,7 +84,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="OUT.csv",
         help="write id,text,first_hit_rank,AP,hits per query",
     )
-    # --report: the HTML report (xmr.workflows.report); all its logic lives in cli/report.py.
     p.add_argument(
         "--report",
         default=None,
@@ -78,60 +92,87 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "histograms, failure gallery with thumbnails, provenance (needs xmr[report])",
     )
     add_model_arguments(p)
-    from xmr.cli.data import add_skip_bad_argument
-    from xmr.cli.fusion_options import add_fusion_arguments
-
-    add_skip_bad_argument(p)
-    from xmr.cli.rerank_options import add_rerank_arguments
-
     add_rerank_arguments(p)
     add_fusion_arguments(p)
-    p.set_defaults(func=run)
+    add_skip_bad_argument(p)
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, directions: bool = True) -> None:
-    """Options of the --model path, shared with ``xmr predict``."""
-    from xmr.cli.encode import DEFAULT_WORKERS
-
+def add_model_arguments(p: argparse.ArgumentParser, *, evaluate: bool = True) -> None:
+    """Options of the --model path, shared with ``xmr predict`` (``evaluate=False``)."""
     g = p.add_argument_group("with --model")
-    if directions:
+    if evaluate:
         g.add_argument(
             "--directions",
             default=None,
             metavar="D",
-            help="t2i, i2t or t2i,i2t [both when items are images, else t2i]",
+            help="t2i, i2t or t2i,i2t (default: both when items are images, else t2i)",
         )
     g.add_argument(
         "--emb-dir",
         default=None,
         metavar="DIR",
-        help="keep the embeddings here (a killed run resumes; a re-run reuses them) "
-        "[a temporary directory]",
+        help="keep the embeddings here: a killed run resumes, a re-run reuses them "
+        "(default: a temporary directory)",
     )
-    if directions:  # evaluate only
+    if evaluate:
         g.add_argument(
             "--depth",
             default=None,
             metavar="N|all",
             help="rank this deep for MRR / MeanRank / MedianRank / NotFound; 'all' ranks every "
-            "item (uncut MRR) [K]",
+            "item (uncut MRR) (default: K)",
         )
-    g.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass [64]")
-    g.add_argument(
-        "--workers",
-        type=int,
-        default=DEFAULT_WORKERS,
-        help=f"image decoding processes [{DEFAULT_WORKERS}]",
-    )
-    g.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    options.add_batch_size(g)
+    options.add_workers(g)
+    options.add_device(g)
+    options.add_precision(g)
+    options.add_draft(g)
+
+
+def _depth(text: str | None) -> int | None:
+    if text is None or text == "all":
+        return None if text is None else 0
+    try:
+        depth = int(text)
+    except ValueError:
+        depth = -1
+    if depth < 0:
+        raise XmrError(f"--depth takes a number >= 0 or 'all', not {text!r}")
+    return depth
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The library parameters of the --model options (shared with ``xmr predict``)."""
+    return {
+        "split": args.split,
+        "format": args.format,
+        "k": args.k,
+        "emb_dir": args.emb_dir,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "device": args.device,
+        "precision": args.precision,
+        "progress": not args.json,
+        "rerank": args.rerank,
+        "rerank_k": args.rerank_k,
+        "rerank_mode": args.rerank_mode,
+        "rerank_alpha": args.rerank_alpha,
+        "rerank_batch_size": args.rerank_batch_size,
+        "skip_bad": args.skip_bad,
+        "draft": args.draft,
+    }
+
+
+# Options that mean something with one source of rankings only: refusing them beats ignoring them.
+_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split")
+_PREDICTIONS_ONLY = ("predictions_format",)
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-
-    if args.k < 1:
-        raise XmrError(f"--k must be at least 1 (got {args.k})")
+    source, other = ("--model", _PREDICTIONS_ONLY) if args.model else ("--predictions", _MODEL_ONLY)
+    given = [name for name in other if getattr(args, name, None) is not None]
+    if given:
+        raise XmrError(f"--{given[0].replace('_', '-')} does not apply with {source}")
     if args.json_format:
         args.json = True
     if args.json_format == "clip_benchmark" and args.skip_empty_queries:
@@ -139,193 +180,50 @@ def run(args: argparse.Namespace) -> int:
             "--json-format clip_benchmark counts empty queries as 0, as CLIP_benchmark does; "
             "it cannot be combined with --skip-empty-queries"
         )
-    _check_options(args)
-    if args.per_query:
-        from xmr.io.atomic import check_output_file
-
-        check_output_file(args.per_query)  # before the work, not after it
     if args.report:
-        from xmr.cli.report import check_report_dir
-
-        check_report_dir(args.report)
+        check_report_dir(args.report)  # before the work, not after it
     if args.model is not None:
-        metrics, rows = _from_model(args)
+        result = evaluate_model(
+            args.model,
+            args.data,
+            directions=args.directions,
+            depth=_depth(args.depth),
+            per_query=args.per_query,
+            skip_empty=args.skip_empty_queries,
+            **model_kwargs(args),
+            **fusion_kwargs(args),
+            keep_rankings=bool(args.report),
+        )
     else:
-        metrics, rows = _from_predictions(args)
+        try:
+            result = evaluate_prediction_file(
+                args.predictions,
+                args.data,
+                split=args.split,
+                format=args.format,
+                predictions_format=args.predictions_format,
+                k=args.k,
+                per_query=args.per_query,
+                skip_empty=args.skip_empty_queries,
+                skip_bad=args.skip_bad,
+                keep_rankings=bool(args.report),
+            )
+        except UnknownKindError as exc:
+            raise XmrError(f"{exc} with --predictions-format") from None
+    print_warnings(result.warnings)
     if args.report:
-        from xmr.cli.report import write_evaluation_report
-
-        write_evaluation_report(args, metrics)
-    return report(metrics, rows, args)
-
-
-# Options that mean something with one source of rankings only: refusing them beats ignoring them.
-_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split")
-_PREDICTIONS_ONLY = ("prediction_kind",)
-
-
-def _check_options(args: argparse.Namespace) -> None:
-    from xmr.errors import XmrError
-
-    source, other = ("--model", _PREDICTIONS_ONLY) if args.model else ("--predictions", _MODEL_ONLY)
-    given = [name for name in other if getattr(args, name, None) is not None]
-    if given:
-        flag = "--" + given[0].replace("_", "-")
-        raise XmrError(f"{flag} does not apply with {source}")
-
-
-def _load_split(args: argparse.Namespace):
-    from xmr.cli.data import report_skipped
-    from xmr.data.readers import load_dataset
-
-    dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
-    report_skipped(dataset, args.data)
-    return dataset.split(args.split, need_relevance=True)
-
-
-def _from_predictions(args: argparse.Namespace):
-    from xmr.errors import XmrError
-    from xmr.eval.evaluate import evaluate_predictions
-
-    split = _load_split(args)
-    if not split.has_relevance:
-        raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")
-    args.report_inputs = {"split": split}  # for --report
-    return evaluate_predictions(
-        args.predictions,
-        split,
-        k=args.k,
-        kind=args.prediction_kind,
-        skip_empty=args.skip_empty_queries,
-        on_warning=lambda message: print(f"xmr: warning: {message}", file=sys.stderr),
-    )
-
-
-def embed_for_cli(args: argparse.Namespace, dataset, split):
-    """Load ``--model`` and embed ``split`` as the ``--model`` options say (shared with
-    ``xmr predict``); returns (encoder, SplitEmbeddings)."""
-    from xmr.eval.embedded import embed_split
-    from xmr.models import create_encoder
-
-    encoder = create_encoder(args.model, device=args.device, precision=args.precision)
-    emb = embed_split(
-        encoder,
-        split,
-        emb_dir=args.emb_dir,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=not getattr(args, "json", False),
-        source=dataset.source(args.data, split.name),
-    )
-    if emb.failed:
-        print(
-            f"xmr: warning: {len(emb.failed)} item(s) could not be encoded and rank last "
-            f"(first: {emb.failed[0]})",
-            file=sys.stderr,
-        )
-    return encoder, emb
-
-
-def _int_option(flag: str, value: str) -> int:
-    from xmr.errors import XmrError
-
-    try:
-        return int(value)
-    except ValueError:
-        raise XmrError(f"{flag} takes a number or 'all', not {value!r}") from None
-
-
-def _from_model(args: argparse.Namespace):
-    from xmr.cli.data import report_skipped
-    from xmr.cli.fusion_options import fusion_metrics
-    from xmr.cli.rerank_options import rerank_metrics
-    from xmr.data.readers import load_dataset
-    from xmr.errors import XmrError
-    from xmr.eval.embedded import default_directions, evaluate_embedded
-
-    # Tuning a fusion weight needs its own split (train by default), so read them all then.
-    tuning = args.fused == "tune"
-    dataset = load_dataset(
-        args.data, args.format, None if tuning else args.split, skip_bad=args.skip_bad
-    )
-    report_skipped(dataset, args.data)
-    split = dataset.split(args.split, need_relevance=True)
-    if not split.has_relevance:
-        raise XmrError(f"{args.data}: split '{split.name}' has no relevance to score against")
-    train = dataset.splits.get("train")
-    default_tune = "train" if train is not None and train.has_relevance else split.name
-    if tuning and (args.tune_split or default_tune) == split.name:
-        print(
-            f"xmr: warning: the fusion weight is tuned on the evaluated split '{split.name}'; "
-            "its fused numbers are optimistic (choose another with --tune-split)",
-            file=sys.stderr,
-        )
-    encoder, emb = embed_for_cli(args, dataset, split)
-    directions = default_directions(emb)
-    if args.directions:
-        directions = tuple(d.strip() for d in args.directions.split(",") if d.strip())
-    depth = None
-    if args.depth is not None:
-        depth = 0 if args.depth == "all" else _int_option("--depth", args.depth)
-    metrics = evaluate_embedded(
-        emb,
-        directions=directions,
-        k=args.k,
-        depth=depth,
-        device=args.device,
-        skip_empty=args.skip_empty_queries,
-    )
-    if args.rerank:
-        # The reranked numbers replace the first stage's keys; the first stage stays beside them.
-        reranked: dict = {}  # both stages' rankings, for --report
-        metrics |= rerank_metrics(
-            args, split, emb.text, emb.items, directions=directions, rankings_out=reranked
-        )
-        args.report_rankings = reranked
-    metrics |= fusion_metrics(args, encoder, dataset, split)
-    args.report_inputs = {"split": split, "emb": emb, "directions": directions}  # for --report
-    return metrics, _model_per_query(args, split, emb) if args.per_query else []
-
-
-def _model_per_query(args: argparse.Namespace, split, emb) -> list:
-    """Per-query rows of the first-stage text->image ranking, cut at K as a submission is."""
-    from xmr.eval.embedded import rank_embedded
-    from xmr.eval.evaluate import per_query_rows
-    from xmr.eval.metrics import hits_from_rankings
-
-    ranked = rank_embedded(emb, min(args.k, len(split.items)), device=args.device)
-    rankings = {q: [i for i, _ in row] for q, row in ranked.items()}
-    table = hits_from_rankings(rankings, split.relevance, skip_empty=args.skip_empty_queries)
-    return per_query_rows(table, args.k, {q: query.text for q, query in split.queries.items()})
-
-
-def report(metrics: dict, rows: list, args: argparse.Namespace) -> int:
-    """Print ``metrics`` (table or ``--json``) and write ``--per-query``."""
-    from xmr.eval.evaluate import format_metrics_table, write_per_query_csv
-
-    if args.per_query:
-        write_per_query_csv(rows, args.per_query)
-    left_out = sum(int(v) for key, v in metrics.items() if key.endswith("n_empty_skipped"))
-    if getattr(args, "skip_empty_queries", False):
-        print(
-            f"xmr: warning: --skip-empty-queries: {left_out} queries with no relevant item are "
-            "left out of every mean; these are not the official numbers (the official scorers "
-            "count such queries as 0)",
-            file=sys.stderr,
-        )
-    if getattr(args, "json_format", None) == "clip_benchmark":
-        from pathlib import Path
-
-        from xmr.eval.clip_benchmark import clip_benchmark_result
-
+        write_evaluation_report(args, result)
+    if args.json_format == "clip_benchmark":
         model = args.model or None
-        result = clip_benchmark_result(metrics, dataset=Path(args.data).name, model=model)
-        print(json.dumps(result, ensure_ascii=False))
-    elif args.json or getattr(args, "json_format", None):
-        clean = {
-            k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()
-        }
-        print(json.dumps(clean, ensure_ascii=False))
+        out = clip_benchmark_result(result.metrics, dataset=Path(args.data).name, model=model)
+        print(json.dumps(out, ensure_ascii=False))
+    elif args.json:
+        print(json.dumps(result.json_metrics(), ensure_ascii=False))
     else:
-        print(format_metrics_table(metrics))
+        print(format_metrics_table(result.metrics))
     return 0
+
+
+def print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"xmr: warning: {warning}", file=sys.stderr)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+
+from xmr.fusion import DEFAULT_TUNE_METRIC
 
 
 def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,46 +25,14 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
         "--tune-split",
         default=None,
         metavar="S",
-        help="split to tune the weight on [train when it has relevance, else the evaluated one]",
+        help="split to tune the weight on (default: train when it has relevance, else the "
+        "evaluated one)",
     )
     g.add_argument(
-        "--tune-metric", default="MeanRecall", metavar="M", help="metric tuning maximises"
+        "--tune-metric", default=DEFAULT_TUNE_METRIC, metavar="M", help="metric tuning maximises"
     )
 
 
-def fusion_metrics(args: argparse.Namespace, encoder: Any, dataset: Any, split: Any) -> dict:
-    """``{image,caption,fused}/t2i/<metric>`` for ``split`` when ``--fused`` was given, else {}."""
-    from xmr.errors import XmrError
-    from xmr.eval.evaluate import recall_ks
-    from xmr.eval.fused import evaluate_fused
-
-    if args.fused is None:
-        return {}
-    weight, tune_split = None, None
-    if args.fused == "tune":
-        name = args.tune_split
-        if name is None:
-            train = dataset.splits.get("train")
-            name = "train" if train is not None and train.has_relevance else split.name
-        tune_split = dataset.split(name, need_relevance=True)
-    else:
-        from pathlib import Path
-
-        try:
-            weight = float(args.fused)
-        except ValueError:
-            if not Path(args.fused).expanduser().exists():
-                raise XmrError(
-                    f"--fused takes a weight in [0, 1], 'tune' or a learned fusion directory "
-                    f"(xmr train --fused), not {args.fused!r}"
-                ) from None
-            weight = args.fused
-    return evaluate_fused(
-        encoder,
-        split,
-        weight=weight,
-        tune_split=tune_split,
-        metric=args.tune_metric,
-        ks=recall_ks(args.k),
-        k=args.k,
-    )
+def fusion_kwargs(args: argparse.Namespace) -> dict:
+    """The library parameters of these options (:func:`xmr.workflows.evaluate.evaluate_model`)."""
+    return {"fused": args.fused, "tune_split": args.tune_split, "tune_metric": args.tune_metric}

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+
+from xmr.cli import options
+from xmr.index import load_index
+from xmr.workflows.index_build import add_embeddings, index_embeddings
+
+KINDS = ("images", "captions", "texts")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +28,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "recall@10 against exact search."
         ),
     )
-    b.add_argument("emb_dir", metavar="EMB_DIR")
-    b.add_argument("--out", required=True, metavar="INDEX_DIR")
+    add_build_arguments(b)
+    b.set_defaults(func=run_build)
+
+    a = cmds.add_parser("add", help="append new embeddings to an index without a rebuild")
+    add_add_arguments(a)
+    a.set_defaults(func=run_add)
+
+    i = cmds.add_parser("info", help="describe an index")
+    i.add_argument("index_dir", metavar="INDEX_DIR", help="the index directory")
+    options.add_json(i, "print the description as JSON")
+    i.set_defaults(func=run_info)
+
+
+def add_build_arguments(b: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr index build``."""
+    b.add_argument("emb_dir", metavar="EMB_DIR", help="embeddings directory (xmr encode --out)")
+    options.add_out(b, "index directory (replaced atomically)", metavar="INDEX_DIR")
     b.add_argument(
         "--spec",
         default="auto",
@@ -31,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--kind",
         default=None,
-        choices=["images", "captions", "texts"],
+        choices=KINDS,
         help="which vectors to index (default: images, else captions)",
     )
     b.add_argument(
@@ -44,33 +66,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--exact-max",
-        type=int,
+        type=options.positive_int,
         default=None,
-        help="auto: largest collection searched exactly [50000]",
+        metavar="N",
+        help="auto: largest collection searched exactly (default: 50000)",
     )
-    b.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
-    b.add_argument("--ef-search", type=int, default=None, help="HNSW search depth [128]")
-    b.add_argument("--train-size", type=int, default=None, help="vectors sampled to train IVF/PQ")
-    b.add_argument("--json", action="store_true", help="print the index info as JSON")
-    b.set_defaults(func=run_build)
+    b.add_argument("--nprobe", type=options.positive_int, default=None, metavar="N",
+                   help="IVF lists visited per query (default: 1/16 of the lists, 8-256)")  # fmt: skip
+    b.add_argument("--ef-search", type=options.positive_int, default=None, metavar="N",
+                   help="HNSW search depth (default: 128)")  # fmt: skip
+    b.add_argument(
+        "--train-size", type=options.positive_int, default=None, metavar="N",
+        help="vectors sampled to train IVF/PQ (default: 40 per list, at least 65536)",
+    )  # fmt: skip
+    options.add_json(b, "print the index description as JSON")
 
-    a = cmds.add_parser("add", help="append new embeddings to an index without a rebuild")
-    a.add_argument("index_dir", metavar="INDEX_DIR")
-    a.add_argument("emb_dir", metavar="EMB_DIR")
-    a.add_argument("--kind", default=None, choices=["images", "captions", "texts"])
-    a.set_defaults(func=run_add)
 
-    i = cmds.add_parser("info", help="describe an index")
-    i.add_argument("index_dir", metavar="INDEX_DIR")
-    i.add_argument("--json", action="store_true")
-    i.set_defaults(func=run_info)
+def add_add_arguments(a: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr index add``."""
+    a.add_argument("index_dir", metavar="INDEX_DIR", help="the index to extend (saved atomically)")
+    a.add_argument("emb_dir", metavar="EMB_DIR", help="embeddings of the same model, new ids")
+    a.add_argument(
+        "--kind", default=None, choices=KINDS, help="which vectors (default: as the index's)"
+    )
+    options.add_json(a, "print the index description and the number added as JSON")
 
 
 def run_build(args: argparse.Namespace) -> int:
-    import logging
-
-    from xmr.workflows.index_build import index_embeddings
-
     logging.getLogger("xmr.index").setLevel(logging.WARNING)
     index = index_embeddings(
         args.emb_dir,
@@ -97,16 +119,15 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from xmr.workflows.index_build import add_embeddings
-
     index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind)
+    if args.json:
+        print(json.dumps({"added": added, **index.info()}, indent=2, ensure_ascii=False))
+        return 0
     print(f"added {added} vectors; {args.index_dir} now holds {len(index)}")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from xmr.index import load_index
-
     info = load_index(args.index_dir).info()
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument, report_skipped
+from xmr.data.readers import load_dataset
+from xmr.errors import XmrError
+from xmr.models import create_encoder
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("model", help="create a tiny offline model, describe a model")
@@ -23,22 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "pytorch_model.bin); use it as --cross-encoder mplug:OUT or --rerank mplug:OUT."
         ),
     )
-    tiny.add_argument("out", metavar="OUT", help="output directory")
-    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
-    tiny.add_argument("--format", default=None, help="data set format (default: detected)")
-    tiny.add_argument("--split", default=None, help="only this split's texts (default: all)")
-    tiny.add_argument(
-        "--family", default="clip", choices=["clip", "mplug"], help="what to write [clip]"
-    )
-    tiny.add_argument("--embed-dim", type=int, default=64, help="embedding dimension [64]")
-    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed [0]")
-    tiny.add_argument(
-        "--image-size", type=int, default=None, metavar="PX", help="input size [64; mplug 28]"
-    )
-    tiny.add_argument("--json", action="store_true", help="print the model's manifest as JSON")
-    from xmr.cli.data import add_skip_bad_argument
-
-    add_skip_bad_argument(tiny)
+    add_tiny_arguments(tiny)
     tiny.set_defaults(func=run_tiny)
 
     info = actions.add_parser(
@@ -46,14 +37,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="print a model's manifest (spec, backend, dimension, preprocessing, fingerprint)",
     )
     info.add_argument("spec", metavar="SPEC", help="hf:<id or dir>, open_clip:<arch>[@w], a dir")
-    info.add_argument("--device", default="cpu", help="device to load on [cpu]")
+    options.add_device(info)
+    options.add_json(info, "print the manifest as JSON (it always is; for scripts' uniformity)")
     info.set_defaults(func=run_info)
 
 
+def add_tiny_arguments(tiny: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr model tiny``."""
+    options.add_out(tiny, "output directory", legacy_positional=True)
+    tiny.add_argument("--data", metavar="PATH", help="data set whose texts build the vocabulary")
+    options.add_data_format(tiny)
+    options.add_split(tiny, "only this split's texts (default: all)")
+    tiny.add_argument("--family", default="clip", choices=["clip", "mplug"], help="what to write")
+    tiny.add_argument("--embed-dim", type=int, default=64, metavar="N", help="embedding dimension")
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    tiny.add_argument(
+        "--image-size", type=int, default=None, metavar="PX",
+        help="input size (default: 64; mplug 28)",
+    )  # fmt: skip
+    options.add_json(tiny, "print the model's manifest as JSON")
+    add_skip_bad_argument(tiny)
+
+
 def run_tiny(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.models import create_encoder
-    from xmr.models.tiny import create_tiny_clip, dataset_texts
+    from xmr.models.tiny import create_tiny_clip, dataset_texts  # loads torch: not for --help
 
     if args.image_size is None:
         args.image_size = 28 if args.family == "mplug" else 64
@@ -62,9 +69,6 @@ def run_tiny(args: argparse.Namespace) -> int:
             raise XmrError(f"--{name.replace('_', '-')} must be positive")
     texts = None
     if args.data:
-        from xmr.cli.data import report_skipped
-        from xmr.data.readers import load_dataset
-
         dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
         report_skipped(dataset, args.data)
         texts = dataset_texts(dataset, args.split)
@@ -103,8 +107,6 @@ def _tiny_mplug(args: argparse.Namespace, texts: list[str] | None) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from xmr.models import create_encoder
-
     encoder = create_encoder(args.spec, device=args.device)
     print(json.dumps(encoder.manifest(), indent=2))
     return 0

@@ -1,15 +1,20 @@
-"""``xmr predict``: a model's top-K for every query of a split, written as a submission file."""
+"""``xmr predict``: a model's top-K for every query of a split, written as a submission file
+(:func:`xmr.workflows.predict.predict`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument
+from xmr.cli.evaluate import add_model_arguments, model_kwargs, print_warnings
+from xmr.cli.rerank_options import add_rerank_arguments
+from xmr.eval.submission import SUBMISSION_FORMATS
+from xmr.workflows.predict import predict
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from xmr.eval.submission import SUBMISSION_FORMATS
-
     p = sub.add_parser(
         "predict",
         help="write a submission file (Track2 JSON, MUGE / Chinese-CLIP JSON lines, TREC run)",
@@ -20,22 +25,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "before xmr reports success, and it is replaced atomically."
         ),
     )
+    add_predict_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr predict``."""
     p.add_argument("--model", required=True, metavar="M", help="model spec (hf:DIR, open_clip:...)")
     p.add_argument("--data", required=True, metavar="PATH", help="data set directory or file")
-    p.add_argument(
-        "--format", default=None, metavar="F", help="data set format (default: detected)"
-    )
-    p.add_argument("--split", default=None, help="split to predict [test, else the only one]")
-    p.add_argument("--out", required=True, metavar="FILE", help="the submission file to write")
-    p.add_argument(
-        "--submission-format",
-        default=None,
+    options.add_data_format(p)
+    options.add_split(p, "split to predict (default: test, else the only one)")
+    options.add_out(p, "the submission file to write", metavar="FILE")
+    options.add_out_format(
+        p,
+        "format of the --out file (default: track2 for track2 data, cnclip for Chinese-CLIP-named "
+        "MUGE files, trec for text corpora (beir), else muge)",
         choices=SUBMISSION_FORMATS,
-        help="file format [track2 for track2 data, cnclip for Chinese-CLIP-named MUGE files, "
-        "trec for text corpora (beir), else muge]",
+        old="--submission-format",
     )
-    p.add_argument("--k", type=int, default=10, help="ids per query [10, as the scorers expect]")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    options.add_k(p, "ids per query, as the scorers expect")
+    options.add_json(p, "print a JSON summary")
     p.add_argument(
         "--fused",
         default=None,
@@ -43,87 +52,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="rank items by their fused image+caption vector: normalize(W*image + (1-W)*caption) "
         "or a learned fusion directory (xmr train --fused)",
     )
-    from xmr.cli.evaluate import add_model_arguments
-    from xmr.cli.rerank_options import add_rerank_arguments
-
-    add_model_arguments(p, directions=False)
+    add_model_arguments(p, evaluate=False)
     add_rerank_arguments(p)
-    from xmr.cli.data import add_skip_bad_argument
-
     add_skip_bad_argument(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.cli.data import report_skipped
-    from xmr.cli.evaluate import embed_for_cli
-    from xmr.data.readers import load_dataset
-    from xmr.errors import XmrError
-    from xmr.eval.embedded import rank_embedded
-    from xmr.eval.submission import default_submission_format, write_submission
-    from xmr.io.atomic import check_output_file
-
-    if args.k < 1:
-        raise XmrError(f"--k must be at least 1 (got {args.k})")
-    check_output_file(args.out)  # before the work, not after it
-    dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
-    report_skipped(dataset, args.data)
-    name = args.split
-    if name is None and "test" in dataset.splits:
-        name = "test"
-    split = dataset.split(name)
-    kind = args.submission_format or default_submission_format(dataset, split)
-    if args.fused is not None:
-        from xmr.eval.embedded import embed_split_fused
-        from xmr.models import create_encoder
-
-        encoder = create_encoder(args.model, device=args.device, precision=args.precision)
-        emb = embed_split_fused(encoder, split, args.fused, batch_size=args.batch_size)
-    else:
-        _, emb = embed_for_cli(args, dataset, split)
-    depth = max(args.k, args.rerank_k) if args.rerank else args.k
-    ranked = rank_embedded(emb, min(depth, len(split.items)), device=args.device)
-    if args.rerank:
-        ranked = _reranked(args, split, ranked)
-    path = write_submission(
+    result = predict(
+        args.model,
+        args.data,
         args.out,
-        ranked,
-        split,
-        kind=kind,
-        k=args.k,
-        on_warning=lambda message: print(f"xmr: warning: {message}", file=sys.stderr),
+        out_format=args.out_format,
+        fused=args.fused,
+        **model_kwargs(args),
     )
-    summary = {
-        "out": str(path),
-        "submission_format": kind,
-        "split": split.name,
-        "queries": len(ranked),
-        "k": args.k,
-        "failed_items": len(emb.failed),
-        "reranked": bool(args.rerank),
-        "fused": args.fused,
-        **dataset.skip_record(),
-    }
+    print_warnings(result.warnings)
     if args.json:
-        print(json.dumps(summary, ensure_ascii=False))
+        print(json.dumps(result.summary(), ensure_ascii=False))
     else:
         print(
-            f"wrote {kind} predictions for {len(ranked)} queries of split '{split.name}' to {path}"
+            f"wrote {result.out_format} predictions for {result.queries} queries of split "
+            f"'{result.split}' to {result.path}"
         )
     return 0
-
-
-def _reranked(args: argparse.Namespace, split, ranked: dict) -> dict:
-    from xmr.cli.rerank_options import load_cross_encoder, rerank_options
-    from xmr.rerank import dataset_lookup, rerank_many
-
-    qids = list(ranked)
-    rows = rerank_many(
-        [split.queries[q].text for q in qids],
-        [[{"id": i, "score": s} for i, s in ranked[q]] for q in qids],
-        load_cross_encoder(args),
-        lookup=dataset_lookup(split, side="image"),
-        k=args.rerank_k,
-        **rerank_options(args),
-    )
-    return {q: [(r["id"], r["score"]) for r in row] for q, row in zip(qids, rows, strict=True)}

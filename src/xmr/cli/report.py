@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from xmr.cli import options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("a", metavar="DIR_A", help="the first (baseline) report")
     c.add_argument("b", metavar="DIR_B", help="the second report")
-    c.add_argument("--out", default=None, metavar="DIR", help="where to write [DIR_B/compare]")
-    c.add_argument("--top", type=int, default=10, help="queries gained / lost shown [10]")
+    c.add_argument(
+        "--out", default=None, metavar="DIR", help="where to write (default: DIR_B/compare)"
+    )
+    c.add_argument("--top", type=int, default=10, help="queries gained / lost shown")
+    options.add_json(c, 'print {"report": PATH} instead of the bare path')
     c.set_defaults(func=run_compare)
     t = reports.add_parser(
         "train",
@@ -28,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "metrics.jsonl, train_config.json): loss, learning rates, logit scale, samples/s and "
         "every validation metric against the step, the best step marked, the configuration.",
     )
-    t.add_argument("out", metavar="OUT", help="the training output directory")
+    # An input (the run's directory, read and written into), hence not named like an output.
+    t.add_argument("run_dir", metavar="OUT", help="the training output directory")
+    options.add_json(t, 'print {"report": PATH} instead of the bare path')
     t.set_defaults(func=run_train_report)
 
 
@@ -39,44 +47,25 @@ def check_report_dir(path: str) -> None:
     check(path)
 
 
-def write_evaluation_report(args: argparse.Namespace, metrics: dict) -> None:
-    """Build ``args.report`` from what ``xmr evaluate`` computed (``args.report_inputs``)."""
+def write_evaluation_report(args: argparse.Namespace, result) -> None:
+    """Build ``args.report`` from an ``EvaluationResult`` evaluated with ``keep_rankings``."""
     from xmr.workflows.report import build_evaluation_report
-    from xmr.workflows.report.sources import (
-        embedded_rankings,
-        model_fingerprint,
-        predictions_rankings,
-        run_provenance,
-    )
+    from xmr.workflows.report.sources import run_provenance
 
-    inputs = args.report_inputs
-    split = inputs["split"]
-    if "emb" in inputs:
-        emb = inputs["emb"]
-        # Reranked: both stages as the evaluation ranked them; else the split ranked 100 deep.
-        rankings = getattr(args, "report_rankings", None) or embedded_rankings(
-            emb, inputs["directions"], device=args.device
-        )
-        fingerprint = model_fingerprint(emb.model)
-    else:
-        rankings = predictions_rankings(
-            args.predictions, split, k=args.k, kind=args.prediction_kind
-        )
-        fingerprint = None
     provenance = run_provenance(
         model=args.model,
-        fingerprint=fingerprint,
+        fingerprint=result.model_fingerprint,
         data=args.data,
-        split=split.name,
+        split=result.split,
         predictions=args.predictions,
         k=args.k,
         argv=getattr(args, "argv", None),
     )
     path = build_evaluation_report(
         args.report,
-        metrics,
-        rankings,
-        split,
+        result.metrics,
+        result.rankings,
+        result.split_data,
         k=args.k,
         skip_empty=args.skip_empty_queries,
         provenance=provenance,
@@ -88,15 +77,19 @@ def run_compare(args: argparse.Namespace) -> int:
     from xmr.workflows.report.compare import compare_reports
 
     path = compare_reports(args.a, args.b, out_dir=args.out, top=args.top)
-    print(path)
+    _print_path(path, args.json)
     return 0
 
 
 def run_train_report(args: argparse.Namespace) -> int:
     from xmr.workflows.report.training import build_training_report
 
-    print(build_training_report(args.out))
+    _print_path(build_training_report(args.run_dir), args.json)
     return 0
+
+
+def _print_path(path, as_json: bool) -> None:
+    print(json.dumps({"report": str(path)}) if as_json else path)
 
 
 def training_report_hook():

@@ -22,31 +22,41 @@ def add_rerank_arguments(p: argparse.ArgumentParser, *, k_help: str | None = Non
         type=int,
         default=DEFAULT_RERANK_K,
         metavar="K",
-        help=k_help
-        or f"how many first-stage results the cross-encoder rescores [{DEFAULT_RERANK_K}]",
+        help=k_help or "how many first-stage results the cross-encoder rescores",
     )
     g.add_argument(
         "--rerank-mode",
         default="itm",
         choices=RERANK_MODES,
         help="final score: itm = match probability (mPLUG); itm+sim = ITM match logit + alpha * "
-        "first-stage similarity (BLIP-2) [itm]",
+        "first-stage similarity (BLIP-2)",
     )
     g.add_argument(
         "--rerank-alpha",
         type=float,
         default=1.0,
         metavar="A",
-        help="weight of the first-stage similarity in itm+sim [1.0]",
+        help="weight of the first-stage similarity in itm+sim",
     )
     g.add_argument(
         "--rerank-batch-size", type=int, default=32, metavar="N", help="pairs per forward pass"
     )
 
 
+def check_rerank_arguments(args: argparse.Namespace) -> None:
+    """The flags' own checks, so that a bad value is reported by its flag name."""
+    from xmr.errors import XmrError
+
+    if args.rerank_k < 1:
+        raise XmrError(f"--rerank-k must be at least 1, not {args.rerank_k}")
+    if args.rerank_batch_size < 1:
+        raise XmrError(f"--rerank-batch-size must be at least 1, not {args.rerank_batch_size}")
+
+
 def rerank_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments shared by :func:`xmr.rerank.search_reranked` and ``rerank_many``
-    (callers add the depth: ``rerank_k=`` or ``k=`` respectively)."""
+    """Keyword arguments shared by :class:`xmr.search.Reranker` and ``rerank_many`` (callers add
+    the depth: ``k=``)."""
+    check_rerank_arguments(args)
     return {
         "mode": args.rerank_mode,
         "alpha": args.rerank_alpha,
@@ -60,31 +70,4 @@ def load_cross_encoder(args: argparse.Namespace):
     precision = getattr(args, "precision", "fp32") or "fp32"
     return create_cross_encoder(
         args.rerank, device=getattr(args, "device", None), precision=precision
-    )
-
-
-def rerank_metrics(
-    args: argparse.Namespace,
-    split,
-    text_emb,
-    image_emb,
-    directions=("t2i",),
-    rankings_out: dict | None = None,
-) -> dict:
-    """Two-stage metrics (``{direction}/...`` reranked, ``first_stage/{direction}/...``) when
-    ``--rerank`` was given, else {}; for ``xmr evaluate --model``."""
-    if not args.rerank:
-        return {}
-    from xmr.rerank import evaluate_reranked
-
-    return evaluate_reranked(
-        split,
-        text_emb,
-        image_emb,
-        load_cross_encoder(args),
-        rerank_k=args.rerank_k,
-        directions=directions,
-        k=getattr(args, "k", 10),
-        rankings_out=rankings_out,
-        **rerank_options(args),
     )

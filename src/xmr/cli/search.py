@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,13 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "built the index. Another model (--model) must be the same weights."
         ),
     )
-    p.add_argument("index_dir", metavar="INDEX_DIR")
-    p.add_argument("query", nargs="?", default=None, metavar="TEXT")
+    p.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory (xmr index build)")
+    p.add_argument("query", nargs="?", default=None, metavar="TEXT", help="the text query")
     p.add_argument("--image", default=None, metavar="FILE", help="query by this image instead")
-    p.add_argument("-k", type=int, default=10, help="results to show [10]")
-    p.add_argument("--category", default=None, help="only items of this category")
-    p.add_argument("--model", default=None, help="model spec (default: the one the index names)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... [cpu]")
+    options.add_k(p, "results to show")
+    p.add_argument("--category", default=None, metavar="C", help="only items of this category")
+    p.add_argument(
+        "--model", default=None, metavar="M", help="model spec (default: the one the index names)"
+    )
+    options.add_device(p)
     p.add_argument("--json", action="store_true", help='print {"results": [...]} as JSON')
     from xmr.cli.rerank_options import add_rerank_arguments
 
@@ -31,31 +35,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xmr.errors import XmrError
-    from xmr.search import Searcher
+    from xmr.search import Reranker, Searcher
 
     if (args.query is None) == (args.image is None):
         raise XmrError("give a query TEXT or --image FILE (one of them)")
     if args.query is not None and not args.query.strip():
         raise XmrError("the query text is empty")
-    searcher = Searcher.from_index_dir(args.index_dir, device=args.device, model=args.model)
+    reranker = None
     if args.rerank:
         from xmr.cli.rerank_options import load_cross_encoder, rerank_options
-        from xmr.rerank import search_reranked
 
+        options = rerank_options(args)
+        reranker = Reranker(load_cross_encoder(args), k=args.rerank_k, **options)
+    searcher = Searcher.from_index_dir(
+        args.index_dir, device=args.device, model=args.model, reranker=reranker
+    )
+    if reranker is not None:
         query = args.query
         if args.image is not None:
             from xmr.models.base import load_image
 
             query = load_image(args.image)
-        results = search_reranked(
-            searcher,
-            [query],
-            load_cross_encoder(args),
-            k=args.k,
-            rerank_k=args.rerank_k,
-            category=args.category,
-            **rerank_options(args),
-        )[0]
+        results = searcher.search_reranked([query], args.k, category=args.category)[0]
     elif args.image is not None:
         results = searcher.search_image(args.image, args.k, category=args.category)
     else:

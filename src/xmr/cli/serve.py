@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from xmr.cli import options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,12 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument(
-        "--workers",
+        "--processes",
         type=int,
         default=1,
         help="server processes, each with its own model and index (default: 1)",
     )
-    p.add_argument("--device", default="cpu", help="device of the query encoder (default: cpu)")
+    options.add_deprecated_alias(p, "--workers", "--processes", dest="processes", type=int)
+    options.add_device(p, "device of the query encoder: auto (cuda when available, else cpu), "
+                       "cpu, cuda, ...")  # fmt: skip
     p.add_argument("--max-k", type=int, default=100, help="most results per query (default: 100)")
     p.add_argument(
         "--max-query-chars", type=int, default=512, help="longest text query (default: 512)"
@@ -47,7 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=5.0,
         help="how long a query waits for others to share an encoder call (default: 5)",
     )
-    p.add_argument("--max-batch", type=int, default=64, help="most queries per encoder call")
+    p.add_argument(
+        "--max-batch", type=int, default=64, help="most queries per encoder call (default: 64)"
+    )
     p.add_argument(
         "--allow-writes",
         action="store_true",
@@ -56,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--token",
         default=None,
+        metavar="T",
         help="bearer token for writes (or set XMR_SERVE_TOKEN, which keeps it out of `ps`)",
     )
     p.add_argument(
@@ -63,13 +70,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="where added images are kept (default: INDEX_DIR.uploads)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--show-model-path",
+        action="store_true",
+        help="show clients the models' full specs (a local model's absolute path); by default "
+        "a local model is named by its directory name and a short weights fingerprint",
+    )
+    p.add_argument(
+        "--attribute-names",
+        default=None,
+        metavar="FILE",
+        help="what each position of a 0/1 attribute vector means (Track2 pedestrians), so "
+        "results show attribute names: a JSON list, a JSON object with a 'pedestrian_vector' "
+        "list (the synth.json of `xmr data synth`), or one name per line",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="uvicorn's log level (default: info)",
+    )
     from xmr.cli.rerank_options import add_rerank_arguments
 
     add_rerank_arguments(
         p,
         k_help="how many first-stage results the cross-encoder rescores; a request may ask for "
-        "fewer (rerank_k) or none (rerank=false) [%(default)s]",
+        "fewer (rerank_k) or none (rerank=false) (default: %(default)s)",
     )
     p.set_defaults(func=run)
 
@@ -85,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         check_listen_address,
         token_from_env,
     )
+    from xmr.serve.protocol import json_error_protocol
 
     try:
         import uvicorn
@@ -96,8 +123,20 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError(
             f"{index_dir}: not an index directory (no manifest.json); see `xmr index build`"
         )
-    if args.workers < 1:
-        raise XmrError("--workers must be at least 1")
+    if args.processes < 1:
+        raise XmrError("--processes must be at least 1")
+    from xmr.cli.rerank_options import check_rerank_arguments
+
+    check_rerank_arguments(args)
+    if args.allow_writes and not (args.token or token_from_env()):
+        raise XmrError("--allow-writes needs a token (--token T or XMR_SERVE_TOKEN)")
+    attribute_names = None
+    if args.attribute_names:
+        from xmr.serve.limits import read_attribute_names
+
+        attribute_names = read_attribute_names(args.attribute_names)
+    if not 0 <= args.port <= 65535:
+        raise XmrError(f"--port must be between 0 and 65535, not {args.port}")
     check_listen_address(args.host, args.port)  # before the model loads, not after
     settings = ServeSettings(
         max_k=args.max_k,
@@ -115,42 +154,50 @@ def run(args: argparse.Namespace) -> int:
         rerank_mode=args.rerank_mode,
         rerank_alpha=args.rerank_alpha,
         rerank_batch_size=args.rerank_batch_size,
+        show_model_path=args.show_model_path,
+        attribute_names=attribute_names,
     )
-    if settings.allow_writes and args.workers > 1:
-        raise XmrError("--allow-writes needs --workers 1 (each process holds its own index copy)")
+    if settings.allow_writes and args.processes > 1:
+        raise XmrError("--allow-writes needs --processes 1 (each process holds its own index copy)")
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if not loopback:
         print(
             f"xmr serve: listening on {args.host}, reachable from other machines", file=sys.stderr
         )
     url = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
-    if args.workers == 1:
+    if args.processes == 1:
         from xmr.serve import create_app
 
         app = create_app(index_dir, settings)
-        backend = app.state.backend
-        info = backend.info()
+        info = app.state.service.info()
         print(
-            f"xmr serve: {len(backend)} items, model {info.get('model')}, index "
+            f"xmr serve: {info['size']} items, model {info.get('model')}, index "
             f"{info.get('index_type')}; page {url}  API docs {url}docs",
             file=sys.stderr,
         )
-        rerank = backend.rerank_info()
+        rerank = info.get("rerank")
         if rerank:
             print(_describe_rerank(rerank, settings), file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            http=json_error_protocol(),
+        )
         return 0
     # Several processes: each imports the app factory and reads its settings from the environment.
     os.environ[INDEX_ENV] = str(index_dir.resolve())
     os.environ[SETTINGS_ENV] = settings.to_env()
-    print(f"xmr serve: {args.workers} workers; page {url}  API docs {url}docs", file=sys.stderr)
+    print(f"xmr serve: {args.processes} processes; page {url}  API docs {url}docs", file=sys.stderr)
     uvicorn.run(
         "xmr.serve:app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=args.processes,
         log_level=args.log_level,
+        http=json_error_protocol(),
     )
     return 0
 

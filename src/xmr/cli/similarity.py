@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+from xmr.cli.data import add_skip_bad_argument, report_skipped
+from xmr.data.readers import load_dataset
+from xmr.errors import XmrError
+from xmr.workflows.pipeline import pipeline
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,12 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "argument is a text. Results come in the order the texts were given."
         ),
     )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE TEXT", help="IMAGE then TEXT [TEXT...]")
+    add_similarity_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_similarity_arguments(p: argparse.ArgumentParser) -> None:
+    """Every option of ``xmr similarity``."""
     p.add_argument(
-        "--model",
-        default=None,
-        help="bi-encoder spec (hf:DIR, open_clip:..., a dir); may be left out with --cross-encoder",
+        "inputs", nargs="+", metavar="IMAGE TEXT", help="an image, then one or more texts"
     )
+    p.add_argument(
+        "--model", default=None, metavar="M",
+        help="bi-encoder spec (hf:DIR, open_clip:..., a dir); may be left out with --cross-encoder",
+    )  # fmt: skip
     p.add_argument(
         "--cross-encoder",
         default=None,
@@ -35,25 +48,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=None, metavar="PATH", help="data set whose item ids name images"
     )
-    p.add_argument("--format", default=None, help="data set format (default: detected)")
-    p.add_argument("--split", default=None, help="split of --data to look items up in")
+    options.add_data_format(p)
+    options.add_split(p, "split of --data to look items up in (default: all)")
     p.add_argument(
         "--item", default=None, metavar="ID", help="take the image from this item of --data"
     )
-    p.add_argument("--json", action="store_true", help='print {"scores": [...]} as JSON')
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch-size", type=int, default=32)
-    from xmr.cli.data import add_skip_bad_argument
-
+    options.add_json(p, 'print {"scores": [...]} as JSON')
+    options.add_device(p)
+    options.add_precision(p)
+    options.add_batch_size(p, default=32, help="texts per forward pass")
     add_skip_bad_argument(p)
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmr.errors import XmrError
-    from xmr.workflows.pipeline import pipeline
-
     if args.model is None and args.cross_encoder is None:
         raise XmrError("give --model (a bi-encoder), --cross-encoder, or both")
     if args.item is not None and args.data is None:
@@ -66,9 +73,6 @@ def run(args: argparse.Namespace) -> int:
         raise XmrError("give at least one TEXT after the IMAGE")
     dataset = None
     if args.data is not None:
-        from xmr.cli.data import report_skipped
-        from xmr.data.readers import load_dataset
-
         dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
         report_skipped(dataset, args.data)
     scorer = pipeline(

@@ -41,17 +41,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--images", default=None, metavar="DIR", help="image folder, for formats that need one"
     )
-    p.add_argument("--split", default=None, help="training split [train]")
+    p.add_argument("--split", default=None, help="training split (default: train)")
     p.add_argument(
-        "--valid-split", default=None, help="validation split [valid]; 'none' disables validation"
+        "--valid-split",
+        default=None,
+        help="validation split; 'none' disables validation (default: valid)",
     )
     p.add_argument("--config", default=None, metavar="FILE", help="YAML (or JSON) training config")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="per process and micro-batch")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda")
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: --config's, else 10)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="per process and micro-batch (default: --config's, else 64)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="base learning rate (default: --config's, else 5e-4)"
+    )
+    # None, not "auto": a flag that is not given must not override --config's device.
+    p.add_argument(
+        "--device",
+        default=None,
+        metavar="D",
+        help="where training runs: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ... "
+        "(default: --config's, else auto)",
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "fp16", "bf16"],
+        help="autocast precision (default: --config's, else fp32)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="image decoding processes (default: --config's, else 2)",
+    )
     p.add_argument(
         "--no-resume", action="store_true", help="start over even if OUT has a checkpoint"
     )

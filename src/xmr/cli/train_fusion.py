@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmr.cli import options
+
+_BARE = "bare"  # --fused without a value (the former flag)
+
 FUSION_FIELDS = (
     "content, init_weight, epochs, batch_size,\n"
     "lr, weight_decay, negatives, temperature, metric, seed"
@@ -23,9 +27,25 @@ def add_fusion_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--fused",
-        action="store_true",
-        help="train a fusion of item image and caption embeddings instead of the model",
+        nargs="?",
+        const=_BARE,
+        default=None,
+        metavar="W",
+        help="train a fusion of item image and caption embeddings instead of the model, starting "
+        "from normalize(W * image + (1 - W) * caption) (W: init_weight, 0.5 by default)",
     )
+    options.after_parse(p, _bare_fused)
+
+
+def _bare_fused(p: argparse.ArgumentParser, ns: argparse.Namespace, extras: list) -> list:
+    """``--fused`` was a flag: without a value it still works, with a warning; a KEY=VALUE it
+    swallowed goes back to the overrides."""
+    if ns.fused is not None and "=" in ns.fused:
+        ns.overrides = [ns.fused, *(ns.overrides or [])]
+        ns.fused = _BARE
+    if ns.fused == _BARE:
+        options.warn_deprecated(ns, "--fused without a value", "--fused W (e.g. --fused 0.5)")
+    return extras
 
 
 def run_fusion(args: argparse.Namespace) -> int:
@@ -41,6 +61,13 @@ def run_fusion(args: argparse.Namespace) -> int:
     for key in ("batch_size", "lr", "epochs"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
+    if args.fused != _BARE:
+        try:
+            values.setdefault("init_weight", float(args.fused))
+        except ValueError:
+            raise XmrError(
+                f"--fused takes the weight W in [0, 1] the training starts from, not {args.fused!r}"
+            ) from None
     quiet = args.quiet or args.json
     result = train_fusion_on_dataset(
         args.model,

@@ -26,7 +26,7 @@ def add_itm_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="train this cross-encoder (blip:HUB_ID, blip2:HUB_ID, mplug:DIR, a local dir) instead",
     )
-    g.add_argument("--rerank-k", type=int, default=16, help="validation reranking depth [16]")
+    g.add_argument("--rerank-k", type=int, default=16, help="validation reranking depth")
 
 
 def run_itm(args: argparse.Namespace) -> int:

@@ -132,11 +132,11 @@ def decode_image(
                     f"image is {w}x{h} pixels, over the limit of {MAX_IMAGE_PIXELS}", file=source
                 )
             if draft_size is not None and img.format == "JPEG":
-                # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale: far less work for big photos.
+                # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale: far less work for big photos,
+                # but not the reference processor's pixels (opt-in: ``--draft``).
                 img.draft("RGB", draft_size)
-            img = img.convert("RGB")
             img.load()
-            return img
+            return to_rgb(img)
     except DataError:
         raise
     except UnidentifiedImageError:  # PIL's message names its BytesIO object, not the file
@@ -146,6 +146,29 @@ def decode_image(
         raise DataError(f"undecodable image ({exc})", file=source) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"refused as a decompression bomb ({exc})", file=source) from None
+
+
+def to_rgb(image: PILImage.Image) -> PILImage.Image:
+    """An RGB PIL image, converted as transformers' ``convert_to_rgb`` does: transparency is
+    composited on white. One deliberate difference, friendlier than transformers: 16-bit
+    greyscale (PIL modes ``I;16*`` and ``I``, from 16-bit PNG/TIFF) is scaled to 8 bits
+    (``round(v * 255 / 65535)``); PIL's own conversion, which transformers uses, clips every
+    value above 255 to white."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        import numpy as np
+
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def resolve_image_file(directory: Path, name: str) -> Path | None:

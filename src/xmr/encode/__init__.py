@@ -15,6 +15,7 @@ shards and a re-run skips every valid one (see :mod:`xmr.encode.store`). Re-runn
 model, precision or input list is an error, not a silent mix.
 """
 
+from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.pipeline import (
     DEFAULT_SHARD_SIZE,
     EncodeSummary,
@@ -39,6 +40,8 @@ __all__ = [
     "Embeddings",
     "ImageDataset",
     "KindSummary",
+    "LoaderChoice",
+    "choose_loader",
     "collate_images",
     "draft_size_for",
     "encode_split",

@@ -1,9 +1,20 @@
-"""``encode_split``: DataLoader workers decode and preprocess, the model runs batched.
+"""``encode_split``: DataLoader workers decode and crop, the model runs batched.
 
-Images are decoded (JPEG draft mode: big photos decode at 1/2..1/8 scale) and preprocessed with
-the encoder's picklable ``preprocess`` in ``torch.utils.data.DataLoader`` workers; the model runs
-batched under ``inference_mode`` and the encoder's autocast precision. Batches never straddle a
-shard, and a shard is written as soon as its last batch is in.
+The data path, built to keep an accelerator fed:
+
+* workers (``torch.utils.data.DataLoader`` processes) decode each image in full (JPEG draft mode
+  only with ``draft=True``) and resize + centre-crop it with the model's exact processor geometry
+  into a uint8 array (``ImagePreprocess.crop``); no float work happens in a worker;
+* batches are stacked as uint8 (a quarter of float32's bytes), pinned when the device is CUDA,
+  copied with ``non_blocking=True`` and rescaled + normalised on the device in the processor's
+  order (``ImagePreprocess.normalize``), then the model runs under ``inference_mode`` and the
+  encoder's autocast precision;
+* each worker prefetches at most ``PREFETCH_PER_WORKER`` batches (a bounded queue);
+* worker count and batch size default to a choice made from the machine (``choose_loader``),
+  reported in the summary together with throughput and the share of time the model waited for
+  data, so a user sees whether the data path or the model is the bottleneck.
+
+Batches never straddle a shard, and a shard is written as soon as its last batch is in.
 """
 
 from __future__ import annotations
@@ -18,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from xmr.data.loading import ImageDataset, collate_images, worker_init
 from xmr.data.records import item_record
+from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.store import (
     FORMAT,
     FORMAT_VERSION,
@@ -36,13 +49,16 @@ from xmr.encode.store import (
     write_failed,
     write_shard,
 )
-from xmr.errors import DataError, ModelMismatchError, XmrError
+from xmr.errors import ModelMismatchError, XmrError
 from xmr.io.atomic import atomic_write, atomic_write_json, ensure_parent
 from xmr.io.jsonio import write_jsonl
 from xmr.io.provenance import now, xmr_version
 
 DEFAULT_SHARD_SIZE = 4096
 SHOW_FAILURES = 5
+# Batches each worker may hold ready: enough to ride out a slow image, and a bound on memory
+# (the float32 batches of 4 per worker were what made encode peak well above a plain loop).
+PREFETCH_PER_WORKER = 2
 
 
 # What to do about an embeddings directory that cannot be resumed (callers word it their way).
@@ -61,6 +77,8 @@ class KindSummary:
     shards_reused: int = 0
     seconds: float = 0.0
     items_per_s: float = 0.0
+    data_wait_s: float = 0.0
+    data_wait_share: float = 0.0
     first_failures: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -68,9 +86,14 @@ class KindSummary:
 class EncodeSummary:
     out_dir: str
     kinds: dict[str, KindSummary]
+    loader: LoaderChoice | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out_dir": self.out_dir, "kinds": {k: asdict(v) for k, v in self.kinds.items()}}
+        return {
+            "out_dir": self.out_dir,
+            "loader": asdict(self.loader) if self.loader else None,
+            "kinds": {k: asdict(v) for k, v in self.kinds.items()},
+        }
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -105,56 +128,9 @@ def inputs_hash(ids: Sequence[str], inputs: Sequence[Any]) -> str:
 
 def draft_size_for(preprocess) -> tuple[int, int] | None:
     """The (width, height) JPEG draft mode may decode down to and keep what the resize keeps."""
-    mode, size = getattr(preprocess, "mode", None), getattr(preprocess, "size", None)
-    if mode == "shortest_edge" and size:
-        return int(size), int(size)
-    if mode == "resize" and size:
-        h, w = (size, size) if isinstance(size, int) else size
-        return int(w), int(h)
-    return None
+    from dataclasses import replace
 
-
-# --- DataLoader parts (module level, so worker processes can unpickle them) ---------------------
-
-
-class ImageDataset:
-    """Position -> (position, preprocessed pixels or None, error or None); never raises on a bad
-    image, so one corrupt file cannot stop a long run."""
-
-    def __init__(self, refs: Sequence[Any], preprocess: Callable, draft_size=None) -> None:
-        self.refs = list(refs)
-        self.preprocess = preprocess
-        self.draft_size = draft_size
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, position: int):
-        ref = self.refs[position]
-        try:
-            image = ref.open(draft_size=self.draft_size)
-        except DataError as exc:
-            return position, None, str(exc)
-        try:
-            return position, self.preprocess(image), None
-        except Exception as exc:  # a truncated image can still fail inside PIL's resize
-            return position, None, f"{ref.describe()}: cannot preprocess ({exc})"
-
-
-def collate_images(batch):
-    """-> (ok positions, stacked pixels or None, [(position, error)])."""
-    from torch.utils.data import default_collate
-
-    ok = [(p, x) for p, x, err in batch if err is None]
-    failed = [(p, err) for p, _, err in batch if err is not None]
-    pixels = default_collate([x for _, x in ok]) if ok else None
-    return [p for p, _ in ok], pixels, failed
-
-
-def _worker_init(_worker_id: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # workers decode; one thread each keeps them off the model's cores
+    return replace(preprocess, draft=True).draft_size if preprocess is not None else None
 
 
 # --- encoding ----------------------------------------------------------------------------------
@@ -165,12 +141,12 @@ def encode_split(
     split,
     out_dir: str | Path,
     *,
-    batch_size: int = 64,
-    workers: int = 0,
+    batch_size: int | None = 64,
+    workers: int | None = 0,
     kinds: Sequence[str] = ("images", "texts"),
     shard_size: int = DEFAULT_SHARD_SIZE,
     precision: str | None = None,
-    draft: bool = True,
+    draft: bool | None = None,
     overwrite: bool = False,
     progress: bool = True,
     source: dict[str, Any] | None = None,
@@ -183,13 +159,18 @@ def encode_split(
         encoder: an :class:`xmr.models.Encoder` (``create_encoder(spec, device=...)``).
         split: an :class:`xmr.data.Split`.
         out_dir: the embeddings directory (created; an earlier run there is resumed).
-        batch_size: inputs per forward pass.
-        workers: DataLoader processes decoding and preprocessing images (0: in this process).
+        batch_size: inputs per forward pass (None: chosen from the device, see
+            :func:`choose_loader`).
+        workers: DataLoader processes decoding and cropping images (0: in this process;
+            None: chosen from the machine).
         kinds: any of ``images`` (item images), ``texts`` (query texts, ids = query ids) and
             ``captions`` (each item's first caption, ids = item ids).
         shard_size: inputs per shard, the unit of resumption.
         precision: ``fp32``/``fp16``/``bf16`` autocast (default: the encoder's).
-        draft: let JPEGs decode at reduced scale when at least twice the model's input size.
+        draft: let JPEGs decode at reduced scale when at least twice the model's input size
+            (faster, not the reference processor's pixels; recorded in the manifest, and an
+            earlier run with the other setting is refused). None: the encoder's
+            ``preprocess.draft`` (False unless the model was loaded with ``draft=True``).
         overwrite: discard what ``out_dir`` holds instead of resuming.
         source: where the split came from (path, format, split), recorded in the manifest.
         on_batch: called as ``on_batch(kind, n_done)`` after every batch (progress hooks, tests).
@@ -198,10 +179,13 @@ def encode_split(
     Returns:
         An :class:`EncodeSummary`: counts, speed and the first undecodable images.
     """
-    if shard_size <= 0 or batch_size <= 0:
+    if shard_size <= 0 or (batch_size is not None and batch_size <= 0):
         raise XmrError("batch size and shard size must be positive")
-    if workers < 0:
+    if workers is not None and workers < 0:
         raise XmrError(f"workers must be >= 0 (0: decode in this process), got {workers}")
+    loader = choose_loader(encoder.device, workers, batch_size)
+    if draft is None:
+        draft = bool(getattr(encoder.preprocess, "draft", False))
     if isinstance(kinds, str) or not kinds:
         raise XmrError(f"kinds: name what to encode, a list from {', '.join(KINDS)}")
     if precision is not None:
@@ -231,17 +215,20 @@ def encode_split(
     for kind, (ids, inputs) in work.items():
         info = manifest["kinds"][kind]
         run = _KindRun(encoder, out, kind, ids, inputs, info, manifest["dim"])
-        summary = run.encode(batch_size, workers, draft, progress, on_batch)
+        summary = run.encode(loader.batch_size, loader.workers, draft, progress, on_batch)
         info.update(complete=True, encoded=summary.encoded, failed=summary.failed)
         manifest["updated"] = now()
         atomic_write_json(out / MANIFEST, manifest)
         summaries[kind] = summary
     write_failed(out, manifest)
-    return EncodeSummary(str(out), summaries)
+    return EncodeSummary(str(out), summaries, loader)
 
 
 def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, Any]:
     model = encoder.manifest()
+    # The model entry says how this run decoded, whatever the encoder was loaded with.
+    preprocess = {k: v for k, v in model.get("preprocess", {}).items() if k != "draft"}
+    model["preprocess"] = {**preprocess, **({"draft": True} if draft else {})}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -277,12 +264,18 @@ def _check_resumable(
             f"{out} holds embeddings of model {om.get('spec')!r} (fingerprint "
             f"{om.get('fingerprint')}), not {nm.get('spec')!r}; {redo}"
         )
-    for key in ("precision", "draft"):
-        if old.get(key) != new.get(key):
-            raise XmrError(
-                f"{out} was encoded with {key}={old.get(key)!r}, this run asks for "
-                f"{new.get(key)!r}; {redo}"
-            )
+    if bool(old.get("draft")) != bool(new.get("draft")):
+        said = {True: "with draft JPEG decoding (--draft)", False: "without draft decoding"}
+        raise XmrError(
+            f"{out} was encoded {said[bool(old.get('draft'))]}, this run asks for "
+            f"{'it' if new.get('draft') else 'full decoding'}: draft and full-decode embeddings "
+            f"are not mixed; {redo}"
+        )
+    if old.get("precision") != new.get("precision"):
+        raise XmrError(
+            f"{out} was encoded with precision={old.get('precision')!r}, this run asks for "
+            f"{new.get('precision')!r}; {redo}"
+        )
     for kind, info in new["kinds"].items():
         prev = (old.get("kinds") or {}).get(kind)
         if prev and (prev["inputs_hash"], prev["shard_size"]) != (
@@ -314,6 +307,7 @@ class _KindRun:
         done_before = s.count - sum(end - start for start, end in self.pending.values())
         bar = _progress_bar(progress, s.count, done_before, self.kind)
         started, done_now = time.perf_counter(), 0
+        self.waited = 0.0
         try:
             for shard, positions, vectors, failed in self._batches(batch_size, workers, draft):
                 self._collect(shard, positions, vectors, failed)
@@ -328,6 +322,8 @@ class _KindRun:
         s.first_failures = s.first_failures[:SHOW_FAILURES]
         s.seconds = round(time.perf_counter() - started, 3)
         s.items_per_s = round(done_now / s.seconds, 2) if s.seconds > 0 else 0.0
+        s.data_wait_s = round(self.waited, 3)
+        s.data_wait_share = round(self.waited / s.seconds, 3) if s.seconds > 0 else 0.0
         if self.kind == "images" and s.count and s.failed == s.count:
             first = s.first_failures[0]["error"] if s.first_failures else "?"
             raise XmrError(f"none of the {s.count} images could be decoded (first: {first})")
@@ -365,23 +361,28 @@ class _KindRun:
                 vectors = self.encoder.encode_texts(texts, batch_size=len(texts))
                 yield shard, positions, np.asarray(vectors, dtype=np.float32), []
             return
+        from dataclasses import replace
+
         from torch.utils.data import DataLoader
 
-        draft_size = draft_size_for(self.encoder.preprocess) if draft else None
+        preprocess = replace(self.encoder.preprocess, draft=bool(draft))
         loader = DataLoader(
-            ImageDataset(self.inputs, self.encoder.preprocess, draft_size),
+            ImageDataset(self.inputs, preprocess.crop),
             batch_sampler=[positions for _, positions in plan],
             num_workers=int(workers),
             collate_fn=collate_images,
             pin_memory=self.encoder.device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None,
+            worker_init_fn=worker_init if workers else None,
+            prefetch_factor=PREFETCH_PER_WORKER if workers else None,
         )
-        batches = loader if workers else _single_threaded(loader)
-        for (shard, _), (positions, pixels, failed) in zip(plan, batches, strict=True):
+        batches = iter(loader if workers else _single_threaded(loader))
+        for shard, _ in plan:
+            waiting = time.perf_counter()
+            positions, pixels, failed = next(batches)
+            self.waited += time.perf_counter() - waiting
             if pixels is None:
                 vectors = np.zeros((0, self.dim), np.float32)
-            else:
+            else:  # uint8 crops: normalised on the device inside encode_images
                 vectors = self.encoder.encode_images(pixels, batch_size=len(positions))
             yield shard, positions, np.asarray(vectors, dtype=np.float32), failed
 

@@ -72,8 +72,11 @@ def embed_split(
     progress: bool = True,
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
+    draft: bool | None = None,
 ) -> SplitEmbeddings:
-    """Encode ``split``'s query texts and items with ``encoder`` (see the module docstring)."""
+    """Encode ``split``'s query texts and items with ``encoder`` (see the module docstring).
+    ``draft``: JPEG draft decoding (see :func:`xmr.encode.encode_split`; None: the encoder's
+    ``preprocess.draft``, off unless loaded with ``draft=True``)."""
     from xmr.encode import encode_split, load_embeddings
 
     if not split.queries:
@@ -93,7 +96,8 @@ def embed_split(
             overwrite=overwrite,
             progress=progress,
             source=source,
-            redo_hint="use another --emb-dir or delete that one",
+            draft=draft,
+            redo_hint="use another embeddings directory (emb_dir) or delete that one",
         )
         texts = load_embeddings(directory, "texts")
         items = load_embeddings(directory, kind)

@@ -79,6 +79,10 @@ class PredictionError(DataError):
         super().__init__(f"{len(problems)} {noun} in the prediction file:\n{text}", file=str(path))
 
 
+class UnknownKindError(DataError):
+    """A prediction file whose kind cannot be told from its content (name it: ``kind=``)."""
+
+
 @dataclass
 class PredictionEntry:
     """One query's ranked ids as written in the file. ``key`` is the query id (Track2: text)."""
@@ -135,9 +139,9 @@ def detect_kind(path: str | Path, text: str | None = None) -> str:
         return "track2"
     if len(first.split()) == 6:
         return "trec"
-    raise DataError(
+    raise UnknownKindError(
         "cannot tell the kind of this prediction file (Track2 JSON, MUGE/Chinese-CLIP JSON lines "
-        "or a TREC run); name it with --prediction-kind",
+        f"or a TREC run); name it ({', '.join(PREDICTION_KINDS)})",
         file=str(path),
         line=1,
     )

@@ -13,19 +13,17 @@ import numpy as np
 from xmr.encode import Embeddings, load_embeddings
 from xmr.errors import XmrError
 from xmr.fusion.models import Fusion, load_fusion
+from xmr.vectors import l2_normalize
 
 FUSION_MODES = ("image", "caption", "fused")
 DEFAULT_FUSION_WEIGHT = 0.5
 DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_TUNE_METRIC = "MeanRecall"
-_EPS = 1e-12
 
 
 def normalize(v: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm (at least 1e-12), as float32."""
-    v = np.asarray(v, dtype=np.float32)
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / np.maximum(norms, _EPS)
+    """Rows divided by their L2 norm (at least 1e-12), as float32 (:func:`xmr.vectors.l2_normalize`)."""
+    return l2_normalize(v)
 
 
 def fuse_embeddings(image_emb: np.ndarray, caption_emb: np.ndarray, weight: float) -> np.ndarray:

@@ -38,12 +38,12 @@ import numpy as np
 
 from xmr.errors import XmrError
 from xmr.registry import Registry
+from xmr.vectors import l2_normalize
 
 FUSION_FILE = "fusion.json"
 FUSION_WEIGHTS = "fusion.safetensors"
 FUSION_FORMAT = "xmr-fusion"
 FUSION_VERSION = 1
-_EPS = 1e-12
 
 FUSIONS: Registry[Callable[..., Fusion]] = Registry("fusion kind")
 
@@ -55,11 +55,6 @@ def register_fusion(name: str):
 
 def list_fusions() -> list[str]:
     return FUSIONS.names()
-
-
-def _normalize(v: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(v, axis=-1, keepdims=True)
-    return (v / np.maximum(norms, _EPS)).astype(np.float32)
 
 
 def _sides(image_emb: Any, caption_emb: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +96,7 @@ class Fusion:
         no_caption = np.isnan(caption_emb).any(axis=-1)
         img, cap = np.nan_to_num(image_emb), np.nan_to_num(caption_emb)
         g = self.gates(img, cap)
-        fused = _normalize(g * img + (1.0 - g) * cap)
+        fused = l2_normalize(g * img + (1.0 - g) * cap)
         fused[no_image] = caption_emb[no_image]
         fused[no_caption] = image_emb[no_caption]
         return fused

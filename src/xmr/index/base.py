@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from xmr.registry import Registry
+from xmr.vectors import l2_normalize
 
 INDEX_BACKENDS: Registry = Registry("index backend")
 register_index_backend = INDEX_BACKENDS.register
@@ -122,11 +123,9 @@ class IndexBackend(ABC):
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
     """A C-contiguous float32 copy with each row scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.array(vectors, dtype=np.float32, copy=True, order="C")
+    x = l2_normalize(vectors)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-d array of vectors, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
     return x
 
 

@@ -73,8 +73,9 @@ def state_dict_fingerprint(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        # view as bytes: works for every dtype (bf16 has no numpy equivalent).
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # view as bytes: works for every dtype (bf16 has no numpy equivalent); hashed through
+        # the buffer, not a ``tobytes()`` copy (the embedding matrix of a large model is 100+ MB).
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -199,15 +200,17 @@ class Encoder:
     ) -> np.ndarray | torch.Tensor:
         """L2-normalised float32 embeddings (N, embed_dim) of ``images``.
 
-        ``images`` is either a preprocessed batch (a (N, 3, H, W) tensor, or the dict of tensors
-        that ``default_collate`` makes of NaFlex outputs) or a sequence of PIL images, uint8 arrays,
-        ``ImageRef``s, paths or encoded bytes, decoded and preprocessed here.
+        ``images`` is either a batch (a float (N, 3, H, W) tensor of preprocessed pixels; a uint8
+        (N, H, W, 3) tensor of ``preprocess.crop`` outputs, normalised here on the device; or the
+        dict of tensors ``default_collate`` makes of NaFlex outputs, float or uint8) or a sequence
+        of PIL images, uint8 arrays, ``ImageRef``s, paths or encoded bytes, decoded and
+        preprocessed here (JPEG draft decoding only when ``preprocess.draft``).
         """
         if isinstance(images, torch.Tensor | Mapping):
             batch = images
 
             def run_batch(idx: slice) -> torch.Tensor:
-                return self.image_features(self._to_device(_slice_batch(batch, idx)))
+                return self.image_features(self._pixels(_slice_batch(batch, idx)))
 
             n = _batch_len(batch)
             chunks = [
@@ -219,10 +222,10 @@ class Encoder:
         images = list(images)
 
         def run(chunk: list[Any]) -> torch.Tensor:
-            # Full decode here (no JPEG draft): exact parity with the reference processor. The
-            # encode pipeline opts into draft decoding for speed.
-            pixels = [self.preprocess(load_image(im)) for im in chunk]
-            return self.image_features(self._to_device(_collate(pixels)))
+            # Full decode unless draft decoding was asked for: the reference processor's pixels.
+            draft_size = getattr(self.preprocess, "draft_size", None)
+            crops = [self.preprocess.crop(load_image(im, draft_size)) for im in chunk]
+            return self.image_features(self._pixels(_collate_crops(crops)))
 
         batch_size = batch_size or self.default_image_batch_size
         return self._encode(images, batch_size, run, as_tensor, progress, "images")
@@ -256,6 +259,14 @@ class Encoder:
         )
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _pixels(self, batch: Any) -> Any:
+        """A batch on the device, uint8 crops normalised there (after the 4x smaller copy)."""
+        batch = self._to_device(batch)
+        uint8 = batch.get("pixel_values") if isinstance(batch, Mapping) else batch
+        if uint8 is not None and uint8.dtype == torch.uint8:
+            return self.preprocess.normalize(batch)
+        return batch
 
     def _to_device(self, batch: Any) -> Any:
         non_blocking = self.device.type == "cuda"
@@ -311,10 +322,10 @@ class Encoder:
         return result if as_tensor else result.numpy()
 
 
-def _collate(items: list[Any]) -> Any:
+def _collate_crops(items: list[Any]) -> Any:
     if isinstance(items[0], Mapping):
-        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
-    return torch.stack(items)
+        return {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
+    return torch.from_numpy(np.stack(items))
 
 
 def _batch_len(batch: torch.Tensor | Mapping[str, torch.Tensor]) -> int:

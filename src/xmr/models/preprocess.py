@@ -3,13 +3,26 @@
 ``ImagePreprocess`` is a small picklable class (safe to send to DataLoader workers) that does what
 the weights' saved processor config says: resize (shortest edge, or to a fixed size), centre crop,
 rescale to [0, 1] and normalise with the model's mean/std. It reproduces transformers' PIL/NumPy
-image processors (CLIPImageProcessor, ChineseCLIPImageProcessor, SiglipImageProcessor) step by
-step — PIL resize of the uint8 image, integer centre-crop offsets, float32 rescale and normalise —
-so its output equals theirs to float rounding (tests/test_preprocess.py checks max abs diff < 1e-5).
+image processors (CLIPImageProcessor, ChineseCLIPImageProcessor, SiglipImageProcessor,
+Siglip2ImageProcessor, BlipImageProcessor for BLIP and BLIP-2) step by step, so its output equals
+theirs (tests/test_preprocess.py checks max abs diff < 1e-5).
 
-SigLIP2's NaFlex processor (``mode="naflex"``: aspect-preserving resize to at most
-``max_num_patches`` patches, patchified and padded) returns a dict of tensors instead of one
-tensor; ``torch.utils.data.default_collate`` batches both forms.
+It runs in two halves so that a GPU is never starved by float work on the CPU:
+
+* ``crop(image)``: PIL resize of the uint8 image with the processor's filter, integer centre-crop
+  offsets -> an ``(H, W, 3)`` uint8 array. This is all a DataLoader worker does.
+* ``normalize(batch)``: a uint8 ``(B, H, W, 3)`` batch -> float32 ``(B, 3, H, W)``, once per batch
+  on the batch's device. On the CPU it is a lookup table built with transformers' own operations
+  (``uint8 -> float64 * rescale_factor -> float32``, then ``(x - mean) / std`` in float32), so it
+  is bit-identical to the processor; on a GPU the same formula is computed in float32 (within
+  1 ulp, ~2e-7).
+
+``__call__`` runs both for one image. SigLIP2's NaFlex processor (``mode="naflex"``:
+aspect-preserving resize to at most ``max_num_patches`` patches, patchified and padded) crops to
+a dict of uint8 patches, normalised per batch the same way.
+
+``draft=True`` (opt-in, ``--draft``) lets JPEGs decode at 1/2..1/8 scale when at least twice the
+resize target: much faster for big photos, but not the processor's pixels.
 """
 
 from __future__ import annotations
@@ -20,6 +33,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from xmr.data.images import to_rgb
+from xmr.models.naflex import naflex_size, patchify_uint8
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,8 +87,17 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 HF_DEFAULTS["chinese_clip"] = HF_DEFAULTS["clip"]
+# BlipImageProcessor (BLIP and BLIP-2): a bicubic resize to a square, no crop, OpenAI mean/std.
+HF_DEFAULTS["blip"] = {
+    **HF_DEFAULTS["siglip"],
+    "size": {"height": 384, "width": 384},
+    "image_mean": list(OPENAI_CLIP_MEAN),
+    "image_std": list(OPENAI_CLIP_STD),
+}
+HF_DEFAULTS["blip-2"] = HF_DEFAULTS["blip"]
+__all__ = ["HF_DEFAULTS", "ImagePreprocess", "center_crop", "naflex_size", "to_rgb_pil"]
 # Processors whose int `size` means a square (transformers' default_to_square=True).
-_SQUARE_WHEN_INT = {"siglip"}
+_SQUARE_WHEN_INT = {"siglip", "blip", "blip-2"}
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -96,6 +121,8 @@ class ImagePreprocess:
         resample: PIL filter name ("bicubic", "bilinear", ...).
         crop_rounding: how a centre crop's offset is rounded: "floor" (transformers) or "round"
             (torchvision's CenterCrop, which open_clip uses).
+        draft: decode JPEGs in draft mode (reduced scale, see ``draft_size``). Off by default:
+            the default gives the reference processor's pixels.
     """
 
     mode: str = "shortest_edge"
@@ -108,6 +135,7 @@ class ImagePreprocess:
     patch_size: int = 16
     max_num_patches: int = 256
     crop_rounding: str = "floor"
+    draft: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -206,6 +234,8 @@ class ImagePreprocess:
             d.pop("max_num_patches")
         if self.crop_rounding == "floor":
             d.pop("crop_rounding")  # the default; keeps hf manifests as they were
+        if not self.draft:
+            d.pop("draft")  # likewise: only a draft-decoding run says so
         for key in ("size", "crop_size", "mean", "std"):
             if isinstance(d[key], tuple):
                 d[key] = list(d[key])
@@ -235,9 +265,23 @@ class ImagePreprocess:
             return naflex_size(height, width, self.patch_size, self.max_num_patches)
         return height, width
 
-    def __call__(self, image: Any) -> Any:
-        import torch
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """The (width, height) JPEG draft decoding may go down to while keeping what the resize
+        keeps (PIL picks the largest 1/2^k scale still at least this big); None unless
+        ``draft``."""
+        if not self.draft:
+            return None
+        if self.mode == "shortest_edge" and self.size:
+            return int(self.size), int(self.size)
+        if self.mode == "resize" and self.size:
+            h, w = _pair(self.size)
+            return w, h
+        return None
 
+    def crop(self, image: Any) -> Any:
+        """The worker half: PIL image (or uint8 array) -> resized, centre-cropped ``(H, W, 3)``
+        uint8 array (NaFlex: a dict of uint8 patches, their mask and grid)."""
         pil = to_rgb_pil(image)
         if self.mode != "none":
             from PIL import Image
@@ -246,27 +290,112 @@ class ImagePreprocess:
             if (h, w) != (pil.height, pil.width):
                 resample = getattr(Image.Resampling, self.resample.upper())
                 pil = pil.resize((w, h), resample=resample)
-        array = np.array(pil)  # H, W, 3 uint8, writable (torch.from_numpy wants that)
         if self.crop_size is not None:
-            array = center_crop(array, self.crop_size, self.crop_rounding)
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-        if self.rescale_factor is not None:
-            # float64 multiply then float32, like transformers' rescale (bit-identical results).
-            tensor = (tensor.to(torch.float64) * self.rescale_factor).to(torch.float32)
-        else:
-            tensor = tensor.to(torch.float32)
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-            tensor = (tensor - mean) / std
+            box = _crop_box(pil.height, pil.width, self.crop_size, self.crop_rounding)
+            if box is not None:  # PIL copies only the crop: the same pixels, less memory traffic
+                pil = pil.crop(box)
+        array = np.asarray(pil)
+        if self.crop_size is not None and array.shape[:2] != self.crop_size:
+            array = center_crop(array, self.crop_size, self.crop_rounding)  # pads when too small
+        array = np.ascontiguousarray(array)
         if self.mode == "naflex":
-            return patchify(tensor, self.patch_size, self.max_num_patches)
-        return tensor
+            return patchify_uint8(array, self.patch_size, self.max_num_patches)
+        return array
+
+    def normalize(self, batch: Any) -> Any:
+        """The batch half: uint8 ``(B, H, W, 3)`` (tensor on any device, or array) -> float32
+        ``(B, 3, H, W)`` on that device, in the processor's order (rescale, then normalise).
+        A NaFlex dict has its uint8 ``pixel_values`` normalised and its padding kept at 0."""
+        import torch
+
+        if isinstance(batch, Mapping):
+            return self._normalize_patches(batch)
+        x = batch if isinstance(batch, np.ndarray | torch.Tensor) else np.asarray(batch)
+        if str(x.dtype) not in ("uint8", "torch.uint8") or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(
+                f"normalize takes a uint8 (B, H, W, 3) batch, got {x.dtype} {tuple(x.shape)}"
+            )
+        if isinstance(x, np.ndarray) or x.device.type == "cpu":
+            array = x if isinstance(x, np.ndarray) else x.numpy()
+            planes = np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+            out = np.empty(planes.shape, dtype=np.float32)
+            table = self._table()
+            for c in range(3):
+                np.take(table[c], planes[:, c], out=out[:, c])
+            return torch.from_numpy(out)
+        scale, offset = self._affine(x.device)
+        return x.permute(0, 3, 1, 2).to(torch.float32).mul_(scale).add_(offset).contiguous()
+
+    def __call__(self, image: Any) -> Any:
+        """One image -> float32 ``(3, H, W)`` tensor (NaFlex: a dict of tensors)."""
+        cropped = self.crop(image)
+        if self.mode == "naflex":
+            batch = {k: np.expand_dims(v, 0) for k, v in cropped.items()}
+            return {k: v[0] for k, v in self._normalize_patches(batch).items()}
+        return self.normalize(cropped[None])[0]
+
+    # ---- normalisation helpers ----------------------------------------------------------------
+
+    def _table(self) -> np.ndarray:
+        """(3, 256) float32: the processor's output for each uint8 value of each channel."""
+        cached = self.__dict__.get("_lut")
+        if cached is None:
+            values = np.arange(256, dtype=np.uint8)
+            if self.rescale_factor is not None:
+                # transformers' rescale: float64 multiply, then float32.
+                v = (values.astype(np.float64) * self.rescale_factor).astype(np.float32)
+            else:
+                v = values.astype(np.float32)
+            if self.mean is not None:
+                mean = np.asarray(self.mean, dtype=np.float32)[:, None]
+                std = np.asarray(self.std, dtype=np.float32)[:, None]
+                cached = ((v[None, :] - mean) / std).astype(np.float32)
+            else:
+                cached = np.repeat(v[None, :], 3, axis=0)
+            self.__dict__["_lut"] = cached  # not a dataclass field: eq, asdict, pickle ignore it
+        return cached
+
+    def _affine(self, device: Any) -> tuple[Any, Any]:
+        """(scale, offset), each (1, 3, 1, 1) on ``device``: x * scale + offset = processor."""
+        import torch
+
+        rescale = self.rescale_factor if self.rescale_factor is not None else 1.0
+        mean = torch.tensor(self.mean or (0.0, 0.0, 0.0), dtype=torch.float64)
+        std = torch.tensor(self.std or (1.0, 1.0, 1.0), dtype=torch.float64)
+        scale, offset = rescale / std, -mean / std
+        return (
+            scale.to(torch.float32).view(1, 3, 1, 1).to(device),
+            offset.to(torch.float32).view(1, 3, 1, 1).to(device),
+        )
+
+    def _normalize_patches(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        batch = {
+            k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v)
+            for k, v in batch.items()
+        }
+        patches = batch["pixel_values"]
+        if patches.dtype != torch.uint8:  # already normalised
+            return batch
+        b, n, d = patches.shape
+        # (B, N, p*p*3) with the channel fastest: as an image batch (B, N*p*p, 1, 3).
+        pixels = self.normalize(patches.reshape(b, n * d // 3, 1, 3))
+        values = pixels.permute(0, 2, 3, 1).reshape(b, n, d)
+        mask = batch["pixel_attention_mask"].to(values.device)
+        values = values * (mask[..., None] != 0)  # transformers pads after normalising: zeros
+        return {**batch, "pixel_values": values}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lut", None)  # rebuilt on first use; keeps pickles to workers small
+        return state
 
 
 def to_rgb_pil(image: Any) -> Any:
-    """PIL RGB image from a PIL image of any mode (transparency composited on white, as
-    transformers does) or an HxW / HxWxC uint8 array."""
+    """PIL RGB image from a PIL image of any mode (see :func:`xmr.data.images.to_rgb`:
+    transparency composited on white as transformers does, 16-bit greyscale scaled) or an
+    HxW / HxWxC uint8 array."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):
@@ -275,13 +404,21 @@ def to_rgb_pil(image: Any) -> Any:
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
-    if image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return to_rgb(image)
+
+
+def _crop_box(
+    h: int, w: int, size: tuple[int, int], rounding: str
+) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of ``center_crop``'s window when it needs no padding."""
+    crop_h, crop_w = size
+    if h < crop_h or w < crop_w:
+        return None
+    if rounding == "round":
+        top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
+    else:
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return left, top, left + crop_w, top + crop_h
 
 
 def center_crop(array: np.ndarray, size: tuple[int, int], rounding: str = "floor") -> np.ndarray:
@@ -301,44 +438,3 @@ def center_crop(array: np.ndarray, size: tuple[int, int], rounding: str = "floor
     padded[pad_top : pad_top + h, pad_left : pad_left + w] = array
     top, left = top + pad_top, left + pad_left
     return padded[max(0, top) : min(new_h, top + crop_h), max(0, left) : min(new_w, left + crop_w)]
-
-
-def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int) -> tuple[int, int]:
-    """SigLIP2's target size: the largest aspect-preserving scale, rounded up to whole patches,
-    that gives at most ``max_num_patches`` patches (transformers' binary search, reproduced)."""
-
-    def scaled(scale: float, size: int) -> int:
-        return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
-
-    eps = 1e-5
-    lo, hi = eps / 10, 100.0
-    while hi - lo >= eps:
-        mid = (lo + hi) / 2
-        if (scaled(mid, height) / patch_size) * (
-            scaled(mid, width) / patch_size
-        ) <= max_num_patches:
-            lo = mid
-        else:
-            hi = mid
-    return scaled(lo, height), scaled(lo, width)
-
-
-def patchify(tensor: Any, patch_size: int, max_num_patches: int) -> dict[str, Any]:
-    """(C, H, W) -> SigLIP2 inputs: patches (max_num_patches, p*p*C) zero-padded, their mask and
-    the (rows, cols) patch grid."""
-    import torch
-
-    c, h, w = tensor.shape
-    rows, cols = h // patch_size, w // patch_size
-    patches = tensor.reshape(c, rows, patch_size, cols, patch_size)
-    patches = patches.permute(1, 3, 2, 4, 0).reshape(rows * cols, patch_size * patch_size * c)
-    n = patches.shape[0]
-    padded = torch.zeros((max_num_patches, patches.shape[1]), dtype=patches.dtype)
-    padded[:n] = patches
-    mask = torch.zeros(max_num_patches, dtype=torch.int32)
-    mask[:n] = 1
-    return {
-        "pixel_values": padded,
-        "pixel_attention_mask": mask,
-        "spatial_shapes": torch.tensor([rows, cols], dtype=torch.int64),
-    }

@@ -102,6 +102,8 @@ def create_encoder(
     spec: str | os.PathLike,
     device: str | None = None,
     precision: str = "fp32",
+    *,
+    draft: bool = False,
     **kwargs: Any,
 ) -> Encoder:
     """Load the encoder named by ``spec`` onto ``device`` (default: cuda when available).
@@ -110,11 +112,19 @@ def create_encoder(
         spec: see the module docstring.
         device: "cpu", "cuda", "cuda:1", ... or None for automatic.
         precision: "fp32", "fp16" or "bf16" (autocast during encoding).
+        draft: decode JPEGs in draft mode (reduced scale) wherever this encoder's preprocessing
+            decodes images: faster on big photos, not the reference processor's pixels; recorded
+            in its manifest (``preprocess.draft``). Off by default.
         **kwargs: backend options (e.g. ``context_length`` to override the text length).
     """
     backend, target = parse_spec(spec)
     factory = BACKENDS.get(backend)
-    return factory(target, device=device, precision=precision, **kwargs)
+    encoder = factory(target, device=device, precision=precision, **kwargs)
+    if draft:
+        from dataclasses import replace
+
+        encoder.preprocess = replace(encoder.preprocess, draft=True)
+    return encoder
 
 
 @register_backend("hf")

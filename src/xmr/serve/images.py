@@ -16,6 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from xmr.data.images import ImageRef, decode_image
+from xmr.errors import DataError
+from xmr.serve.limits import ApiError
 
 # Formats every browser renders, by the magic bytes that open them.
 _WEB_FORMATS = (
@@ -100,3 +102,30 @@ class ImageStore:
             while self._cached_bytes > self.cache_bytes and self._cache:
                 _, dropped = self._cache.popitem(last=False)
                 self._cached_bytes -= len(dropped.data)
+
+
+def decode_upload(data: bytes, max_pixels: int):
+    """Decode an uploaded image, refusing decompression bombs before any pixel is decoded."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        # Only the header is read here; the size is checked before any pixel is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                w, h = probe.size
+    except Exception:  # noqa: BLE001 - reported below by decode_image's clear message
+        w = h = 0
+    if w * h > max_pixels:
+        raise ApiError(
+            400,
+            "bad_upload",
+            f"the image is {w}x{h} pixels, over the limit of {max_pixels}",
+            field="image",
+        )
+    try:
+        return decode_image(data, source="upload")
+    except DataError as exc:
+        raise ApiError(400, "bad_upload", exc.message, field="image") from None

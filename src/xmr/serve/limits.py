@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import socket
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from xmr.errors import DataError, XmrError
+from xmr.rerank import RERANK_MODES
 
 
 @dataclass
@@ -35,6 +42,11 @@ class ServeSettings:
         rerank_alpha: the weight of the first-stage similarity in ``itm+sim``.
         rerank_batch_size: (image, text) pairs per cross-encoder forward pass.
         rerank_max_queries: the most queries whose pairs share one cross-encoder call.
+        show_model_path: name the models in ``/api/info`` and on the page by their full spec,
+            which for a local model is its absolute path on the server. Off by default: a
+            local model is shown by its directory name and a short weights fingerprint.
+        attribute_names: what each position of a 0/1 attribute vector means (Track2
+            pedestrians), so results show the names of the set attributes instead of the bits.
     """
 
     max_k: int = 100
@@ -58,29 +70,32 @@ class ServeSettings:
     rerank_alpha: float = 1.0
     rerank_batch_size: int = 32
     rerank_max_queries: int = 8
+    show_model_path: bool = False
+    attribute_names: list[str] | None = None
 
     def __post_init__(self) -> None:
-        from xmr.errors import XmrError
-
         if self.max_k < 1:
             raise XmrError(f"max_k must be at least 1, not {self.max_k}")
         self.default_k = max(1, min(self.default_k, self.max_k))
         if self.max_batch < 1 or self.batch_wait_ms < 0:
             raise XmrError("max_batch must be >= 1 and batch_wait_ms >= 0")
         if self.allow_writes and not self.token:
-            raise XmrError("--allow-writes needs a token (--token T or XMR_SERVE_TOKEN)")
+            raise XmrError(f"allow_writes needs a token (or set {TOKEN_ENV})")
         if self.token is not None and len(self.token) < 8:
             raise XmrError("the write token must be at least 8 characters long")
-        from xmr.rerank import RERANK_MODES
-
         if self.rerank_k < 1:
-            raise XmrError(f"--rerank-k must be at least 1, not {self.rerank_k}")
+            raise XmrError(f"rerank_k must be at least 1, not {self.rerank_k}")
         if self.rerank_mode not in RERANK_MODES:
             raise XmrError(
                 f"unknown rerank mode '{self.rerank_mode}' (choose from {', '.join(RERANK_MODES)})"
             )
         if self.rerank_batch_size < 1 or self.rerank_max_queries < 1:
-            raise XmrError("--rerank-batch-size and rerank_max_queries must be at least 1")
+            raise XmrError("rerank_batch_size and rerank_max_queries must be at least 1")
+        if self.attribute_names is not None:
+            names = list(self.attribute_names)
+            if not names or not all(isinstance(n, str) and n.strip() for n in names):
+                raise XmrError("attribute_names must be a non-empty list of names")
+            self.attribute_names = [n.strip() for n in names]
 
     def public(self) -> dict[str, Any]:
         """The settings a client may see (never the token)."""
@@ -89,16 +104,28 @@ class ServeSettings:
         return out
 
     def to_env(self) -> str:
-        import json
-
         return json.dumps(asdict(self))
 
     @classmethod
     def from_env(cls, text: str) -> ServeSettings:
-        import json
-
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+def public_model_name(
+    spec: str | None, fingerprint: str | None = None, *, show_path: bool = False
+) -> str | None:
+    """A model as clients see it: its spec, except that a local path is cut to its last
+    component and a short weights fingerprint (``hf:model@3f2a9c1b0d4e``) unless ``show_path``
+    (the operator's ``--show-model-path``): the server's file layout is nobody's business."""
+    if not spec or show_path:
+        return spec
+    prefix, sep, rest = spec.rpartition(":") if ":" in spec else ("", "", spec)
+    if not (rest.startswith(("/", "./", "../", "~")) or Path(rest).exists()):
+        return spec  # a hub id or a registered name says nothing about the server
+    name = Path(rest.rstrip("/")).name or "model"
+    short = (fingerprint or "").rpartition(":")[2][:12]
+    return f"{prefix}{sep}{name}@{short}" if short else f"{prefix}{sep}{name}"
 
 
 SETTINGS_ENV = "XMR_SERVE_SETTINGS"
@@ -110,13 +137,8 @@ def check_listen_address(host: str, port: int) -> None:
     """Fail before the model loads when the service could not listen on ``host:port``: a port
     out of range (uvicorn would wrap it), an unknown host, an address in use. Binds a socket
     the way uvicorn does (SO_REUSEADDR) and closes it again."""
-    import errno
-    import socket
-
-    from xmr.errors import XmrError
-
     if not 0 <= int(port) <= 65535:
-        raise XmrError(f"--port must be between 0 and 65535, not {port}")
+        raise XmrError(f"the port must be between 0 and 65535, not {port}")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -129,9 +151,33 @@ def check_listen_address(host: str, port: int) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            hint = " (another server runs there: choose another --port)"
+            hint = " (another server runs there: choose another port)"
             reason = (exc.strerror or str(exc)) + (hint if exc.errno == errno.EADDRINUSE else "")
             raise XmrError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def read_attribute_names(path: str | os.PathLike) -> list[str]:
+    """The names of an attribute vector's positions from ``path``: a JSON list of names, a JSON
+    object holding one under ``pedestrian_vector`` or ``attribute_names`` (the synth.json of
+    ``xmr data synth`` declares its layout so), or a text file with one name per line."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON ({exc.msg})", file=path, line=exc.lineno) from None
+        if isinstance(data, dict):
+            data = data.get("attribute_names", data.get("pedestrian_vector"))
+        names = data if isinstance(data, list) else None
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(
+            "expected a list of attribute names (a JSON list, an object with "
+            "'pedestrian_vector', or one name per line)",
+            file=path,
+        )
+    return [n.strip() for n in names]
 
 
 def token_from_env() -> str | None:
@@ -238,42 +284,42 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def check_rerank(rerank: Any, rerank_k: Any, settings: ServeSettings) -> tuple[int | None, bool]:
-    """``(depth, explicit)``: the reranking depth a request asks for (None: one stage, else
-    ``1..settings.rerank_k``) and whether the request asked for reranking itself.
-
-    ``rerank`` is a JSON boolean or a form/query string (true/false, 1/0, yes/no, on/off);
-    unset means "as the service is configured". ``rerank_k`` may lower the service's depth (and
-    asks for reranking).
-    """
+def parse_rerank(rerank: Any) -> bool | None:
+    """A request's ``rerank``: a JSON boolean or a form/query string (true/false, 1/0, yes/no,
+    on/off); None or an empty string means "as the service is configured"."""
     if isinstance(rerank, str):
         word = rerank.strip().lower()
         if word in _TRUE:
-            rerank = True
-        elif word in _FALSE:
-            rerank = False
-        elif word == "":
-            rerank = None
-        else:
-            raise ApiError(
-                400,
-                "bad_rerank",
-                f"rerank must be true or false, not {rerank[:20]!r}",
-                field="rerank",
-            )
+            return True
+        if word in _FALSE:
+            return False
+        if word == "":
+            return None
+        raise ApiError(
+            400, "bad_rerank", f"rerank must be true or false, not {rerank[:20]!r}", field="rerank"
+        )
     if rerank is not None and not isinstance(rerank, bool):
         raise ApiError(400, "bad_rerank", "rerank must be true or false", field="rerank")
-    if rerank_k in (None, ""):
-        depth = None
-    else:
-        depth = _positive_int(rerank_k, "rerank_k")
-        if rerank is None:
-            rerank = True  # asking for a depth is asking for reranking
+    return rerank
+
+
+def parse_rerank_k(rerank_k: Any) -> int | None:
+    return None if rerank_k in (None, "") else _positive_int(rerank_k, "rerank_k")
+
+
+def check_rerank(
+    rerank: bool | None, rerank_k: int | None, settings: ServeSettings
+) -> tuple[int | None, bool]:
+    """``(depth, explicit)``: the reranking depth a request asks for (None: one stage, else
+    ``1..settings.rerank_k``) and whether the request asked for reranking itself. ``rerank_k``
+    may lower the service's depth (and asks for reranking)."""
+    if rerank_k is not None and rerank is None:
+        rerank = True  # asking for a depth is asking for reranking
     if rerank is False:
         return None, False
     if not settings.rerank:
         if rerank:
-            field = "rerank" if depth is None else "rerank_k"
+            field = "rerank" if rerank_k is None else "rerank_k"
             raise ApiError(
                 400,
                 "no_reranker",
@@ -281,16 +327,16 @@ def check_rerank(rerank: Any, rerank_k: Any, settings: ServeSettings) -> tuple[i
                 field=field,
             )
         return None, False
-    if depth is None:
+    if rerank_k is None:
         return settings.rerank_k, bool(rerank)
-    if depth > settings.rerank_k:
+    if rerank_k > settings.rerank_k:
         raise ApiError(
             400,
             "rerank_k_too_large",
-            f"rerank_k must be at most {settings.rerank_k}, not {depth}",
+            f"rerank_k must be at most {settings.rerank_k}, not {rerank_k}",
             field="rerank_k",
         )
-    return depth, True
+    return rerank_k, True
 
 
 def _positive_int(value: Any, field: str) -> int:

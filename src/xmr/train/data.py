@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmr.errors import DataError, XmrError
+from xmr.data.loading import ImageDataset, collate_images, worker_init
+from xmr.errors import XmrError
 from xmr.train.losses import group_key
 
 log = logging.getLogger(__name__)
@@ -189,41 +190,11 @@ class BatchPlan:
 # --- images ------------------------------------------------------------------------------------
 
 
-class TrainImageDataset:
-    """Example index -> (index, preprocessed pixels or None, error or None). Module-level and
-    light so DataLoader workers can pickle it."""
-
-    def __init__(self, refs: Sequence[object], preprocess: Callable, draft_size=None) -> None:
-        self.refs = list(refs)
-        self.preprocess = preprocess
-        self.draft_size = draft_size
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, index: int):
-        ref = self.refs[index]
-        try:
-            return index, self.preprocess(ref.open(draft_size=self.draft_size)), None
-        except DataError as exc:
-            return index, None, str(exc)
-        except Exception as exc:  # PIL can still fail inside resize on a corrupt file
-            return index, None, f"{ref.describe()}: cannot preprocess ({exc})"
-
-
-def collate(batch):
-    from torch.utils.data import default_collate
-
-    ok = [(i, x) for i, x, err in batch if err is None]
-    failed = [(i, err) for i, _, err in batch if err is not None]
-    pixels = default_collate([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], pixels, failed
-
-
-def _worker_init(_worker_id: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)
+# The one image dataset / collate / worker set-up (shared with encoding), under the names the
+# training code uses.
+TrainImageDataset = ImageDataset
+collate = collate_images
+_worker_init = worker_init
 
 
 class _PlanSampler:

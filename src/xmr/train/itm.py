@@ -26,10 +26,10 @@ import numpy as np
 
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
+from xmr.eval.reranked import evaluate_reranked
 from xmr.io.atomic import check_output_dir
 from xmr.models import create_encoder
 from xmr.models.cross_encoders import create_cross_encoder
-from xmr.rerank import evaluate_reranked
 from xmr.train.config_base import TrainerConfig
 from xmr.train.itm_data import ItmBatch, ItmPairs, mine_hard_negatives, positive_pairs
 from xmr.train.optim import optimizer_update

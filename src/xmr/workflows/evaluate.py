@@ -1,78 +1,461 @@
-"""``xmr evaluate --model`` and ``xmr predict`` as functions: load the data set, embed the split
-with a bi-encoder (:func:`xmr.eval.embedded.embed_split`, the resumable pipeline of ``xmr
-encode``), rank exactly, then score the rankings or write them as a validated submission."""
+"""``xmr evaluate`` as functions: score a model on a data set split (:func:`evaluate_model`) or a
+prediction file against it (:func:`evaluate_prediction_file`).
+
+A model is scored by embedding the split with the bi-encoder
+(:func:`xmr.eval.embedded.embed_split`, the resumable pipeline of ``xmr encode``) and ranking
+exactly; optionally a cross-encoder reranks each query's first-stage top ``rerank_k`` (the
+reranked numbers replace the first stage's keys, which stay beside them as ``first_stage/...``),
+and fused image+caption items are scored beside image-only and caption-only ones
+(``image/``, ``caption/``, ``fused/`` keys). Every option of the command is a parameter here;
+the command only parses, calls and prints.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xmr.data.readers import load_dataset
-from xmr.eval.embedded import embed_split, evaluate_embedded, rank_embedded
-from xmr.eval.submission import default_submission_format, write_submission
+from xmr.errors import XmrError
+from xmr.eval.embedded import (
+    SplitEmbeddings,
+    default_directions,
+    embed_split,
+    evaluate_embedded,
+    rank_embedded,
+)
+from xmr.eval.evaluate import (
+    evaluate_predictions,
+    per_query_rows,
+    recall_ks,
+    write_per_query_csv,
+)
+from xmr.eval.fused import evaluate_fused
+from xmr.eval.metrics import hits_from_rankings
+from xmr.eval.reranked import evaluate_reranked
+from xmr.fusion import DEFAULT_TUNE_METRIC
 from xmr.io.atomic import check_output_file
+from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
+from xmr.workflows.report.sources import embedded_rankings, model_fingerprint, predictions_rankings
 
 
-def _encoder(model, device, precision):
+@dataclass(eq=False)
+class EvaluationResult(Mapping[str, float]):
+    """What an evaluation found. It is also a read-only mapping of its ``metrics`` (so
+    ``result["t2i/mAP@10"]`` works, as the plain dict earlier versions returned did).
+
+    Attributes:
+        metrics: ``{direction}/{metric}`` and ``{direction}/{category}/{metric}`` (fractions in
+            [0, 1]; NaN where a metric is undefined), plus ``first_stage/...`` with reranking
+            and ``{image,caption,fused}/...`` with fused items.
+        split: the evaluated split's name.
+        source: ``"model"`` or ``"predictions"``.
+        per_query: one row per evaluated query (``id``, ``text``, ``first_hit_rank``, ``AP``,
+            ``hits``) when asked for, else None.
+        per_query_path: where those rows were written as CSV, or None.
+        failed_items: items whose image could not be encoded (they rank last).
+        warnings: things the caller should tell the user (numbers that are optimistic,
+            items that could not be encoded).
+        rankings: with ``keep_rankings``, ``direction -> query id -> ranked ids`` as the
+            evaluation ranked them (a model: 100 deep, or both stages ``{direction}`` and
+            ``first_stage/{direction}`` when reranked; a prediction file: as read), else None.
+        split_data: with ``keep_rankings``, the evaluated split itself (for a report).
+        model_fingerprint: with ``keep_rankings`` and a model, its short fingerprint.
+    """
+
+    metrics: dict[str, float]
+    split: str
+    source: str
+    per_query: list[dict[str, Any]] | None = None
+    per_query_path: Path | None = None
+    failed_items: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    rankings: dict[str, dict[str, list[str]]] | None = None
+    split_data: Any = None
+    model_fingerprint: str | None = None
+
+    def __getitem__(self, key: str) -> float:
+        return self.metrics[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+    def json_metrics(self) -> dict[str, float | None]:
+        """The metrics with NaN as None, ready for ``json.dumps``."""
+        return {
+            k: None if isinstance(v, float) and math.isnan(v) else v
+            for k, v in self.metrics.items()
+        }
+
+
+# --- pieces shared with xmr.workflows.predict -----------------------------------------------------
+
+
+def read_data(
+    data: Any,
+    format: str | None,
+    split: str | None,
+    skip_bad: bool = False,
+    warnings: list[str] | None = None,
+):
+    """``data`` as a RetrievalDataset: a loaded one passes through, a path is read (with
+    ``skip_bad``, malformed records are skipped, and the count goes to ``warnings``)."""
+    if hasattr(data, "splits"):
+        return data
+    dataset = load_dataset(data, format, split, skip_bad=skip_bad)
+    if warnings is not None and dataset.skipped_warning(data):
+        warnings.append(dataset.skipped_warning(data))
+    return dataset
+
+
+def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
+    """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
+    draft decoding on)."""
     if isinstance(model, str):
         from xmr.models import create_encoder
 
-        return create_encoder(model, device=device, precision=precision)
+        return create_encoder(model, device=device, precision=precision, draft=draft)
+    if draft and not getattr(model.preprocess, "draft", False):
+        from dataclasses import replace
+
+        model.preprocess = replace(model.preprocess, draft=True)
     return model
 
 
+def load_reranker(rerank: Any, device: Any, precision: str):
+    """A cross-encoder from a spec string (an instance passes through)."""
+    if isinstance(rerank, str):
+        from xmr.models.cross_encoders import create_cross_encoder
+
+        return create_cross_encoder(rerank, device=device, precision=precision)
+    return rerank
+
+
+def check_rerank_options(rerank_k: int, rerank_mode: str, rerank_batch_size: int) -> None:
+    if rerank_k < 1:
+        raise XmrError(f"rerank_k must be at least 1, not {rerank_k}")
+    if rerank_mode not in RERANK_MODES:
+        raise XmrError(
+            f"unknown rerank mode '{rerank_mode}' (choose from {', '.join(RERANK_MODES)})"
+        )
+    if rerank_batch_size < 1:
+        raise XmrError(f"rerank_batch_size must be at least 1, not {rerank_batch_size}")
+
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise XmrError(f"k must be at least 1, not {k}")
+
+
+def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
+    """A fusion given as text (a weight, ``tune``, a directory) as what the evaluators take;
+    a number or a Fusion passes through."""
+    if not isinstance(fused, str):
+        return fused
+    if allow_tune and fused == "tune":
+        return fused
+    try:
+        return float(fused)
+    except ValueError:
+        pass
+    if not Path(fused).expanduser().exists():
+        tune = ", 'tune'" if allow_tune else ""
+        raise XmrError(
+            f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (fusion.json "
+            f"and fusion.safetensors), not {fused!r}"
+        )
+    return fused
+
+
+def embed(
+    encoder: Any,
+    data: Any,
+    dataset: Any,
+    split: Any,
+    *,
+    emb_dir: str | Path | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    warnings: list[str],
+) -> SplitEmbeddings:
+    """Embed ``split`` of ``dataset`` (read from ``data``; see
+    :func:`xmr.eval.embedded.embed_split`); undecodable items are reported in ``warnings``."""
+    path = dataset.root if hasattr(data, "splits") else data
+    emb = embed_split(
+        encoder,
+        split,
+        emb_dir=emb_dir,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        source=dataset.source(path, split.name),
+    )
+    if emb.failed:
+        warnings.append(
+            f"{len(emb.failed)} item(s) could not be encoded and rank last (first: {emb.failed[0]})"
+        )
+    return emb
+
+
+# --- the evaluations ------------------------------------------------------------------------------
+
+
 def evaluate_model(
-    model,
-    data,
+    model: Any,
+    data: Any,
     *,
     split: str | None = None,
     format: str | None = None,
-    directions: Sequence[str] | None = None,
+    directions: Sequence[str] | str | None = None,
     k: int = 10,
+    depth: int | str | None = None,
+    per_query: str | Path | None = None,
+    emb_dir: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
     device: Any = None,
     precision: str = "fp32",
+    progress: bool = True,
+    rerank: Any = None,
+    rerank_k: int = DEFAULT_RERANK_K,
+    rerank_mode: str = "itm",
+    rerank_alpha: float = 1.0,
+    rerank_batch_size: int = 32,
+    fused: Any = None,
+    tune_split: str | None = None,
+    tune_metric: str = DEFAULT_TUNE_METRIC,
     skip_empty: bool = False,
     skip_bad: bool = False,
-    **embed_options: Any,
-) -> dict[str, float]:
-    """``xmr evaluate --model`` as a function: ``model`` is a spec string or an encoder, ``data``
-    a path (or a loaded :class:`~xmr.data.dataset.RetrievalDataset`); ``embed_options`` go to
-    :func:`embed_split` (``emb_dir``, ``batch_size``, ``workers``, ``progress``)."""
-    dataset = (
-        data if hasattr(data, "splits") else load_dataset(data, format, split, skip_bad=skip_bad)
-    )
+    draft: bool = False,
+    keep_rankings: bool = False,
+) -> EvaluationResult:
+    """Score a bi-encoder on a split: embed it, rank exactly, compute the evaluator's metrics.
+
+    Args:
+        model: an encoder spec (``hf:DIR``, ``open_clip:...``, a directory) or an encoder.
+        data: a data set path or a loaded :class:`~xmr.data.dataset.RetrievalDataset`.
+        split: the split to score (default: the one with relevance).
+        format: the data set format (default: detected).
+        directions: ``t2i``, ``i2t`` or both (a sequence or ``"t2i,i2t"``; default: both when
+            items are images, else ``t2i``).
+        k: the cut-off (ids per query; the K of mAP/nDCG/P; R@1/5/10 up to K and R@K).
+        depth: how deep each ranking goes for MRR / MeanRank / MedianRank / NotFound: default
+            ``k``; 0 or ``"all"`` ranks every item.
+        per_query: write the first-stage text->image per-query rows there as CSV (checked
+            before any work).
+        emb_dir: keep the embeddings there (a killed run resumes, a re-run reuses them);
+            default: a temporary directory.
+        batch_size, workers: inputs per forward pass; image decoding processes.
+        device, precision: where and how the models run (``None``/``"auto"``: cuda when
+            available).
+        progress: show progress bars (on stderr).
+        rerank: a cross-encoder spec or instance that rescores each query's top ``rerank_k``
+            (``rerank_mode`` ``itm`` or ``itm+sim`` with weight ``rerank_alpha``,
+            ``rerank_batch_size`` pairs per forward pass).
+        fused: also score fused image+caption items: a weight in [0, 1], ``"tune"`` (grid
+            search on ``tune_split`` for ``tune_metric``) or a learned fusion directory.
+        tune_split: the split to tune the fusion weight on (default: ``train`` when it has
+            relevance, else the evaluated split, with a warning).
+        tune_metric: the metric tuning maximises.
+        skip_empty: LENIENT, not the official numbers: leave queries whose ground truth lists
+            no relevant item out of every mean (the official scorers count each as 0; the
+            result then carries ``n_empty_skipped`` and a warning says so).
+        skip_bad: skip malformed records of the data set (counted in the embeddings manifest
+            and in a warning) instead of stopping at the first.
+        draft: decode JPEGs in draft mode (faster on big photos, not the reference pixels;
+            recorded, and never mixed with fully decoded embeddings in ``emb_dir``).
+        keep_rankings: also return the rankings, the split and the model's fingerprint on the
+            result (what :func:`xmr.workflows.report.build_evaluation_report` draws).
+
+    Returns:
+        an :class:`EvaluationResult`.
+    """
+    check_k(k)
+    depth = _depth(depth)
+    directions = _directions(directions)
+    if rerank is not None:
+        check_rerank_options(rerank_k, rerank_mode, rerank_batch_size)
+    fused = fusion_value(fused, allow_tune=True) if fused is not None else None
+    if per_query is not None:
+        check_output_file(per_query)  # before the work, not after it
+    tuning = isinstance(fused, str) and fused == "tune"
+    # Tuning a fusion weight needs its own split (train by default), so read them all then.
+    warnings: list[str] = []
+    dataset = read_data(data, format, None if tuning else split, skip_bad, warnings)
     chosen = dataset.split(split, need_relevance=True)
-    embed_options.setdefault("source", dataset.source(getattr(data, "root", data), chosen.name))
-    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
-    return evaluate_embedded(emb, directions=directions, k=k, device=device, skip_empty=skip_empty)
+    if not chosen.has_relevance:
+        raise XmrError(f"{dataset.root}: split '{chosen.name}' has no relevance to score against")
+    if tuning:  # a bad tuning split is an error before the encoding, not after it
+        _tune_split(dataset, chosen, tune_split, warnings)
+    encoder = load_encoder(model, device, precision, draft)
+    emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
+                workers=workers, progress=progress, warnings=warnings)  # fmt: skip
+    directions = directions or default_directions(emb)
+    metrics = evaluate_embedded(
+        emb, directions=directions, k=k, depth=depth, device=device, skip_empty=skip_empty
+    )
+    rankings: dict | None = None
+    if rerank is not None:
+        # The reranked numbers replace the first stage's keys; the first stage stays beside them.
+        rankings = {} if keep_rankings else None  # both stages, as they were scored
+        metrics |= evaluate_reranked(
+            chosen, emb.text, emb.items, load_reranker(rerank, device, precision),
+            rerank_k=rerank_k, mode=rerank_mode, alpha=rerank_alpha, directions=directions,
+            k=k, batch_size=rerank_batch_size, device=device, rankings_out=rankings,
+        )  # fmt: skip
+    if fused is not None:
+        metrics |= fused_metrics(
+            encoder, dataset, chosen, fused, tune_split=tune_split, tune_metric=tune_metric, k=k,
+            batch_size=batch_size, device=device, skip_empty=skip_empty,
+        )  # fmt: skip
+    rows = path = None
+    if per_query is not None:
+        rows = _first_stage_rows(emb, k, device, skip_empty)
+        path = write_per_query_csv(rows, per_query)
+    if skip_empty:
+        warnings.append(lenient_warning(metrics))
+    result = EvaluationResult(metrics, chosen.name, "model", rows, path, list(emb.failed), warnings)
+    if keep_rankings:
+        result.rankings = rankings or embedded_rankings(emb, directions, device=device)
+        result.split_data = chosen
+        result.model_fingerprint = model_fingerprint(emb.model)
+    return result
 
 
-def predict(
-    model,
-    data,
-    out: str | Path,
+def fused_metrics(
+    encoder: Any,
+    dataset: Any,
+    split: Any,
+    fused: Any,
+    *,
+    tune_split: str | None = None,
+    tune_metric: str = DEFAULT_TUNE_METRIC,
+    k: int = 10,
+    batch_size: int | None = None,
+    device: Any = None,
+    warnings: list[str] | None = None,
+    skip_empty: bool = False,
+) -> dict[str, float]:
+    """Image-only, caption-only and fused text->item metrics of ``split`` side by side
+    (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`).
+
+    ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), or ``"tune"``:
+    grid-search the weight for ``tune_metric`` on the split named ``tune_split`` of ``dataset``
+    (default: ``train`` when it has relevance, else ``split`` itself, which appends a warning to
+    ``warnings``: the fused numbers are then optimistic)."""
+    fused = fusion_value(fused, allow_tune=True)
+    tune = None
+    if isinstance(fused, str) and fused == "tune":
+        tune = _tune_split(dataset, split, tune_split, warnings if warnings is not None else [])
+        fused = None
+    return evaluate_fused(
+        encoder, split, weight=fused, tune_split=tune, metric=tune_metric, ks=recall_ks(k),
+        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty,
+    )  # fmt: skip
+
+
+def lenient_warning(metrics: Mapping[str, float]) -> str:
+    """What a lenient (``skip_empty``) evaluation must say about its numbers."""
+    left_out = sum(int(v) for key, v in metrics.items() if key.endswith("n_empty_skipped"))
+    return (
+        f"--skip-empty-queries: {left_out} queries with no relevant item are left out of every "
+        "mean; these are not the official numbers (the official scorers count such queries as 0)"
+    )
+
+
+def evaluate_prediction_file(
+    predictions: str | Path,
+    data: Any,
     *,
     split: str | None = None,
     format: str | None = None,
-    submission_format: str | None = None,
+    predictions_format: str | None = None,
     k: int = 10,
-    device: Any = None,
-    precision: str = "fp32",
+    per_query: str | Path | None = None,
+    skip_empty: bool = False,
     skip_bad: bool = False,
-    **embed_options: Any,
-) -> Path:
-    """``xmr predict`` without reranking as a function: the top ``k`` of every query of the split
-    (``test`` when there is one) written to ``out`` as a validated submission file."""
-    check_output_file(out)  # before the work, not after it
-    dataset = (
-        data if hasattr(data, "splits") else load_dataset(data, format, split, skip_bad=skip_bad)
-    )
-    if split is None and "test" in dataset.splits:
-        split = "test"
-    chosen = dataset.split(split)
-    kind = submission_format or default_submission_format(dataset, chosen)
-    embed_options.setdefault("source", dataset.source(getattr(data, "root", data), chosen.name))
-    emb = embed_split(_encoder(model, device, precision), chosen, **embed_options)
-    ranked = rank_embedded(emb, min(k, len(chosen.items)), device=device)
-    return write_submission(out, ranked, chosen, kind=kind, k=k)
+    keep_rankings: bool = False,
+) -> EvaluationResult:
+    """Validate a prediction file as the official scorers do and score it.
+
+    Args:
+        predictions: a Track2 JSON, MUGE / Chinese-CLIP JSON lines or TREC run file.
+        data: a data set path or a loaded RetrievalDataset.
+        split: the split to score against (default: the one with relevance).
+        format: the data set format (default: detected).
+        predictions_format: ``track2``, ``muge``, ``cnclip``, ``cnclip-i2t`` or ``trec``
+            (default: detected from the content).
+        k: the cut-off; each list must hold exactly ``k`` ids (TREC runs: any number).
+        per_query: write the per-query rows there as CSV (checked before any work).
+        skip_empty, skip_bad, keep_rankings: as for :func:`evaluate_model`.
+    """
+    check_k(k)
+    if per_query is not None:
+        check_output_file(per_query)
+    warnings: list[str] = []
+    dataset = read_data(data, format, split, skip_bad, warnings)
+    chosen = dataset.split(split, need_relevance=True)
+    if not chosen.has_relevance:
+        raise XmrError(f"{dataset.root}: split '{chosen.name}' has no relevance to score against")
+    metrics, rows = evaluate_predictions(
+        predictions, chosen, k=k, kind=predictions_format, skip_empty=skip_empty,
+        on_warning=warnings.append,
+    )  # fmt: skip
+    path = write_per_query_csv(rows, per_query) if per_query is not None else None
+    if skip_empty:
+        warnings.append(lenient_warning(metrics))
+    result = EvaluationResult(metrics, chosen.name, "predictions", rows, path, warnings=warnings)
+    if keep_rankings:
+        result.rankings = predictions_rankings(predictions, chosen, k=k, kind=predictions_format)
+        result.split_data = chosen
+    return result
+
+
+def _depth(depth: int | str | None) -> int | None:
+    if depth is None or isinstance(depth, int):
+        return depth
+    if depth == "all":
+        return 0
+    try:
+        return int(depth)
+    except ValueError:
+        raise XmrError(f"depth takes a number or 'all', not {depth!r}") from None
+
+
+def _directions(directions: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if isinstance(directions, str):
+        directions = directions.split(",")
+    if directions is None:
+        return None
+    out = tuple(d.strip() for d in directions if d.strip())
+    return out or None
+
+
+def _tune_split(dataset: Any, split: Any, name: str | None, warnings: list[str]):
+    if name is None:
+        train = dataset.splits.get("train")
+        name = "train" if train is not None and train.has_relevance else split.name
+    if name == split.name:
+        warnings.append(
+            f"the fusion weight is tuned on the evaluated split '{split.name}'; its fused numbers "
+            "are optimistic (tune on another split)"
+        )
+    return dataset.split(name, need_relevance=True)
+
+
+def _first_stage_rows(
+    emb: SplitEmbeddings, k: int, device: Any, skip_empty: bool = False
+) -> list[dict[str, Any]]:
+    """Per-query rows of the first-stage text->item ranking, cut at K as a submission is."""
+    split = emb.split
+    ranked = rank_embedded(emb, min(k, len(split.items)), device=device)
+    rankings = {q: [i for i, _ in row] for q, row in ranked.items()}
+    table = hits_from_rankings(rankings, split.relevance, skip_empty=skip_empty)
+    return per_query_rows(table, k, {q: query.text for q, query in split.queries.items()})

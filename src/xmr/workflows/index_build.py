@@ -139,7 +139,21 @@ def add_embeddings(
     source = index.manifest.get("source") or {}
     kind = kind or source.get("kind") or default_kind(emb_dir)
     emb = _load_vectors(emb_dir, kind, _index_fusion(source) if kind == "fused" else None)
+    adding = (getattr(emb, "manifest", None) or {}).get("preprocessing")
+    _check_same_decoding(source.get("preprocessing"), adding, emb_dir)
     index.add(emb.vectors, emb.ids, _records(emb_dir, kind, emb.ids), model=emb.model)
     if save:
         index.save()
     return index, len(emb)
+
+
+def _check_same_decoding(built: Any, adding: Any, emb_dir: Path) -> None:
+    """Refuse to mix draft-decoded (``--draft``) and fully decoded image embeddings."""
+    was = bool((built or {}).get("jpeg_draft"))
+    now = bool((adding or {}).get("jpeg_draft"))
+    if built is not None and adding is not None and was != now:
+        said = {True: "with draft JPEG decoding (--draft)", False: "with full decoding"}
+        raise XmrError(
+            f"{emb_dir} was encoded {said[now]}, the index {said[was]}: draft and full-decode "
+            "embeddings are not mixed in one index; encode again with the index's setting"
+        )

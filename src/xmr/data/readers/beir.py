@@ -6,7 +6,7 @@
 
 Items are text-only: ``image=None`` and one caption, the text (``title text`` when a title is
 given). A corpus line may also carry ``"image"``, a path relative to ``corpus.jsonl`` (as
-``xmr data convert --to beir`` writes it): the item then has that image too. A pair is relevant
+``xmr data convert --out-format beir`` writes it): the item then has that image too. A pair is relevant
 when its score is > 0. Each qrels file is a split with the queries it names; all splits share the
 corpus. Without ``qrels/`` there is one split, ``test``, with every query and no relevance.
 """

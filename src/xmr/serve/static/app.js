@@ -182,10 +182,17 @@
       img.decoding = "async";
       img.src = r.thumbnail_url || r.image_url;
       img.alt = r.caption || r.id;
-      img.addEventListener("error", () => a.classList.add("broken"), { once: true });
+      // A missing image shows the placeholder only: the <img> goes, and with it the browser's
+      // broken-image icon and alt text, which covered the score badge.
+      img.addEventListener("error", () => {
+        img.remove();
+        a.classList.add("broken");
+        a.title = "image unavailable";
+      }, { once: true });
       a.append(img);
     } else {
       a.classList.add("broken");
+      a.title = "no image";
     }
     const score = document.createElement("span");
     score.className = "score";
@@ -200,13 +207,24 @@
     const cap = document.createElement("figcaption");
     const text = document.createElement("p");
     text.className = "caption";
-    const vector = !(r.captions && r.captions.length) && isVector(r.attribute);
-    if (vector) {
-      // An attribute vector (Track2 pedestrians: 0/1 flags) reads better as a compact bit row.
-      text.classList.add("vector");
+    const texts = r.captions && r.captions.length;
+    const vector = !texts && isVector(r.attribute);
+    if (!texts && r.attribute_labels) {
+      // The service knows the vector's layout: the names of the attributes set.
+      text.textContent = r.attribute_labels.length ? r.attribute_labels.join(", ") : "no attribute set";
+    } else if (vector) {
+      // An attribute vector without a declared layout (Track2 pedestrians: 0/1 flags): which
+      // positions are set, numbered from 1, instead of an unreadable row of digits.
       const values = r.attribute.split(",").map((v) => v.trim());
-      const bits = values.every((v) => v === "0" || v === "1");
-      text.textContent = bits ? values.join("") : values.join(", ");
+      if (values.every((v) => v === "0" || v === "1")) {
+        const set = values.flatMap((v, i) => (v === "1" ? [i + 1] : []));
+        text.textContent = set.length
+          ? `attributes ${set.join(", ")} of ${values.length}`
+          : `no attribute set (of ${values.length})`;
+      } else {
+        text.classList.add("vector");
+        text.textContent = values.join(", ");
+      }
     } else {
       text.textContent = r.caption || r.attribute || r.id;
     }

@@ -1,0 +1,373 @@
+"""The Searcher: an encoder, an index and its metadata -> ranked results (see :mod:`xmr.search`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.data.records import image_ref_from_record
+from xmr.errors import ModelMismatchError, XmrError
+from xmr.index import Index, check_same_model, load_index
+from xmr.models import create_encoder
+from xmr.search.reranking import Reranker, rerank_results
+from xmr.search.results import SearchResult, TextQuery
+
+
+class Searcher:
+    """Search an index by text, image, vector or item id, and rerank with a cross-encoder.
+
+    Args:
+        index: a loaded :class:`xmr.index.Index`.
+        encoder: the model that built it (an :class:`xmr.models.base.Encoder`).
+        check_model: refuse an encoder whose manifest is not the index's model.
+        reranker: the second stage of :meth:`search_reranked` / :meth:`rerank` (optional).
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        encoder: Any,
+        *,
+        check_model: bool = True,
+        reranker: Reranker | None = None,
+    ) -> None:
+        if int(encoder.embed_dim) != index.dim:
+            raise ModelMismatchError(
+                f"model {getattr(encoder, 'spec', '?')!r} makes {encoder.embed_dim}-d embeddings, "
+                f"the index holds {index.dim}-d vectors; search it with the model that built it "
+                f"({(index.model or {}).get('spec', 'unknown')!r})"
+            )
+        if check_model:
+            check_same_model(index.model, encoder.manifest(), what="the query embeddings")
+        self.index = index
+        self.encoder = encoder
+        self.reranker = reranker
+        self._load_options: dict[str, Any] = {}
+        self._encoder_lock = threading.Lock()
+        self._reranker_lock = threading.Lock()
+        self._index_lock = threading.RLock()
+        self._missing: dict[str, int] | None = None
+
+    @classmethod
+    def from_index_dir(
+        cls,
+        index_dir: str | Path,
+        device: str | None = "cpu",
+        model: Any = None,
+        *,
+        precision: str = "fp32",
+        gpu: bool | None = None,
+        reranker: Reranker | None = None,
+    ) -> Searcher:
+        """Load an index and the encoder it names (or ``model``: a spec or an Encoder, which must
+        be the same model, e.g. a copy of it in another directory)."""
+        index = load_index(index_dir, gpu=gpu)
+        if model is None or isinstance(model, str | Path):
+            spec = str(model) if model is not None else (index.model or {}).get("spec")
+            if not spec:
+                raise XmrError(f"{index_dir}: the index names no model; pass one (model=...)")
+            try:
+                encoder = create_encoder(spec, device=device, precision=precision)
+            except XmrError as exc:
+                if model is not None:
+                    raise
+                raise XmrError(
+                    f"cannot load the model the index was built with ({exc}); pass a copy of it "
+                    "as the model"
+                ) from None
+        else:
+            encoder = model
+        searcher = cls(index, encoder, reranker=reranker)
+        searcher._load_options = {"gpu": gpu}
+        return searcher
+
+    @classmethod
+    def load(cls, index_dir: str | Path, *, device: str | None = "cpu", **kwargs: Any) -> Searcher:
+        """Alias of :meth:`from_index_dir`."""
+        return cls.from_index_dir(index_dir, device=device, **kwargs)
+
+    # --- the model ------------------------------------------------------------------------------
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors for ``texts`` (one encoder call, under the encoder lock)."""
+        from xmr.models.base import check_texts
+
+        texts = check_texts(texts, what="the query text", allow_empty=False)
+        with self._encoder_lock:
+            vectors = self.encoder.encode_texts(texts)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Query vectors for images (paths, bytes, PIL images or ImageRefs), one encoder call."""
+        with self._encoder_lock:
+            vectors = self.encoder.encode_images(list(images))
+        return np.asarray(vectors, dtype=np.float32)
+
+    # --- queries --------------------------------------------------------------------------------
+
+    def search_text(
+        self, text: str, k: int = 10, *, category: str | None = None
+    ) -> list[SearchResult]:
+        return self.search_texts([text], k, category=category)[0]
+
+    def search_texts(
+        self, texts: Sequence[str], k: int = 10, *, category: str | None = None
+    ) -> list[list[SearchResult]]:
+        """One ranked list per text; the texts are encoded in one batch."""
+        if isinstance(texts, str):
+            raise TypeError("search_texts takes a list of strings; use search_text for one")
+        if not texts:
+            return []
+        return self.search_vectors(self.encode_texts(texts), k, category=category)
+
+    def search_text_batch(self, queries: Sequence[TextQuery]) -> list[list[SearchResult]]:
+        """Queries with their own ``k`` and category: one encoder call for all the texts, then
+        one index search per category present (to the largest ``k`` asked for there, each list
+        cut to its own ``k``)."""
+        if not queries:
+            return []
+        for q in queries:
+            _check_k(q.k)
+        vectors = self.encode_texts([q.text for q in queries])
+        out: list[list[SearchResult]] = [[] for _ in queries]
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.category, []).append(i)
+        for category, rows in groups.items():
+            depth = max(queries[i].k for i in rows)
+            lists = self.search_vectors(vectors[rows], depth, category=category)
+            for i, row in zip(rows, lists, strict=True):
+                out[i] = row[: queries[i].k]
+        return out
+
+    def search_image(
+        self, image: Any, k: int = 10, *, category: str | None = None
+    ) -> list[SearchResult]:
+        """``image``: a path, encoded bytes, a PIL image or an ImageRef."""
+        return self.search_images([image], k, category=category)[0]
+
+    def search_images(
+        self, images: Sequence[Any], k: int = 10, *, category: str | None = None
+    ) -> list[list[SearchResult]]:
+        if not images:
+            return []
+        return self.search_vectors(self.encode_images(images), k, category=category)
+
+    def search_item(
+        self, item_id: str, k: int = 10, *, category: str | None = None, exclude_self: bool = True
+    ) -> list[SearchResult]:
+        """Items similar to an indexed item (query by example, with its stored vector; an index
+        that cannot give the vector back is asked with the item's image instead)."""
+        vector = self.item_vector(item_id)
+        if vector is None:
+            ref = self.image_ref(item_id)
+            if ref is None:
+                raise XmrError(f"item '{item_id}' has no stored vector and no image")
+            vector = self.encode_images([ref])[0]
+        exclude = item_id if exclude_self else None
+        return self.search_vectors(vector[None, :], k, category=category, exclude=exclude)[0]
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        category: str | None = None,
+        exclude: str | None = None,
+    ) -> list[list[SearchResult]]:
+        """Top-``k`` results per query vector, within ``category`` when given, without the item
+        ``exclude`` (its own example, in a query by example)."""
+        k = _check_k(k)
+        q = np.asarray(vectors, dtype=np.float32)
+        with self._index_lock:
+            rows = self.index.search(q, k + (exclude is not None), category=category)
+            hits = [[h for h in row if h.id != exclude][:k] for row in rows]
+            return [[self._result(h, rank) for rank, h in enumerate(row, 1)] for row in hits]
+
+    def _result(self, hit: Any, rank: int) -> SearchResult:
+        rec = self.index.items[hit.position]
+        return SearchResult(
+            id=hit.id,
+            score=hit.score,
+            rank=rank,
+            image=rec.get("image"),
+            captions=list(rec.get("captions") or []),
+            attribute=rec.get("attribute"),
+            category=rec.get("category"),
+        )
+
+    # --- items and facts ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, item_id: object) -> bool:
+        with self._index_lock:
+            return item_id in self.index
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """The item's metadata record (an unknown id is an XmrError)."""
+        with self._index_lock:
+            return self.index.item(item_id)
+
+    def get_item(self, item_id: Any) -> dict[str, Any] | None:
+        """The item's metadata record, or None for an unknown id (a dict lookup: ids never
+        become paths)."""
+        with self._index_lock:
+            if not isinstance(item_id, str) or item_id not in self.index:
+                return None
+            return self.index.item(item_id)
+
+    def item_vector(self, item_id: str) -> np.ndarray | None:
+        """The item's stored vector, or None when the index cannot reconstruct it (some
+        compressed indexes); an unknown id is an XmrError."""
+        with self._index_lock:
+            self.index.position(item_id)
+            try:
+                vector = self.index.vector(item_id)
+            except Exception:  # noqa: BLE001 - FAISS raises RuntimeError for no reconstruction
+                return None
+        return np.asarray(vector, dtype=np.float32).reshape(-1)
+
+    def image_ref(self, item_id: str):
+        """An :class:`~xmr.data.ImageRef` for the item's image, or None when it has none."""
+        return image_ref_from_record(self.item(item_id).get("image"))
+
+    def categories(self) -> dict[str, int]:
+        with self._index_lock:
+            return self.index.categories()
+
+    def info(self) -> dict[str, Any]:
+        with self._index_lock:
+            info = self.index.info()
+        info["model"] = {
+            "spec": getattr(self.encoder, "spec", None),
+            "fingerprint": (self.index.model or {}).get("fingerprint"),
+            "device": str(getattr(self.encoder, "device", "")),
+            "precision": getattr(self.encoder, "precision", None),
+        }
+        return info
+
+    # --- the second stage (composed in xmr.search.reranking) -----------------------------------
+
+    def missing_sides(self) -> dict[str, int]:
+        """How many items have no image and how many no caption: a text query is reranked
+        against item images, an image query against item captions, so each direction needs
+        every item to have that side. Counted once, then kept up to date by :meth:`add_item`."""
+        with self._index_lock:
+            if self._missing is None:
+                no_image = sum(not rec.get("image") for rec in self.index.items)
+                no_caption = sum(not rec.get("captions") for rec in self.index.items)
+                self._missing = {"image": no_image, "caption": no_caption}
+            return dict(self._missing)
+
+    def rerank_unavailable(self, text_queries: bool) -> str | None:
+        """Why queries of this kind (texts, or images) cannot be reranked, or None."""
+        if self.reranker is None:
+            return "no reranker is set"
+        side = "image" if text_queries else "caption"
+        missing = self.missing_sides()[side]
+        if not missing:
+            return None
+        kind, pairs = ("text", "images") if text_queries else ("image", "captions")
+        return (
+            f"{kind} queries cannot be reranked: the cross-encoder reads item {pairs}, and "
+            f"{missing} of the {len(self)} indexed items have no {side}"
+        )
+
+    def rerank(
+        self,
+        queries: Sequence[Any],
+        first_stage: Sequence[Sequence[SearchResult]],
+        *,
+        depth: int | Sequence[int] | None = None,
+        reranker: Reranker | None = None,
+    ) -> list[list[SearchResult]]:
+        """Rescore the first ``depth`` results of each query's first-stage list.
+
+        Args:
+            queries: texts (scored against item images) or images (PIL, path, bytes, ImageRef:
+                scored against item captions); the two kinds may be mixed.
+            first_stage: each query's results, best first (from a search of this Searcher).
+            depth: how many to rescore, one for all or one per query (default: the reranker's
+                ``k``).
+            reranker: instead of the Searcher's own.
+
+        Returns:
+            New result lists in the final order (``rank`` renumbered, second-stage fields set);
+            the queries of one kind and depth share cross-encoder batches.
+        """
+        second = reranker or self.reranker
+        if second is None:
+            raise XmrError("no reranker: give the Searcher one, or pass reranker=")
+        with self._reranker_lock:
+            return rerank_results(self, queries, first_stage, second, depth)
+
+    def search_reranked(
+        self,
+        queries: Sequence[Any],
+        k: int = 10,
+        *,
+        rerank_k: int | None = None,
+        category: str | None = None,
+        reranker: Reranker | None = None,
+    ) -> list[list[SearchResult]]:
+        """Two-stage search: retrieve ``max(k, rerank_k)`` per query, rescore the first
+        ``rerank_k`` with the cross-encoder, return the best ``k``. ``queries`` are all texts
+        or all images."""
+        second = reranker or self.reranker
+        if second is None:
+            raise XmrError("no reranker: give the Searcher one, or pass reranker=")
+        if not queries:
+            return []
+        text_queries = all(isinstance(q, str) for q in queries)
+        if not text_queries and any(isinstance(q, str) for q in queries):
+            raise XmrError("rerank: queries must be all texts or all images")
+        depth = int(rerank_k if rerank_k is not None else second.k)
+        fetch = max(_check_k(k), depth)
+        search = self.search_texts if text_queries else self.search_images
+        first = search(list(queries), fetch, category=category)
+        reranked = self.rerank(queries, first, depth=depth, reranker=second)
+        return [row[:k] for row in reranked]
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def add_item(self, vector: np.ndarray, record: dict[str, Any]) -> None:
+        """Append one item (its vector and metadata record) and save the index directory when it
+        was loaded from one. All or nothing: when the save fails the in-memory index is put back
+        as it was (reloaded from the directory, whose previous version the atomic save left
+        intact) and the error is raised."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        with self._index_lock:
+            index = self.index
+            index.add(vector, [str(record["id"])], [record])
+            if index.path is not None:
+                try:
+                    index.save()
+                except BaseException as exc:
+                    self._restore(index.path, exc)
+                    raise
+            if self._missing is not None:
+                self._missing["image"] += not record.get("image")
+                self._missing["caption"] += not record.get("captions")
+
+    def _restore(self, path: Path, cause: BaseException) -> None:
+        """Put back the index as it is in ``path`` after a failed save."""
+        try:
+            self.index = load_index(path, **self._load_options)
+        except Exception as exc:  # noqa: BLE001 - reported with the save's own failure
+            raise XmrError(
+                f"{path}: saving the index failed ({cause}) and reloading its previous version "
+                f"failed too ({exc}); the in-memory index holds an unsaved item"
+            ) from cause
+        self._missing = None
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or int(k) <= 0:
+        raise XmrError(f"k must be a positive number, got {k}")
+    return int(k)
