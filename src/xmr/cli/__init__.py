@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "t2i",
     "serve",
     "demo",
+    "report",
 ]
 
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line as given, for the provenance reports record (main() may be called).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         load_plugins()
         return int(args.func(args) or 0)

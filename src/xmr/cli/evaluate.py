@@ -15,6 +15,7 @@ from pathlib import Path
 from xmr.cli import options
 from xmr.cli.data import add_skip_bad_argument
 from xmr.cli.fusion_options import add_fusion_arguments, fusion_kwargs
+from xmr.cli.report import check_report_dir, write_evaluation_report
 from xmr.cli.rerank_options import add_rerank_arguments
 from xmr.cli.text_options import add_text_arguments, text_options
 from xmr.errors import XmrError
@@ -84,6 +85,13 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="OUT.csv",
         help="write id,text,first_hit_rank,AP,hits per query",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/index.html: metric tables, Recall@K curves, rank and AP "
+        "histograms, failure gallery with thumbnails, provenance (needs xmr[report])",
     )
     add_model_arguments(p)
     add_rerank_arguments(p)
@@ -177,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             "--json-format clip_benchmark counts empty queries as 0, as CLIP_benchmark does; "
             "it cannot be combined with --skip-empty-queries"
         )
+    if args.report:
+        check_report_dir(args.report)  # before the work, not after it
     if args.model is not None:
         result = evaluate_model(
             args.model,
@@ -187,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
             skip_empty=args.skip_empty_queries,
             **model_kwargs(args),
             **fusion_kwargs(args),
+            keep_rankings=bool(args.report),
         )
     else:
         try:
@@ -200,10 +211,13 @@ def run(args: argparse.Namespace) -> int:
                 per_query=args.per_query,
                 skip_empty=args.skip_empty_queries,
                 skip_bad=args.skip_bad,
+                keep_rankings=bool(args.report),
             )
         except UnknownKindError as exc:
             raise XmrError(f"{exc} with --predictions-format") from None
     print_warnings(result.warnings)
+    if args.report:
+        write_evaluation_report(args, result)
     if args.json_format == "clip_benchmark":
         model = args.model or None
         out = clip_benchmark_result(result.metrics, dataset=Path(args.data).name, model=model)

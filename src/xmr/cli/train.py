@@ -136,9 +136,14 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet or args.json:
         overrides.setdefault("progress", False)
     config = load_config(args.config, overrides, **fields)
-    result = train(config)
+    from xmr.cli.report import training_report_hook
+
+    report_hook = training_report_hook()  # OUT/report.html at every validation
+    result = train(config, on_validation=report_hook)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 reports
+    if report_hook is not None:
+        report_hook(result.out_dir)  # once more with the finished run's metrics.json
     if args.json:
         print(json.dumps(result.summary, indent=2))
     elif not args.quiet:

@@ -32,6 +32,7 @@ def evaluate_reranked(
     ks: Sequence[int] | None = None,
     batch_size: int = 32,
     device: Any = None,
+    rankings_out: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, float]:
     """Metrics of two-stage retrieval on ``split``, beside the first stage's own.
 
@@ -39,7 +40,9 @@ def evaluate_reranked(
     ``image_emb`` rows in ``split.items`` order, as :func:`xmr.eval.evaluate.evaluate_split`
     takes them); the cross-encoder rescores each query's top ``rerank_k``. Keys:
     ``{direction}/<metric>`` for the reranked rankings and ``first_stage/{direction}/<metric>``
-    for the first stage, on the same queries and to the same depth.
+    for the first stage, on the same queries and to the same depth. ``rankings_out``, when
+    given, receives both rankings (``{direction}`` and ``first_stage/{direction}`` -> query id
+    -> ranked ids), for a report of what reranking changed.
     """
     ks = tuple(ks or recall_ks(k))
     ce = create_cross_encoder(cross_encoder) if isinstance(cross_encoder, str) else cross_encoder
@@ -96,4 +99,6 @@ def evaluate_reranked(
                 query_ids=q_ids,
             )
             out.update({f"{prefix}{key}": value for key, value in metrics.items()})
+            if rankings_out is not None:
+                rankings_out[f"{prefix}{direction}"] = rankings
     return out

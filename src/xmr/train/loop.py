@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,7 @@ def train(
     *,
     stop_after_steps: int | None = None,
     evaluator: Evaluator | None = None,
+    on_validation: Callable[[Path], None] | None = None,
     **fields: Any,
 ) -> TrainResult:
     """Fine-tune a two-tower model contrastively (see ``TrainConfig`` for every option).
@@ -57,6 +60,8 @@ def train(
         evaluator: validates the encoder and picks the best model by its ``primary_metric``
             (default: a ``RetrievalEvaluator`` of ``valid_split`` by ``best_metric``). Under
             torchrun only rank 0 calls it.
+        on_validation: called with ``OUT`` after each validation's row is logged (rank 0
+            only); ``xmr train`` rebuilds ``OUT/report.html`` with it.
 
     Returns:
         A ``TrainResult`` (``trainer="contrastive"``, ``model`` the encoder). Under ``torchrun``
@@ -75,7 +80,7 @@ def train(
         session = build_session(config, info, say, evaluator)
         tb = TensorBoard(session.out / "tensorboard", config.tensorboard and info.is_main)
         try:
-            return _Loop(session, tb, stop_after_steps).run()
+            return _Loop(session, tb, stop_after_steps, on_validation).run()
         finally:
             tb.close()
     finally:
@@ -89,10 +94,17 @@ def _say(message: str) -> None:
 
 
 class _Loop:
-    def __init__(self, s: Session, tb: TensorBoard, stop_after: int | None) -> None:
+    def __init__(
+        self,
+        s: Session,
+        tb: TensorBoard,
+        stop_after: int | None,
+        on_validation: Callable[[Path], None] | None = None,
+    ) -> None:
         self.s = s
         self.tb = tb
         self.stop_after = stop_after
+        self.on_validation = on_validation
         self.losses: list[float] = []
 
     def run(self) -> TrainResult:
@@ -234,6 +246,8 @@ class _Loop:
             s.history.append(row)
             self.tb.scalars(metrics, step, "valid/")
             progress["last_metrics"] = metrics
+            if self.on_validation is not None:
+                self.on_validation(s.out)
             s.say(
                 f"step {step}: {s.best_metric} {value:.4f}"
                 + (" (best so far, saved)" if improved else f" (best {progress['best_value']:.4f})")

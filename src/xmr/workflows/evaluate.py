@@ -42,6 +42,7 @@ from xmr.models import create_encoder
 from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
 from xmr.workflows.text_eval import evaluate_text_model, is_text_job
+from xmr.workflows.report.sources import embedded_rankings, model_fingerprint, predictions_rankings
 
 
 @dataclass(eq=False)
@@ -61,6 +62,11 @@ class EvaluationResult(Mapping[str, float]):
         failed_items: items whose image could not be encoded (they rank last).
         warnings: things the caller should tell the user (numbers that are optimistic,
             items that could not be encoded).
+        rankings: with ``keep_rankings``, ``direction -> query id -> ranked ids`` as the
+            evaluation ranked them (a model: 100 deep, or both stages ``{direction}`` and
+            ``first_stage/{direction}`` when reranked; a prediction file: as read), else None.
+        split_data: with ``keep_rankings``, the evaluated split itself (for a report).
+        model_fingerprint: with ``keep_rankings`` and a model, its short fingerprint.
     """
 
     metrics: dict[str, float]
@@ -70,6 +76,9 @@ class EvaluationResult(Mapping[str, float]):
     per_query_path: Path | None = None
     failed_items: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    rankings: dict[str, dict[str, list[str]]] | None = None
+    split_data: Any = None
+    model_fingerprint: str | None = None
 
     def __getitem__(self, key: str) -> float:
         return self.metrics[key]
@@ -225,6 +234,7 @@ def evaluate_model(
     skip_bad: bool = False,
     draft: bool = False,
     text: Mapping[str, Any] | None = None,
+    keep_rankings: bool = False,
 ) -> EvaluationResult:
     """Score a bi-encoder on a split: embed it, rank exactly, compute the evaluator's metrics.
 
@@ -267,6 +277,8 @@ def evaluate_model(
             :func:`xmr.workflows.text_eval.evaluate_text_model` with MTEB's metrics beside
             R@K, as ``t2t/`` keys (``per_query``, ``fused``, ``depth`` and ``emb_dir`` do not
             apply to it).
+        keep_rankings: also return the rankings, the split and the model's fingerprint on the
+            result (what :func:`xmr.workflows.report.build_evaluation_report` draws).
 
     Returns:
         an :class:`EvaluationResult`.
@@ -287,6 +299,10 @@ def evaluate_model(
     if not chosen.has_relevance:
         raise XmrError(f"{dataset.root}: split '{chosen.name}' has no relevance to score against")
     if is_text_job(model, chosen, (text or {}).get("hybrid")):
+        if keep_rankings:
+            raise XmrError(
+                "keep_rankings (a report) is not available for text -> text evaluation yet"
+            )
         return _evaluate_text(
             model, dataset, chosen, text, directions=directions, k=k, device=device,
             precision=precision, batch_size=batch_size, skip_empty=skip_empty, rerank=rerank,
@@ -304,12 +320,14 @@ def evaluate_model(
     metrics = evaluate_embedded(
         emb, directions=directions, k=k, depth=depth, device=device, skip_empty=skip_empty
     )
+    rankings: dict | None = None
     if rerank is not None:
         # The reranked numbers replace the first stage's keys; the first stage stays beside them.
+        rankings = {} if keep_rankings else None  # both stages, as they were scored
         metrics |= evaluate_reranked(
             chosen, emb.text, emb.items, load_reranker(rerank, device, precision),
             rerank_k=rerank_k, mode=rerank_mode, alpha=rerank_alpha, directions=directions,
-            k=k, batch_size=rerank_batch_size, device=device,
+            k=k, batch_size=rerank_batch_size, device=device, rankings_out=rankings,
         )  # fmt: skip
     if fused is not None:
         metrics |= fused_metrics(
@@ -322,7 +340,12 @@ def evaluate_model(
         path = write_per_query_csv(rows, per_query)
     if skip_empty:
         warnings.append(lenient_warning(metrics))
-    return EvaluationResult(metrics, chosen.name, "model", rows, path, list(emb.failed), warnings)
+    result = EvaluationResult(metrics, chosen.name, "model", rows, path, list(emb.failed), warnings)
+    if keep_rankings:
+        result.rankings = rankings or embedded_rankings(emb, directions, device=device)
+        result.split_data = chosen
+        result.model_fingerprint = model_fingerprint(emb.model)
+    return result
 
 
 def _evaluate_text(
@@ -406,6 +429,7 @@ def evaluate_prediction_file(
     per_query: str | Path | None = None,
     skip_empty: bool = False,
     skip_bad: bool = False,
+    keep_rankings: bool = False,
 ) -> EvaluationResult:
     """Validate a prediction file as the official scorers do and score it.
 
@@ -418,7 +442,7 @@ def evaluate_prediction_file(
             (default: detected from the content).
         k: the cut-off; each list must hold exactly ``k`` ids (TREC runs: any number).
         per_query: write the per-query rows there as CSV (checked before any work).
-        skip_empty, skip_bad: as for :func:`evaluate_model`.
+        skip_empty, skip_bad, keep_rankings: as for :func:`evaluate_model`.
     """
     check_k(k)
     if per_query is not None:
@@ -435,7 +459,11 @@ def evaluate_prediction_file(
     path = write_per_query_csv(rows, per_query) if per_query is not None else None
     if skip_empty:
         warnings.append(lenient_warning(metrics))
-    return EvaluationResult(metrics, chosen.name, "predictions", rows, path, warnings=warnings)
+    result = EvaluationResult(metrics, chosen.name, "predictions", rows, path, warnings=warnings)
+    if keep_rankings:
+        result.rankings = predictions_rankings(predictions, chosen, k=k, kind=predictions_format)
+        result.split_data = chosen
+    return result
 
 
 def _depth(depth: int | str | None) -> int | None:
