@@ -41,8 +41,8 @@ from xmr.io.atomic import check_output_file
 from xmr.models import create_encoder
 from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
-from xmr.workflows.text_eval import evaluate_text_model, is_text_job
 from xmr.workflows.report.sources import embedded_rankings, model_fingerprint, predictions_rankings
+from xmr.workflows.text_eval import evaluate_text_model, is_text_job
 
 
 @dataclass(eq=False)
