@@ -186,16 +186,34 @@ class MugeReader:
                 raise XmrError(f"{path}: not a MUGE file (MR_{{split}}_queries.jsonl / _imgs.tsv)")
             split = split or only.removeprefix("MR_")
         names = choose_splits([*queries, *tsvs], split, path)
-        if images is not None:
-            if len(names) > 1:
-                raise XmrError(f"{path}: --images applies to one split; choose it with --split")
-            tsvs[names[0]] = Path(images)
-            require_path(Path(images))
-        bad = BadRecords(skip_bad)
-        dataset = RetrievalDataset(format=self.name, root=path)
-        for name in names:
-            dataset.splits[name] = _read_split(name, queries.get(name), tsvs.get(name), bad)
-        return bad.attach(dataset)
+        return read_tsv_splits(self.name, path, names, queries, tsvs, images, skip_bad, _read_split)
+
+
+def read_tsv_splits(
+    format_name: str,
+    path: Path,
+    names: list[str],
+    texts: dict[str, Path],
+    tsvs: dict[str, Path],
+    images: str | Path | None,
+    skip_bad: bool,
+    read_split,
+) -> RetrievalDataset:
+    """Read the chosen splits of a MUGE-style data set (a text file and an image TSV per split).
+
+    ``images`` (``--images``) replaces the image TSV of the one split being read;
+    ``read_split(name, text_file, tsv, bad)`` reads one split.
+    """
+    if images is not None:
+        if len(names) > 1:
+            raise XmrError(f"{path}: --images applies to one split; choose it with --split")
+        require_path(Path(images))
+        tsvs[names[0]] = Path(images)
+    bad = BadRecords(skip_bad)
+    dataset = RetrievalDataset(format=format_name, root=path)
+    for name in names:
+        dataset.splits[name] = read_split(name, texts.get(name), tsvs.get(name), bad)
+    return bad.attach(dataset)
 
 
 def _read_split(name: str, queries: Path | None, tsv: Path | None, bad: BadRecords) -> Split:

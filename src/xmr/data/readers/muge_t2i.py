@@ -21,7 +21,7 @@ from pathlib import Path
 from xmr.data.dataset import Query, RetrievalDataset, Split
 from xmr.data.readers import register_reader
 from xmr.data.readers._common import BadRecords, choose_splits, iter_lines, require_path
-from xmr.data.readers.muge import read_image_tsv
+from xmr.data.readers.muge import read_image_tsv, read_tsv_splits
 from xmr.errors import DataError, XmrError
 
 _TEXTS = re.compile(r"T2I_(\w+?)\.txt\.tsv")
@@ -128,16 +128,7 @@ class MugeT2IReader:
                 raise XmrError(f"{path}: not a MUGE T2I file (T2I_{{split}}.txt.tsv / .img.tsv)")
             split = split or only
         names = choose_splits([*texts, *tsvs], split, path)
-        if images is not None:
-            if len(names) > 1:
-                raise XmrError(f"{path}: --images applies to one split; choose it with --split")
-            require_path(Path(images))
-            tsvs[names[0]] = Path(images)
-        bad = BadRecords(skip_bad)
-        dataset = RetrievalDataset(format=self.name, root=path)
-        for name in names:
-            dataset.splits[name] = _read_split(name, texts.get(name), tsvs.get(name), bad)
-        return bad.attach(dataset)
+        return read_tsv_splits(self.name, path, names, texts, tsvs, images, skip_bad, _read_split)
 
 
 def _read_split(name: str, texts: Path | None, tsv: Path | None, bad: BadRecords) -> Split:
