@@ -73,20 +73,28 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise XmrError(f"{path}: is a directory; name a file to write")
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise XmrError(f"{path}: cannot create it, {ancestor} is a file")
-            break
+    _refuse_file_in_the_way(path)
     return path
 
 
 def check_output_dir(path: str | Path) -> Path:
-    """Fail before any work when ``path`` exists and is not a directory."""
+    """Fail before any work when ``path`` exists and is not a directory, or a file stands where
+    one of its parent directories should be."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise XmrError(f"{path}: exists and is not a directory")
-    return check_output_file(path / "x").parent
+    _refuse_file_in_the_way(path)
+    return path
+
+
+def _refuse_file_in_the_way(path: Path) -> None:
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise XmrError(
+                    f"{path}: cannot create it: a file is in the way ({ancestor} is a file)"
+                )
+            return
 
 
 def _temp_name(path: Path, tag: str) -> Path:
