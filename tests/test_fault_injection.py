@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from xmr.cli import main
-from xmr.errors import WriteError
+from xmr.io.failures import WriteError
 
 NO_SPACE = os.strerror(errno.ENOSPC)
 # RLIMIT_FSIZE and SIGXFSZ: the kernel refuses writes past a size, no injection involved.
@@ -348,7 +348,7 @@ def test_a_json_artefact_that_fails_keeps_the_old_one(faults, tmp_path):
 def test_failure_reasons_of_cpp_writers_are_one_line():
     """faiss' and torch's C++ errors become the reason after the file name, without the
     source location."""
-    from xmr.errors import failure_reason
+    from xmr.io.failures import failure_reason
 
     faiss_error = RuntimeError(
         "Error in void faiss::write_index(const Index*, IOWriter*, int) at "
@@ -376,7 +376,7 @@ def test_a_model_save_past_a_real_file_size_limit_is_a_write_error(work, tmp_pat
     script = textwrap.dedent(
         """
         import resource, signal, sys
-        from xmr.errors import WriteError
+        from xmr.io.failures import WriteError
         from xmr.models import create_encoder
         encoder = create_encoder(sys.argv[1], device="cpu")
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from xmr.data.dataset import Item, RetrievalDataset, Split
-from xmr.errors import DataError, WriteError, XmrError, write_error
+from xmr.errors import DataError, XmrError
+from xmr.io.failures import WriteError, write_error
 from xmr.io.outdirs import prepare_output_dir
 
 TARGETS = ("evalscope", "beir", "csv")

@@ -55,7 +55,8 @@ from xmr.data.synth_render import (
     VehicleLook,
     render,
 )
-from xmr.errors import XmrError, writing
+from xmr.errors import XmrError
+from xmr.io.failures import writing
 from xmr.io.outdirs import prepare_output_dir
 
 PEDESTRIAN_VECTOR: tuple[str, ...] = (

@@ -19,6 +19,7 @@ import numpy as np
 from xmr.errors import XmrError
 from xmr.io.atomic import atomic_write
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
+from xmr.io.outdirs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +140,9 @@ def write_failed(out: Path, manifest: dict[str, Any]) -> None:
 def check_out_dir(out: Path) -> None:
     """Refuse an ``out`` that is a file, or a directory holding something other than an earlier
     encoding (a data set or a model given as ``--out`` by mistake)."""
-    if out.exists() and not out.is_dir():
-        raise XmrError(f"{out}: exists and is not a directory; name a directory for the embeddings")
-    if out.is_dir() and not (out / MANIFEST).exists():
-        foreign = [p.name for p in out.iterdir() if not p.name.startswith(".")]
-        if foreign:
-            raise XmrError(
-                f"{out}: exists and is not an xmr embeddings directory (it holds "
-                f"{', '.join(sorted(foreign)[:3])}{', ...' if len(foreign) > 3 else ''}); "
-                "name a new or empty directory"
-            )
+    prepare_output_dir(
+        out, is_ours=lambda d: (d / MANIFEST).exists(), what="an xmr embeddings directory"
+    )
 
 
 def clear(out: Path) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from xmr.errors import WriteError, XmrError
-from xmr.io.atomic import check_output_file, ensure_parent, write_error
+from xmr.errors import XmrError
+from xmr.io.atomic import check_output_file, ensure_parent
+from xmr.io.failures import WriteError, write_error
 
 # The text->item submission kinds (cnclip-i2t is a scoring format, not a submission one).
 SUBMISSION_FORMATS = ("track2", "muge", "cnclip", "trec")

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from xmr.errors import XmrError, writing
+from xmr.errors import XmrError
 from xmr.index.base import AUTO_EXACT_MAX, IndexBackend, register_index_backend
+from xmr.io.failures import writing
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from xmr.errors import ModelMismatchError, XmrError, writing
+from xmr.errors import ModelMismatchError, XmrError
 from xmr.index.base import IndexBackend, exact_search, get_backend, normalise
 from xmr.io.atomic import atomic_replace_dir
+from xmr.io.failures import writing
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
 from xmr.io.provenance import now, xmr_version
 

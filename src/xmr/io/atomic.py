@@ -7,7 +7,7 @@ are cleaned up by the next write of the same destination.
 
 A write that fails (a full disk, a permission refused, an I/O error; from Python or from a C++
 library such as faiss or torch) removes its temporary, leaves the previous version in place, and
-raises :class:`~xmr.errors.WriteError` naming the destination file (``INDEX_DIR/index.faiss``,
+raises :class:`~xmr.io.failures.WriteError` naming the destination file (``INDEX_DIR/index.faiss``,
 not the hidden temporary) with the system's reason: the CLI prints that as one line.
 """
 
@@ -26,20 +26,18 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import XmrError, is_write_failure, write_error, writing
+from xmr.errors import XmrError
+from xmr.io.failures import is_write_failure, write_error
 
-__all__ = [  # the write-failure helpers live in xmr.errors; importable from here too
+__all__ = [  # the write-failure helpers live in xmr.io.failures
     "atomic_replace_dir",
     "atomic_write",
     "atomic_write_json",
     "check_output_dir",
     "check_output_file",
     "ensure_parent",
-    "is_write_failure",
     "remove_abandoned",
     "temp_path",
-    "write_error",
-    "writing",
 ]
 
 
@@ -75,20 +73,28 @@ def check_output_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise XmrError(f"{path}: is a directory; name a file to write")
-    for ancestor in path.parents:
-        if ancestor.exists():
-            if not ancestor.is_dir():
-                raise XmrError(f"{path}: cannot create it, {ancestor} is a file")
-            break
+    _refuse_file_in_the_way(path)
     return path
 
 
 def check_output_dir(path: str | Path) -> Path:
-    """Fail before any work when ``path`` exists and is not a directory."""
+    """Fail before any work when ``path`` exists and is not a directory, or a file stands where
+    one of its parent directories should be."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise XmrError(f"{path}: exists and is not a directory")
-    return check_output_file(path / "x").parent
+    _refuse_file_in_the_way(path)
+    return path
+
+
+def _refuse_file_in_the_way(path: Path) -> None:
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise XmrError(
+                    f"{path}: cannot create it: a file is in the way ({ancestor} is a file)"
+                )
+            return
 
 
 def _temp_name(path: Path, tag: str) -> Path:
@@ -124,7 +130,7 @@ def remove_abandoned(directory: Path, prefix: str) -> None:
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path``. A failed write is a :class:`~xmr.errors.WriteError` naming ``path``; ``path`` is
+    ``path``. A failed write is a :class:`~xmr.io.failures.WriteError` naming ``path``; ``path`` is
     then as it was, and the temporary is gone."""
     path = Path(path)
     if path.is_dir():
@@ -160,7 +166,7 @@ def atomic_replace_dir(
     dest: str | Path, fill: Callable[[Path], None], *, may_replace: Callable[[Path], bool]
 ) -> None:
     """Fill a new directory beside ``dest`` with ``fill(tmp)``, then swap it in for ``dest``.
-    A failed write is a :class:`~xmr.errors.WriteError` naming ``dest`` or the file of it that
+    A failed write is a :class:`~xmr.io.failures.WriteError` naming ``dest`` or the file of it that
     could not be written (``fill`` should write under :func:`writing`).
 
     On Linux the two directories are exchanged in one ``renameat2(RENAME_EXCHANGE)``, so

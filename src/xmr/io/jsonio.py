@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import DataError, writing
+from xmr.errors import DataError
+from xmr.io.failures import writing
 from xmr.io.textfiles import BadRecords, iter_lines, load_json
 
 

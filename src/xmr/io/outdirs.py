@@ -27,7 +27,8 @@ def prepare_output_dir(
             holds the job's manifest, config or checkpoint).
         what: what the job writes, for the message (``"an xmr embeddings directory"``).
 
-    Hidden entries (a killed writer's ``.tmp`` files) do not make a directory foreign.
+    Hidden entries (a killed writer's ``.tmp`` files) do not make a directory foreign. A file
+    at ``out`` is refused as well (see :func:`~xmr.io.atomic.check_output_dir`).
     """
     out = check_output_dir(out)
     if not out.is_dir() or is_ours(out):
@@ -36,7 +37,7 @@ def prepare_output_dir(
     if entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise XmrError(
-            f"{out}: exists, is not empty and is not {what} (it holds {shown}); "
+            f"{out}: exists, is not empty and is not {what}: it holds other files ({shown}); "
             "name a new or empty directory"
         )
     return out

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from xmr.errors import XmrError, write_failures_named
+from xmr.errors import XmrError
+from xmr.io.failures import write_failures_named
 from xmr.models.base import Encoder, resolve_device, resolve_precision
 from xmr.models.preprocess import ImagePreprocess
 from xmr.models.registry import HF_MODEL_TYPES, looks_local

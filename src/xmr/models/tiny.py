@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import write_failures_named
 from xmr.io.atomic import check_output_dir
+from xmr.io.failures import write_failures_named
 from xmr.models.hf_clip import quiet_transformers, save_tokenizer
 from xmr.models.offline_tokenizer import BOS, EOS, PAD, train_wordpiece
 from xmr.models.preprocess import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess

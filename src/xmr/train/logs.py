@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xmr.io.atomic import atomic_write, writing
+from xmr.io.atomic import atomic_write
+from xmr.io.failures import writing
 
 log = logging.getLogger(__name__)
 

@@ -11,27 +11,23 @@ from typing import Any
 
 import numpy as np
 
-from xmr.errors import XmrError
-from xmr.io.atomic import atomic_write, check_output_dir, remove_abandoned, temp_path
+from xmr.io.atomic import atomic_write, remove_abandoned, temp_path
+from xmr.io.outdirs import prepare_output_dir
 from xmr.train import checkpoint as ckpt
 from xmr.train.config import CONFIG_FILE
 
 SUMMARY_FILE = "metrics.json"
 
 
+def is_training_run(out: Path) -> bool:
+    """Whether ``out`` holds an earlier training run (its config or a checkpoint)."""
+    return (out / CONFIG_FILE).exists() or ckpt.last_checkpoint(out).exists()
+
+
 def check_out_dir(out: Path) -> None:
     """``out`` must be new, empty, or an earlier run's output: a data set or a model directory
     given as the output by mistake would get a model and logs written into it."""
-    check_output_dir(out)
-    if not out.is_dir() or (out / CONFIG_FILE).exists() or ckpt.last_checkpoint(out).exists():
-        return
-    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    if entries:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise XmrError(
-            f"{out}: exists and holds other files ({shown}), not an earlier training run; "
-            "name a new or empty directory"
-        )
+    prepare_output_dir(out, is_ours=is_training_run, what="an earlier training run")
 
 
 def export_model(encoder, out: Path) -> None:

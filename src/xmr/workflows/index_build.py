@@ -10,6 +10,7 @@ from xmr.encode import load_embeddings, load_metadata, read_manifest
 from xmr.errors import XmrError
 from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings, fusion_digest, load_fusion
 from xmr.index.store import Index, build_index, load_index
+from xmr.io.atomic import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,6 @@ def index_texts(
     from xmr.index.bm25_index import build_bm25_index
 
     if out_dir is not None:
-        from xmr.io.atomic import check_output_dir
-
         check_output_dir(out_dir)
     dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
     chosen = dataset.split(split)

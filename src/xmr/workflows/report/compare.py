@@ -16,7 +16,8 @@ from typing import Any
 
 from xmr.errors import DataError, XmrError
 from xmr.eval.evaluate import _format_value
-from xmr.io.atomic import atomic_replace_dir, check_output_dir
+from xmr.io.atomic import atomic_replace_dir
+from xmr.io.outdirs import prepare_output_dir
 from xmr.workflows.report import page
 from xmr.workflows.report.evaluation import Thumbs, direction_name
 from xmr.workflows.report.ranks import base_direction
@@ -133,6 +134,11 @@ def _changes(a, b, direction: str, top: int) -> list[dict[str, Any]]:
     return [dict(c, change="gained") for c in gained] + [dict(c, change="lost") for c in lost]
 
 
+def _is_comparison(path: Path) -> bool:
+    """Whether ``path`` is a comparison xmr wrote (which a new one may replace)."""
+    return (path / "compare.json").is_file()
+
+
 def compare_reports(
     dir_a: str | Path, dir_b: str | Path, *, out_dir: str | Path | None = None, top: int = 10
 ) -> Path:
@@ -156,7 +162,7 @@ def compare_reports(
             f"({len(shared)} shared): compare runs on the same split"
         )
     out = Path(out_dir) if out_dir is not None else Path(dir_b) / "compare"
-    check_output_dir(out)
+    prepare_output_dir(out, is_ours=_is_comparison, what="an xmr report comparison")
     table, deltas = _metric_table(a["metrics"], b["metrics"])
     split = _split(a)
     thumbs = Thumbs(split) if split is not None else None
@@ -193,8 +199,5 @@ def compare_reports(
         (tmp / "index.html").write_text(html_text, encoding="utf-8")
         (tmp / "compare.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
-    def ours(path: Path) -> bool:
-        return (path / "compare.json").is_file() or not any(path.iterdir())
-
-    atomic_replace_dir(out, fill, may_replace=ours)
+    atomic_replace_dir(out, fill, may_replace=_is_comparison)
     return out / "index.html"

@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xmr.errors import XmrError
 from xmr.eval.evaluate import _format_value
-from xmr.io.atomic import atomic_replace_dir, check_output_dir
+from xmr.io.atomic import atomic_replace_dir
+from xmr.io.outdirs import prepare_output_dir
 from xmr.workflows.report import page, plots
 from xmr.workflows.report.ranks import (
     DirectionView,
@@ -247,10 +247,7 @@ def is_report_dir(path: Path) -> bool:
 def check_report_dir(path: str | Path) -> Path:
     """Refuse, before any work, an output that is a file or a directory that is not a report
     (a report replaces its directory whole)."""
-    path = check_output_dir(path)
-    if path.is_dir() and not is_report_dir(path):
-        raise XmrError(f"{path}: not an xmr report and not empty; choose another directory")
-    return path
+    return prepare_output_dir(path, is_ours=is_report_dir, what="an xmr report")
 
 
 def build_evaluation_report(
