@@ -261,6 +261,21 @@ def add_draft(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
     parser.add_argument("--draft", action="store_true", help=DRAFT_HELP)
 
 
+QUERY_DRAFT_HELP = (
+    "decode query (and uploaded) images with JPEG draft decoding, or not: by default as the "
+    "index's images were (its manifest's preprocessing.jpeg_draft); the setting that "
+    "contradicts the index is an error, since draft and full decoding are never mixed "
+    "(default: the index's)"
+)
+
+
+def add_query_draft(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--draft`` / ``--no-draft`` on commands that search an index: unset follows the index."""
+    parser.add_argument(
+        "--draft", action=argparse.BooleanOptionalAction, default=None, help=QUERY_DRAFT_HELP
+    )
+
+
 def add_data_format(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     help: str = "data set format (default: detected from the files)",

@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--model", default=None, metavar="M", help="model spec (default: the one the index names)"
     )
     options.add_device(p)
+    options.add_query_draft(p)
     p.add_argument("--json", action="store_true", help='print {"results": [...]} as JSON')
     from xmr.cli.rerank_options import add_rerank_arguments
 
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         model=args.model,
         reranker=reranker,
+        draft=args.draft,
         **searcher_options(args),
     )
     if reranker is not None:

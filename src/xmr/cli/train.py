@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from xmr.cli import options
+from xmr.errors import XmrError
 from xmr.train.config import load_config
 from xmr.train.config_base import parse_overrides
 
@@ -18,6 +20,7 @@ options as key=value (after the flags; any TrainConfig field, see `xmr.train.Tra
   grad_checkpointing=true precision=fp32|fp16|bf16 device=auto workers=2 seed=0
   eval_every=0 (0: every epoch) best_metric=t2i/mAP@10 save_every=0 resume=true
   text_source=auto|pairs|captions|both (captions: one of an image's captions per step)
+  draft=true (= --draft: JPEG draft decoding for training and validation)
 
 multi-GPU / multi-process: torchrun --nproc_per_node N -m xmr train ...
   (NCCL on GPUs, gloo on CPU; features are gathered so the contrastive batch is global)
@@ -83,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="image decoding processes (default: --config's, else 2)",
     )
+    options.add_draft(p)
     p.add_argument(
         "--no-resume", action="store_true", help="start over even if OUT has a checkpoint"
     )
@@ -102,6 +106,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.draft and (args.fused or args.cross_encoder):
+        which = "--fused" if args.fused else "--cross-encoder"
+        raise XmrError(f"--draft is for contrastive training; {which} training decodes in full")
     if args.fused:
         from xmr.cli.train_fusion import run_fusion
 
@@ -127,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "workers": args.workers,
         "skip_bad": True if args.skip_bad else None,
+        # Not given: --config's setting (or off); the flag only turns it on.
+        "draft": True if args.draft else None,
     }
     overrides = parse_overrides(args.overrides)
     if valid is not None:

@@ -106,12 +106,18 @@ class Searcher:
         gpu: bool | None = None,
         reranker: Reranker | None = None,
         bm25_index: str | Path | None = None,
+        draft: bool | None = None,
         **options: Any,
     ) -> Searcher:
         """Load an index and the encoder it names (or ``model``: a spec or an Encoder, which must
         be the same model, e.g. a copy of it in another directory). A BM25 index directory
         needs no model; ``bm25_index`` adds one beside a vector index (``mode=bm25|hybrid``);
-        ``options`` are the hybrid settings of :class:`Searcher`."""
+        ``options`` are the hybrid settings of :class:`Searcher`.
+
+        Query images are decoded as the index's images were: ``draft`` None (the default) takes
+        the index's JPEG decoding setting (``source.preprocessing.jpeg_draft``, see
+        :func:`index_draft`); True or False must agree with it, or this raises
+        :class:`~xmr.errors.XmrError` (draft and full decoding are never mixed)."""
         index = open_index(index_dir, gpu=gpu)
         if is_lexical(index):
             if bm25_index is not None:
@@ -126,8 +132,9 @@ class Searcher:
             spec = str(model) if model is not None else (index.model or {}).get("spec")
             if not spec:
                 raise XmrError(f"{index_dir}: the index names no model; pass one (model=...)")
+            wanted = _query_draft(index, index_dir, draft)
             try:
-                encoder = create_encoder(spec, device=device, precision=precision)
+                encoder = create_encoder(spec, device=device, precision=precision, draft=wanted)
             except XmrError as exc:
                 if model is not None:
                     raise
@@ -136,7 +143,7 @@ class Searcher:
                     "as the model"
                 ) from None
         else:
-            encoder = model
+            encoder = _with_draft(model, _query_draft(index, index_dir, draft))
         searcher = cls(index, encoder, reranker=reranker, lexical=lexical, **options)
         searcher._load_options = {"gpu": gpu}
         return searcher
@@ -388,6 +395,7 @@ class Searcher:
             "fingerprint": (self.index.model or {}).get("fingerprint"),
             "device": str(getattr(self.encoder, "device", "")),
             "precision": getattr(self.encoder, "precision", None),
+            "draft": bool(getattr(getattr(self.encoder, "preprocess", None), "draft", False)),
         }
         return info
 
@@ -509,6 +517,42 @@ class Searcher:
                 f"failed too ({exc}); the in-memory index holds an unsaved item"
             ) from cause
         self._missing = None
+
+
+def index_draft(index: Index) -> bool:
+    """Whether the index's images were decoded in JPEG draft mode (``--draft``): its
+    ``source.preprocessing.jpeg_draft``, else its model manifest's ``preprocess.draft``."""
+    preprocessing = ((index.manifest or {}).get("source") or {}).get("preprocessing") or {}
+    if "jpeg_draft" in preprocessing:
+        return bool(preprocessing["jpeg_draft"])
+    return bool(((index.model or {}).get("preprocess") or {}).get("draft", False))
+
+
+def _query_draft(index: Index, index_dir: Any, draft: bool | None) -> bool:
+    """The query images' decoding: the index's, and an explicit other setting is an error."""
+    built = index_draft(index)
+    if draft is None or bool(draft) == built:
+        return built
+    said = {True: "with draft JPEG decoding (--draft)", False: "with full decoding (--no-draft)"}
+    raise XmrError(
+        f"{index_dir}: the index's images were decoded {said[built]}; query images must be "
+        f"decoded the same way, not {said[bool(draft)]} (leave the setting out to follow "
+        "the index)"
+    )
+
+
+def _with_draft(encoder: Any, draft: bool) -> Any:
+    """``encoder`` decoding query images with ``draft``: a shallow copy sharing the model when
+    it must change (the caller's encoder is left as it was)."""
+    preprocess = getattr(encoder, "preprocess", None)
+    if preprocess is None or bool(getattr(preprocess, "draft", False)) == draft:
+        return encoder
+    import copy
+    from dataclasses import replace
+
+    encoder = copy.copy(encoder)
+    encoder.preprocess = replace(preprocess, draft=draft)
+    return encoder
 
 
 def _check_k(k: Any) -> int:

@@ -104,8 +104,9 @@ class ImageStore:
                 self._cached_bytes -= len(dropped.data)
 
 
-def decode_upload(data: bytes, max_pixels: int):
-    """Decode an uploaded image, refusing decompression bombs before any pixel is decoded."""
+def decode_upload(data: bytes, max_pixels: int, draft_size: tuple[int, int] | None = None):
+    """Decode an uploaded image, refusing decompression bombs before any pixel is decoded;
+    ``draft_size``: JPEG draft decoding, for an index whose images were draft-decoded."""
     import warnings
 
     from PIL import Image
@@ -126,6 +127,6 @@ def decode_upload(data: bytes, max_pixels: int):
             field="image",
         )
     try:
-        return decode_image(data, source="upload")
+        return decode_image(data, source="upload", draft_size=draft_size)
     except DataError as exc:
         raise ApiError(400, "bad_upload", exc.message, field="image") from None

@@ -51,6 +51,8 @@ class ServeSettings:
             local model is shown by its directory name and a short weights fingerprint.
         attribute_names: what each position of a 0/1 attribute vector means (Track2
             pedestrians), so results show the names of the set attributes instead of the bits.
+        draft: JPEG draft decoding of query and uploaded images: None follows the index
+            (``source.preprocessing.jpeg_draft``); True or False must agree with it.
     """
 
     max_k: int = 100
@@ -80,6 +82,7 @@ class ServeSettings:
     rrf_k: int = 60
     show_model_path: bool = False
     attribute_names: list[str] | None = None
+    draft: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_k < 1:

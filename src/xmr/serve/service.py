@@ -105,11 +105,19 @@ class SearchService:
         settings = settings or ServeSettings()
         if isinstance(index, str | Path):
             index = Searcher.from_index_dir(
-                index, device=settings.device, **text_search_options(settings)
+                index,
+                device=settings.device,
+                draft=settings.draft,
+                **text_search_options(settings),
             )
         if not isinstance(index, Searcher):
             raise TypeError(f"serve an index directory or a Searcher, not {type(index).__name__}")
         return cls(index, settings, **kwargs)
+
+    def _draft_size(self) -> tuple[int, int] | None:
+        """Uploads decode as the index's images were (JPEG draft mode only for a draft index)."""
+        preprocess = getattr(self.searcher.encoder, "preprocess", None)
+        return getattr(preprocess, "draft_size", None)
 
     def _refresh(self) -> None:
         """Recount what requests are checked against: categories, and which query kinds the
@@ -373,7 +381,9 @@ class SearchService:
         """A query by an uploaded image."""
         started = time.perf_counter()
         depth, about = self.rerank_plan(form, text_query=False)
-        img = await run_in_threadpool(decode_upload, form.image, self.settings.max_upload_pixels)
+        img = await run_in_threadpool(
+            decode_upload, form.image, self.settings.max_upload_pixels, self._draft_size()
+        )
         vector = await self.image_batcher.submit(img)
         fetch = max(form.k, depth or 0)
         first = (
@@ -389,7 +399,9 @@ class SearchService:
 
     async def add_item(self, form: AddItemForm) -> dict[str, Any]:
         """Add an uploaded image to the index: all or nothing (see :mod:`xmr.serve.writes`)."""
-        img = await run_in_threadpool(decode_upload, form.image, self.settings.max_upload_pixels)
+        img = await run_in_threadpool(
+            decode_upload, form.image, self.settings.max_upload_pixels, self._draft_size()
+        )
         try:
             await run_in_threadpool(self._writer.add, form, img)
         finally:

@@ -50,6 +50,7 @@ TRAJECTORY_FIELDS = (
     "seed",
     "max_train_items",
     "text_source",
+    "draft",
 )
 
 
@@ -92,7 +93,9 @@ class TrainConfig(TrainerConfig):
     Runtime:
         precision: fp32, fp16 (CUDA, with a GradScaler) or bf16 (autocast). device: auto, cpu,
         cuda. workers: DataLoader processes decoding images. cache_images: keep preprocessed
-        training images in memory ("auto": when they fit in ``cache_max_mb``).
+        training images in memory ("auto": when they fit in ``cache_max_mb``). draft: decode
+        JPEGs in draft mode (``--draft``: faster on big photos, not the reference processor's
+        pixels) for training and validation alike; a resumed run must use its checkpoint's.
     Validation, checkpoints, logs:
         eval_every: validate every N optimiser steps (0: at the end of each epoch).
         best_metric: validation metric that picks the best model (None: ``t2i/mAP@10`` for
@@ -147,6 +150,7 @@ class TrainConfig(TrainerConfig):
     workers: int = 2
     cache_images: str = "auto"
     cache_max_mb: int = 2048
+    draft: bool = False
     seed: int = 0
 
     eval_every: int = 0

@@ -117,7 +117,10 @@ def build_session(
         evaluator = None
 
     precision = resolve_precision(cfg.precision, info.device)
-    encoder = create_encoder(cfg.model, device=str(info.device), precision=precision)
+    # Validation encodes through this encoder's preprocessing: the same decoding as training.
+    encoder = create_encoder(
+        cfg.model, device=str(info.device), precision=precision, draft=cfg.draft
+    )
     module = TwoTower(encoder, cfg)
     frozen = freeze(module, cfg)
     if cfg.grad_checkpointing:
@@ -204,6 +207,7 @@ def build_session(
             "dataset_format": dataset.format,
             **dataset.skip_record(),
             "precision": precision,
+            "jpeg_draft": bool(cfg.draft),
             "param_groups": {g.name: g.n_params for g in group_infos},
             "frozen_params": frozen,
         }
