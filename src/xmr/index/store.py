@@ -182,6 +182,9 @@ class Index:
         if model is not None:
             check_same_model(self.model, model, what="the embeddings to add")
         x, ids, items = _check_inputs(embeddings, ids, items, dim=self.dim)
+        pooled = self.manifest.get("pooled_vectors")
+        if pooled and x.ndim == 3 and x.shape[1] == pooled:  # a --multi-vector mean index
+            x = l2_normalize(x.mean(axis=1))
         if _vectors_per_item(x) != self.item_vectors:
             raise XmrError(
                 f"the embeddings to add have {_vectors_per_item(x)} vector(s) per item, the index "
