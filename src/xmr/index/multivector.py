@@ -93,7 +93,7 @@ def search_items(
         return out_s, out_i
     positions = None if allowed is None else item_positions(allowed, item_vectors)
     n_vectors = n_allowed * item_vectors
-    want = min(n_vectors, FIRST_ROUND_FACTOR * k * item_vectors)
+    want = int(min(n_vectors, FIRST_ROUND_FACTOR * k * item_vectors))
     pending = np.arange(n_q)
     while len(pending):
         flat = np.ascontiguousarray(q[pending].reshape(-1, dim))
