@@ -84,6 +84,14 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
         "learned fusion written by `xmr train --fused`",
     )
     b.add_argument(
+        "--multi-vector",
+        default="all",
+        choices=("all", "mean"),
+        help="items of K vectors each (BLIP-2 images): all = store every vector, ranked by "
+        "max-sim (exact; K times the memory); mean = one vector per item, the normalised mean "
+        "(K times smaller, lower recall: see README) (default: all)",
+    )
+    b.add_argument(
         "--exact-max",
         type=options.positive_int,
         default=None,
@@ -129,6 +137,7 @@ def run_build(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         train_size=args.train_size,
+        multi_vector=args.multi_vector,
     )
     if args.json:
         print(json.dumps(index.info(), indent=2, ensure_ascii=False))
@@ -136,8 +145,11 @@ def run_build(args: argparse.Namespace) -> int:
     m = index.manifest
     if m.get("auto_reason"):
         print(f"auto: {m['auto_reason']}")
+    per = f", {index.item_vectors} vectors each" if index.item_vectors > 1 else ""
+    what = "items" if per else "vectors"
     print(
-        f"built {m['index']['type']} index of {len(index)} vectors (dim {index.dim}) in {args.out}"
+        f"built {m['index']['type']} index of {len(index)} {what}{per} (dim {index.dim}) in "
+        f"{args.out}"
     )
     _print_recall(m.get("recall"))
     return 0

@@ -41,11 +41,13 @@ from xmr.encode.store import (
     QUERIES_FILE,
     check_out_dir,
     clear,
+    kind_vectors,
     read_manifest,
     read_shard,
     shard_failures,
     shard_path,
     shard_ranges,
+    vector_shape,
     write_failed,
     write_shard,
 )
@@ -229,6 +231,8 @@ def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, 
     # The model entry says how this run decoded, whatever the encoder was loaded with.
     preprocess = {k: v for k, v in model.get("preprocess", {}).items() if k != "draft"}
     model["preprocess"] = {**preprocess, **({"draft": True} if draft else {})}
+    # Vectors per image: K for a multi-vector encoder (its shards hold [m, K, dim]), else 1.
+    image_vectors = int(model.get("image_vectors", getattr(encoder, "image_vectors", 1)) or 1)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -237,6 +241,7 @@ def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, 
         "updated": now(),
         "model": model,
         "dim": int(model["embed_dim"]),
+        "image_vectors": image_vectors,
         "precision": encoder.precision,
         "draft": bool(draft),
         "preprocessing": {**model.get("preprocess", {}), "jpeg_draft": bool(draft)},
@@ -249,6 +254,7 @@ def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, 
                 "n_shards": math.ceil(len(ids) / shard_size),
                 "inputs_hash": inputs_hash(ids, inputs),
                 "complete": False,
+                **({"vectors": image_vectors} if kind == "images" and image_vectors > 1 else {}),
             }
             for kind, (ids, inputs) in work.items()
         },
@@ -278,6 +284,11 @@ def _check_resumable(
         )
     for kind, info in new["kinds"].items():
         prev = (old.get("kinds") or {}).get(kind)
+        if prev and kind_vectors(prev) != kind_vectors(info):
+            raise XmrError(
+                f"{out}: the {kind} there hold {kind_vectors(prev)} vector(s) each, this run "
+                f"makes {kind_vectors(info)}; {redo}"
+            )
         if prev and (prev["inputs_hash"], prev["shard_size"]) != (
             info["inputs_hash"],
             info["shard_size"],
@@ -294,6 +305,7 @@ class _KindRun:
     def __init__(self, encoder, out: Path, kind: str, ids, inputs, info, dim: int) -> None:
         self.encoder, self.out, self.kind = encoder, out, kind
         self.ids, self.inputs, self.info, self.dim = ids, inputs, info, int(dim)
+        self.shape = vector_shape(self.dim, kind_vectors(info))  # one input's embedding
         self.summary = KindSummary(kind, len(ids), shards=info["n_shards"])
         self.pending: dict[int, tuple[int, int]] = {}
         self.buffers: dict[int, dict[str, list]] = {}
@@ -337,6 +349,7 @@ class _KindRun:
                 end=end,
                 inputs_hash=self.info["inputs_hash"],
                 dim=self.dim,
+                vectors=kind_vectors(self.info),
             )
             if data is None:
                 self.pending[i] = (start, end)
@@ -386,7 +399,7 @@ class _KindRun:
             positions, pixels, failed = next(batches)
             self.waited += time.perf_counter() - waiting
             if pixels is None:
-                vectors = np.zeros((0, self.dim), np.float32)
+                vectors = np.zeros((0, *self.shape), np.float32)
             else:  # uint8 crops: normalised on the device inside encode_images
                 vectors = self.encoder.encode_images(pixels, batch_size=len(positions))
             yield shard, positions, np.asarray(vectors, dtype=np.float32), failed
@@ -400,7 +413,7 @@ class _KindRun:
         if len(buf["pos"]) + len(buf["failed"]) < end - start:
             return
         order = np.argsort(buf["pos"], kind="stable")
-        vecs = np.concatenate(buf["vec"]).reshape(-1, self.dim)[order]
+        vecs = np.concatenate(buf["vec"]).reshape(-1, *self.shape)[order]
         write_shard(
             shard_path(self.out, self.kind, shard),
             vectors=vecs,

@@ -1,7 +1,10 @@
 """The embeddings directory on disk: manifest, shards, metadata; reading it back.
 
 Shard ``i`` of a kind covers the fixed input positions ``[i*shard_size, (i+1)*shard_size)`` and
-holds ``embeddings`` (float32 ``[m, dim]``), ``ids``, its ``start``/``end``, the hash of the whole
+holds ``embeddings`` (float32 ``[m, dim]``, or ``[m, K, dim]`` for a multi-vector kind: the
+images of a multi-vector encoder such as BLIP-2, whose K is the kind's ``vectors`` in the
+manifest and the model's ``image_vectors``; absent means 1, so older directories read as
+before), ``ids``, its ``start``/``end``, the hash of the whole
 input list, and the ids and errors of the inputs that failed. A shard is valid only when all of
 that matches the manifest, so a truncated or foreign shard is simply encoded again.
 """
@@ -48,6 +51,11 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def vectors_per_input(self) -> int:
+        """K of a multi-vector kind (``vectors`` is ``[n, K, dim]``), else 1."""
+        return int(self.vectors.shape[1]) if self.vectors.ndim == 3 else 1
+
 
 def shard_path(out: Path, kind: str, i: int) -> Path:
     return out / kind / f"{i:05d}.npz"
@@ -59,14 +67,27 @@ def shard_ranges(info: dict[str, Any]) -> list[tuple[int, int, int]]:
     return [(i, i * size, min(n, (i + 1) * size)) for i in range(int(info["n_shards"]))]
 
 
+def kind_vectors(info: dict[str, Any]) -> int:
+    """Vectors per input of a kind's manifest entry (1 when it does not say: older manifests)."""
+    return int(info.get("vectors", 1) or 1)
+
+
+def vector_shape(dim: int, vectors: int = 1) -> tuple[int, ...]:
+    """The shape of one input's embedding: ``(dim,)``, or ``(vectors, dim)`` when several."""
+    return (int(vectors), int(dim)) if int(vectors) > 1 else (int(dim),)
+
+
 def write_shard(path: Path, *, vectors, ids, start, end, inputs_hash, failed) -> None:
-    """Write one shard atomically; ``failed`` is a list of (id, error)."""
+    """Write one shard atomically; ``failed`` is a list of (id, error). ``vectors`` is
+    ``[m, dim]`` or, for multi-vector inputs, ``[m, K, dim]`` (kept as it is)."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    arr = arr.reshape(len(ids), *arr.shape[1:]) if arr.ndim >= 2 else arr.reshape(len(ids), -1)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(
                 fh,
-                embeddings=np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1),
+                embeddings=arr,
                 ids=np.asarray(ids, dtype=np.str_),
                 start=np.int64(start),
                 end=np.int64(end),
@@ -78,8 +99,11 @@ def write_shard(path: Path, *, vectors, ids, start, end, inputs_hash, failed) ->
     atomic_write(path, write)
 
 
-def read_shard(path: Path, *, start: int, end: int, inputs_hash: str, dim: int) -> dict | None:
-    """The shard's arrays, or None when it is missing, corrupt or made from other inputs."""
+def read_shard(
+    path: Path, *, start: int, end: int, inputs_hash: str, dim: int, vectors: int = 1
+) -> dict | None:
+    """The shard's arrays, or None when it is missing, corrupt, made from other inputs or of
+    another shape (``vectors`` per input of ``dim``)."""
     if not path.is_file():
         return None
     try:
@@ -93,7 +117,7 @@ def read_shard(path: Path, *, start: int, end: int, inputs_hash: str, dim: int) 
             int(data["start"]) == start
             and int(data["end"]) == end
             and str(data["inputs_hash"]) == inputs_hash
-            and data["embeddings"].shape == (len(data["ids"]), dim)
+            and data["embeddings"].shape == (len(data["ids"]), *vector_shape(dim, vectors))
             and len(data["ids"]) + len(data["failed_ids"]) == end - start
         )
     except KeyError:
@@ -158,7 +182,8 @@ def clear(out: Path) -> None:
 
 
 def load_embeddings(out_dir: str | Path, kind: str = "images") -> Embeddings:
-    """Concatenate the shards of ``kind``; an unfinished encoding is an error saying so."""
+    """Concatenate the shards of ``kind``: ``vectors`` is ``[n, dim]``, or ``[n, K, dim]`` for a
+    multi-vector kind; an unfinished encoding is an error saying so."""
     out = Path(out_dir)
     manifest = read_manifest(out)
     info = (manifest.get("kinds") or {}).get(kind)
@@ -166,12 +191,18 @@ def load_embeddings(out_dir: str | Path, kind: str = "images") -> Embeddings:
         have = ", ".join(manifest.get("kinds") or {}) or "none"
         raise XmrError(f"{out}: no {kind} embeddings (encoded: {have})")
     dim = int(manifest["dim"])
+    shape = vector_shape(dim, kind_vectors(info))
     ids: list[str] = []
     parts: list[np.ndarray] = []
     missing = 0
     for i, start, end in shard_ranges(info):
         data = read_shard(
-            shard_path(out, kind, i), start=start, end=end, inputs_hash=info["inputs_hash"], dim=dim
+            shard_path(out, kind, i),
+            start=start,
+            end=end,
+            inputs_hash=info["inputs_hash"],
+            dim=dim,
+            vectors=kind_vectors(info),
         )
         if data is None:
             missing += 1
@@ -183,7 +214,7 @@ def load_embeddings(out_dir: str | Path, kind: str = "images") -> Embeddings:
             f"{out}: the {kind} encoding is unfinished ({missing} of {info['n_shards']} shards "
             "missing); re-run the same `xmr encode` command to finish it"
         )
-    vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    vectors = np.concatenate(parts) if parts else np.zeros((0, *shape), np.float32)
     return Embeddings(kind, ids, vectors, manifest)
 
 

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class SplitEmbeddings:
     """A split's embeddings aligned with its dicts: ``text`` rows follow ``split.queries``,
-    ``items`` rows follow ``split.items`` (NaN rows for items that failed to encode)."""
+    ``items`` rows follow ``split.items`` (NaN rows for items that failed to encode); ``items``
+    is ``(n, K, dim)`` for a multi-vector encoder, and every ranking is then by max-sim."""
 
     split: Any
     text: np.ndarray
@@ -56,7 +57,8 @@ def item_kind(split) -> str:
 
 
 def _aligned(emb, ids: Sequence[str], dim: int) -> tuple[np.ndarray, list[str]]:
-    rows = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    # (n, dim), or (n, K, dim) for multi-vector items: ranked by max-sim downstream
+    rows = np.full((len(ids), *emb.vectors.shape[1:]), np.nan, dtype=np.float32)
     position = {i: n for n, i in enumerate(ids)}
     where = [position[i] for i in emb.ids]
     rows[where] = emb.vectors

@@ -172,6 +172,24 @@ def topk_from_scores(
     )
 
 
+def max_sim_block(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``[b, n]`` max-sim scores of queries ``(b, D)``/``(b, Kq, D)`` and items ``(n, D)`` /
+    ``(n, K, D)``: the max over both sides' vectors of their dot products, which for one
+    vector each is the plain inner product (the torch twin of :func:`xmr.vectors.max_sim`).
+    NaN rows give NaN scores (``amax`` propagates NaN), ranked last."""
+    q3 = queries[:, None, :] if queries.ndim == 2 else queries
+    x3 = items[:, None, :] if items.ndim == 2 else items
+    b, k_q, dim = q3.shape
+    n, k_i = x3.shape[0], x3.shape[1]
+    sim = q3.reshape(b * k_q, dim) @ x3.reshape(n * k_i, dim).T
+    return sim.reshape(b, k_q, n, k_i).amax(dim=(1, 3))
+
+
+def vectors_per_row(emb: Any) -> int:
+    """K of an embedding array ``(n, K, D)``; 1 for ``(n, D)``."""
+    return int(emb.shape[1]) if len(emb.shape) == 3 else 1
+
+
 def topk_from_embeddings(
     query_emb: Any,
     item_emb: Any,
@@ -182,16 +200,23 @@ def topk_from_embeddings(
     query_chunk: int | None = None,
     item_chunk: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items per query by inner product (cosine for L2-normalised embeddings).
+    """Top-``k`` items per query by inner product (cosine for L2-normalised embeddings), or
+    by max-sim when either side has several vectors per row (``(n, K, D)``: BLIP-2 images;
+    see :func:`max_sim_block`).
 
     The similarity is computed one ``[query_chunk, item_chunk]`` block at a time; the item
     embeddings are moved to ``device`` once, the query embeddings a chunk at a time.
     """
     dev = _device(device)
-    if query_emb.shape[1] != item_emb.shape[1]:
+    if query_emb.shape[-1] != item_emb.shape[-1]:
         raise XmrError(
-            f"embedding sizes differ: queries {query_emb.shape[1]}, items {item_emb.shape[1]}"
+            f"embedding sizes differ: queries {query_emb.shape[-1]}, items {item_emb.shape[-1]}"
         )
+    # A block of K-vector rows holds K times the dot products: shrink it to keep memory bounded.
+    per = vectors_per_row(query_emb) * vectors_per_row(item_emb)
+    if per > 1:
+        item_chunk = item_chunk or max(1, DEFAULT_ITEM_CHUNK // per)
+        query_chunk = query_chunk or max(1, DEFAULT_BLOCK_ELEMENTS // (item_chunk * per))
     items = _as_tensor(item_emb, dev)
     rows = np.arange(query_emb.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
     cache: dict[int, torch.Tensor] = {}
@@ -200,7 +225,7 @@ def topk_from_embeddings(
         if q0 not in cache:  # one query chunk is reused across its item chunks
             cache.clear()
             cache[q0] = _as_tensor(query_emb[rows[q0:q1]], dev)
-        return cache[q0] @ items[i0:i1].T
+        return max_sim_block(cache[q0], items[i0:i1])
 
     return topk_blocks(
         block, len(rows), item_emb.shape[0], k, query_chunk=query_chunk, item_chunk=item_chunk

@@ -12,7 +12,7 @@ import numpy as np
 
 from xmr.encode import Embeddings, load_embeddings
 from xmr.errors import XmrError
-from xmr.fusion.models import Fusion, load_fusion
+from xmr.fusion.models import Fusion, load_fusion, per_vector_sides
 from xmr.vectors import l2_normalize
 
 FUSION_MODES = ("image", "caption", "fused")
@@ -29,11 +29,15 @@ def normalize(v: np.ndarray) -> np.ndarray:
 def fuse_embeddings(image_emb: np.ndarray, caption_emb: np.ndarray, weight: float) -> np.ndarray:
     """``normalize(w * image_emb + (1 - w) * caption_emb)`` row by row.
 
-    Rows that are NaN on one side (that side is missing) take the other side alone.
+    Rows that are NaN on one side (that side is missing) take the other side alone. A
+    multi-vector ``image_emb`` ``(n, K, d)`` fuses each of an item's K vectors with its caption
+    and returns ``(n, K, d)`` (scored by max-sim, see :mod:`xmr.vectors`).
     """
     check_weight(weight)
-    image_emb = np.asarray(image_emb, dtype=np.float32)
-    caption_emb = np.asarray(caption_emb, dtype=np.float32)
+    n = len(image_emb)
+    image_emb, caption_emb, k = per_vector_sides(image_emb, caption_emb)
+    if k > 1:
+        return fuse_embeddings(image_emb, caption_emb, weight).reshape(n, k, -1)
     if image_emb.shape != caption_emb.shape:
         raise XmrError(f"image {image_emb.shape} and caption {caption_emb.shape} shapes differ")
     no_image = np.isnan(image_emb).any(axis=-1)
@@ -97,12 +101,14 @@ def encode_items(
             encoder.encode_images([items[i].image for i in with_image], batch_size=batch_size),
             dtype=np.float32,
         )
-        dim = image_rows.shape[1]
+        dim = image_rows.shape[-1]
     text_rows = None
     if texts:
         text_rows = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
         dim = text_rows.shape[1]
-    image = np.full((len(items), dim), np.nan, dtype=np.float32)
+    # (n, K, dim) for a multi-vector encoder (BLIP-2): fused per vector, scored by max-sim
+    shape = image_rows.shape[1:] if image_rows is not None else (dim,)
+    image = np.full((len(items), *shape), np.nan, dtype=np.float32)
     if image_rows is not None:
         image[with_image] = image_rows
     caption = np.full((len(items), dim), np.nan, dtype=np.float32)
@@ -134,8 +140,9 @@ def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION
     seen = set(images.ids)
     ids = images.ids + [i for i in captions.ids if i not in seen]
     row = {i: n for n, i in enumerate(ids)}
-    dim = images.vectors.shape[1] if len(images) else captions.vectors.shape[1]
-    image = np.full((len(ids), dim), np.nan, dtype=np.float32)
+    dim = images.vectors.shape[-1] if len(images) else captions.vectors.shape[-1]
+    # (n, K, dim) for a multi-vector encoder: each vector is fused with the caption
+    image = np.full((len(ids), *images.vectors.shape[1:]), np.nan, dtype=np.float32)
     caption = np.full((len(ids), dim), np.nan, dtype=np.float32)
     image[[row[i] for i in images.ids]] = images.vectors
     caption[[row[i] for i in captions.ids]] = captions.vectors

@@ -58,9 +58,24 @@ def list_fusions() -> list[str]:
     return FUSIONS.names()
 
 
-def _sides(image_emb: Any, caption_emb: Any) -> tuple[np.ndarray, np.ndarray]:
+def per_vector_sides(image_emb: Any, caption_emb: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(image rows, caption rows, K)``: a multi-vector image side ``(n, K, d)`` with its
+    ``(n, d)`` captions becomes ``n*K`` rows, each of the K vectors beside its item's caption
+    (so a fused multi-vector item is its K vectors each fused with the caption, scored by
+    max-sim); single-vector sides are returned as they are, with K=1."""
     image_emb = np.asarray(image_emb, dtype=np.float32)
     caption_emb = np.asarray(caption_emb, dtype=np.float32)
+    if image_emb.ndim == 3 and caption_emb.ndim == 2 and len(image_emb) == len(caption_emb):
+        k = image_emb.shape[1]
+        caption_emb = np.repeat(caption_emb[:, None, :], k, axis=1).reshape(
+            -1, caption_emb.shape[-1]
+        )
+        return image_emb.reshape(-1, image_emb.shape[-1]), caption_emb, k
+    return image_emb, caption_emb, 1
+
+
+def _sides(image_emb: Any, caption_emb: Any) -> tuple[np.ndarray, np.ndarray]:
+    image_emb, caption_emb, _ = per_vector_sides(image_emb, caption_emb)
     if image_emb.shape != caption_emb.shape or image_emb.ndim != 2:
         raise XmrError(
             f"image {image_emb.shape} and caption {caption_emb.shape} embeddings must be two "
@@ -91,7 +106,11 @@ class Fusion:
         raise NotImplementedError
 
     def fuse(self, image_emb: Any, caption_emb: Any) -> np.ndarray:
-        """``normalize(g * image + (1 - g) * caption)``; a NaN row on one side takes the other."""
+        """``normalize(g * image + (1 - g) * caption)``; a NaN row on one side takes the other.
+        A multi-vector image side ``(n, K, d)`` gives ``(n, K, d)``: each of an item's K
+        vectors fused with its caption (:func:`per_vector_sides`)."""
+        n = len(image_emb)
+        _, _, k = per_vector_sides(image_emb, caption_emb)
         image_emb, caption_emb = _sides(image_emb, caption_emb)
         no_image = np.isnan(image_emb).any(axis=-1)
         no_caption = np.isnan(caption_emb).any(axis=-1)
@@ -100,7 +119,7 @@ class Fusion:
         fused = l2_normalize(g * img + (1.0 - g) * cap)
         fused[no_image] = caption_emb[no_image]
         fused[no_caption] = image_emb[no_caption]
-        return fused
+        return fused.reshape(n, k, -1) if k > 1 else fused
 
     def image_share(self, image_emb: Any, caption_emb: Any) -> float:
         """The mean gate over rows that have both sides and over dimensions (w for weighted)."""

@@ -116,6 +116,12 @@ class IndexBackend(ABC):
     def reconstruct(self, position: int) -> np.ndarray:
         """The stored vector at ``position`` (approximate for compressed indexes)."""
 
+    def reconstruct_many(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at ``positions``, ``[len(positions), dim]`` (a backend with a
+        batched read overrides this loop)."""
+        rows = [self.reconstruct(int(p)) for p in positions]
+        return np.asarray(rows, dtype=np.float32).reshape(len(rows), self.dim)
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What the manifest records: the resolved type, search parameters, device."""

@@ -251,11 +251,15 @@ class FaissBackend(IndexBackend):
         return scores, pos.astype(np.int64, copy=False)
 
     def reconstruct(self, position: int) -> np.ndarray:
+        return self.reconstruct_many(np.asarray([position], dtype=np.int64))[0]
+
+    def reconstruct_many(self, positions: np.ndarray) -> np.ndarray:
         index = _faiss().index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
         ivf = _extract_ivf(index)
         if ivf is not None and ivf.direct_map.type == 0:  # no id -> list map yet: build it once
             ivf.make_direct_map()
-        return np.asarray(index.reconstruct(int(position)), dtype=np.float32)
+        keys = np.ascontiguousarray(positions, dtype=np.int64)
+        return np.asarray(index.reconstruct_batch(keys), dtype=np.float32).reshape(len(keys), -1)
 
 
 def _extract_ivf(index):

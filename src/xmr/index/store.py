@@ -3,7 +3,9 @@
 Layout of ``INDEX_DIR``::
 
     BACKEND FILES   what the backend writes (FAISS: index.faiss)
-    ids.json        string ids; the backend's integer position i is ids[i]
+    ids.json        string ids of the items; the backend's position p holds a vector of item
+                    ids[p // K], K = the manifest's ``item_vectors`` (1 unless the items are
+                    multi-vector: see :mod:`xmr.index.multivector`)
     items.jsonl     one metadata record per position (see xmr.data.records)
     manifest.json   model manifest, index type and parameters, counts, dim, recall, times
 
@@ -23,11 +25,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from xmr.errors import ModelMismatchError, XmrError
-from xmr.index.base import IndexBackend, exact_search, get_backend, normalise
+from xmr.index.base import IndexBackend, get_backend
+from xmr.index.multivector import as_query_sets, exact_item_search, item_positions, search_items
 from xmr.io.atomic import atomic_replace_dir
 from xmr.io.failures import writing
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
 from xmr.io.provenance import now, xmr_version
+from xmr.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,12 @@ IDS_FILE = "ids.json"
 ITEMS_FILE = "items.jsonl"
 RECALL_K = 10
 RECALL_QUERIES = 1000
+MULTI_VECTOR_MODES = ("all", "mean")
 
 
 class Hit(NamedTuple):
+    """One result: the item's id, its (max-sim) score and its item position (row of ``items``)."""
+
     id: str
     score: float
     position: int
@@ -60,9 +67,11 @@ class Index:
     _by_category: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not (len(self.ids) == len(self.items) == self.backend.ntotal):
+        k = self.item_vectors
+        if not (len(self.ids) == len(self.items) and len(self.ids) * k == self.backend.ntotal):
+            per = f" ({k} per item)" if k > 1 else ""
             raise XmrError(
-                f"{self.path or 'index'}: inconsistent index ({self.backend.ntotal} vectors, "
+                f"{self.path or 'index'}: inconsistent index ({self.backend.ntotal} vectors{per}, "
                 f"{len(self.ids)} ids, {len(self.items)} metadata records)"
             )
         self._positions = {id_: i for i, id_ in enumerate(self.ids)}
@@ -74,6 +83,11 @@ class Index:
     @property
     def dim(self) -> int:
         return self.backend.dim
+
+    @property
+    def item_vectors(self) -> int:
+        """Vectors per item, K (1 for single-vector items; indexes without the key are K=1)."""
+        return int(self.manifest.get("item_vectors", 1) or 1)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -97,8 +111,11 @@ class Index:
         return self.items[self.position(item_id)]
 
     def vector(self, item_id: str) -> np.ndarray:
-        """The stored vector of ``item_id`` (for query by example)."""
-        return self.backend.reconstruct(self.position(item_id))
+        """The stored vector of ``item_id`` (for query by example): ``(dim,)``, or ``(K, dim)``
+        for multi-vector items."""
+        k = self.item_vectors
+        stored = self.backend.reconstruct_many(item_positions([self.position(item_id)], k))
+        return stored[0] if k == 1 else stored
 
     def categories(self) -> dict[str, int]:
         """Category -> item count, most common first."""
@@ -123,11 +140,14 @@ class Index:
     def search(
         self, queries: np.ndarray, k: int = 10, *, category: str | None = None
     ) -> list[list[Hit]]:
-        """Top-``k`` hits per query row, best first; ``category`` keeps only that category."""
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
+        """Top-``k`` items per query, best first, by max-sim (:mod:`xmr.index.multivector`:
+        exact for an exact index); ``category`` keeps only that category.
+
+        ``queries``: one vector ``(dim,)``, one per row ``(Q, dim)``, or several per query
+        ``(Q, Kq, dim)`` (the images of a multi-vector encoder), scored by the max over the
+        query's and the item's vectors."""
+        q = as_query_sets(queries)
+        if q.ndim != 3 or q.shape[-1] != self.dim:
             raise XmrError(
                 f"query vectors have dimension {q.shape[-1]}, the index has {self.dim} "
                 "(was it built with another model?)"
@@ -140,7 +160,9 @@ class Index:
                 raise XmrError(f"unknown category '{category}' (known: {known})")
             allowed = by_cat[category]
         k = min(int(k), len(self) if allowed is None else len(allowed))
-        scores, positions = self.backend.search(normalise(q), k, allowed=allowed)
+        scores, positions = search_items(
+            self.backend, l2_normalize(q), k, item_vectors=self.item_vectors, allowed=allowed
+        )
         return [
             [Hit(self.ids[p], float(s), int(p)) for s, p in zip(srow, prow, strict=True) if p >= 0]
             for srow, prow in zip(scores, positions, strict=True)
@@ -156,16 +178,25 @@ class Index:
         *,
         model: dict[str, Any] | None = None,
     ) -> None:
-        """Append vectors without a rebuild. A duplicate id or another model is an error."""
+        """Append items without a rebuild: ``embeddings`` ``(n, dim)``, or ``(n, K, dim)`` for an
+        index of K-vector items. A duplicate id, another K or another model is an error."""
         if model is not None:
             check_same_model(self.model, model, what="the embeddings to add")
         x, ids, items = _check_inputs(embeddings, ids, items, dim=self.dim)
+        pooled = self.manifest.get("pooled_vectors")
+        if pooled and x.ndim == 3 and x.shape[1] == pooled:  # a --multi-vector mean index
+            x = l2_normalize(x.mean(axis=1))
+        if _vectors_per_item(x) != self.item_vectors:
+            raise XmrError(
+                f"the embeddings to add have {_vectors_per_item(x)} vector(s) per item, the index "
+                f"holds {self.item_vectors} per item"
+            )
         dup = [i for i in ids if i in self._positions]
         if dup:
             raise XmrError(
                 f"{len(dup)} id(s) already in the index (first: '{dup[0]}'); ids must be unique"
             )
-        self.backend.add(x)
+        self.backend.add(x.reshape(-1, self.dim))
         start = len(self.ids)
         self.ids.extend(ids)
         self.items.extend(items)
@@ -185,6 +216,9 @@ class Index:
             "auto_reason": m.get("auto_reason"),
             "count": len(self),
             "dim": self.dim,
+            "item_vectors": self.item_vectors,
+            "vectors": self.backend.ntotal,
+            "multi_vector": m.get("multi_vector"),
             "metric": m.get("metric"),
             "model": (self.model or {}).get("spec"),
             "recall": m.get("recall"),
@@ -243,12 +277,15 @@ def build_index(
     gpu: bool | None = None,
     source: dict[str, Any] | None = None,
     seed: int = 0,
+    multi_vector: str = "all",
 ) -> Index:
     """Build an index over L2-normalised ``embeddings`` with string ``ids``.
 
     Args:
-        embeddings: ``[n, dim]`` float array (rows are normalised here; the metric is the inner
-            product, i.e. cosine similarity).
+        embeddings: ``[n, dim]`` float array, or ``[n, K, dim]`` for multi-vector items (BLIP-2
+            images: K query embeddings each). Every vector is normalised here; the metric is
+            the inner product (cosine similarity), and an item scores the max over its vectors
+            (:mod:`xmr.index.multivector`).
         ids: one unique string id per row; the backend's position i is ``ids[i]``.
         spec: ``auto``, ``Flat``, ``HNSW32``, ``IVF4096,PQ64`` or any faiss ``index_factory``
             string. ``auto`` builds Flat below ``exact_max`` vectors (50k) and an IVF index above.
@@ -257,28 +294,42 @@ def build_index(
             model is then a :class:`~xmr.errors.ModelMismatchError`.
         train_size: vectors sampled to train IVF/PQ indexes (default: 40 per list, at least 64k).
         recall_queries: query vectors for measuring an approximate index's recall@10 against
-            exact search (default: up to 1000 rows sampled from the embeddings themselves).
+            exact search (default: up to 1000 vectors sampled from the embeddings themselves).
+        multi_vector: for ``[n, K, dim]`` embeddings, ``all`` stores every vector (exact
+            max-sim, K times the memory) and ``mean`` one vector per item, the normalised mean
+            of its K (K times smaller and faster, at a recall cost measured in
+            ``benchmarks/RESULTS.md``). Recorded in the manifest.
     """
     _check_build_options(nprobe=nprobe, ef_search=ef_search, train_size=train_size)
     if exact_max is not None and exact_max < 0:
         raise XmrError(f"exact_max must be >= 0, got {exact_max}")
+    if multi_vector not in MULTI_VECTOR_MODES:
+        raise XmrError(
+            f"multi_vector must be one of {', '.join(MULTI_VECTOR_MODES)}, got {multi_vector!r}"
+        )
     x, ids, items = _check_inputs(embeddings, ids, items, dim=None)
-    n, dim = x.shape
+    pooled = None
+    if x.ndim == 3 and multi_vector == "mean":
+        pooled = int(x.shape[1])
+        x = l2_normalize(x.mean(axis=1))
+    n, dim = x.shape[0], x.shape[-1]
+    per_item = _vectors_per_item(x)
+    flat = x.reshape(-1, dim)
     opts: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "gpu": gpu}
     auto_reason = None
     resolved = spec
     backend_cls = get_backend(backend)
     if spec == "auto":
         resolved, auto_reason = backend_cls.auto_spec(
-            n, **({"exact_max": exact_max} if exact_max is not None else {})
+            len(flat), **({"exact_max": exact_max} if exact_max is not None else {})
         )
         log.info("index: auto picked %s", auto_reason)
-    index_backend = backend_cls.create(dim, resolved, n_expected=n, **opts)
+    index_backend = backend_cls.create(dim, resolved, n_expected=len(flat), **opts)
     started = time.perf_counter()
     trained_on = 0
     if index_backend.needs_training:
-        trained_on = _train(index_backend, x, resolved, train_size, seed)
-    index_backend.add(x)
+        trained_on = _train(index_backend, flat, resolved, train_size, seed)
+    index_backend.add(flat)
     build_s = time.perf_counter() - started
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -294,6 +345,9 @@ def build_index(
         "normalized": True,
         "dim": dim,
         "count": n,
+        "item_vectors": per_item,
+        "multi_vector": None if pooled is None and per_item == 1 else multi_vector,
+        **({"pooled_vectors": pooled} if pooled else {}),
         "trained_on": trained_on,
         "build_seconds": round(build_s, 3),
         "model": model,
@@ -303,7 +357,7 @@ def build_index(
     index = Index(index_backend, ids, items, manifest)
     if not index_backend.is_exact:
         if recall_queries is None:
-            recall_queries, recall_query_source = x, "collection"
+            recall_queries, recall_query_source = flat, "collection"
         manifest["recall"] = measure_recall(
             index_backend, x, recall_queries, source=recall_query_source, seed=seed
         )
@@ -364,14 +418,17 @@ def measure_recall(
     source: str = "queries",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Recall@k of ``backend`` against exact inner-product search over ``base``
-    (:func:`~xmr.index.base.exact_search`, the same reference for every backend)."""
-    q = normalise(queries)
+    """Recall@k of ``backend`` against exact search over ``base``: the items ``[n, dim]`` or
+    ``[n, K, dim]`` it holds (item i at positions ``[i*K, (i+1)*K)``), ranked by max-sim
+    (:func:`~xmr.index.multivector.exact_item_search`, the same reference for every backend;
+    for single-vector items, exact inner-product search). ``queries``: ``(Q, dim)`` or
+    ``(Q, Kq, dim)``."""
+    q = l2_normalize(queries)
     if len(q) > n_queries:
         q = q[np.sort(np.random.default_rng(seed).choice(len(q), n_queries, replace=False))]
     k = min(k, len(base))
-    _, exact = exact_search(base, q, k)
-    _, approx = backend.search(q, k)
+    _, exact = exact_item_search(base, q, k)
+    _, approx = search_items(backend, q, k, item_vectors=_vectors_per_item(base))
     hits = sum(len(set(a[a >= 0]) & set(e)) for a, e in zip(approx, exact, strict=True))
     return {
         "k": k,
@@ -393,13 +450,22 @@ def _train(
     return len(sample)
 
 
+def _vectors_per_item(x: np.ndarray) -> int:
+    return int(x.shape[1]) if x.ndim == 3 else 1
+
+
 def _check_inputs(embeddings, ids, items, *, dim: int | None):
-    x = normalise(embeddings)
+    x = l2_normalize(embeddings)  # every vector, along the last axis
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[1] < 1):
+        raise XmrError(
+            f"expected embeddings of shape [n, dim] or [n, K, dim] (K vectors per item), "
+            f"got {x.shape}"
+        )
     ids = [str(i) for i in ids]
     if len(ids) != len(x):
-        raise XmrError(f"{len(x)} vectors but {len(ids)} ids")
-    if dim is not None and x.shape[1] != dim:
-        raise XmrError(f"vectors have dimension {x.shape[1]}, the index has {dim}")
+        raise XmrError(f"{len(x)} items' vectors but {len(ids)} ids")
+    if dim is not None and x.shape[-1] != dim:
+        raise XmrError(f"vectors have dimension {x.shape[-1]}, the index has {dim}")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))

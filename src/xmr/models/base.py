@@ -114,6 +114,12 @@ class Encoder:
         context_length: maximum text length in tokens (longer texts are truncated).
         device: where the model lives.
         precision: "fp32", "fp16" or "bf16" (autocast; weights stay fp32).
+        image_vectors: vectors per image (class attribute). 1 for single-vector encoders (CLIP,
+            SigLIP); K for a multi-vector one (BLIP-2: its ``num_query_tokens`` query
+            embeddings), whose ``image_features`` return (B, K, embed_dim) and
+            ``encode_images`` (N, K, embed_dim), each vector normalised; an image and a text
+            then score ``max_k <t, v_k>`` (:func:`xmr.vectors.max_sim`). Texts are always
+            (N, embed_dim).
     """
 
     spec: str
@@ -126,6 +132,7 @@ class Encoder:
     precision: str = "fp32"
     default_text_batch_size: int = 256
     default_image_batch_size: int = 64
+    image_vectors: int = 1
 
     # ---- subclass API -------------------------------------------------------------------------
 
@@ -136,7 +143,8 @@ class Encoder:
     def image_features(
         self, pixel_values: torch.Tensor | Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
-        """Unnormalised image embeddings (B, embed_dim), with grad when grad is enabled."""
+        """Unnormalised image embeddings (B, embed_dim), or (B, image_vectors, embed_dim) for a
+        multi-vector encoder, with grad when grad is enabled."""
         raise NotImplementedError
 
     def text_features(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -198,7 +206,8 @@ class Encoder:
         as_tensor: bool = False,
         progress: bool = False,
     ) -> np.ndarray | torch.Tensor:
-        """L2-normalised float32 embeddings (N, embed_dim) of ``images``.
+        """L2-normalised float32 embeddings (N, embed_dim) of ``images``; (N, K, embed_dim),
+        every vector normalised, for a multi-vector encoder (``image_vectors`` = K > 1).
 
         ``images`` is either a batch (a float (N, 3, H, W) tensor of preprocessed pixels; a uint8
         (N, H, W, 3) tensor of ``preprocess.crop`` outputs, normalised here on the device; or the
@@ -231,14 +240,16 @@ class Encoder:
         return self._encode(images, batch_size, run, as_tensor, progress, "images")
 
     def manifest(self) -> dict[str, Any]:
-        """What an index stores to refuse a different model: spec, backend, embed_dim, the
-        preprocessing (image and text) and a fingerprint of the weights."""
+        """What an index stores to refuse a different model: spec, backend, embed_dim, vectors
+        per image (``image_vectors``; absent in older manifests, meaning 1), the preprocessing
+        (image and text) and a fingerprint of the weights."""
         preprocess = self.preprocess.to_dict()
         preprocess["context_length"] = int(self.context_length)
         return {
             "spec": self.spec,
             "backend": self.backend,
             "embed_dim": int(self.embed_dim),
+            "image_vectors": int(self.image_vectors),
             "preprocess": preprocess,
             "fingerprint": self.fingerprint(),
         }
@@ -307,6 +318,7 @@ class Encoder:
             with torch.inference_mode(), self.autocast():
                 for chunk in chunks:
                     feats = run(chunk).float()
+                    # Per vector, along the last axis: (B, D) and a multi-vector (B, K, D) alike.
                     feats = torch.nn.functional.normalize(feats, dim=-1)
                     outputs.append(feats if as_tensor else feats.cpu())
                     if bar is not None:
@@ -318,7 +330,9 @@ class Encoder:
         if outputs:
             result = torch.cat(outputs)
         else:
-            result = torch.zeros((0, self.embed_dim), dtype=torch.float32)
+            k = int(self.image_vectors) if what == "images" else 1
+            shape = (0, k, self.embed_dim) if k > 1 else (0, self.embed_dim)
+            result = torch.zeros(shape, dtype=torch.float32)
         return result if as_tensor else result.numpy()
 
 

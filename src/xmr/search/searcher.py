@@ -303,7 +303,8 @@ class Searcher:
                 raise XmrError(f"item '{item_id}' has no stored vector and no image")
             vector = self.encode_images([ref])[0]
         exclude = item_id if exclude_self else None
-        return self.search_vectors(vector[None, :], k, category=category, exclude=exclude)[0]
+        # (dim,) or, in an index of multi-vector items, (K, dim): one query either way
+        return self.search_vectors(vector[None], k, category=category, exclude=exclude)[0]
 
     def search_vectors(
         self,
@@ -314,7 +315,8 @@ class Searcher:
         exclude: str | None = None,
     ) -> list[list[SearchResult]]:
         """Top-``k`` results per query vector, within ``category`` when given, without the item
-        ``exclude`` (its own example, in a query by example)."""
+        ``exclude`` (its own example, in a query by example). ``vectors``: ``(Q, dim)``, or
+        ``(Q, K, dim)`` for the images of a multi-vector encoder (scored by max-sim)."""
         self._dense_only("vector search")
         k = _check_k(k)
         q = np.asarray(vectors, dtype=np.float32)
@@ -358,15 +360,16 @@ class Searcher:
             return self.index.item(item_id)
 
     def item_vector(self, item_id: str) -> np.ndarray | None:
-        """The item's stored vector, or None when the index cannot reconstruct it (some
-        compressed indexes); an unknown id is an XmrError."""
+        """The item's stored vector ``(dim,)`` (``(K, dim)`` for multi-vector items), or None
+        when the index cannot reconstruct it (some compressed indexes); an unknown id is an
+        XmrError."""
         with self._index_lock:
             self.index.position(item_id)
             try:
                 vector = self.index.vector(item_id)
             except Exception:  # noqa: BLE001 - FAISS raises RuntimeError for no reconstruction
                 return None
-        return np.asarray(vector, dtype=np.float32).reshape(-1)
+        return np.asarray(vector, dtype=np.float32)
 
     def image_ref(self, item_id: str):
         """An :class:`~xmr.data.ImageRef` for the item's image, or None when it has none."""
@@ -488,12 +491,14 @@ class Searcher:
     # --- writes ---------------------------------------------------------------------------------
 
     def add_item(self, vector: np.ndarray, record: dict[str, Any]) -> None:
-        """Append one item (its vector and metadata record) and save the index directory when it
+        """Append one item (its vector ``(dim,)``, or ``(K, dim)`` in an index of multi-vector
+        items, and metadata record) and save the index directory when it
         was loaded from one. All or nothing: when the save fails the in-memory index is put back
         as it was (reloaded from the directory, whose previous version the atomic save left
         intact) and the error is raised."""
         self._dense_only("adding an item")
-        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        vector = np.asarray(vector, dtype=np.float32)
+        vector = vector[None] if vector.ndim in (1, 2) else vector
         with self._index_lock:
             index = self.index
             index.add(vector, [str(record["id"])], [record])

@@ -152,7 +152,10 @@ class RetrievalEvaluator(Evaluator):
                 )
         # Rows stay NaN for images that cannot be decoded: as in `xmr evaluate --model`, they
         # rank last for every text and, as image queries, find nothing.
-        emb = np.full((len(refs), int(encoder.embed_dim)), np.nan, dtype=np.float32)
+        # (n, K, dim) for a multi-vector encoder: ranked by max-sim like `xmr evaluate --model`
+        per = int(getattr(encoder, "image_vectors", 1) or 1)
+        shape = (per, int(encoder.embed_dim)) if per > 1 else (int(encoder.embed_dim),)
+        emb = np.full((len(refs), *shape), np.nan, dtype=np.float32)
         if self._pixels is not None:
             emb[:] = np.asarray(encoder.encode_images(self._pixels, batch_size=self.batch_size))
             emb[[i for i, _ in self._failed]] = np.nan

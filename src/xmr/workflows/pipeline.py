@@ -189,7 +189,9 @@ class ImageTextScorer:
         text_emb = np.asarray(self.encoder.encode_texts(unique_texts, batch_size=self.batch_size))
         rows = [unique_images[id(im)] for im in images]
         cols = [text_row[t] for t in texts]
-        sims = np.einsum("nd,nd->n", image_emb[rows], text_emb[cols])
+        # max-sim: the best of a multi-vector image's K vectors (K=1: the cosine similarity)
+        image_emb = image_emb.reshape(len(image_emb), -1, image_emb.shape[-1])
+        sims = np.einsum("nkd,nd->nk", image_emb[rows], text_emb[cols]).max(axis=1)
         out = [{"text": t, "similarity": float(s)} for t, s in zip(texts, sims, strict=True)]
         if self.cross_encoder is not None:
             probs = self.cross_encoder.score(list(images), list(texts), batch_size=self.batch_size)

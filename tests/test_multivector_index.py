@@ -1,0 +1,158 @@
+"""Multi-vector items (K vectors each, BLIP-2 style) in the FAISS index: Flat search equals a
+brute-force max-sim with ties to the lower item, with category filters, image queries of K
+vectors, save / load / add / vector(), the ``mean`` alternative, and the recall of ANN types
+measured against exact max-sim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from xmr.errors import XmrError  # noqa: E402
+from xmr.index import build_index, load_index  # noqa: E402
+from xmr.index.multivector import exact_item_search  # noqa: E402
+from xmr.vectors import l2_normalize, max_sim  # noqa: E402
+
+
+def _unit(rng, *shape):
+    return l2_normalize(rng.standard_normal(shape).astype(np.float32))
+
+
+def _items(n):
+    return [{"id": f"i{j}", "category": "even" if j % 2 == 0 else "odd"} for j in range(n)]
+
+
+def _brute(items, queries, k, allowed=None):
+    """Max-sim ranked by a plain stable sort, independently of the library's reference."""
+    q = queries[:, None, :] if queries.ndim == 2 else queries
+    x = items[:, None, :] if items.ndim == 2 else items
+    sim = np.einsum("qad,nkd->qnak", q, x).max(axis=(2, 3))
+    idx = np.arange(len(items)) if allowed is None else np.asarray(allowed)
+    order = np.argsort(-sim[:, idx], axis=1, kind="stable")[:, :k]
+    return idx[order], np.take_along_axis(sim[:, idx], order, axis=1)
+
+
+def test_max_sim_is_the_max_over_vectors_and_k1_is_the_dot_product():
+    rng = np.random.default_rng(0)
+    items, q = _unit(rng, 7, 5, 8), _unit(rng, 3, 8)
+    ref = np.stack([[max(float(v @ t) for v in item) for item in items] for t in q])
+    np.testing.assert_allclose(max_sim(q, items), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(max_sim(q, items[:, 0]), q @ items[:, 0].T, rtol=1e-5, atol=1e-6)
+    # K query vectors (image -> text): the same matrix transposed
+    np.testing.assert_allclose(max_sim(items, q), ref.T, rtol=1e-5, atol=1e-6)
+    assert max_sim(q, items).dtype == np.float32
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 60])
+def test_flat_multivector_search_equals_brute_force(k):
+    rng = np.random.default_rng(k)
+    items, q = _unit(rng, 60, 6, 16), _unit(rng, 25, 16)
+    index = build_index(items, [f"i{j}" for j in range(60)], "Flat", items=_items(60))
+    assert index.item_vectors == 6 and index.backend.ntotal == 360 and len(index) == 60
+    want_idx, want_s = _brute(items, q, k)
+    for hits, wi, ws in zip(index.search(q, k), want_idx, want_s, strict=True):
+        assert [h.position for h in hits] == list(wi)
+        np.testing.assert_allclose([h.score for h in hits], ws, rtol=1e-5, atol=1e-6)
+    # the library's reference agrees too
+    _, ref = exact_item_search(items, q, k)
+    np.testing.assert_array_equal(ref, want_idx)
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_category_filter_equals_brute_force_on_the_category(k):
+    rng = np.random.default_rng(7)
+    items, q = _unit(rng, 40, 4, 12), _unit(rng, 10, 12)
+    index = build_index(items, [f"i{j}" for j in range(40)], "Flat", items=_items(40))
+    odd = np.arange(1, 40, 2)
+    want_idx, _ = _brute(items, q, k, allowed=odd)
+    for hits, wi in zip(index.search(q, k, category="odd"), want_idx, strict=True):
+        assert [h.position for h in hits] == list(wi)
+        assert all(h.id in {f"i{j}" for j in odd} for h in hits)
+
+
+def test_ties_go_to_the_lower_item_as_in_exact_search():
+    """Items that share their best vector tie exactly; the lower item ranks first, and an
+    unseen tied item (the search asks for few vectors first) is still found."""
+    rng = np.random.default_rng(3)
+    base = _unit(rng, 5, 8)
+    # 30 items of 3 vectors: item j holds base[j % 5] among noise, so items tie in groups of 6
+    items = _unit(rng, 30, 3, 8) * 0.0
+    for j in range(30):
+        items[j, j % 3] = base[j % 5]
+        items[j, (j + 1) % 3] = -base[j % 5]
+        items[j, (j + 2) % 3] = -base[j % 5]
+    q = base[[0, 2]] + 0.0
+    index = build_index(items, [f"i{j}" for j in range(30)], "Flat")
+    for k in (1, 2, 5, 6, 7, 13):
+        want_idx, _ = _brute(items, q, k)
+        got = [[h.position for h in row] for row in index.search(q, k)]
+        assert got == want_idx.tolist(), k
+        assert got[0][: min(k, 6)] == [0, 5, 10, 15, 20, 25][: min(k, 6)]
+
+
+def test_image_queries_of_k_vectors_against_a_text_index():
+    rng = np.random.default_rng(4)
+    texts, images = _unit(rng, 50, 16), _unit(rng, 8, 5, 16)
+    index = build_index(texts, [f"t{j}" for j in range(50)], "Flat")
+    assert index.item_vectors == 1
+    want_idx, want_s = _brute(texts, images, 7)
+    for hits, wi, ws in zip(index.search(images, 7), want_idx, want_s, strict=True):
+        assert [h.position for h in hits] == list(wi)
+        np.testing.assert_allclose([h.score for h in hits], ws, rtol=1e-5, atol=1e-6)
+    # both sides multi-vector (query by example in a multi-vector image index)
+    mv = build_index(images, [f"m{j}" for j in range(8)], "Flat")
+    want_idx, _ = _brute(images, images[:3], 4)
+    assert [[h.position for h in r] for r in mv.search(images[:3], 4)] == want_idx.tolist()
+
+
+def test_save_load_add_and_vector_round_trip(tmp_path):
+    rng = np.random.default_rng(5)
+    items, more, q = _unit(rng, 20, 4, 8), _unit(rng, 5, 4, 8), _unit(rng, 6, 8)
+    index = build_index(items, [f"i{j}" for j in range(20)], "Flat", items=_items(20))
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.item_vectors == 4 and loaded.info()["vectors"] == 80
+    np.testing.assert_allclose(loaded.vector("i3"), items[3], atol=1e-6)
+    assert loaded.vector("i3").shape == (4, 8)
+    loaded.add(
+        more, [f"n{j}" for j in range(5)], [{"id": f"n{j}", "category": "odd"} for j in range(5)]
+    )
+    loaded.save()
+    again = load_index(tmp_path / "idx")
+    everything = np.concatenate([items, more])
+    want_idx, _ = _brute(everything, q, 9)
+    assert [[h.position for h in r] for r in again.search(q, 9)] == want_idx.tolist()
+    assert again.item("n2")["category"] == "odd" and len(again) == 25
+    np.testing.assert_allclose(again.vector("n4"), more[4], atol=1e-6)
+    with pytest.raises(XmrError, match="3 vector\\(s\\) per item, the index holds 4"):
+        again.add(_unit(rng, 1, 3, 8), ["x"])
+    with pytest.raises(XmrError, match="1 vector\\(s\\) per item, the index holds 4"):
+        again.add(_unit(rng, 1, 8), ["y"])
+
+
+def test_mean_mode_stores_one_normalised_vector_per_item():
+    rng = np.random.default_rng(6)
+    items, q = _unit(rng, 30, 4, 8), _unit(rng, 5, 8)
+    index = build_index(items, [f"i{j}" for j in range(30)], "Flat", multi_vector="mean")
+    assert index.item_vectors == 1 and index.manifest["multi_vector"] == "mean"
+    assert index.manifest["pooled_vectors"] == 4
+    mean = l2_normalize(items.mean(axis=1))
+    want_idx, _ = _brute(mean, q, 5)
+    assert [[h.position for h in r] for r in index.search(q, 5)] == want_idx.tolist()
+    with pytest.raises(XmrError, match="multi_vector must be one of all, mean"):
+        build_index(items, [f"i{j}" for j in range(30)], "Flat", multi_vector="max")
+
+
+@pytest.mark.parametrize("spec", ["HNSW16", "IVF8,Flat", "SQfp16", "SQ8"])
+def test_approximate_and_compressed_types_report_recall_against_exact_max_sim(spec):
+    rng = np.random.default_rng(8)
+    items, q = _unit(rng, 200, 4, 16), _unit(rng, 40, 16)
+    index = build_index(items, [f"i{j}" for j in range(200)], spec, recall_queries=q)
+    recall = index.manifest["recall"]
+    _, exact = exact_item_search(items, q, 10)
+    got = [[h.position for h in r] for r in index.search(q, 10)]
+    measured = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
+    assert recall["queries"] == 40 and recall["value"] == pytest.approx(measured, abs=1e-4)
+    assert recall["value"] >= 0.8
