@@ -290,5 +290,26 @@ def test_the_service_searches_and_deletes_on_a_milvus_index(served):
         assert r.status_code == 404
         again = c.post("/api/search", json={"q": "a blue square", "k": 4}).json()["results"]
         assert victim not in [h["id"] for h in again]
+        # An upload is added (upserted into the collection) and found by its own image.
+        png = _png()
+        form = {"id": "uploaded", "caption": "a cyan block", "category": "square"}
+        files = {"image": ("u.png", png, "image/png")}
+        r = c.post(
+            "/api/items", files=files, data=form, headers={"authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200 and r.json() == {"added": "uploaded", "items": n}, r.text
+        top = c.post("/api/search", files={"image": ("q.png", png, "image/png")}).json()
+        assert top["results"][0]["id"] == "uploaded"
     reopened = load_index(served["milvus_dir"])
-    assert victim not in reopened and reopened.backend.row_count() == len(reopened) == n - 1
+    assert victim not in reopened and "uploaded" in reopened
+    assert reopened.backend.row_count() == len(reopened) == n
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 200, 200)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -219,8 +219,8 @@ class FaissBackend(IndexBackend):
         self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def remove(self, positions: np.ndarray) -> None:
-        """Delete vectors by position, the others renumbered in order: a flat index compacts
-        itself (``remove_ids``), an IVF index drops the entries and its lists' ids are shifted
+        """Delete vectors by position, the others renumbered in order: a flat (or flat-coded PQ,
+        SQ) index compacts itself (``remove_ids``), an IVF index drops the entries and its lists' ids are shifted
         down in place, an HNSW graph (no removal in faiss) is rebuilt from its exact vectors.
         Compressed non-IVF types cannot be rebuilt without loss and are refused."""
         faiss = _faiss()
@@ -228,7 +228,7 @@ class FaissBackend(IndexBackend):
         cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
         inner = faiss.downcast_index(cpu)
         ivf = _extract_ivf(cpu)
-        if isinstance(inner, faiss.IndexFlat):
+        if isinstance(inner, getattr(faiss, "IndexFlatCodes", faiss.IndexFlat)):  # Flat, PQ, SQ
             cpu.remove_ids(faiss.IDSelectorBatch(drop))
         elif ivf is not None:
             ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # an array map refuses removal
