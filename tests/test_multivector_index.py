@@ -156,3 +156,29 @@ def test_approximate_and_compressed_types_report_recall_against_exact_max_sim(sp
     measured = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
     assert recall["queries"] == 40 and recall["value"] == pytest.approx(measured, abs=1e-4)
     assert recall["value"] >= 0.8
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW8"])
+def test_delete_and_upsert_remove_every_vector_of_a_multivector_item(spec, tmp_path):
+    rng = np.random.default_rng(7)
+    items = _unit(rng, 30, 4, 16)
+    ids = [f"i{j}" for j in range(30)]
+    index = build_index(items, ids, spec, items=_items(30))
+    assert index.remove(["i3", "i10"]) == ["i3", "i10"]
+    assert index.backend.ntotal == 28 * 4 and len(index) == 28
+    keep = [j for j in range(30) if j not in (3, 10)]
+    q = _unit(rng, 9, 16)
+    want_idx, want_s = _brute(items[keep], q, 5)
+    for hits, wi, ws in zip(index.search(q, 5), want_idx, want_s, strict=True):
+        if spec == "Flat":  # exact: the remaining items, renumbered in order
+            assert [h.id for h in hits] == [ids[keep[i]] for i in wi]
+            np.testing.assert_allclose([h.score for h in hits], ws, rtol=1e-5, atol=1e-6)
+        assert not {"i3", "i10"} & {h.id for h in hits}
+    # upsert replaces all K vectors of an item: its new vectors are what it is found by
+    new = _unit(rng, 1, 4, 16)
+    index.add(new, ["i5"], [{"id": "i5", "category": "odd"}], upsert=True)
+    assert index.backend.ntotal == 28 * 4 and len(index) == 28 and index.ids[-1] == "i5"
+    np.testing.assert_allclose(index.vector("i5"), new[0], rtol=1e-6, atol=1e-6)
+    reopened = load_index(index.save(tmp_path / "idx"))
+    top = reopened.search(new[0, 2], 1)[0][0]
+    assert top.id == "i5" and top.score == pytest.approx(1.0, abs=1e-5)

@@ -1,4 +1,4 @@
-"""``xmr index build|add|info``: FAISS indexes over embedding directories."""
+"""``xmr index build|add|delete|info``: FAISS and Milvus indexes over embedding directories."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import logging
 
 from xmr.cli import options
-from xmr.workflows.index_build import add_embeddings, index_embeddings
+from xmr.workflows.index_build import add_embeddings, delete_items, index_embeddings
 
 KINDS = ("images", "captions", "texts")
 
@@ -33,6 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a = cmds.add_parser("add", help="append new embeddings to an index without a rebuild")
     add_add_arguments(a)
     a.set_defaults(func=run_add)
+
+    d = cmds.add_parser(
+        "delete",
+        help="delete items by id from an index (FAISS or Milvus)",
+        description="Delete items (vector, id and metadata) from INDEX_DIR, saved atomically. "
+        "An unknown id is an error and nothing is deleted, unless --missing-ok.",
+    )
+    d.add_argument("index_dir", metavar="INDEX_DIR", help="the index to delete from")
+    d.add_argument("ids", metavar="ID", nargs="+", help="item ids to delete")
+    d.add_argument("--missing-ok", action="store_true", help="skip ids that are not in the index")
+    options.add_json(d, "print the ids deleted and the index description as JSON")
+    d.set_defaults(func=run_delete)
 
     i = cmds.add_parser("info", help="describe an index")
     i.add_argument("index_dir", metavar="INDEX_DIR", help="the index directory")
@@ -67,7 +79,30 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--spec",
         default="auto",
-        help="auto, Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64 or any faiss index_factory string",
+        help="faiss: auto, Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64 or any index_factory string; "
+        "milvus: auto, FLAT, HNSW, IVF_FLAT, IVF_SQ8, ... with parameters as "
+        "TYPE:key=value,... (e.g. HNSW:M=16,efConstruction=200)",
+    )
+    b.add_argument(
+        "--backend",
+        default="faiss",
+        choices=("faiss", "milvus"),
+        help="faiss: an index file in INDEX_DIR (default); milvus: a Milvus collection, in a "
+        "milvus-lite database INDEX_DIR/milvus.db unless --uri",
+    )
+    b.add_argument(
+        "--uri",
+        default=None,
+        metavar="URI",
+        help="milvus: a server or cluster (http://host:19530; token from $XMR_MILVUS_TOKEN, "
+        "never stored) instead of milvus-lite",
+    )
+    b.add_argument(
+        "--collection",
+        default=None,
+        metavar="NAME",
+        help="milvus: the collection (default: xmr_items on lite, xmr_<INDEX_DIR name> on a "
+        "server); a build replaces it",
     )
     b.add_argument(
         "--kind",
@@ -116,6 +151,11 @@ def add_add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--kind", default=None, choices=KINDS, help="which vectors (default: as the index's)"
     )
+    a.add_argument(
+        "--upsert",
+        action="store_true",
+        help="replace items whose id is already in the index (default: that is an error)",
+    )
     options.add_json(a, "print the index description and the number added as JSON")
 
 
@@ -138,6 +178,9 @@ def run_build(args: argparse.Namespace) -> int:
         ef_search=args.ef_search,
         train_size=args.train_size,
         multi_vector=args.multi_vector,
+        backend=args.backend,
+        uri=args.uri,
+        collection=args.collection,
     )
     if args.json:
         print(json.dumps(index.info(), indent=2, ensure_ascii=False))
@@ -179,11 +222,25 @@ def _run_build_bm25(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind)
+    index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind, upsert=args.upsert)
     if args.json:
         print(json.dumps({"added": added, **index.info()}, indent=2, ensure_ascii=False))
         return 0
     print(f"added {added} vectors; {args.index_dir} now holds {len(index)}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    index, removed = delete_items(args.index_dir, args.ids, missing_ok=args.missing_ok)
+    if args.json:
+        out = {"deleted": removed, "not_found": sorted(set(args.ids) - set(removed))}
+        print(json.dumps({**out, **index.info()}, indent=2, ensure_ascii=False))
+        return 0
+    skipped = len(set(args.ids) - set(removed))
+    print(
+        f"deleted {len(removed)} item(s){f' ({skipped} not found)' if skipped else ''}; "
+        f"{args.index_dir} now holds {len(index)}"
+    )
     return 0
 
 
@@ -206,6 +263,9 @@ def run_info(args: argparse.Namespace) -> int:
         f"{', ' + params if params else ''}; {idx.get('device', 'cpu')})"
     )
     print(f"vectors:  {info['count']} x {info['dim']} ({info['metric']})")
+    if idx.get("collection"):  # a Milvus index
+        where = idx.get("uri") or f"{info['path']}/{idx.get('database')} (milvus-lite)"
+        print(f"milvus:   collection {idx['collection']} at {where}")
     print(f"model:    {info['model']}")
     if info.get("auto_reason"):
         print(f"auto:     {info['auto_reason']}")

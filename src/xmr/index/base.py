@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xmr.errors import XmrError
 from xmr.registry import Registry
 from xmr.vectors import l2_normalize
 
@@ -28,7 +30,7 @@ register_index_backend = INDEX_BACKENDS.register
 AUTO_EXACT_MAX = 50_000
 
 # Built-in backends, imported on first use so that naming one never loads another's engine.
-BUILTIN_BACKENDS = {"faiss": "xmr.index.faiss_index"}
+BUILTIN_BACKENDS = {"faiss": "xmr.index.faiss_index", "milvus": "xmr.index.milvus_backend"}
 
 
 def get_backend(name: str) -> type[IndexBackend]:
@@ -51,6 +53,11 @@ class IndexBackend(ABC):
     """
 
     name: str = ""
+    # True when search takes ``category=`` itself (a database filter) instead of ``allowed``.
+    filters_by_category: bool = False
+    # True when the vectors live outside the index directory (a database): Index.save then
+    # writes its files in place instead of swapping the whole directory.
+    stores_externally: bool = False
 
     @classmethod
     @abstractmethod
@@ -102,6 +109,18 @@ class IndexBackend(ABC):
     @abstractmethod
     def add(self, vectors: np.ndarray) -> None:
         """Append vectors at positions ``ntotal..ntotal+len(vectors)-1``."""
+
+    def add_records(
+        self, vectors: np.ndarray, ids: Sequence[str], categories: Sequence[str | None]
+    ) -> None:
+        """Append vectors with their item ids and categories (what :class:`xmr.index.Index`
+        calls). A backend that keeps only vectors ignores the rest; a database stores them."""
+        self.add(vectors)
+
+    def remove(self, positions: np.ndarray) -> None:
+        """Delete the vectors at ``positions`` (sorted, unique); the others keep their order
+        and are renumbered ``0..ntotal-1``."""
+        raise XmrError(f"the {self.name or type(self).__name__} index cannot delete vectors")
 
     @abstractmethod
     def search(

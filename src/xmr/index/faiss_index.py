@@ -219,6 +219,49 @@ class FaissBackend(IndexBackend):
             raise XmrError(f"the {self.spec} index must be trained before vectors are added")
         self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))
 
+    def remove(self, positions: np.ndarray) -> None:
+        """Delete vectors by position, the others renumbered in order: a flat (or flat-coded PQ,
+        SQ) index compacts itself (``remove_ids``), an IVF index drops the entries and its lists' ids are shifted
+        down in place, an HNSW graph (no removal in faiss) is rebuilt from its exact vectors.
+        Compressed non-IVF types cannot be rebuilt without loss and are refused."""
+        faiss = _faiss()
+        drop = np.unique(np.asarray(positions, dtype=np.int64))
+        cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._cpu_index
+        inner = faiss.downcast_index(cpu)
+        ivf = _extract_ivf(cpu)
+        if isinstance(inner, getattr(faiss, "IndexFlatCodes", faiss.IndexFlat)):  # Flat, PQ, SQ
+            cpu.remove_ids(faiss.IDSelectorBatch(drop))
+        elif ivf is not None:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)  # an array map refuses removal
+            cpu.remove_ids(faiss.IDSelectorBatch(drop))
+            invlists = ivf.invlists
+            for lst in range(ivf.nlist):
+                size = invlists.list_size(lst)
+                if size:
+                    # A writable view of the list's ids: new position = old - removed before it.
+                    ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+                    ids -= np.searchsorted(drop, ids)
+        elif self._hnsw is not None and isinstance(
+            faiss.downcast_index(inner.storage), faiss.IndexFlat
+        ):
+            keep = np.setdiff1d(np.arange(cpu.ntotal), drop)
+            vectors = cpu.reconstruct_n(0, cpu.ntotal)[keep]
+            fresh = faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT)
+            fresh.hnsw.efConstruction = inner.hnsw.efConstruction
+            fresh.add(np.ascontiguousarray(vectors))
+            cpu = fresh
+            self._hnsw = faiss.downcast_index(fresh).hnsw
+        else:
+            raise XmrError(
+                f"deleting from a faiss '{self.spec}' index is not supported (only Flat, IVF and "
+                "HNSW ones); rebuild it without those items (xmr index build)"
+            )
+        self._cpu_index = cpu
+        self._ivf = _extract_ivf(cpu)
+        self._index = faiss.index_cpu_to_all_gpus(cpu) if self.on_gpu else cpu
+        if self.on_gpu and self._ivf is not None:
+            faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
+
     def search(
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

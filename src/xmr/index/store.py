@@ -27,7 +27,7 @@ import numpy as np
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.index.base import IndexBackend, get_backend
 from xmr.index.multivector import as_query_sets, exact_item_search, item_positions, search_items
-from xmr.io.atomic import atomic_replace_dir
+from xmr.io.atomic import atomic_replace_dir, atomic_write, atomic_write_json, check_output_dir
 from xmr.io.failures import writing
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
 from xmr.io.provenance import now, xmr_version
@@ -160,9 +160,16 @@ class Index:
                 raise XmrError(f"unknown category '{category}' (known: {known})")
             allowed = by_cat[category]
         k = min(int(k), len(self) if allowed is None else len(allowed))
-        scores, positions = search_items(
-            self.backend, l2_normalize(q), k, item_vectors=self.item_vectors, allowed=allowed
-        )
+        if self.backend.filters_by_category:  # a database filters by its category field itself
+            if q.shape[1] != 1:
+                raise XmrError(
+                    f"the {self.backend.name} backend takes one vector per query, got {q.shape[1]}"
+                )
+            scores, positions = self.backend.search(l2_normalize(q[:, 0]), k, category=category)
+        else:
+            scores, positions = search_items(
+                self.backend, l2_normalize(q), k, item_vectors=self.item_vectors, allowed=allowed
+            )
         return [
             [Hit(self.ids[p], float(s), int(p)) for s, p in zip(srow, prow, strict=True) if p >= 0]
             for srow, prow in zip(scores, positions, strict=True)
@@ -177,9 +184,12 @@ class Index:
         items: Sequence[dict[str, Any]] | None = None,
         *,
         model: dict[str, Any] | None = None,
+        upsert: bool = False,
     ) -> None:
         """Append items without a rebuild: ``embeddings`` ``(n, dim)``, or ``(n, K, dim)`` for an
-        index of K-vector items. A duplicate id, another K or another model is an error."""
+        index of K-vector items. Another K or another model is an error; so is an id already in
+        the index, unless ``upsert``: then its old vectors and record are replaced (the item
+        moves to the end)."""
         if model is not None:
             check_same_model(self.model, model, what="the embeddings to add")
         x, ids, items = _check_inputs(embeddings, ids, items, dim=self.dim)
@@ -192,11 +202,14 @@ class Index:
                 f"holds {self.item_vectors} per item"
             )
         dup = [i for i in ids if i in self._positions]
-        if dup:
+        if dup and not upsert:
             raise XmrError(
-                f"{len(dup)} id(s) already in the index (first: '{dup[0]}'); ids must be unique"
+                f"{len(dup)} id(s) already in the index (first: '{dup[0]}'); ids must be unique "
+                "(--upsert replaces them)"
             )
-        self.backend.add(x.reshape(-1, self.dim))
+        if dup:
+            self.remove(dup)
+        _add_records(self.backend, x, ids, items)
         start = len(self.ids)
         self.ids.extend(ids)
         self.items.extend(items)
@@ -204,6 +217,30 @@ class Index:
         self._by_category = None
         self.manifest["count"] = len(self.ids)
         self.manifest["updated"] = now()
+
+    def remove(self, ids: Sequence[str], *, missing_ok: bool = False) -> list[str]:
+        """Delete items by id (vector, id and record together); returns the ids deleted. An
+        unknown id is an error (nothing is deleted) unless ``missing_ok``: then it is skipped."""
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        unknown = [i for i in wanted if i not in self._positions]
+        if unknown and not missing_ok:
+            raise XmrError(
+                f"{len(unknown)} id(s) not in the index (first: '{unknown[0]}'); nothing deleted"
+            )
+        gone = {self._positions[i] for i in wanted if i in self._positions}
+        if not gone:
+            return []
+        self.backend.remove(
+            item_positions(np.asarray(sorted(gone), dtype=np.int64), self.item_vectors)
+        )
+        removed = [self.ids[p] for p in sorted(gone)]
+        self.ids = [i for p, i in enumerate(self.ids) if p not in gone]
+        self.items = [r for p, r in enumerate(self.items) if p not in gone]
+        self._positions = {id_: i for i, id_ in enumerate(self.ids)}
+        self._by_category = None
+        self.manifest["count"] = len(self.ids)
+        self.manifest["updated"] = now()
+        return removed
 
     def info(self) -> dict[str, Any]:
         """What ``xmr index info`` prints: type, size, dim, model, recall, category counts."""
@@ -236,8 +273,12 @@ class Index:
         dest = Path(directory) if directory is not None else self.path
         if dest is None:
             raise XmrError("no directory to save the index to")
-        self.manifest["index"] = self.backend.describe()
         self.manifest["count"] = len(self)
+        if self.backend.stores_externally:
+            self._save_beside_database(dest)
+            self.path = dest
+            return dest
+        self.manifest["index"] = self.backend.describe()
 
         def fill(tmp: Path) -> None:
             self.backend.save(tmp)
@@ -255,6 +296,22 @@ class Index:
         atomic_replace_dir(dest, fill, may_replace=_is_index_dir)
         self.path = dest
         return dest
+
+    def _save_beside_database(self, dest: Path) -> None:
+        """The vectors are in a database (which may live inside ``dest``, so the directory is
+        not swapped): commit the backend, then write ids, items and manifest, each atomically,
+        the manifest last."""
+        check_output_dir(dest)
+        database = self.backend.describe().get("database")  # a lite database inside dest
+        keep = [dest / database] if database else []
+        check_replaceable(dest, self.manifest.get("backend"), keep=keep)
+        dest.mkdir(parents=True, exist_ok=True)
+        self.backend.save(dest)
+        self.manifest["index"] = self.backend.describe()
+        ids_text = json.dumps(self.ids, ensure_ascii=False)
+        atomic_write(dest / IDS_FILE, lambda tmp: tmp.write_text(ids_text, encoding="utf-8"))
+        atomic_write(dest / ITEMS_FILE, lambda tmp: write_jsonl(tmp, self.items))
+        atomic_write_json(dest / MANIFEST, self.manifest)
 
 
 # --- building and loading ---------------------------------------------------------------------
@@ -278,6 +335,7 @@ def build_index(
     source: dict[str, Any] | None = None,
     seed: int = 0,
     multi_vector: str = "all",
+    backend_options: dict[str, Any] | None = None,
 ) -> Index:
     """Build an index over L2-normalised ``embeddings`` with string ``ids``.
 
@@ -299,6 +357,8 @@ def build_index(
             max-sim, K times the memory) and ``mean`` one vector per item, the normalised mean
             of its K (K times smaller and faster, at a recall cost measured in
             ``benchmarks/RESULTS.md``). Recorded in the manifest.
+        backend_options: what only one backend takes (Milvus: ``uri`` or ``lite_path``,
+            ``collection``, ``timeout``, ``token_env``).
     """
     _check_build_options(nprobe=nprobe, ef_search=ef_search, train_size=train_size)
     if exact_max is not None and exact_max < 0:
@@ -316,6 +376,7 @@ def build_index(
     per_item = _vectors_per_item(x)
     flat = x.reshape(-1, dim)
     opts: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "gpu": gpu}
+    opts.update(backend_options or {})
     auto_reason = None
     resolved = spec
     backend_cls = get_backend(backend)
@@ -329,7 +390,7 @@ def build_index(
     trained_on = 0
     if index_backend.needs_training:
         trained_on = _train(index_backend, flat, resolved, train_size, seed)
-    index_backend.add(flat)
+    _add_records(index_backend, x, ids, items)
     build_s = time.perf_counter() - started
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -450,6 +511,24 @@ def _train(
     return len(sample)
 
 
+def _add_records(
+    backend: IndexBackend, x: np.ndarray, ids: Sequence[str], items: Sequence[dict[str, Any]]
+) -> None:
+    """Hand the backend every vector with its item's id and category (a database stores them;
+    an item's K vectors sit at consecutive positions, see :mod:`xmr.index.multivector`)."""
+    per_item = _vectors_per_item(x)
+    categories = [rec.get("category") for rec in items]
+    if per_item > 1:
+        if backend.filters_by_category or backend.stores_externally:
+            raise XmrError(
+                f"the {backend.name} backend stores one vector per item; these items have "
+                f"{per_item} each (build with --multi-vector mean, or use the faiss backend)"
+            )
+        ids = [i for i in ids for _ in range(per_item)]
+        categories = [c for c in categories for _ in range(per_item)]
+    backend.add_records(x.reshape(-1, x.shape[-1]), ids, categories)
+
+
 def _vectors_per_item(x: np.ndarray) -> int:
     return int(x.shape[1]) if x.ndim == 3 else 1
 
@@ -497,6 +576,25 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
         raise XmrError(f"{path}: index format {manifest['format_version']} is newer than this xmr")
     return manifest
+
+
+def check_replaceable(dest: Path, backend: str | None, *, keep: Sequence[Path] = ()) -> None:
+    """Refuse to write a ``backend`` index into ``dest`` in place when ``dest`` holds anything
+    but an index of that backend (or the files in ``keep``, e.g. its own new database)."""
+    if not dest.is_dir():
+        return
+    if (dest / MANIFEST).exists():
+        found = read_json(dest / MANIFEST).get("backend", "faiss") if _is_index_dir(dest) else None
+        if found == backend:
+            return
+        what = f"a {found} index" if found else "something that is not an xmr index"
+        raise XmrError(f"{dest}: holds {what}; refusing to write a {backend} index into it")
+    others = [p for p in dest.iterdir() if p not in set(keep)]
+    if others:
+        raise XmrError(
+            f"{dest}: exists and is not an xmr index (holds {others[0].name}); refusing to "
+            "write an index into it"
+        )
 
 
 def _is_index_dir(path: Path) -> bool:

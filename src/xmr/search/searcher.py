@@ -512,6 +512,24 @@ class Searcher:
                 self._missing["image"] += not record.get("image")
                 self._missing["caption"] += not record.get("captions")
 
+    def remove_item(self, item_id: str) -> dict[str, Any]:
+        """Delete one item and save the index directory when it was loaded from one; returns
+        the item's record. All or nothing as :meth:`add_item` (for a Milvus index the rows are
+        deleted first: see :mod:`xmr.index.milvus_backend` for what a failed save leaves)."""
+        self._dense_only("deleting an item")
+        with self._index_lock:
+            index = self.index
+            record = index.item(str(item_id))
+            index.remove([str(item_id)])
+            if index.path is not None:
+                try:
+                    index.save()
+                except BaseException as exc:
+                    self._restore(index.path, exc)
+                    raise
+            self._missing = None  # recounted on the next ask
+        return record
+
     def _restore(self, path: Path, cause: BaseException) -> None:
         """Put back the index as it is in ``path`` after a failed save."""
         try:

@@ -150,6 +150,16 @@ async def item_info(item_id: str, svc: SearchService = Depends(service)) -> dict
     return await run_in_threadpool(svc.item_json, item_id)
 
 
+@router.delete("/api/items/{item_id:path}", tags=["items"])
+async def delete_item(
+    request: Request, item_id: str, svc: SearchService = Depends(service)
+) -> dict[str, Any]:
+    """Delete an item from the index (only with ``--allow-writes`` and the bearer token). All
+    or nothing: a failed write is a 500 ``write_failed`` and leaves the index as it was."""
+    authorise_write(request, svc.settings)
+    return await svc.delete_item(item_id)
+
+
 @router.post("/api/items", tags=["items"], openapi_extra=_ADD_BODY)
 async def add_item(request: Request, svc: SearchService = Depends(service)) -> dict[str, Any]:
     """Add an image to the index (only with ``--allow-writes`` and the bearer token). All or

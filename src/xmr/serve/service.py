@@ -408,6 +408,14 @@ class SearchService:
             await run_in_threadpool(self._refresh)
         return {"added": form.id, "items": len(self.searcher)}
 
+    async def delete_item(self, item_id: str) -> dict[str, Any]:
+        """Delete an item from the index: all or nothing (see :mod:`xmr.serve.writes`)."""
+        try:
+            await run_in_threadpool(self._writer.delete, item_id)
+        finally:
+            await run_in_threadpool(self._refresh)
+        return {"deleted": item_id, "items": len(self.searcher)}
+
 
 def _fields(record: dict[str, Any]) -> dict[str, Any]:
     return {

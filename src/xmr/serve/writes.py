@@ -1,4 +1,4 @@
-"""Adding an uploaded image to a served index, all or nothing.
+"""Adding an uploaded image to a served index, and deleting an item, all or nothing.
 
 An add encodes the image, keeps its bytes beside the index directory (named by content hash,
 never by the id) and appends the item through :meth:`xmr.search.Searcher.add_item`, which saves
@@ -78,6 +78,35 @@ class ItemWriter:
                 raise ApiError(
                     500, "write_failed", f"the item was not added: {_cause(exc)}"
                 ) from exc
+
+    def delete(self, item_id: str) -> None:
+        """Delete an item and save the index; an unknown id is a 404, a failed write a 500
+        ``write_failed`` (the Searcher has put its index back). The item's uploaded image is
+        removed too when it was added here and no other item shows the same bytes."""
+        with self._lock:
+            if item_id not in self.searcher:
+                raise ApiError(404, "not_found", f"no item with id {item_id!r}")
+            try:
+                record = self.searcher.remove_item(item_id)
+            except Exception as exc:  # noqa: BLE001 - any failure: the delete did not happen
+                log.error("deleting item %r failed: %s", item_id, exc)
+                raise ApiError(
+                    500, "write_failed", f"the item was not deleted: {_cause(exc)}"
+                ) from exc
+            path = (record.get("image") or {}).get("path")
+            if path and self._is_upload(Path(path)) and not self._still_shown(path):
+                Path(path).unlink(missing_ok=True)
+
+    def _is_upload(self, path: Path) -> bool:
+        try:
+            return path.resolve().parent == self.upload_dir().resolve()
+        except ApiError:
+            return False
+
+    def _still_shown(self, path: str) -> bool:
+        return any(
+            (rec.get("image") or {}).get("path") == path for rec in self.searcher.index.items
+        )
 
 
 def _web_bytes(form: AddItemForm, img: Any) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 from xmr.encode import load_embeddings, load_metadata, read_manifest
 from xmr.errors import XmrError
 from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings, fusion_digest, load_fusion
-from xmr.index.store import Index, build_index, load_index
+from xmr.index.store import Index, build_index, check_replaceable, load_index
 from xmr.io.atomic import check_output_dir
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,12 @@ def index_embeddings(
     approximate index. ``options`` go to :func:`xmr.workflows.index_build_index`."""
 
     emb_dir = Path(emb_dir)
+    if options.get("backend") == "milvus":
+        options["backend_options"] = milvus_options(
+            out_dir, uri=options.pop("uri", None), collection=options.pop("collection", None)
+        )
+    elif options.pop("uri", None) or options.pop("collection", None):
+        raise XmrError("uri and collection are options of the milvus backend (--backend milvus)")
     fusion = options.pop("fusion", None)
     weight = options.pop("fusion_weight", None)
     fusion = weight if fusion is None else fusion
@@ -120,13 +126,59 @@ def index_embeddings(
     return index
 
 
+def milvus_options(
+    out_dir: str | Path | None, *, uri: str | None = None, collection: str | None = None
+) -> dict[str, Any]:
+    """Where a Milvus build goes: the server at ``uri``, or a milvus-lite database
+    ``OUT_DIR/milvus.db``; the collection is ``collection`` (default: ``xmr_items`` on lite,
+    ``xmr_<OUT_DIR's name>`` on a server, so that two index directories do not share one)."""
+    from xmr.index.milvus_backend import DEFAULT_COLLECTION, LITE_FILE, collection_for
+
+    if uri is None:
+        if out_dir is None:
+            raise XmrError("a milvus-lite index lives in its index directory: give out_dir")
+        out = Path(out_dir)
+        check_replaceable(out, "milvus", keep=[out / LITE_FILE])
+        return {"lite_path": out / LITE_FILE, "collection": collection or DEFAULT_COLLECTION}
+    if out_dir is not None:
+        check_replaceable(Path(out_dir), "milvus")
+    default = collection_for(out_dir) if out_dir is not None else DEFAULT_COLLECTION
+    return {"uri": uri, "collection": collection or default}
+
+
+def delete_items(
+    index: Index | str | Path,
+    ids: list[str],
+    *,
+    missing_ok: bool = False,
+    save: bool = True,
+) -> tuple[Index, list[str]]:
+    """``xmr index delete``: remove items (vector, id, metadata) by id from an index of either
+    backend; returns (index, ids deleted). An unknown id is an error unless ``missing_ok``. The
+    index directory is saved atomically when ``save`` (see :meth:`Index.save`)."""
+    if not isinstance(index, Index):
+        index = load_index(index)
+    if not ids:
+        raise XmrError("give at least one item id to delete")
+    removed = index.remove(ids, missing_ok=missing_ok)
+    if save and removed:
+        index.save()
+    return index, removed
+
+
 def add_embeddings(
-    index: Index | str | Path, emb_dir: str | Path, *, kind: str | None = None, save: bool = True
+    index: Index | str | Path,
+    emb_dir: str | Path,
+    *,
+    kind: str | None = None,
+    save: bool = True,
+    upsert: bool = False,
 ) -> tuple[Index, int]:
     """Append the vectors of ``emb_dir`` to an index without a rebuild; returns (index, n added).
 
     The embeddings must come from the model that built the index (ModelMismatchError otherwise)
-    and bring only new ids. The index directory is replaced atomically when ``save``.
+    and bring only new ids, unless ``upsert``: then items already there are replaced. The index
+    directory is saved atomically when ``save``.
     """
 
     if not isinstance(index, Index):
@@ -137,7 +189,9 @@ def add_embeddings(
     emb = _load_vectors(emb_dir, kind, _index_fusion(source) if kind == "fused" else None)
     adding = (getattr(emb, "manifest", None) or {}).get("preprocessing")
     _check_same_decoding(source.get("preprocessing"), adding, emb_dir)
-    index.add(emb.vectors, emb.ids, _records(emb_dir, kind, emb.ids), model=emb.model)
+    index.add(
+        emb.vectors, emb.ids, _records(emb_dir, kind, emb.ids), model=emb.model, upsert=upsert
+    )
     if save:
         index.save()
     return index, len(emb)
