@@ -54,7 +54,8 @@ class TianchiRecipeConfig:
 
     Attributes:
         data: a tianchi-layout data set to use; None: generate one into ``OUT/data`` with
-            ``n_train``/``n_valid``/``n_test`` products of ``image_size`` pixels, ``seed``.
+            ``n_train``/``n_valid``/``n_test`` products of ``image_size`` pixels in
+            ``n_colours`` colours, from ``seed``.
         model: the encoder spec to start from (``hf:DIR``, ``hf:Salesforce/blip2-itm-vit-g``);
             None: the demo's tiny random CLIP (sizes and training from ``demo``), its tokenizer
             built from the training texts.
@@ -64,7 +65,9 @@ class TianchiRecipeConfig:
         eval_split: the split the table is scored on (the seed scores its valid set; the
             generated data has a test split besides the valid split used for model selection).
         demo: the tiny model's sizes and the training options (``epochs``, ``batch_size``,
-            ``lr``, ``train_overrides``: any other TrainConfig field).
+            ``lr``, ``train_overrides``: any other TrainConfig field; the default trains on
+            every text of an item, ``text_source="both"``: its queries and its 3 captions).
+            Its data-set fields are not used (the recipe's own are).
         device: where models run.
     """
 
@@ -74,6 +77,7 @@ class TianchiRecipeConfig:
     n_test: int = 400
     image_size: int = 32
     seed: int = 0
+    n_colours: int = 8
     model: str | None = None
     fused: str = "0.5"
     eval_split: str = "test"
@@ -83,11 +87,12 @@ class TianchiRecipeConfig:
 
     @classmethod
     def smoke(cls) -> TianchiRecipeConfig:
-        """A version of seconds (tests)."""
+        """A minute-long version (tests): 160 train products in 4 colours, a smaller CLIP."""
         demo = replace(
-            DemoConfig.smoke(), epochs=8, batch_size=32, train_overrides={"text_source": "both"}
-        )
-        return cls(n_train=160, n_valid=48, n_test=64, image_size=16, demo=demo)
+            DemoConfig.smoke(), epochs=10, batch_size=32, lr=3e-3, width=48, embed_dim=32,
+            train_overrides={"text_source": "both"},
+        )  # fmt: skip
+        return cls(n_train=160, n_valid=48, n_test=64, image_size=24, n_colours=4, demo=demo)
 
 
 def _out(message: str = "") -> None:
@@ -140,6 +145,7 @@ def run_tianchi_recipe(
             n_test=cfg.n_test,
             image_size=cfg.image_size,
             seed=cfg.seed,
+            n_colours=cfg.n_colours,
         )
     else:
         _out(f"[1/5] reading {cfg.data}")
