@@ -48,12 +48,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    "default: the demo's tiny random CLIP")  # fmt: skip
     g.add_argument("--data", default=None, metavar="PATH",
                    help="a tianchi-layout data set (default: generated into OUT/data)")  # fmt: skip
-    g.add_argument("--fused", default="0.5", metavar="W|tune|DIR",
+    g.add_argument("--fused", default=None, metavar="W|tune|DIR",
                    help="the item fusion of the text->(image+text) rows, as `xmr evaluate "
                    "--fused` (default: 0.5)")  # fmt: skip
-    g.add_argument("--eval-split", default="test", metavar="S",
+    g.add_argument("--eval-split", default=None, metavar="S",
                    help="the split the table is scored on (default: test)")  # fmt: skip
-    g.add_argument("--device", default="cpu", metavar="D", help="where models run (default: cpu)")
+    g.add_argument("--device", default=None, metavar="D", help="where models run (default: cpu)")
     p.add_argument("--epochs", type=options.positive_int, default=None, metavar="N",
                    help="training epochs (default: the demo's, 30)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="data and model seed (default: 0)")
@@ -69,7 +69,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.recipe == "tianchi":
         return run_tianchi(args)
-    given = [f"--{n.replace('_', '-')}" for n in ("model", "data") if getattr(args, n)]
+    only_tianchi = ("model", "data", "fused", "eval_split", "device")
+    given = [f"--{n.replace('_', '-')}" for n in only_tianchi if getattr(args, n) is not None]
     if given:
         raise XmrError(f"{', '.join(given)}: only for --recipe tianchi")
     args.out = args.out or "demo_out"
@@ -106,10 +107,12 @@ def run_tianchi(args: argparse.Namespace) -> int:
         demo = replace(demo, epochs=args.epochs)
     if args.workers is not None:
         demo = replace(demo, workers=args.workers)
-    cfg = replace(
-        cfg, model=args.model, data=args.data, fused=args.fused, eval_split=args.eval_split,
-        device=args.device, demo=demo, **({"seed": args.seed} if args.seed is not None else {}),
-    )  # fmt: skip
+    given = {
+        name: getattr(args, name)
+        for name in ("model", "data", "fused", "eval_split", "device", "seed")
+        if getattr(args, name) is not None
+    }
+    cfg = replace(cfg, demo=demo, **given)
     out = args.out or "tianchi_recipe_out"
     if args.json:
         with contextlib.redirect_stdout(sys.stderr):

@@ -10,7 +10,8 @@ theme, and an item's caption can: text -> image+caption retrieval has something 
 - Queries are short keywords, the seed's ``"Christmas pillow"``: the type and one to three of
   colour, pattern and theme (``"red striped mug"``, ``"cushion Christmas"``). A query is relevant
   to exactly the items of its split that have every attribute it names (the ground truth is
-  complete); in valid and test a query has at most ``max_relevant`` relevant items.
+  complete); in valid and test a query has at most ``max_relevant`` relevant items (unless
+  more items share all four attributes: that query must exist to cover them).
 - Train images have THREE captions (different phrasings, synonyms and attribute subsets, as the
   seed's VLM captions); valid and test items have ONE. Every item is relevant to at least one
   query, so every item has its caption(s).
@@ -297,7 +298,8 @@ def generate_tianchi(
         image_size: side of the square JPEG images in pixels (at least 16).
         seed: everything (products, queries, captions, images, file bytes) follows from it.
         n_colours: palette size, 2..10 (the first colours of ``PALETTE``).
-        max_relevant: the most relevant items a valid or test query has.
+        max_relevant: the most relevant items a valid or test query has (a query naming all
+            four attributes may have more, when that many items share them all).
     """
     n_valid = n_test if n_valid is None else n_valid
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}

@@ -161,8 +161,10 @@ def run_tianchi_recipe(
     model = cfg.model
     if model is None:
         tiny = out / "tiny_model"
-        texts = [q.text for q in train_split.queries.values()]
-        texts += [c for item in train_split.items.values() for c in item.captions]
+        from xmr.models.tiny import dataset_texts  # loads torch
+
+        # The texts `xmr model tiny --data DATA --split train` builds its tokenizer from.
+        texts = dataset_texts(dataset, "train")
         _out(f"[2/5] creating the demo's tiny random CLIP in {tiny} (tokenizer from train texts)")
         create_demo_clip(tiny, texts, replace(cfg.demo, image_size=cfg.image_size, seed=cfg.seed))
         model = f"hf:{tiny}"
