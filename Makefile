@@ -7,8 +7,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
+RECIPE_OUT ?= tianchi_recipe_out
 
-.PHONY: demo test lint format clean install crosscheck
+.PHONY: demo recipe-tianchi test lint format clean install crosscheck
 
 $(VENV)/.stamp-base:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,10 @@ install: $(VENV)/.stamp-demo
 
 demo: $(VENV)/.stamp-demo
 	$(VENV)/bin/xmr demo --out $(DEMO_OUT)
+
+# Seed 001's table (tianchi) on generated data with the demo's tiny CLIP; see the README.
+recipe-tianchi: $(VENV)/.stamp-demo
+	$(VENV)/bin/xmr demo --recipe tianchi --out $(RECIPE_OUT)
 
 test: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -65,4 +70,4 @@ crosscheck: $(CROSSCHECK_VENV)/.stamp
 	$(CROSSCHECK_VENV)/bin/python benchmarks/crosscheck_torch_fidelity.py $(CROSSCHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) $(RECIPE_OUT) .pytest_cache .ruff_cache

@@ -11,8 +11,11 @@ from xmr.data.convert import convert_dataset
 from xmr.data.inspect import format_report, inspect_dataset
 from xmr.data.readers import load_dataset
 from xmr.data.synth import generate_synthetic
+from xmr.data.synth_tianchi import generate_tianchi
+from xmr.errors import XmrError
 
 CONVERT_FORMATS = ("evalscope", "beir", "csv")
+SYNTH_LAYOUTS = ("track2", "tianchi")
 
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +73,10 @@ def add_parser(subparsers) -> None:
     add_convert_arguments(convert)
     convert.set_defaults(func=run_convert)
 
-    synth = actions.add_parser("synth", help="generate the synthetic traffic data set (track2)")
+    synth = actions.add_parser(
+        "synth",
+        help="generate a synthetic data set: traffic (track2) or e-commerce products (tianchi)",
+    )
     add_synth_arguments(synth)
     synth.set_defaults(func=run_synth)
 
@@ -99,6 +105,14 @@ def add_synth_arguments(synth: argparse.ArgumentParser) -> None:
         synth, "output directory (new, empty or an earlier data synth output)",
         legacy_positional=True,
     )  # fmt: skip
+    synth.add_argument(
+        "--layout",
+        choices=SYNTH_LAYOUTS,
+        default="track2",
+        help="track2: vehicles and pedestrians with Track2 label files (seed 000); tianchi: "
+        "products (type, colour, pattern in the pixels, a theme in the texts only) with keyword "
+        "queries, 3 captions per train image and 1 per valid/test item (seed 001)",
+    )
     synth.add_argument("--n-train", type=options.non_negative_int, default=2000, metavar="N",
                        help="train images")  # fmt: skip
     synth.add_argument("--n-test", type=options.non_negative_int, default=500, metavar="N",
@@ -113,9 +127,16 @@ def add_synth_arguments(synth: argparse.ArgumentParser) -> None:
     synth.add_argument(
         "--attribute-sets",
         type=int,
-        default=40,
+        default=None,
         metavar="N",
-        help="distinct attribute sets shared by the splits",
+        help="track2: distinct attribute sets shared by the splits (default: 40)",
+    )
+    synth.add_argument(
+        "--max-relevant",
+        type=options.positive_int,
+        default=None,
+        metavar="N",
+        help="tianchi: the most relevant items of a valid or test query (default: 10)",
     )
     synth.add_argument("--colours", type=int, default=8, metavar="N", help="palette size, 2-10")
     synth.add_argument("--image-size", type=int, default=64, metavar="PX", help="image side")
@@ -162,27 +183,45 @@ def run_convert(args) -> int:
 
 
 def run_synth(args) -> int:
-    root = generate_synthetic(
-        args.out,
-        n_train=args.n_train,
-        n_test=args.n_test,
-        n_valid=args.n_valid,
-        image_size=args.image_size,
-        seed=args.seed,
-        n_attribute_sets=args.attribute_sets,
-        n_colours=args.colours,
-    )
-    dataset = load_dataset(root, "track2")
+    if args.layout == "tianchi":
+        if args.attribute_sets is not None:
+            raise XmrError("--attribute-sets is for --layout track2; tianchi products are drawn "
+                           "from all type, colour, pattern and theme combinations")  # fmt: skip
+        root = generate_tianchi(
+            args.out,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            n_valid=args.n_valid,
+            image_size=args.image_size,
+            seed=args.seed,
+            n_colours=args.colours,
+            max_relevant=10 if args.max_relevant is None else args.max_relevant,
+        )
+    else:
+        if args.max_relevant is not None:
+            raise XmrError("--max-relevant is for --layout tianchi")
+        root = generate_synthetic(
+            args.out,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            n_valid=args.n_valid,
+            image_size=args.image_size,
+            seed=args.seed,
+            n_attribute_sets=40 if args.attribute_sets is None else args.attribute_sets,
+            n_colours=args.colours,
+        )
+    dataset = load_dataset(root, args.layout)
     if args.json:
         splits = {
             name: {"n_items": len(s.items), "n_queries": len(s.queries)}
             for name, s in dataset.splits.items()
         }
-        print(json.dumps({"out": str(root), "format": "track2", "splits": splits}, indent=2))
+        print(json.dumps({"out": str(root), "format": args.layout, "splits": splits}, indent=2))
         return 0
+    noun = "images" if args.layout == "track2" else "items"
     parts = [
-        f"{name} {len(s.items)} images / {len(s.queries)} texts"
+        f"{name} {len(s.items)} {noun} / {len(s.queries)} {'texts' if noun == 'images' else 'queries'}"
         for name, s in dataset.splits.items()
     ]
-    print(f"wrote {root} (track2 layout): {', '.join(parts)}")
+    print(f"wrote {root} ({args.layout} layout): {', '.join(parts)}")
     return 0

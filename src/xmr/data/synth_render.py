@@ -133,7 +133,7 @@ class Frame:
         return self.pts([(u0, v0), (u1, v0), (u1, v1), (u0, v1)])
 
 
-def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
+def jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
     """Lighting: a small brightness change and per-channel wobble that keep the colour's name."""
     scale = rng.uniform(0.9, 1.08)
     c = np.clip(np.asarray(rgb, dtype=float) * scale + rng.normal(0.0, 5.0, 3), 0, 255)
@@ -144,7 +144,7 @@ def _muted(rng: np.random.Generator) -> np.ndarray:
     return np.clip(rng.uniform(70, 185) + rng.normal(0.0, 15.0, 3), 55, 200)
 
 
-def _background(size: int, rng: np.random.Generator) -> Image.Image:
+def background(size: int, rng: np.random.Generator) -> Image.Image:
     """A muted two-colour gradient in a random direction (computed on a small grid, then
     bilinearly enlarged: a linear ramp survives that exactly and costs far less)."""
     c1, c2 = _muted(rng), _muted(rng)
@@ -299,7 +299,7 @@ def _vehicle_end(c: Canvas, f: Frame, vtype: str, body, front: bool) -> None:
 
 
 def draw_vehicle(c: Canvas, look: VehicleLook, size: int, rng: np.random.Generator) -> None:
-    body = _jitter(PALETTE[look.colour], rng)
+    body = jitter(PALETTE[look.colour], rng)
     view = VEHICLE_VIEWS[int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
     if view == "side":
         w = size * rng.uniform(0.8, 0.95)
@@ -343,8 +343,8 @@ def _arm(c: Canvas, f: Frame, top, bottom, width: float, upper, skin, short: boo
 
 
 def draw_pedestrian(c: Canvas, look: PedestrianLook, size: int, rng: np.random.Generator) -> None:
-    upper = _jitter(PALETTE[look.upper], rng)
-    lower = _jitter(PALETTE[look.lower], rng)
+    upper = jitter(PALETTE[look.upper], rng)
+    lower = jitter(PALETTE[look.lower], rng)
     skin = SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]
     hair = HAIR_TONES[int(rng.integers(len(HAIR_TONES)))]
     h = size * rng.uniform(0.78, 0.94)
@@ -443,19 +443,28 @@ def render(
     regions: tuple[str, ...] = ()
     if with_masks:
         regions = ("body",) if isinstance(look, VehicleLook) else ("upper", "lower")
-    canvas = Canvas(_background(size, rng), regions)
+    canvas = Canvas(background(size, rng), regions)
     _clutter(canvas, size, ground=rng.uniform(0.45, 0.8) * size, rng=rng)
     if isinstance(look, VehicleLook):
         draw_vehicle(canvas, look, size, rng)
     else:
         draw_pedestrian(canvas, look, size, rng)
-    out = canvas.image.resize((image_size, image_size), Image.Resampling.BOX)
+    return finish_scene(canvas.image, canvas.masks, image_size, rng)
+
+
+def finish_scene(
+    image: Image.Image, masks: dict[str, Image.Image], image_size: int, rng: np.random.Generator
+) -> tuple[Image.Image, dict[str, np.ndarray]]:
+    """Box-filter a supersampled scene down to ``image_size`` and add sensor noise; masks become
+    boolean arrays of the output pixels that lie fully inside their region. Shared by every
+    synthetic layout, so all of them look alike at the pixel level."""
+    out = image.resize((image_size, image_size), Image.Resampling.BOX)
     noise = rng.standard_normal((image_size, image_size, 3), dtype=np.float32)
     noise *= rng.uniform(1.5, 6.0)
     noise += np.asarray(out, dtype=np.float32) + 0.5
-    image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "RGB")
-    masks = {
+    final = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8), "RGB")
+    boolean = {
         name: np.asarray(m.resize((image_size, image_size), Image.Resampling.BOX)) == 255
-        for name, m in canvas.masks.items()
+        for name, m in masks.items()
     }
-    return image, masks
+    return final, boolean

@@ -118,12 +118,60 @@ def _encode_and_index(
     return metrics, index
 
 
+def create_demo_clip(path: Path, texts: list[str], cfg: DemoConfig) -> Path:
+    """The demo's tiny random CLIP (sizes from ``cfg``), its tokenizer built from ``texts``."""
+    from xmr.models import create_tiny_clip
+
+    return create_tiny_clip(
+        path,
+        texts=texts,
+        embed_dim=cfg.embed_dim,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        vision_width=cfg.width,
+        vision_layers=cfg.vision_layers,
+        text_width=cfg.width,
+        text_layers=cfg.text_layers,
+        heads=cfg.heads,
+        context_length=cfg.context_length,
+    )
+
+
+def demo_train_config(cfg: DemoConfig, model: str, data: Path, out: Path, data_format: str):
+    """The demo's :class:`~xmr.train.TrainConfig`: train split, best epoch on valid, on the
+    CPU, no resume (a demo starts afresh), with ``cfg.train_overrides`` applied last."""
+    from xmr.train import TrainConfig
+
+    train_cfg = TrainConfig(
+        model=model,
+        data=str(data),
+        out=str(out),
+        format=data_format,
+        split="train",
+        valid_split="valid",
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        workers=cfg.workers,
+        device="cpu",
+        seed=cfg.seed,
+        resume=False,
+        tensorboard=False,
+        log_every=10,
+    )
+    if cfg.train_overrides:
+        train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **cfg.train_overrides})
+    return train_cfg
+
+
 def run_demo(
     out: str | os.PathLike = "demo_out", config: DemoConfig | None = None
 ) -> dict[str, Any]:
     """Run the demo into ``out`` and return the final metrics (also printed as the last line)."""
-    from xmr.models import create_tiny_clip
-    from xmr.train import TrainConfig, train
+    from xmr.train import train
 
     cfg = config or DemoConfig()
     out = Path(out)
@@ -154,20 +202,7 @@ def run_demo(
 
     tiny = out / "tiny_model"
     _out(f"[2/6] creating a tiny random CLIP in {tiny} (tokenizer built from the training texts)")
-    create_tiny_clip(
-        tiny,
-        texts=texts,
-        embed_dim=cfg.embed_dim,
-        seed=cfg.seed,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        vision_width=cfg.width,
-        vision_layers=cfg.vision_layers,
-        text_width=cfg.width,
-        text_layers=cfg.text_layers,
-        heads=cfg.heads,
-        context_length=cfg.context_length,
-    )
+    create_demo_clip(tiny, texts, cfg)
 
     _out("[3/6] zero-shot retrieval on the test split (random weights)")
     zero_shot, _ = _encode_and_index(
@@ -178,27 +213,7 @@ def run_demo(
     model_dir = out / "model"
     _out(f"[4/6] training from scratch -> {model_dir}")
     shutil.rmtree(model_dir, ignore_errors=True)  # an earlier demo's model: start afresh
-    train_cfg = TrainConfig(
-        model=f"hf:{tiny}",
-        data=str(data),
-        out=str(model_dir),
-        format="track2",
-        split="train",
-        valid_split="valid",
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio,
-        workers=cfg.workers,
-        device="cpu",
-        seed=cfg.seed,
-        resume=False,
-        tensorboard=False,
-        log_every=10,
-    )
-    if cfg.train_overrides:
-        train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), **cfg.train_overrides})
+    train_cfg = demo_train_config(cfg, f"hf:{tiny}", data, model_dir, "track2")
     result = train(train_cfg)
     _out(
         f"      best valid {result.best_metric} {result.best_value:.3f} at step "
