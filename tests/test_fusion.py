@@ -170,19 +170,18 @@ def test_real_bi_encoder_on_tianchi_data(tmp_path):
     np.testing.assert_allclose(items.mode("fused", 0.7) @ q, expected, atol=1e-5)
 
 
-def test_fused_index_through_encode_index_search(tmp_path, capsys):
+def test_fused_index_through_encode_index_search(tmp_path, capsys, tiny_clip):
     """xmr encode (images, captions, texts) -> xmr index build --fused W -> xmr search: the
     search scores are the documented fused scores."""
     pytest.importorskip("transformers")
     pytest.importorskip("faiss")
-    from test_encode import tiny_model
     from xmr.cli import main
     from xmr.encode import load_embeddings
     from xmr.search import Searcher
     from xmr.workflows.index_build import add_embeddings
 
     data = write_tianchi(tmp_path / "tianchi")
-    model = f"hf:{tiny_model(tmp_path / 'model')}"
+    model = f"hf:{tiny_clip}"
     emb, index = tmp_path / "emb", tmp_path / "index"
     encode = ["encode", "--model", model, "--data", str(data), "--out", str(emb), "--device", "cpu"]
     assert main([*encode, "--kinds", "images,captions,texts", "--workers", "0"]) == 0
