@@ -16,7 +16,7 @@ from xmr.eval.embedded import embed_split_fused, rank_embedded
 from xmr.eval.submission import default_submission_format, write_submission
 from xmr.io.atomic import check_output_file
 from xmr.rerank import DEFAULT_RERANK_K, dataset_lookup, rerank_many
-from xmr.workflows.evaluate import (
+from xmr.workflows.job_inputs import (
     check_k,
     check_rerank_options,
     embed,
