@@ -180,7 +180,7 @@ def evaluate_model(
     if fused is not None:
         metrics |= fused_metrics(
             encoder, dataset, chosen, fused, tune_split=tune_split, tune_metric=tune_metric, k=k,
-            batch_size=batch_size, device=device, skip_empty=skip_empty,
+            batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
         )  # fmt: skip
     rows = path = None
     if per_query is not None:
@@ -238,9 +238,12 @@ def fused_metrics(
     device: Any = None,
     warnings: list[str] | None = None,
     skip_empty: bool = False,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Image-only, caption-only and fused text->item metrics of ``split`` side by side
-    (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`).
+    (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`; its
+    images are embedded through :func:`xmr.encode.encode_split` with ``workers`` decoding
+    processes).
 
     ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), or ``"tune"``:
     grid-search the weight for ``tune_metric`` on the split named ``tune_split`` of ``dataset``
@@ -253,7 +256,7 @@ def fused_metrics(
         fused = None
     return evaluate_fused(
         encoder, split, weight=fused, tune_split=tune, metric=tune_metric, ks=recall_ks(k),
-        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty,
+        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
     )  # fmt: skip
 
 
