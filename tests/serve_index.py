@@ -1,8 +1,8 @@
 """A real small index for the service's tests, built with the real pipeline.
 
 tiny random CLIP (``create_tiny_clip``) -> ``encode_split`` over generated images (files and one
-base64 TSV line) -> ``build_index`` -> ``Index.save``. Shared by test_serve_*.py and
-test_browser.py.
+base64 TSV line) -> ``build_index`` -> ``Index.save``. Built once per session by the
+``serve_index`` fixture (conftest.py) for test_serve_*.py and test_browser.py.
 """
 
 from __future__ import annotations
@@ -110,13 +110,3 @@ def build_index_dir(root: Path) -> dict:
         "images": images,
         "n": len(emb.ids),
     }
-
-
-_SHARED: dict = {}
-
-
-def shared_index(tmp_path_factory) -> dict:
-    """One index per test session (built on first use), shared by the service's test modules."""
-    if not _SHARED:
-        _SHARED.update(build_index_dir(tmp_path_factory.mktemp("serve-index")))
-    return _SHARED

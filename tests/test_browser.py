@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from serve_index import shared_index
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -80,9 +78,9 @@ def _serve(index_dir, log, *extra):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, serve_index):
     pytest.importorskip("fastapi")
-    built = shared_index(tmp_path_factory)
+    built = serve_index
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     with _serve(built["index_dir"], log) as base:
         yield {"base": base, **built}

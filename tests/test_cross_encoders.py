@@ -272,13 +272,12 @@ def _color_tianchi(root):
     return root
 
 
-def test_xmr_train_cross_encoder_command(tmp_path, one_thread, capsys):
-    from test_encode import tiny_model
+def test_xmr_train_cross_encoder_command(tmp_path, one_thread, capsys, tiny_clip):
     from xmr.cli import main
 
     data = _color_tianchi(tmp_path / "data")
     start = create_tiny_cross_encoder(tmp_path / "start", "blip", words=["red", "blue", "thing"])
-    clip = tiny_model(tmp_path / "clip")
+    clip = tiny_clip
     out = tmp_path / "itm"
     args = ["train", "--cross-encoder", str(start), "--model", f"hf:{clip}", "--data", str(data)]
     args += ["--out", str(out), "--device", "cpu", "--rerank-k", "4", "--json"]

@@ -10,63 +10,18 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from builders import N_IMAGES, make_images, make_split, tiny_model  # noqa: E402
 from xmr.data import ImageRef, Item, Query, Split  # noqa: E402
 from xmr.encode import encode_split, load_embeddings, read_manifest  # noqa: E402
 from xmr.errors import ModelMismatchError, XmrError  # noqa: E402
 
-N_IMAGES = 18
-
-
-def make_images(root, n=N_IMAGES, size=(40, 56), seed=0):
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        path = root / f"img{i:03d}.jpg"
-        Image.fromarray((rng.random((*size, 3)) * 255).astype("uint8")).save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def make_split(paths, extra=()):
-    items = {
-        f"it{i:03d}": Item(
-            f"it{i:03d}", ImageRef(path=str(p)), [f"photo {i}"], category="a" if i % 2 else "b"
-        )
-        for i, p in enumerate(paths)
-    }
-    for item in extra:
-        items[item.id] = item
-    queries = {f"q{i}": Query(f"q{i}", f"a white car number {i}") for i in range(5)}
-    return Split("test", items, queries)
-
-
-def tiny_model(path, seed=0, embed_dim=32):
-    from xmr.models import create_tiny_clip
-
-    return create_tiny_clip(
-        path,
-        embed_dim=embed_dim,
-        seed=seed,
-        image_size=32,
-        patch_size=8,
-        vision_width=64,
-        vision_layers=1,
-        text_width=64,
-        text_layers=1,
-        heads=2,
-        context_length=16,
-    )
-
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
+def encoder(tiny_clip):
     from xmr.models import create_encoder
 
     torch.set_num_threads(2)
-    return create_encoder(f"hf:{tiny_model(tmp_path_factory.mktemp('model'))}", device="cpu")
+    return create_encoder(f"hf:{tiny_clip}", device="cpu")
 
 
 @pytest.fixture(scope="module")

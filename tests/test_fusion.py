@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from PIL import Image  # noqa: E402
 
@@ -22,26 +22,39 @@ from xmr.fusion import (  # noqa: E402
     fuse_embeddings,
     normalize,
 )
-from xmr.models.base import load_image  # noqa: E402
+from xmr.models.base import Encoder  # noqa: E402
+from xmr.models.preprocess import ImagePreprocess  # noqa: E402
 
 WORDS = ["red", "blue", "circle", "square"]
 COLORS = {"red": (220, 10, 10), "blue": (10, 10, 220)}
 
 
-class WordColorEncoder:
+class WordColorEncoder(Encoder):
     """A hand-made bi-encoder: texts are bags of WORDS, images know only their color. So an
-    image cannot tell shapes apart and a caption (the shape) cannot tell colors apart."""
+    image cannot tell shapes apart and a caption (the shape) cannot tell colors apart. A real
+    :class:`~xmr.models.base.Encoder`, so its images go through the encode pipeline as a
+    model's do."""
 
-    def encode_texts(self, texts, batch_size=None):
-        out = np.array([[w in t.split() for w in WORDS] for t in texts], dtype=np.float32)
-        return normalize(out)
+    spec, backend, embed_dim, context_length = "test:word-color", "test", len(WORDS), 8
 
-    def encode_images(self, images, batch_size=None):
-        rows = []
-        for im in images:
-            r, _, b = np.asarray(load_image(im)).reshape(-1, 3).mean(0)
-            rows.append([r > b, b > r, 0, 0])
-        return normalize(np.array(rows, dtype=np.float32))
+    def __init__(self):
+        self.model = torch.nn.Module()
+        self.model.logit_scale = torch.nn.Parameter(torch.zeros(()))
+        self.preprocess = ImagePreprocess(
+            mode="resize", size=(8, 8), crop_size=None, mean=None, std=None
+        )
+        self.device = torch.device("cpu")
+
+    def tokenize(self, texts):
+        return {"bags": torch.tensor([[w in t.split() for w in WORDS] for t in texts]).float()}
+
+    def text_features(self, tokens):
+        return tokens["bags"]
+
+    def image_features(self, pixel_values):
+        r, b = pixel_values[:, 0].mean((1, 2)), pixel_values[:, 2].mean((1, 2))
+        zero = torch.zeros_like(r)
+        return torch.stack([(r > b).float(), (b > r).float(), zero, zero], dim=1)
 
 
 def write_tianchi(root, split="valid"):
@@ -170,19 +183,48 @@ def test_real_bi_encoder_on_tianchi_data(tmp_path):
     np.testing.assert_allclose(items.mode("fused", 0.7) @ q, expected, atol=1e-5)
 
 
-def test_fused_index_through_encode_index_search(tmp_path, capsys):
+def test_items_are_embedded_by_the_encode_pipeline(tmp_path, tiny_clip):
+    """encode_items embeds images as ``xmr encode`` does: the encoder's own vectors, with any
+    number of decoding workers, and an undecodable image is reported instead of stopping the
+    run (its item's fused vector is its caption's)."""
+    pytest.importorskip("transformers")
+    from xmr.data.dataset import Item
+    from xmr.data.images import ImageRef
+    from xmr.models import create_encoder
+
+    enc = create_encoder(f"hf:{tiny_clip}", device="cpu")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    items = [
+        Item("a", ImageRef(path=str(good)), ["a red thing"]),
+        Item("b", ImageRef(path=str(bad)), ["a broken image"]),
+        Item("c", None, ["only a text"]),
+    ]
+    emb = encode_items(enc, items)
+    own = enc.encode_images([ImageRef(path=str(good))])[0]
+    np.testing.assert_allclose(emb.image[0], own, atol=1e-6)
+    assert emb.failed == ["b"] and np.isnan(emb.image[1:]).all()
+    np.testing.assert_allclose(emb.caption[1], enc.encode_texts(["a broken image"])[0], atol=1e-6)
+    np.testing.assert_allclose(emb.mode("fused", 0.5)[1], emb.caption[1])
+    in_workers = encode_items(enc, items, workers=1)
+    np.testing.assert_allclose(in_workers.image, emb.image, atol=1e-6)
+    assert in_workers.failed == ["b"]
+
+
+def test_fused_index_through_encode_index_search(tmp_path, capsys, tiny_clip):
     """xmr encode (images, captions, texts) -> xmr index build --fused W -> xmr search: the
     search scores are the documented fused scores."""
     pytest.importorskip("transformers")
     pytest.importorskip("faiss")
-    from test_encode import tiny_model
     from xmr.cli import main
     from xmr.encode import load_embeddings
     from xmr.search import Searcher
     from xmr.workflows.index_build import add_embeddings
 
     data = write_tianchi(tmp_path / "tianchi")
-    model = f"hf:{tiny_model(tmp_path / 'model')}"
+    model = f"hf:{tiny_clip}"
     emb, index = tmp_path / "emb", tmp_path / "index"
     encode = ["encode", "--model", model, "--data", str(data), "--out", str(emb), "--device", "cpu"]
     assert main([*encode, "--kinds", "images,captions,texts", "--workers", "0"]) == 0

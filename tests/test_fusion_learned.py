@@ -234,14 +234,12 @@ def test_config_options_are_checked():
 
 
 @pytest.fixture(scope="module")
-def tianchi(tmp_path_factory):
+def tianchi(tmp_path_factory, tiny_clip):
     pytest.importorskip("transformers")
-    from test_encode import tiny_model
-
     root = tmp_path_factory.mktemp("fused-train")
     data = write_tianchi(root / "data", "valid")
     write_tianchi(data, "train")
-    return {"data": data, "model": f"hf:{tiny_model(root / 'model')}", "root": root}
+    return {"data": data, "model": f"hf:{tiny_clip}", "root": root}
 
 
 def test_cli_train_fused_then_index_build_and_add(tianchi, tmp_path, capsys):

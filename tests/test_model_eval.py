@@ -23,7 +23,7 @@ pytest.importorskip("faiss")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Generated Track2 data (two categories) and a tiny random CLIP built from its texts."""
-    from test_encode import tiny_model
+    from builders import tiny_model
     from xmr.data.synth import generate_synthetic
 
     root = tmp_path_factory.mktemp("model_eval")

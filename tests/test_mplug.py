@@ -345,9 +345,7 @@ def test_pipeline_takes_the_seed_call_an_image_url_and_question(tiny, tmp_path):
 # ---- the CLI: model tiny, similarity, rerank, train ------------------------------------------
 
 
-def test_cli_tiny_and_similarity(tmp_path, capsys):
-    from test_encode import tiny_model
-
+def test_cli_tiny_and_similarity(tmp_path, capsys, tiny_clip):
     out = tmp_path / "mp"
     assert main(["model", "tiny", "--family", "mplug", str(out)]) == 0
     assert "mplug:" in capsys.readouterr().out
@@ -365,7 +363,7 @@ def test_cli_tiny_and_similarity(tmp_path, capsys):
         "scores",
     }
     np.testing.assert_allclose([s["match_prob"] for s in scores], want, atol=1e-6)
-    clip = tiny_model(tmp_path / "clip")
+    clip = tiny_clip
     assert main([*args, "--model", f"hf:{clip}", str(image), *texts]) == 0
     both = json.loads(capsys.readouterr().out)["scores"]
     assert set(both[0]) == {"text", "similarity", "match_prob"}
@@ -377,12 +375,12 @@ def test_cli_tiny_and_similarity(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["match_prob", "text", f"{red:.4f}", "red"]
 
 
-def test_cli_search_reranks_with_mplug(tmp_path, capsys):
+def test_cli_search_reranks_with_mplug(tmp_path, capsys, tiny_clip):
     pytest.importorskip("faiss")
     from test_rerank import build_color_index
 
     (tmp_path / "idx").mkdir()
-    index = build_color_index(tmp_path / "idx")
+    index = build_color_index(tmp_path / "idx", tiny_clip)
     mp = create_tiny_mplug(tmp_path / "mp", words=["red", "green", "blue", "thing"])
     base = ["search", str(index), "a red thing", "-k", "6", "--json", "--device", "cpu"]
     assert main(base) == 0

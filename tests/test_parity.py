@@ -415,7 +415,7 @@ def test_trec_scores_keep_the_written_order_through_ties_and_rounding(tmp_path):
 def world(tmp_path_factory):
     """Generated Track2 data and a tiny random CLIP (as tests/test_model_eval.py builds them)."""
     pytest.importorskip("transformers")
-    from test_encode import tiny_model
+    from builders import tiny_model
     from xmr.data.synth import generate_synthetic
 
     root = tmp_path_factory.mktemp("parity")

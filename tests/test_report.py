@@ -10,24 +10,24 @@ import re
 import numpy as np
 import pytest
 
-from report_helpers import EVIL, synth_split, track2_predictions
+from report_helpers import EVIL, track2_predictions
 from xmr.cli import main
 
 pytest.importorskip("matplotlib")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, report_data):
     tmp = tmp_path_factory.mktemp("report")
-    split = synth_split(tmp / "ds")
+    split = report_data["split"]
     pred = tmp / "pred.json"
     ranked = track2_predictions(pred, split)
-    return {"tmp": tmp, "split": split, "pred": pred, "ranked": ranked}
+    return {"tmp": tmp, "ds": report_data["root"], "split": split, "pred": pred, "ranked": ranked}
 
 
 def evaluate_with_report(capsys, built, out, *extra):
     code = main(["evaluate", "--predictions", str(built["pred"]), "--data",
-                 str(built["tmp"] / "ds"), "--split", "test", "--json", "--report", str(out),
+                 str(built["ds"]), "--split", "test", "--json", "--report", str(out),
                  *extra])  # fmt: skip
     assert code == 0
     return json.loads(capsys.readouterr().out)
@@ -89,7 +89,7 @@ def test_report_refuses_a_file_and_a_foreign_directory(capsys, built, tmp_path):
     (mine / "notes.txt").write_text("keep me")
     for out, message in ((tmp_path / "file", "not a directory"), (mine, "not an xmr report")):
         code = main(["evaluate", "--predictions", str(built["pred"]), "--data",
-                     str(built["tmp"] / "ds"), "--split", "test", "--report", str(out)])  # fmt: skip
+                     str(built["ds"]), "--split", "test", "--report", str(out)])  # fmt: skip
         assert code == 2
         assert message in capsys.readouterr().err
     with pytest.raises(XmrError, match="not an xmr report"):
@@ -99,7 +99,7 @@ def test_report_refuses_a_file_and_a_foreign_directory(capsys, built, tmp_path):
 
 def test_model_report_has_both_directions(tmp_path, capsys, built):
     pytest.importorskip("transformers")
-    ds = built["tmp"] / "ds"
+    ds = built["ds"]
     assert main(["model", "tiny", "--out", str(tmp_path / "m"), "--data", str(ds)]) == 0
     capsys.readouterr()
     code = main(["evaluate", "--model", f"hf:{tmp_path / 'm'}", "--data", str(ds), "--split",
@@ -121,7 +121,7 @@ def test_compare_two_runs(capsys, built, tmp_path):
     ma = evaluate_with_report(capsys, built, tmp_path / "a")
     pred_b = tmp_path / "pred_b.json"
     track2_predictions(pred_b, built["split"], seed=1)
-    code = main(["evaluate", "--predictions", str(pred_b), "--data", str(built["tmp"] / "ds"),
+    code = main(["evaluate", "--predictions", str(pred_b), "--data", str(built["ds"]),
                  "--split", "test", "--json", "--report", str(tmp_path / "b")])  # fmt: skip
     assert code == 0
     mb = json.loads(capsys.readouterr().out)
@@ -157,7 +157,7 @@ def test_compare_refuses_other_splits(capsys, built, tmp_path):
 
 def test_reranked_run_reports_both_stages_and_what_changed(capsys, built, tmp_path):
     pytest.importorskip("transformers")
-    ds = built["tmp"] / "ds"
+    ds = built["ds"]
     assert main(["model", "tiny", "--out", str(tmp_path / "m"), "--data", str(ds)]) == 0
     assert main(["model", "tiny", "--family", "mplug", "--out", str(tmp_path / "mp")]) == 0
     capsys.readouterr()

@@ -98,14 +98,14 @@ def test_report_page_in_chromium(tmp_path, capsys):
     assert requests == [url]
 
 
-def test_compare_page_in_chromium(tmp_path, capsys):
+def test_compare_page_in_chromium(tmp_path, capsys, report_data):
     sync_api = pytest.importorskip("playwright.sync_api")
     pytest.importorskip("matplotlib")
-    split = synth_split(tmp_path / "ds", n_test=30)
+    split = report_data["split"]
     for side, seed in (("a", 0), ("b", 3)):
         track2_predictions(tmp_path / f"{side}.json", split, seed=seed)
         assert main(["evaluate", "--predictions", str(tmp_path / f"{side}.json"), "--data",
-                     str(tmp_path / "ds"), "--split", "test", "--report",
+                     str(report_data["root"]), "--split", "test", "--report",
                      str(tmp_path / side)]) == 0  # fmt: skip
     assert main(["report", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--top", "3"]) == 0
     url = (tmp_path / "b" / "compare" / "index.html").as_uri()

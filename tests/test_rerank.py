@@ -166,10 +166,10 @@ def test_real_blip_cross_encoder_reranks_end_to_end(tmp_path):
 # --- on top of a Searcher (index built by the encode/index pipeline) ---------------------------
 
 
-def build_color_index(root, n: int = 8):
-    """Index ``n`` solid red/green/blue images (captions "a <color> thing") under ``root`` with a
-    tiny random CLIP; returns the index directory. Shared with the service's rerank tests."""
-    from test_encode import tiny_model
+def build_color_index(root, model_dir, n: int = 8):
+    """Index ``n`` solid red/green/blue images (captions "a <color> thing") under ``root`` with
+    the tiny random CLIP at ``model_dir``; returns the index directory. Shared with the service's
+    rerank tests."""
     from xmr.data.dataset import Item, Split
     from xmr.data.images import ImageRef
     from xmr.encode import encode_split
@@ -183,18 +183,18 @@ def build_color_index(root, n: int = 8):
         path = root / "images" / f"{color}{i}.png"
         Image.new("RGB", (24, 24), COLORS[color]).save(path)
         items[f"{color}{i}"] = Item(f"{color}{i}", ImageRef(path=str(path)), [f"a {color} thing"])
-    encoder = create_encoder(f"hf:{tiny_model(root / 'model')}", device="cpu")
+    encoder = create_encoder(f"hf:{model_dir}", device="cpu")
     encode_split(encoder, Split("test", items), root / "emb", batch_size=4, progress=False)
     index_embeddings(root / "emb", root / "index")
     return root / "index"
 
 
 @pytest.fixture(scope="module")
-def color_index(tmp_path_factory):
+def color_index(tmp_path_factory, tiny_clip):
     """An index over eight solid-color images (tiny random CLIP: its ranking is arbitrary)."""
     pytest.importorskip("transformers")
     pytest.importorskip("faiss")
-    return build_color_index(tmp_path_factory.mktemp("rerank_index"))
+    return build_color_index(tmp_path_factory.mktemp("rerank_index"), tiny_clip)
 
 
 def test_search_reranked_moves_only_the_top_k(color_index):
@@ -244,9 +244,8 @@ def test_cli_search_with_rerank(color_index, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["reranked"] is True
 
 
-def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
+def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path, tiny_clip):
     pytest.importorskip("transformers")
-    from test_encode import tiny_model
     from xmr.data.dataset import Item, Query, Split
     from xmr.data.images import ImageRef
     from xmr.eval.evaluate import evaluate_split
@@ -264,7 +263,7 @@ def test_evaluate_reranked_reports_both_stages_on_the_same_queries(tmp_path):
         relevance[color] = {i for i in items if i.startswith(color)}
     queries["none"] = Query("none", "nothing relevant")  # skipped by both stages
     split = Split("test", items, queries, relevance)
-    enc = create_encoder(f"hf:{tiny_model(tmp_path / 'model')}", device="cpu")
+    enc = create_encoder(f"hf:{tiny_clip}", device="cpu")
     text_emb = enc.encode_texts([q.text for q in queries.values()])
     image_emb = enc.encode_images([it.image for it in items.values()])
 

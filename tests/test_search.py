@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("faiss")
 
-from test_encode import make_images, make_split, tiny_model  # noqa: E402
+from builders import make_images, make_split, tiny_model  # noqa: E402
 from xmr.encode import encode_split, load_embeddings  # noqa: E402
 from xmr.errors import ModelMismatchError, XmrError  # noqa: E402
 from xmr.search import Searcher  # noqa: E402
@@ -19,12 +19,22 @@ from xmr.workflows.index_build import add_embeddings, index_embeddings  # noqa: 
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def other_encoder(tmp_path_factory):
+    """An encoder of the same shape as ``tiny_clip`` with other weights (seed 5)."""
+    from xmr.models import create_encoder
+
+    return create_encoder(
+        f"hf:{tiny_model(tmp_path_factory.mktemp('other') / 'm', seed=5)}", device="cpu"
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_clip):
     from xmr.models import create_encoder
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("e2e")
-    model_dir = tiny_model(root / "model")
+    model_dir = tiny_clip
     encoder = create_encoder(f"hf:{model_dir}", device="cpu")
     split = make_split(make_images(root / "images", n=12))
     encode_split(encoder, split, root / "emb", batch_size=4, progress=False)
@@ -95,10 +105,10 @@ def test_empty_and_undecodable_query_texts_are_errors(built):
         built["encoder"].encode_texts([b"bytes"])
 
 
-def test_another_model_is_refused(built, tmp_path):
+def test_another_model_is_refused(built, other_encoder, tmp_path):
     from xmr.models import create_encoder
 
-    other = create_encoder(f"hf:{tiny_model(tmp_path / 'other', seed=5)}", device="cpu")
+    other = other_encoder
     with pytest.raises(ModelMismatchError, match="fingerprint"):
         Searcher.from_index_dir(built["root"] / "index", model=other)
     wider = create_encoder(f"hf:{tiny_model(tmp_path / 'wide', embed_dim=48)}", device="cpu")
@@ -110,8 +120,7 @@ def test_another_model_is_refused(built, tmp_path):
     assert searcher.search_text("photo 2", k=1)
 
 
-def test_add_new_items_without_rebuild(built, tmp_path):
-    from xmr.models import create_encoder
+def test_add_new_items_without_rebuild(built, other_encoder, tmp_path):
 
     index_dir = tmp_path / "index"
     index_embeddings(built["root"] / "emb", index_dir, "Flat")
@@ -124,7 +133,7 @@ def test_add_new_items_without_rebuild(built, tmp_path):
     assert added == 3 and len(Searcher.from_index_dir(index_dir).index) == 15
     with pytest.raises(XmrError, match="already in the index"):
         add_embeddings(index_dir, tmp_path / "emb2")
-    other = create_encoder(f"hf:{tiny_model(tmp_path / 'other', seed=5)}", device="cpu")
+    other = other_encoder
     encode_split(other, more, tmp_path / "emb3", kinds=("images",), progress=False)
     with pytest.raises(ModelMismatchError):
         add_embeddings(index_dir, tmp_path / "emb3")

@@ -16,7 +16,7 @@ pytest.importorskip("faiss")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from serve_index import BMP_ITEM, TSV_ITEM, shared_index  # noqa: E402
+from serve_index import BMP_ITEM, TSV_ITEM  # noqa: E402
 from xmr.search import Searcher  # noqa: E402
 from xmr.serve import ServeSettings, create_app  # noqa: E402
 
@@ -24,8 +24,8 @@ TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return shared_index(tmp_path_factory)
+def built(serve_index):
+    return serve_index
 
 
 @pytest.fixture(scope="module")

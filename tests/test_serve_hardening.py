@@ -21,7 +21,6 @@ pytest.importorskip("faiss")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from serve_index import shared_index  # noqa: E402
 from xmr.search import Searcher, SearchResult  # noqa: E402
 from xmr.serve import ServeSettings, create_app  # noqa: E402
 from xmr.serve.models import ImageSearchForm, SearchRequest  # noqa: E402
@@ -31,8 +30,8 @@ TOKEN = "s3cret-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return shared_index(tmp_path_factory)
+def built(serve_index):
+    return serve_index
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from serve_index import TSV_ITEM, shared_index  # noqa: E402
+from serve_index import TSV_ITEM  # noqa: E402
 from test_rerank import COLORS, ColorMatcher  # noqa: E402
 from xmr.serve import ServeSettings, create_app  # noqa: E402
 
@@ -28,8 +28,8 @@ def assert_error(r, status: int, code: str):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return shared_index(tmp_path_factory)
+def built(serve_index):
+    return serve_index
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +162,10 @@ def test_a_service_without_reranker(built):
 
 
 @pytest.fixture(scope="module")
-def color_index(tmp_path_factory):
+def color_index(tmp_path_factory, tiny_clip):
     from test_rerank import build_color_index
 
-    return build_color_index(tmp_path_factory.mktemp("serve-rerank-colors"), n=9)
+    return build_color_index(tmp_path_factory.mktemp("serve-rerank-colors"), tiny_clip, n=9)
 
 
 def test_cross_encoder_fixes_the_order_of_text_and_image_queries(color_index):

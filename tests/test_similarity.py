@@ -206,16 +206,16 @@ def test_image_bytes_object(models):
         xmr.pipeline("summarization", model=clip)
 
 
-def test_pair_scores_agree_with_the_searchers_scores(tmp_path):
+def test_pair_scores_agree_with_the_searchers_scores(tmp_path, tiny_clip):
     """The pair score of (item image, query) is the score search gives that item for the query."""
     pytest.importorskip("faiss")
-    from test_encode import make_images, make_split, tiny_model
+    from builders import make_images, make_split
     from xmr.encode import encode_split
     from xmr.models import create_encoder
     from xmr.search import Searcher
     from xmr.workflows.index_build import index_embeddings
 
-    model = f"hf:{tiny_model(tmp_path / 'model')}"
+    model = f"hf:{tiny_clip}"
     split = make_split(make_images(tmp_path / "images", n=6))
     encode_split(create_encoder(model, device="cpu"), split, tmp_path / "emb", progress=False)
     index_embeddings(tmp_path / "emb", tmp_path / "index")

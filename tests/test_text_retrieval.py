@@ -263,16 +263,15 @@ def test_chinese_seed_corpus_bm25_evaluates_with_identical_ids(tmp_path, capsys)
     assert json.loads(capsys.readouterr().out)["results"][0]["id"] == "4"
 
 
-def test_compare_shows_image_caption_fused_hybrid_on_the_same_queries(tmp_path, capsys):
+def test_compare_shows_image_caption_fused_hybrid_on_the_same_queries(tmp_path, capsys, tiny_clip):
     pytest.importorskip("transformers")
-    from test_encode import tiny_model
     from test_fusion import write_tianchi
     from xmr.cli import main
     from xmr.data.readers import load_dataset
     from xmr.eval.text_retrieval import bm25_run, evaluate_text_run
 
     data = write_tianchi(tmp_path / "tianchi")
-    model = f"hf:{tiny_model(tmp_path / 'clip')}"
+    model = f"hf:{tiny_clip}"
     argv = ["compare", "--data", str(data), "--image-model", model, "--device", "cpu", "--json"]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)

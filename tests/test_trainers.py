@@ -116,16 +116,15 @@ def test_fusion_training_selects_by_the_evaluators_direction(greater, best_epoch
 
 
 @pytest.fixture(scope="module")
-def color_data(tmp_path_factory):
+def color_data(tmp_path_factory, tiny_clip):
     pytest.importorskip("transformers")
     from test_cross_encoders import _color_tianchi
-    from test_encode import tiny_model
     from xmr.models.blip_itm import create_tiny_cross_encoder
 
     root = tmp_path_factory.mktemp("trainers")
     data = _color_tianchi(root / "data")
     start = create_tiny_cross_encoder(root / "start", "blip", words=["red", "blue", "thing"])
-    return {"data": data, "ce": str(start), "clip": f"hf:{tiny_model(root / 'clip')}"}
+    return {"data": data, "ce": str(start), "clip": f"hf:{tiny_clip}"}
 
 
 def test_itm_validation_is_the_librarys_and_equals_evaluate_reranked(color_data, tmp_path):

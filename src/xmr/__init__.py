@@ -36,7 +36,7 @@ _EXPORTS = {
     "evaluate_predictions": "xmr.eval",
     "evaluate_model": "xmr.workflows.evaluate",
     "evaluate_prediction_file": "xmr.workflows.evaluate",
-    "EvaluationResult": "xmr.workflows.evaluate",
+    "EvaluationResult": "xmr.workflows.evaluation_result",
     "predict": "xmr.workflows.predict",
     "PredictionResult": "xmr.workflows.predict",
     "TrainConfig": "xmr.train.config",

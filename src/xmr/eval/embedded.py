@@ -221,16 +221,20 @@ def rank_embedded(
     }
 
 
-def embed_split_fused(encoder, split, fusion, *, batch_size: int = 64) -> SplitEmbeddings:
+def embed_split_fused(
+    encoder, split, fusion, *, batch_size: int = 64, workers: int = 0
+) -> SplitEmbeddings:
     """Like :func:`embed_split`, with each item represented by its fused image+caption vector
     (``fusion``: a weight, a learned fusion directory or a Fusion; see
-    :func:`xmr.fusion.load_fusion`), computed as ``xmr evaluate --fused`` computes it."""
+    :func:`xmr.fusion.load_fusion`), computed as ``xmr evaluate --fused`` computes it (images
+    through :func:`xmr.encode.encode_split` with ``workers`` decoding processes; an item whose
+    image cannot be decoded is its caption's vector, and is listed in ``failed``)."""
 
     fusion = load_fusion(fusion)
     manifest = getattr(encoder, "manifest", None)
     fusion.check_model(manifest() if callable(manifest) else None, what="the model")
-    items = encode_items(encoder, split.items, batch_size)
+    items = encode_items(encoder, split.items, batch_size, workers=workers)
     texts = [q.text for q in split.queries.values()]
     text = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
     fused = np.asarray(fusion.fuse(items.image, items.caption), dtype=np.float32)
-    return SplitEmbeddings(split, text, fused, "fused", [], None)
+    return SplitEmbeddings(split, text, fused, "fused", list(items.failed), None)

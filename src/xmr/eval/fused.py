@@ -110,6 +110,7 @@ def evaluate_fused(
     batch_size: int | None = None,
     device: Any = "cpu",
     skip_empty: bool = False,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``.
 
@@ -122,6 +123,8 @@ def evaluate_fused(
         grid, metric: the search grid and the metric it maximises.
         ks, k: recall cut-offs and the cut-off of mAP/nDCG/P.
         device: where rankings are computed.
+        workers: image-decoding processes (see :func:`xmr.fusion.encode_items`, which embeds
+            the images through :func:`xmr.encode.encode_split`).
         skip_empty: leave queries with an empty ground truth out of the means (lenient; the
             official scorers count them as 0, which is the default).
 
@@ -132,7 +135,7 @@ def evaluate_fused(
     out: dict[str, float] = {}
     if weight is None and tune_split is not None:
         t_qids, t_texts = _relevant_queries(tune_split)
-        t_items = encode_items(encoder, tune_split.items, batch_size)
+        t_items = encode_items(encoder, tune_split.items, batch_size, workers=workers)
         t_query = np.asarray(encoder.encode_texts(t_texts, batch_size=batch_size))
         weight, curve = tune_fusion_weight(
             t_query, t_qids, t_items, tune_split.relevance, grid=grid, metric=metric, device=device
@@ -147,7 +150,7 @@ def evaluate_fused(
     else:
         check_weight(weight)
     qids, texts = _relevant_queries(split, skip_empty)
-    items = encode_items(encoder, split.items, batch_size)
+    items = encode_items(encoder, split.items, batch_size, workers=workers)
     query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
     out.update(
         evaluate_modes(

@@ -4,13 +4,15 @@ See :mod:`xmr.fusion` for the formulas."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from xmr.encode import Embeddings, load_embeddings
+from xmr.data.dataset import Split
+from xmr.encode import Embeddings, encode_split, load_embeddings
 from xmr.errors import XmrError
 from xmr.fusion.models import Fusion, load_fusion, per_vector_sides
 from xmr.vectors import l2_normalize
@@ -62,6 +64,7 @@ class ItemEmbeddings:
     ids: list[str]
     image: np.ndarray
     caption: np.ndarray
+    failed: list[str] = field(default_factory=list)  # items whose image could not be decoded
 
     def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
         """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
@@ -78,9 +81,21 @@ class ItemEmbeddings:
 
 
 def encode_items(
-    encoder: Any, items: Mapping[str, Any] | Sequence[Any], batch_size: int | None = None
+    encoder: Any,
+    items: Mapping[str, Any] | Sequence[Any],
+    batch_size: int | None = None,
+    *,
+    workers: int = 0,
+    progress: bool = False,
 ) -> ItemEmbeddings:
-    """Encode each item's image and captions (see the module docstring for the caption mean)."""
+    """Encode each item's image and captions (see the module docstring for the caption mean).
+
+    The images are embedded the one way every xmr job embeds images,
+    :func:`xmr.encode.encode_split` (into a temporary directory): ``workers`` decoding
+    processes, the encoder's JPEG draft setting, and an image that cannot be decoded is
+    reported, not fatal: its item gets a NaN image row (so its fused vector is its caption's)
+    and is listed in ``failed``. The captions are texts, encoded with ``encode_texts``.
+    """
     items = list(items.values()) if isinstance(items, Mapping) else list(items)
     if not items:
         raise XmrError("no items to encode")
@@ -94,30 +109,37 @@ def encode_items(
             owner.append(i)
     if not with_image and not texts:
         raise XmrError("the items have neither images nor captions")
-    dim = None
-    image_rows = None
+    dim = int(encoder.embed_dim)
+    per_image = int(getattr(encoder, "image_vectors", 1))
+    # (n, K, dim) for a multi-vector encoder (BLIP-2): fused per vector, scored by max-sim
+    shape = (per_image, dim) if per_image > 1 else (dim,)
+    image = np.full((len(items), *shape), np.nan, dtype=np.float32)
+    failed: list[str] = []
     if with_image:
-        image_rows = np.asarray(
-            encoder.encode_images([items[i].image for i in with_image], batch_size=batch_size),
-            dtype=np.float32,
-        )
-        dim = image_rows.shape[-1]
-    text_rows = None
+        failed = _encode_images(encoder, items, with_image, image, batch_size, workers, progress)
+    caption = np.full((len(items), dim), np.nan, dtype=np.float32)
     if texts:
         text_rows = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
-        dim = text_rows.shape[1]
-    # (n, K, dim) for a multi-vector encoder (BLIP-2): fused per vector, scored by max-sim
-    shape = image_rows.shape[1:] if image_rows is not None else (dim,)
-    image = np.full((len(items), *shape), np.nan, dtype=np.float32)
-    if image_rows is not None:
-        image[with_image] = image_rows
-    caption = np.full((len(items), dim), np.nan, dtype=np.float32)
-    if text_rows is not None:
         sums = np.zeros((len(items), dim), dtype=np.float64)
         np.add.at(sums, np.asarray(owner), text_rows)
         has = np.bincount(owner, minlength=len(items)) > 0
         caption[has] = normalize(sums[has])
-    return ItemEmbeddings(ids, image, caption)
+    return ItemEmbeddings(ids, image, caption, failed)
+
+
+def _encode_images(encoder, items, with_image, image, batch_size, workers, progress) -> list[str]:
+    """Fill ``image``'s rows of ``with_image`` through ``encode_split``; the ids that failed."""
+    # Positions, not ids, name the temporary split's items: a list of items may repeat an id.
+    split = Split("items", {str(n): replace(items[n], id=str(n)) for n in with_image})
+    with tempfile.TemporaryDirectory(prefix="xmr-items-") as tmp:
+        encode_split(
+            encoder, split, tmp, batch_size=batch_size, workers=workers, kinds=("images",),
+            progress=progress,
+        )  # fmt: skip
+        emb = load_embeddings(tmp, "images")
+    image[[int(n) for n in emb.ids]] = emb.vectors
+    done = set(emb.ids)
+    return [str(items[n].id) for n in with_image if str(n) not in done]
 
 
 def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION_WEIGHT) -> Any:

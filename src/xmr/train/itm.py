@@ -26,6 +26,7 @@ import numpy as np
 
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
+from xmr.eval.embedded import embed_split
 from xmr.eval.reranked import evaluate_reranked
 from xmr.io.atomic import check_output_dir
 from xmr.models import create_encoder
@@ -94,7 +95,8 @@ class RerankEvaluator(Evaluator):
     ranks, the cross-encoder rescores each query's top ``rerank_k``
     (``xmr.rerank.evaluate_reranked``; keys ``t2i/...`` and ``first_stage/t2i/...``).
 
-    The first stage's embeddings are computed once (it does not change during training).
+    The first stage's embeddings are computed once (it does not change during training), by
+    :func:`xmr.eval.embedded.embed_split` as ``xmr evaluate`` computes them.
     """
 
     def __init__(
@@ -116,12 +118,9 @@ class RerankEvaluator(Evaluator):
 
     def __call__(self, cross_encoder: Any) -> dict[str, float]:
         if self._embeddings is None:
-            texts = [q.text for q in self.split.queries.values()]
-            images = [it.image for it in self.split.items.values()]
-            self._embeddings = (
-                self.first_stage.encode_texts(texts),
-                self.first_stage.encode_images(images),
-            )
+            # The one way to embed a split (xmr evaluate's): an undecodable image ranks last.
+            emb = embed_split(self.first_stage, self.split, progress=False)
+            self._embeddings = (emb.text, emb.items)
         text_emb, image_emb = self._embeddings
         return evaluate_reranked(
             self.split, text_emb, image_emb, cross_encoder, rerank_k=self.rerank_k

@@ -12,18 +12,14 @@ the command only parses, calls and prints.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.eval.embedded import (
     SplitEmbeddings,
     default_directions,
-    embed_split,
     evaluate_embedded,
     rank_embedded,
 )
@@ -38,169 +34,21 @@ from xmr.eval.metrics import hits_from_rankings
 from xmr.eval.reranked import evaluate_reranked
 from xmr.fusion import DEFAULT_TUNE_METRIC
 from xmr.io.atomic import check_output_file
-from xmr.models import create_encoder
-from xmr.models.cross_encoders import create_cross_encoder
-from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
+from xmr.rerank import DEFAULT_RERANK_K
+from xmr.workflows.evaluation_result import EvaluationResult
+from xmr.workflows.job_inputs import (
+    check_k,
+    check_rerank_options,
+    embed,
+    fusion_value,
+    load_encoder,
+    load_reranker,
+    read_data,
+)
 from xmr.workflows.report.sources import embedded_rankings, model_fingerprint, predictions_rankings
 from xmr.workflows.text_eval import evaluate_text_model, is_text_job
 
-
-@dataclass(eq=False)
-class EvaluationResult(Mapping[str, float]):
-    """What an evaluation found. It is also a read-only mapping of its ``metrics`` (so
-    ``result["t2i/mAP@10"]`` works, as the plain dict earlier versions returned did).
-
-    Attributes:
-        metrics: ``{direction}/{metric}`` and ``{direction}/{category}/{metric}`` (fractions in
-            [0, 1]; NaN where a metric is undefined), plus ``first_stage/...`` with reranking
-            and ``{image,caption,fused}/...`` with fused items.
-        split: the evaluated split's name.
-        source: ``"model"`` or ``"predictions"``.
-        per_query: one row per evaluated query (``id``, ``text``, ``first_hit_rank``, ``AP``,
-            ``hits``) when asked for, else None.
-        per_query_path: where those rows were written as CSV, or None.
-        failed_items: items whose image could not be encoded (they rank last).
-        warnings: things the caller should tell the user (numbers that are optimistic,
-            items that could not be encoded).
-        rankings: with ``keep_rankings``, ``direction -> query id -> ranked ids`` as the
-            evaluation ranked them (a model: 100 deep, or both stages ``{direction}`` and
-            ``first_stage/{direction}`` when reranked; a prediction file: as read), else None.
-        split_data: with ``keep_rankings``, the evaluated split itself (for a report).
-        model_fingerprint: with ``keep_rankings`` and a model, its short fingerprint.
-    """
-
-    metrics: dict[str, float]
-    split: str
-    source: str
-    per_query: list[dict[str, Any]] | None = None
-    per_query_path: Path | None = None
-    failed_items: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    rankings: dict[str, dict[str, list[str]]] | None = None
-    split_data: Any = None
-    model_fingerprint: str | None = None
-
-    def __getitem__(self, key: str) -> float:
-        return self.metrics[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.metrics)
-
-    def __len__(self) -> int:
-        return len(self.metrics)
-
-    def json_metrics(self) -> dict[str, float | None]:
-        """The metrics with NaN as None, ready for ``json.dumps``."""
-        return {
-            k: None if isinstance(v, float) and math.isnan(v) else v
-            for k, v in self.metrics.items()
-        }
-
-
-# --- pieces shared with xmr.workflows.predict -----------------------------------------------------
-
-
-def read_data(
-    data: Any,
-    format: str | None,
-    split: str | None,
-    skip_bad: bool = False,
-    warnings: list[str] | None = None,
-):
-    """``data`` as a RetrievalDataset: a loaded one passes through, a path is read (with
-    ``skip_bad``, malformed records are skipped, and the count goes to ``warnings``)."""
-    if hasattr(data, "splits"):
-        return data
-    dataset = load_dataset(data, format, split, skip_bad=skip_bad)
-    if warnings is not None and dataset.skipped_warning(data):
-        warnings.append(dataset.skipped_warning(data))
-    return dataset
-
-
-def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
-    """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
-    draft decoding on)."""
-    if isinstance(model, str):
-        return create_encoder(model, device=device, precision=precision, draft=draft)
-    if draft and not getattr(model.preprocess, "draft", False):
-        from dataclasses import replace
-
-        model.preprocess = replace(model.preprocess, draft=True)
-    return model
-
-
-def load_reranker(rerank: Any, device: Any, precision: str):
-    """A cross-encoder from a spec string (an instance passes through)."""
-    if isinstance(rerank, str):
-        return create_cross_encoder(rerank, device=device, precision=precision)
-    return rerank
-
-
-def check_rerank_options(rerank_k: int, rerank_mode: str, rerank_batch_size: int) -> None:
-    if rerank_k < 1:
-        raise XmrError(f"rerank_k must be at least 1, not {rerank_k}")
-    if rerank_mode not in RERANK_MODES:
-        raise XmrError(
-            f"unknown rerank mode '{rerank_mode}' (choose from {', '.join(RERANK_MODES)})"
-        )
-    if rerank_batch_size < 1:
-        raise XmrError(f"rerank_batch_size must be at least 1, not {rerank_batch_size}")
-
-
-def check_k(k: int) -> None:
-    if k < 1:
-        raise XmrError(f"k must be at least 1, not {k}")
-
-
-def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
-    """A fusion given as text (a weight, ``tune``, a directory) as what the evaluators take;
-    a number or a Fusion passes through."""
-    if not isinstance(fused, str):
-        return fused
-    if allow_tune and fused == "tune":
-        return fused
-    try:
-        return float(fused)
-    except ValueError:
-        pass
-    if not Path(fused).expanduser().exists():
-        tune = ", 'tune'" if allow_tune else ""
-        raise XmrError(
-            f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (fusion.json "
-            f"and fusion.safetensors), not {fused!r}"
-        )
-    return fused
-
-
-def embed(
-    encoder: Any,
-    data: Any,
-    dataset: Any,
-    split: Any,
-    *,
-    emb_dir: str | Path | None,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-    warnings: list[str],
-) -> SplitEmbeddings:
-    """Embed ``split`` of ``dataset`` (read from ``data``; see
-    :func:`xmr.eval.embedded.embed_split`); undecodable items are reported in ``warnings``."""
-    path = dataset.root if hasattr(data, "splits") else data
-    emb = embed_split(
-        encoder,
-        split,
-        emb_dir=emb_dir,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        source=dataset.source(path, split.name),
-    )
-    if emb.failed:
-        warnings.append(
-            f"{len(emb.failed)} item(s) could not be encoded and rank last (first: {emb.failed[0]})"
-        )
-    return emb
+__all__ = ["EvaluationResult", "evaluate_model", "evaluate_prediction_file", "fused_metrics"]
 
 
 # --- the evaluations ------------------------------------------------------------------------------
@@ -332,7 +180,7 @@ def evaluate_model(
     if fused is not None:
         metrics |= fused_metrics(
             encoder, dataset, chosen, fused, tune_split=tune_split, tune_metric=tune_metric, k=k,
-            batch_size=batch_size, device=device, skip_empty=skip_empty,
+            batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
         )  # fmt: skip
     rows = path = None
     if per_query is not None:
@@ -390,9 +238,12 @@ def fused_metrics(
     device: Any = None,
     warnings: list[str] | None = None,
     skip_empty: bool = False,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Image-only, caption-only and fused text->item metrics of ``split`` side by side
-    (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`).
+    (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`; its
+    images are embedded through :func:`xmr.encode.encode_split` with ``workers`` decoding
+    processes).
 
     ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), or ``"tune"``:
     grid-search the weight for ``tune_metric`` on the split named ``tune_split`` of ``dataset``
@@ -405,7 +256,7 @@ def fused_metrics(
         fused = None
     return evaluate_fused(
         encoder, split, weight=fused, tune_split=tune, metric=tune_metric, ks=recall_ks(k),
-        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty,
+        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from xmr.eval.embedded import embed_split_fused, rank_embedded
 from xmr.eval.submission import default_submission_format, write_submission
 from xmr.io.atomic import check_output_file
 from xmr.rerank import DEFAULT_RERANK_K, dataset_lookup, rerank_many
-from xmr.workflows.evaluate import (
+from xmr.workflows.job_inputs import (
     check_k,
     check_rerank_options,
     embed,
@@ -123,7 +123,9 @@ def predict(
             reorders each query's top ``rerank_k`` (the first stage ranks ``max(k,
             rerank_k)``).
         fused: rank items by their fused image+caption vector: a weight in [0, 1] or a learned
-            fusion directory (encoded in-process: ``emb_dir`` and ``workers`` are not used).
+            fusion directory (the images through the encode pipeline with ``workers``; the
+            mean of all captions is not what an embeddings directory stores, so ``emb_dir`` is
+            not used).
         submission_format: the former name of ``out_format`` (deprecated).
         skip_bad: skip malformed records of the data set (counted in a warning and in the
             embeddings manifest) instead of stopping at the first.
@@ -171,7 +173,7 @@ def predict(
     kind = out_format or default_submission_format(dataset, chosen)
     encoder = load_encoder(model, device, precision, draft)
     if fusion is not None:
-        emb = embed_split_fused(encoder, chosen, fusion, batch_size=batch_size)
+        emb = embed_split_fused(encoder, chosen, fusion, batch_size=batch_size, workers=workers)
     else:
         emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                     workers=workers, progress=progress, warnings=warnings)  # fmt: skip
