@@ -50,8 +50,9 @@ from xmr.data.synth_products import (
     render_product,
 )
 from xmr.data.synth_render import COLOUR_NAMES
-from xmr.errors import XmrError, writing
+from xmr.errors import XmrError
 from xmr.io.atomic import atomic_write, atomic_write_json
+from xmr.io.failures import writing
 from xmr.io.outdirs import prepare_output_dir
 
 TIANCHI_MANIFEST = "synth_tianchi.json"
