@@ -2,12 +2,14 @@
 
 Layout of ``INDEX_DIR``::
 
-    BACKEND FILES   what the backend writes (FAISS: index.faiss)
+    BACKEND FILES   what the backend writes (FAISS: index.faiss; Milvus: milvus.db on lite)
     ids.json        string ids; the backend's integer position i is ids[i]
     items.jsonl     one metadata record per position (see xmr.data.records)
     manifest.json   model manifest, index type and parameters, counts, dim, recall, times
 
-The directory is always written whole into a temporary sibling and swapped in atomically.
+The directory is always written whole into a temporary sibling and swapped in atomically,
+except for a backend whose vectors live in a database (Milvus): its files are then written in
+place one by one, manifest last (see :mod:`xmr.index.milvus_backend` for what that guarantees).
 """
 
 from __future__ import annotations
