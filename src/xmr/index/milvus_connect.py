@@ -75,7 +75,13 @@ def connect(uri: str, *, timeout: float | None = None, token_env: str = TOKEN_EN
         return pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException and grpc errors
         what = "open the milvus-lite database" if lite else "connect to the Milvus server"
-        raise XmrError(f"cannot {what} at {uri}: {error_message(exc)}") from None
+        hint = (
+            " (milvus-lite lets one process at a time open a database: is another xmr command "
+            "or service using this index? several processes need a Milvus server, --uri)"
+            if lite
+            else ""
+        )
+        raise XmrError(f"cannot {what} at {uri}: {error_message(exc)}{hint}") from None
 
 
 def is_lite(uri: str) -> bool:
