@@ -390,6 +390,8 @@ class MilvusBackend(IndexBackend):
         positions = np.full((len(q), max(k, 0)), -1, dtype=np.int64)
         if k <= 0 or not self._keys or len(q) == 0:
             return scores, positions
+        if k > MAX_TOPK:
+            raise XmrError(f"Milvus returns at most {MAX_TOPK} hits a query, asked for {k}")
         expr = category_filter(category)
         if allowed is not None:
             allowed_ids = ", ".join(string_literal(self._keys[int(p)]) for p in allowed)
