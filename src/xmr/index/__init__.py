@@ -1,4 +1,4 @@
-"""Indexes: vectors behind one backend interface (FAISS), and lexical BM25 indexes beside them.
+"""Indexes: vectors behind one backend interface (FAISS, Milvus), and lexical BM25 indexes beside them.
 
 ``build_index`` / ``load_index`` / ``Index`` are what callers use; a backend only stores vectors
 at integer positions, and :class:`Index` adds string ids, item metadata and the manifest.

@@ -17,19 +17,16 @@ transaction across requests and no rollback. What xmr adds:
 - the directory's files are written one by one atomically, manifest last; rows an interrupted
   add left in the collection but not in ``ids.json`` are never returned (and logged at load).
 
-The server's token comes from the environment variable ``XMR_MILVUS_TOKEN`` (or the one named
-by ``token_env``) and is never written anywhere; credentials inside the URI are refused.
+Connections, the token (from ``$XMR_MILVUS_TOKEN``, never written) and filter escaping are in
+:mod:`xmr.index.milvus_connect`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -42,81 +39,40 @@ from xmr.index.milvus_capabilities import (
     resolve_auto,
     search_params,
 )
+from xmr.index.milvus_connect import (
+    DEFAULT_COLLECTION,
+    TOKEN_ENV,
+    category_filter,
+    check_collection_name,
+    collection_for,
+    connect,
+    error_message,
+    import_pymilvus,
+    is_lite,
+    string_literal,
+)
 from xmr.io.jsonio import read_json
+
+__all__ = [
+    "BACKEND",
+    "DEFAULT_COLLECTION",
+    "LITE_FILE",
+    "PARTIAL_SUFFIX",
+    "MilvusBackend",
+    "category_filter",
+    "collection_for",
+    "connect",
+    "string_literal",
+]
 
 log = logging.getLogger(__name__)
 
 BACKEND = "milvus"
 LITE_FILE = "milvus.db"
-TOKEN_ENV = "XMR_MILVUS_TOKEN"
-TIMEOUT_ENV = "XMR_MILVUS_TIMEOUT"
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_COLLECTION = "xmr_items"
 PARTIAL_SUFFIX = "__xmr_partial"
 BATCH_ROWS = 1000
 MAX_ID_CHARS = 4096
 MAX_TOPK = 16384  # Milvus' limit on k
-_COLLECTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-
-
-def _pymilvus():
-    try:
-        import pymilvus
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise XmrError(
-            "the Milvus index needs pymilvus (and milvus-lite for an embedded database): "
-            "pip install 'xmr[milvus]'"
-        ) from None
-    return pymilvus
-
-
-def string_literal(value: str) -> str:
-    """``value`` as a double-quoted Milvus string literal: backslashes, quotes and the line
-    breaks the server's grammar forbids inside a literal are escaped, so no value can end the
-    literal and add to the expression."""
-    escaped = (
-        str(value)
-        .replace("\\", "\\\\")
-        .replace('"', '\\"')
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
-
-
-def category_filter(category: str | None) -> str:
-    """The filter expression keeping one category ('' for none)."""
-    return "" if category is None else f"category == {string_literal(category)}"
-
-
-def connect(uri: str, *, timeout: float | None = None, token_env: str = TOKEN_ENV):
-    """A ``MilvusClient`` on ``uri`` (a server URL or a milvus-lite ``.db`` path); a server that
-    is down or refuses is one XmrError naming the URI."""
-    pymilvus = _pymilvus()
-    lite = is_lite(uri)
-    if not lite and urlsplit(uri).password is not None:
-        raise XmrError(
-            f"the Milvus URI carries a password; give it in ${token_env} (user:password or a "
-            "token) instead, so that it is never written into the index manifest"
-        )
-    timeout = float(timeout or os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
-    # pymilvus logs every failed call with its traceback at ERROR; xmr raises one clear error
-    # for it instead, so its log stays quiet unless a user turned it up on purpose.
-    quiet = logging.getLogger("pymilvus")
-    if quiet.level == logging.NOTSET:
-        quiet.setLevel(logging.CRITICAL)
-    token = "" if lite else os.environ.get(token_env, "")
-    try:
-        return pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - pymilvus raises MilvusException and grpc errors
-        what = "open the milvus-lite database" if lite else "connect to the Milvus server"
-        raise XmrError(f"cannot {what} at {uri}: {_message(exc)}") from None
-
-
-def is_lite(uri: str) -> bool:
-    """True for a milvus-lite database path (pymilvus' own rule: it ends in ``.db``)."""
-    return str(uri).endswith(".db")
 
 
 @register_index_backend(BACKEND)
@@ -211,7 +167,7 @@ class MilvusBackend(IndexBackend):
         return backend
 
     def _create_collection(self, name: str) -> None:
-        pymilvus = _pymilvus()
+        pymilvus = import_pymilvus()
         client = self.client
         if self._call("look up", client.has_collection, name):
             log.info("milvus: dropping %s, left by an interrupted build", name)
@@ -307,6 +263,11 @@ class MilvusBackend(IndexBackend):
         flush; the index directory's files are Index's. Returns the files of a lite database
         inside ``directory`` (none on a server)."""
         client = self.client
+        if self.database and Path(self.uri).parent.resolve() != Path(directory).resolve():
+            raise XmrError(
+                f"this milvus-lite index lives in {Path(self.uri).parent}; it cannot be saved to "
+                f"{directory} (copy the whole directory instead)"
+            )
         if self._building:
             partial = self.target
             self._call("flush", client.flush, partial)
@@ -429,6 +390,8 @@ class MilvusBackend(IndexBackend):
         positions = np.full((len(q), max(k, 0)), -1, dtype=np.int64)
         if k <= 0 or not self._keys or len(q) == 0:
             return scores, positions
+        if k > MAX_TOPK:
+            raise XmrError(f"Milvus returns at most {MAX_TOPK} hits a query, asked for {k}")
         expr = category_filter(category)
         if allowed is not None:
             allowed_ids = ", ".join(string_literal(self._keys[int(p)]) for p in allowed)
@@ -477,26 +440,5 @@ class MilvusBackend(IndexBackend):
         except Exception as exc:  # noqa: BLE001 - MilvusException, grpc errors, timeouts
             name = args[0] if args and isinstance(args[0], str) else self.collection
             raise XmrError(
-                f"Milvus {what} collection '{name}' at {self.uri} failed: {_message(exc)}"
+                f"Milvus {what} collection '{name}' at {self.uri} failed: {error_message(exc)}"
             ) from None
-
-
-def check_collection_name(name: str) -> str:
-    """Milvus' rule for collection names (letters, digits, underscores; not a digit first)."""
-    if not _COLLECTION_NAME.match(str(name)):
-        raise XmrError(
-            f"'{name}' is not a Milvus collection name (letters, digits and underscores, "
-            "starting with a letter or underscore, at most 255 characters)"
-        )
-    return str(name)
-
-
-def collection_for(directory: str | Path) -> str:
-    """A default collection name from an index directory's name (``xmr_`` + its letters)."""
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", Path(directory).name) or "items"
-    return check_collection_name(f"xmr_{stem}"[:200])
-
-
-def _message(exc: BaseException) -> str:
-    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return str(msg).strip().splitlines()[0]

@@ -2,14 +2,16 @@
 
 Layout of ``INDEX_DIR``::
 
-    BACKEND FILES   what the backend writes (FAISS: index.faiss)
+    BACKEND FILES   what the backend writes (FAISS: index.faiss; Milvus: milvus.db on lite)
     ids.json        string ids of the items; the backend's position p holds a vector of item
                     ids[p // K], K = the manifest's ``item_vectors`` (1 unless the items are
                     multi-vector: see :mod:`xmr.index.multivector`)
     items.jsonl     one metadata record per position (see xmr.data.records)
     manifest.json   model manifest, index type and parameters, counts, dim, recall, times
 
-The directory is always written whole into a temporary sibling and swapped in atomically.
+The directory is always written whole into a temporary sibling and swapped in atomically,
+except for a backend whose vectors live in a database (Milvus): its files are then written in
+place one by one, manifest last (see :mod:`xmr.index.milvus_backend` for what that guarantees).
 """
 
 from __future__ import annotations
