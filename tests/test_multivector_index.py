@@ -141,6 +141,10 @@ def test_mean_mode_stores_one_normalised_vector_per_item():
     mean = l2_normalize(items.mean(axis=1))
     want_idx, _ = _brute(mean, q, 5)
     assert [[h.position for h in r] for r in index.search(q, 5)] == want_idx.tolist()
+    # adding K-vector items to a mean index pools them the same way
+    more = _unit(rng, 3, 4, 8)
+    index.add(more, ["m0", "m1", "m2"])
+    np.testing.assert_allclose(index.vector("m1"), l2_normalize(more[1].mean(axis=0)), atol=1e-6)
     with pytest.raises(XmrError, match="multi_vector must be one of all, mean"):
         build_index(items, [f"i{j}" for j in range(30)], "Flat", multi_vector="max")
 
