@@ -136,8 +136,9 @@ def test_spec_forms_resolve_to_the_same_model(tiny_dir, enc):
 
 def test_manifest(enc):
     m = enc.manifest()
-    assert set(m) == {"spec", "backend", "embed_dim", "preprocess", "fingerprint"}
-    assert m["backend"] == "hf" and m["embed_dim"] == 64
+    keys = {"spec", "backend", "embed_dim", "image_vectors", "preprocess", "fingerprint"}
+    assert set(m) == keys
+    assert m["backend"] == "hf" and m["embed_dim"] == 64 and m["image_vectors"] == 1
     assert m["preprocess"]["size"] == 64 and m["preprocess"]["crop_size"] == [64, 64]
     assert m["preprocess"]["context_length"] == 48
     assert len(m["fingerprint"]) == 64

@@ -141,6 +141,10 @@ def test_mean_mode_stores_one_normalised_vector_per_item():
     mean = l2_normalize(items.mean(axis=1))
     want_idx, _ = _brute(mean, q, 5)
     assert [[h.position for h in r] for r in index.search(q, 5)] == want_idx.tolist()
+    # adding K-vector items to a mean index pools them the same way
+    more = _unit(rng, 3, 4, 8)
+    index.add(more, ["m0", "m1", "m2"])
+    np.testing.assert_allclose(index.vector("m1"), l2_normalize(more[1].mean(axis=0)), atol=1e-6)
     with pytest.raises(XmrError, match="multi_vector must be one of all, mean"):
         build_index(items, [f"i{j}" for j in range(30)], "Flat", multi_vector="max")
 
@@ -182,3 +186,50 @@ def test_delete_and_upsert_remove_every_vector_of_a_multivector_item(spec, tmp_p
     reopened = load_index(index.save(tmp_path / "idx"))
     top = reopened.search(new[0, 2], 1)[0][0]
     assert top.id == "i5" and top.score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("item_chunk", [None, 7])
+def test_evaluate_on_multivector_embeddings_equals_brute_force_metrics(item_chunk):
+    """evaluate_split over (N, K, D) items ranks by max-sim in both directions, whatever the
+    chunking; an item of NaN rows (failed to encode) ranks last for every text."""
+    pytest.importorskip("torch")
+    from xmr.data.dataset import Item, Query, Split
+    from xmr.eval import evaluate_split
+    from xmr.eval.metrics import reference_metrics
+
+    rng = np.random.default_rng(11)
+    n, n_q, k_vec, dim = 30, 20, 5, 16
+    items, text = _unit(rng, n, k_vec, dim), _unit(rng, n_q, dim)
+    split = Split(name="test")
+    for j in range(n):
+        split.items[f"i{j}"] = Item(f"i{j}")
+    for q in range(n_q):
+        split.queries[f"q{q}"] = Query(f"q{q}", f"text {q}")
+        split.relevance[f"q{q}"] = {f"i{j}" for j in rng.choice(n, 2, replace=False)}
+    item_ids, query_ids = list(split.items), list(split.queries)
+    sim = np.einsum("qd,nkd->qnk", text, items).max(axis=2)
+    for direction, scores, q_ids, c_ids, rel in (
+        ("t2i", sim, query_ids, item_ids, split.relevance),
+        ("i2t", sim.T, item_ids, query_ids, split.item_relevance()),
+    ):
+        got = evaluate_split(split, text, items, directions=(direction,), device="cpu",
+                             item_chunk=item_chunk)  # fmt: skip
+        rankings = {
+            q: [c_ids[j] for j in np.argsort(-scores[r], kind="stable")[:10]]
+            for r, q in enumerate(q_ids)
+        }
+        want = reference_metrics(rankings, rel, ks=(1, 5, 10), k=10)
+        for name in ("R@1", "R@5", "R@10", "mAP@10", "nDCG@10", "MRR"):
+            assert got[f"{direction}/{name}"] == pytest.approx(want[name], abs=1e-6), name
+    # a failed item (NaN rows) is never found by a text
+    broken = items.copy()
+    broken[3] = np.nan
+    sim_b = np.where(np.arange(n) == 3, -np.inf, sim)
+    got = evaluate_split(split, text, broken, directions=("t2i",), device="cpu")
+    rankings = {
+        q: [item_ids[j] for j in np.argsort(-sim_b[r], kind="stable")[:10]]
+        for r, q in enumerate(query_ids)
+    }
+    want = reference_metrics(rankings, split.relevance, ks=(1, 5, 10), k=10)
+    assert got["t2i/R@10"] == pytest.approx(want["R@10"], abs=1e-6)
+    assert got["t2i/MRR"] == pytest.approx(want["MRR"], abs=1e-6)

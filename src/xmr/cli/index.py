@@ -189,6 +189,8 @@ def run_build(args: argparse.Namespace) -> int:
     if m.get("auto_reason"):
         print(f"auto: {m['auto_reason']}")
     per = f", {index.item_vectors} vectors each" if index.item_vectors > 1 else ""
+    if m.get("pooled_vectors"):
+        per = f", each the mean of its {m['pooled_vectors']} vectors"
     what = "items" if per else "vectors"
     print(
         f"built {m['index']['type']} index of {len(index)} {what}{per} (dim {index.dim}) in "
@@ -262,7 +264,13 @@ def run_info(args: argparse.Namespace) -> int:
         f"type:     {idx['type']} ({'exact' if idx.get('exact') else 'approximate'}"
         f"{', ' + params if params else ''}; {idx.get('device', 'cpu')})"
     )
-    print(f"vectors:  {info['count']} x {info['dim']} ({info['metric']})")
+    if info.get("item_vectors", 1) > 1:  # multi-vector items, ranked by max-sim
+        print(
+            f"vectors:  {info['count']} items x {info['item_vectors']} vectors x {info['dim']} "
+            f"({info['metric']}, max over each item's vectors)"
+        )
+    else:
+        print(f"vectors:  {info['count']} x {info['dim']} ({info['metric']})")
     if idx.get("collection"):  # a Milvus index
         where = idx.get("uri") or f"{info['path']}/{idx.get('database')} (milvus-lite)"
         print(f"milvus:   collection {idx['collection']} at {where}")

@@ -15,6 +15,7 @@ from xmr.index.base import (
 )
 from xmr.index.bm25_index import BM25Index, build_bm25_index, is_bm25_spec, load_bm25_index
 from xmr.index.faiss_index import resolve_auto_spec
+from xmr.index.multivector import exact_item_search, search_items
 from xmr.index.opening import is_lexical, open_index
 from xmr.index.store import Hit, Index, build_index, check_same_model, load_index, measure_recall
 
@@ -27,6 +28,7 @@ __all__ = [
     "IndexBackend",
     "build_bm25_index",
     "build_index",
+    "exact_item_search",
     "exact_search",
     "get_backend",
     "check_same_model",
@@ -39,4 +41,5 @@ __all__ = [
     "open_index",
     "register_index_backend",
     "resolve_auto_spec",
+    "search_items",
 ]
