@@ -50,7 +50,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="a tianchi-layout data set (default: generated into OUT/data)")  # fmt: skip
     g.add_argument("--fused", default=None, metavar="W|tune|DIR",
                    help="the item fusion of the text->(image+text) rows, as `xmr evaluate "
-                   "--fused` (default: 0.5)")  # fmt: skip
+                   "--fused` (default: tune, on the train split)")  # fmt: skip
     g.add_argument("--eval-split", default=None, metavar="S",
                    help="the split the table is scored on (default: test)")  # fmt: skip
     options.add_device(g)
