@@ -114,6 +114,9 @@ class Encoder:
         context_length: maximum text length in tokens (longer texts are truncated).
         device: where the model lives.
         precision: "fp32", "fp16" or "bf16" (autocast; weights stay fp32).
+        text_runtime: None (eager PyTorch), or what runs ``encode_texts``' text tower instead
+            (``runtime="onnx"``: :class:`xmr.models.onnx_text.OnnxTextRuntime`, token tensors ->
+            unnormalised features); ``text_features`` (training, with grad) is always eager.
     """
 
     spec: str
@@ -126,6 +129,7 @@ class Encoder:
     precision: str = "fp32"
     default_text_batch_size: int = 256
     default_image_batch_size: int = 64
+    text_runtime: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
 
     # ---- subclass API -------------------------------------------------------------------------
 
@@ -185,7 +189,13 @@ class Encoder:
         texts = check_texts(texts)
         batch_size = batch_size or self.default_text_batch_size
 
+        runtime = self.text_runtime
+        if runtime is not None and self.device.type != "cpu":
+            raise XmrError(f"the ONNX text runtime runs on the CPU; the model is on {self.device}")
+
         def run(chunk: list[str]) -> torch.Tensor:
+            if runtime is not None:
+                return runtime(self.tokenize(chunk))
             return self.text_features(self._to_device(self.tokenize(chunk)))
 
         return self._encode(texts, batch_size, run, as_tensor, progress, "texts")

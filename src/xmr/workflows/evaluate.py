@@ -38,7 +38,7 @@ from xmr.eval.metrics import hits_from_rankings
 from xmr.eval.reranked import evaluate_reranked
 from xmr.fusion import DEFAULT_TUNE_METRIC
 from xmr.io.atomic import check_output_file
-from xmr.models import create_encoder
+from xmr.models import create_encoder, enable_text_runtime
 from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import DEFAULT_RERANK_K, RERANK_MODES
 from xmr.workflows.report.sources import embedded_rankings, model_fingerprint, predictions_rankings
@@ -117,15 +117,21 @@ def read_data(
     return dataset
 
 
-def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
+def load_encoder(
+    model: Any, device: Any, precision: str, draft: bool = False, runtime: str = "eager"
+):
     """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
-    draft decoding on)."""
+    draft decoding on, ``runtime="onnx"`` its ONNX text runtime)."""
     if isinstance(model, str):
-        return create_encoder(model, device=device, precision=precision, draft=draft)
+        return create_encoder(
+            model, device=device, precision=precision, draft=draft, runtime=runtime
+        )
     if draft and not getattr(model.preprocess, "draft", False):
         from dataclasses import replace
 
         model.preprocess = replace(model.preprocess, draft=True)
+    if runtime != "eager" and getattr(model, "text_runtime", None) is None:
+        enable_text_runtime(model, runtime)
     return model
 
 
@@ -233,6 +239,7 @@ def evaluate_model(
     skip_empty: bool = False,
     skip_bad: bool = False,
     draft: bool = False,
+    runtime: str = "eager",
     text: Mapping[str, Any] | None = None,
     keep_rankings: bool = False,
 ) -> EvaluationResult:
@@ -271,6 +278,8 @@ def evaluate_model(
             and in a warning) instead of stopping at the first.
         draft: decode JPEGs in draft mode (faster on big photos, not the reference pixels;
             recorded, and never mixed with fully decoded embeddings in ``emb_dir``).
+        runtime: the text tower's runtime, "eager" or "onnx" (see
+            :func:`xmr.models.create_encoder`; the same embeddings within 1e-5).
         text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``,
             ``k_values``). A text -> text job (``model="bm25..."``, ``st:...``, a ``hybrid``
             here, or a corpus whose items have no image, such as BEIR) is scored by
@@ -313,7 +322,7 @@ def evaluate_model(
         )  # fmt: skip
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
-    encoder = load_encoder(model, device, precision, draft)
+    encoder = load_encoder(model, device, precision, draft, runtime)
     emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                 workers=workers, progress=progress, warnings=warnings)  # fmt: skip
     directions = directions or default_directions(emb)
