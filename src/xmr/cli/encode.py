@@ -61,6 +61,7 @@ def add_encode_arguments(p: argparse.ArgumentParser) -> None:
         help="inputs per shard",
     )  # fmt: skip
     options.add_draft(p)
+    options.add_runtime(p)
     # The former opt-out: full decoding is the default now.
     p.add_argument("--no-draft", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--overwrite", action="store_true", help="start afresh instead of resuming")
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.format, args.split, skip_bad=args.skip_bad)
     report_skipped(dataset, args.data)
     split = dataset.split(args.split)
-    encoder = create_encoder(args.model, device=args.device, precision=args.precision)
+    encoder = create_encoder(
+        args.model, device=args.device, precision=args.precision, runtime=args.runtime
+    )
     if args.kinds is None:
         has_images = any(item.image is not None for item in split.items.values())
         kinds = ["images" if has_images else "captions", "texts"]

@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     options.add_device(p)
     options.add_query_draft(p)
+    options.add_runtime(p)
     p.add_argument("--json", action="store_true", help='print {"results": [...]} as JSON')
     from xmr.cli.rerank_options import add_rerank_arguments
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         reranker=reranker,
         draft=args.draft,
+        runtime=args.runtime,
         **searcher_options(args),
     )
     if reranker is not None:

@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     options.add_device(p, "device of the query encoder: auto (cuda when available, else cpu), "
                        "cpu, cuda, ...")  # fmt: skip
     options.add_query_draft(p)
+    options.add_runtime(p)
     p.add_argument("--max-k", type=int, default=100, help="most results per query (default: 100)")
     p.add_argument(
         "--max-query-chars", type=int, default=512, help="longest text query (default: 512)"
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         show_model_path=args.show_model_path,
         attribute_names=attribute_names,
         draft=args.draft,
+        runtime=args.runtime,
         **_text_settings(args),
     )
     if settings.allow_writes and args.processes > 1:

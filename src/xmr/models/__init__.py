@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from xmr.models.registry import create_encoder, list_backends, parse_spec, register_backend
+from xmr.models.registry import (
+    RUNTIMES,
+    create_encoder,
+    enable_text_runtime,
+    list_backends,
+    parse_spec,
+    register_backend,
+)
 
 _LAZY = {
     "Encoder": "xmr.models.base",
@@ -19,7 +26,15 @@ _LAZY = {
     "create_tiny_siglip": "xmr.models.tiny",
 }
 
-__all__ = ["create_encoder", "list_backends", "parse_spec", "register_backend", *sorted(_LAZY)]
+__all__ = [
+    "RUNTIMES",
+    "create_encoder",
+    "enable_text_runtime",
+    "list_backends",
+    "parse_spec",
+    "register_backend",
+    *sorted(_LAZY),
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -120,6 +120,9 @@ class Encoder:
             ``encode_images`` (N, K, embed_dim), each vector normalised; an image and a text
             then score ``max_k <t, v_k>`` (:func:`xmr.vectors.max_sim`). Texts are always
             (N, embed_dim).
+        text_runtime: None (eager PyTorch), or what runs ``encode_texts``' text tower instead
+            (``runtime="onnx"``: :class:`xmr.models.onnx_text.OnnxTextRuntime`, token tensors ->
+            unnormalised features); ``text_features`` (training, with grad) is always eager.
     """
 
     spec: str
@@ -133,6 +136,7 @@ class Encoder:
     default_text_batch_size: int = 256
     default_image_batch_size: int = 64
     image_vectors: int = 1
+    text_runtime: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
 
     # ---- subclass API -------------------------------------------------------------------------
 
@@ -193,7 +197,13 @@ class Encoder:
         texts = check_texts(texts)
         batch_size = batch_size or self.default_text_batch_size
 
+        runtime = self.text_runtime
+        if runtime is not None and self.device.type != "cpu":
+            raise XmrError(f"the ONNX text runtime runs on the CPU; the model is on {self.device}")
+
         def run(chunk: list[str]) -> torch.Tensor:
+            if runtime is not None:
+                return runtime(self.tokenize(chunk))
             return self.text_features(self._to_device(self.tokenize(chunk)))
 
         return self._encode(texts, batch_size, run, as_tensor, progress, "texts")

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 BackendFactory = Callable[..., "Encoder"]
 BACKENDS: Registry[BackendFactory] = Registry("encoder backend")
 
+# How an encoder's text tower runs (see create_encoder's ``runtime``).
+RUNTIMES = ("eager", "onnx")
+
 # config.json model_type values the hf backend loads.
 HF_MODEL_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
 
@@ -107,6 +110,7 @@ def create_encoder(
     precision: str = "fp32",
     *,
     draft: bool = False,
+    runtime: str = "eager",
     **kwargs: Any,
 ) -> Encoder:
     """Load the encoder named by ``spec`` onto ``device`` (default: cuda when available).
@@ -118,8 +122,12 @@ def create_encoder(
         draft: decode JPEGs in draft mode (reduced scale) wherever this encoder's preprocessing
             decodes images: faster on big photos, not the reference processor's pixels; recorded
             in its manifest (``preprocess.draft``). Off by default.
+        runtime: "eager" (PyTorch) or "onnx": text queries (``encode_texts``) run on ONNX
+            Runtime, from an export of the text tower cached by the weights' fingerprint
+            (:mod:`xmr.models.onnx_text`; hf: models on the CPU in fp32; needs ``xmr[onnx]``).
         **kwargs: backend options (e.g. ``context_length`` to override the text length).
     """
+    check_runtime(runtime)
     backend, target = parse_spec(spec)
     factory = BACKENDS.get(backend)
     encoder = factory(target, device=device, precision=precision, **kwargs)
@@ -127,6 +135,27 @@ def create_encoder(
         from dataclasses import replace
 
         encoder.preprocess = replace(encoder.preprocess, draft=True)
+    if runtime != "eager":
+        enable_text_runtime(encoder, runtime)
+    return encoder
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` when it is one of :data:`RUNTIMES`, else an XmrError listing them."""
+    if runtime not in RUNTIMES:
+        raise XmrError(f"unknown runtime '{runtime}' (choose from {', '.join(RUNTIMES)})")
+    return runtime
+
+
+def enable_text_runtime(encoder: Encoder, runtime: str) -> Encoder:
+    """Switch a loaded encoder's text queries to ``runtime`` ("onnx": the cached export of its
+    text tower, made now when there is none; "eager": back to PyTorch)."""
+    if check_runtime(runtime) == "eager":
+        encoder.text_runtime = None
+        return encoder
+    from xmr.models.onnx_text import enable_onnx_text
+
+    enable_onnx_text(encoder)
     return encoder
 
 

@@ -13,7 +13,7 @@ from xmr.data.records import image_ref_from_record
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.fusion.hybrid import HYBRID_DEPTH, HYBRID_MODES, RRF_K
 from xmr.index import BM25Index, Hit, Index, check_same_model, is_lexical, load_index, open_index
-from xmr.models import create_encoder
+from xmr.models import create_encoder, enable_text_runtime
 from xmr.search.modes import SEARCH_MODES, check_query_texts, fuse_rows
 from xmr.search.reranking import Reranker, rerank_results
 from xmr.search.results import SearchResult, TextQuery
@@ -107,6 +107,7 @@ class Searcher:
         reranker: Reranker | None = None,
         bm25_index: str | Path | None = None,
         draft: bool | None = None,
+        runtime: str = "eager",
         **options: Any,
     ) -> Searcher:
         """Load an index and the encoder it names (or ``model``: a spec or an Encoder, which must
@@ -117,7 +118,8 @@ class Searcher:
         Query images are decoded as the index's images were: ``draft`` None (the default) takes
         the index's JPEG decoding setting (``source.preprocessing.jpeg_draft``, see
         :func:`index_draft`); True or False must agree with it, or this raises
-        :class:`~xmr.errors.XmrError` (draft and full decoding are never mixed)."""
+        :class:`~xmr.errors.XmrError` (draft and full decoding are never mixed). ``runtime``:
+        the text tower's, "eager" or "onnx" (see :func:`xmr.models.create_encoder`)."""
         index = open_index(index_dir, gpu=gpu)
         if is_lexical(index):
             if bm25_index is not None:
@@ -134,7 +136,9 @@ class Searcher:
                 raise XmrError(f"{index_dir}: the index names no model; pass one (model=...)")
             wanted = _query_draft(index, index_dir, draft)
             try:
-                encoder = create_encoder(spec, device=device, precision=precision, draft=wanted)
+                encoder = create_encoder(
+                    spec, device=device, precision=precision, draft=wanted, runtime=runtime
+                )
             except XmrError as exc:
                 if model is not None:
                     raise
@@ -144,6 +148,8 @@ class Searcher:
                 ) from None
         else:
             encoder = _with_draft(model, _query_draft(index, index_dir, draft))
+            if runtime != "eager" and getattr(encoder, "text_runtime", None) is None:
+                enable_text_runtime(encoder, runtime)
         searcher = cls(index, encoder, reranker=reranker, lexical=lexical, **options)
         searcher._load_options = {"gpu": gpu}
         return searcher
@@ -399,6 +405,9 @@ class Searcher:
             "device": str(getattr(self.encoder, "device", "")),
             "precision": getattr(self.encoder, "precision", None),
             "draft": bool(getattr(getattr(self.encoder, "preprocess", None), "draft", False)),
+            "text_runtime": "eager"
+            if getattr(self.encoder, "text_runtime", None) is None
+            else "onnx",
         }
         return info
 

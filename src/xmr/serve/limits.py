@@ -53,6 +53,8 @@ class ServeSettings:
             pedestrians), so results show the names of the set attributes instead of the bits.
         draft: JPEG draft decoding of query and uploaded images: None follows the index
             (``source.preprocessing.jpeg_draft``); True or False must agree with it.
+        runtime: the query encoder's text tower runtime, ``eager`` (PyTorch) or ``onnx`` (ONNX
+            Runtime on the CPU, :func:`xmr.models.create_encoder`).
     """
 
     max_k: int = 100
@@ -83,6 +85,7 @@ class ServeSettings:
     show_model_path: bool = False
     attribute_names: list[str] | None = None
     draft: bool | None = None
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
         if self.max_k < 1:

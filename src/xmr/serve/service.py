@@ -108,6 +108,7 @@ class SearchService:
                 index,
                 device=settings.device,
                 draft=settings.draft,
+                runtime=settings.runtime,
                 **text_search_options(settings),
             )
         if not isinstance(index, Searcher):

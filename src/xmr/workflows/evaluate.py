@@ -81,6 +81,7 @@ def evaluate_model(
     skip_empty: bool = False,
     skip_bad: bool = False,
     draft: bool = False,
+    runtime: str = "eager",
     text: Mapping[str, Any] | None = None,
     keep_rankings: bool = False,
 ) -> EvaluationResult:
@@ -119,6 +120,8 @@ def evaluate_model(
             and in a warning) instead of stopping at the first.
         draft: decode JPEGs in draft mode (faster on big photos, not the reference pixels;
             recorded, and never mixed with fully decoded embeddings in ``emb_dir``).
+        runtime: the text tower's runtime, "eager" or "onnx" (see
+            :func:`xmr.models.create_encoder`; the same embeddings within 1e-5).
         text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``,
             ``k_values``). A text -> text job (``model="bm25..."``, ``st:...``, a ``hybrid``
             here, or a corpus whose items have no image, such as BEIR) is scored by
@@ -161,7 +164,7 @@ def evaluate_model(
         )  # fmt: skip
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
-    encoder = load_encoder(model, device, precision, draft)
+    encoder = load_encoder(model, device, precision, draft, runtime)
     emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                 workers=workers, progress=progress, warnings=warnings)  # fmt: skip
     directions = directions or default_directions(emb)

@@ -12,7 +12,7 @@ from typing import Any
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.eval.embedded import SplitEmbeddings, embed_split
-from xmr.models import create_encoder
+from xmr.models import create_encoder, enable_text_runtime
 from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import RERANK_MODES
 
@@ -34,15 +34,21 @@ def read_data(
     return dataset
 
 
-def load_encoder(model: Any, device: Any, precision: str, draft: bool = False):
+def load_encoder(
+    model: Any, device: Any, precision: str, draft: bool = False, runtime: str = "eager"
+):
     """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
-    draft decoding on)."""
+    draft decoding on, ``runtime="onnx"`` its ONNX text runtime)."""
     if isinstance(model, str):
-        return create_encoder(model, device=device, precision=precision, draft=draft)
+        return create_encoder(
+            model, device=device, precision=precision, draft=draft, runtime=runtime
+        )
     if draft and not getattr(model.preprocess, "draft", False):
         from dataclasses import replace
 
         model.preprocess = replace(model.preprocess, draft=True)
+    if runtime != "eager" and getattr(model, "text_runtime", None) is None:
+        enable_text_runtime(model, runtime)
     return model
 
 

@@ -102,6 +102,7 @@ def predict(
     submission_format: str | None = None,
     skip_bad: bool = False,
     draft: bool = False,
+    runtime: str = "eager",
     text: Mapping[str, Any] | None = None,
 ) -> PredictionResult:
     """Rank every item for every query of a split and write the top ``k`` as a submission.
@@ -130,6 +131,7 @@ def predict(
         skip_bad: skip malformed records of the data set (counted in a warning and in the
             embeddings manifest) instead of stopping at the first.
         draft: decode JPEGs in draft mode (see :func:`xmr.workflows.evaluate.evaluate_model`).
+        runtime: the text tower's runtime, "eager" or "onnx" (likewise).
         text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``). A
             text -> text job (``bm25...``, ``st:...``, a ``hybrid``, a corpus without images) is
             written by :func:`xmr.workflows.text_eval.predict_text`, a TREC run by default,
@@ -171,7 +173,7 @@ def predict(
         return PredictionResult(Path(path), kind, chosen.name, len(chosen.queries), k,
                                 reranked=rerank is not None, warnings=warnings)  # fmt: skip
     kind = out_format or default_submission_format(dataset, chosen)
-    encoder = load_encoder(model, device, precision, draft)
+    encoder = load_encoder(model, device, precision, draft, runtime)
     if fusion is not None:
         emb = embed_split_fused(encoder, chosen, fusion, batch_size=batch_size, workers=workers)
     else:
