@@ -61,11 +61,15 @@ def shard_ranges(info: dict[str, Any]) -> list[tuple[int, int, int]]:
 def write_shard(path: Path, *, vectors, ids, start, end, inputs_hash, failed) -> None:
     """Write one shard atomically; ``failed`` is a list of (id, error)."""
 
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim < 2 or len(vectors) != len(ids):  # (0, dim) of a shard of failures stays
+        vectors = vectors.reshape(len(ids), -1)
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(
                 fh,
-                embeddings=np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1),
+                embeddings=vectors,
                 ids=np.asarray(ids, dtype=np.str_),
                 start=np.int64(start),
                 end=np.int64(end),
