@@ -95,6 +95,21 @@ def open_engine(name: str, encoder, options: EngineOptions | None = None) -> Enc
     return ENGINES.get(name)(encoder, options)
 
 
+def run_remote(engine: EncodeEngine, runs: dict, batch_size: int, draft, progress, on_batch):
+    """Every kind's pending batches through one run of ``engine``; ``runs`` are
+    ``encode_split``'s per-kind runs (``begin``, ``plan``, ``take``: each shard is written as
+    soon as its last batch is in, whatever order the batches come back in)."""
+    for run in runs.values():
+        run.begin(progress)
+    try:
+        plans = {kind: (run.inputs, run.plan(batch_size)) for kind, run in runs.items()}
+        for kind, batch in engine.run(plans, draft):
+            runs[kind].take(batch, on_batch)
+    finally:
+        for run in runs.values():
+            run.close_bar()
+
+
 @register_engine("local")
 def _local(encoder, options: EngineOptions) -> None:
     return None

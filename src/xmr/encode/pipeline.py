@@ -31,7 +31,7 @@ import numpy as np
 
 from xmr.data.loading import ImageDataset, collate_images, worker_init
 from xmr.data.records import item_record
-from xmr.encode.engines import EngineOptions, open_engine
+from xmr.encode.engines import EngineOptions, open_engine, run_remote
 from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.store import (
     FORMAT,
@@ -232,7 +232,7 @@ def encode_split(
             for kind, (ids, inputs) in work.items()
         }
         if remote is not None:  # one pipeline (one model load per actor) for every kind
-            _encode_remote(remote, runs, loader.batch_size, draft, progress, on_batch)
+            run_remote(remote, runs, loader.batch_size, draft, progress, on_batch)
         for kind, run in runs.items():
             summary = summaries[kind] = (
                 run.end() if remote is not None
@@ -464,19 +464,6 @@ class _KindRun:
             {"id": fid, "error": err} for fid, err in buf["failed"][:SHOW_FAILURES]
         )
         del self.buffers[shard], self.pending[shard]
-
-
-def _encode_remote(remote, runs: dict[str, _KindRun], batch_size, draft, progress, on_batch):
-    """Every kind's pending batches through one engine run, each written as its shard fills."""
-    for run in runs.values():
-        run.begin(progress)
-    try:
-        plans = {kind: (run.inputs, run.plan(batch_size)) for kind, run in runs.items()}
-        for kind, batch in remote.run(plans, draft):
-            runs[kind].take(batch, on_batch)
-    finally:
-        for run in runs.values():
-            run.close_bar()
 
 
 def _single_threaded(loader):

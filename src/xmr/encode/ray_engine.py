@@ -200,7 +200,7 @@ def _decode_rows(batch: dict[str, np.ndarray], preprocess) -> dict[str, np.ndarr
 class _ModelActor:
     """Ray actor: loads the model once, then encodes one planned batch per call."""
 
-    def __init__(self, spec: str, device: str, precision: str, expected) -> None:
+    def __init__(self, spec: str, device: str, precision: str, expected: dict[str, Any]) -> None:
         from xmr.models import create_encoder
 
         self.encoder = create_encoder(spec, device=device, precision=precision)
