@@ -181,6 +181,22 @@ def test_ray_engine_keeps_the_checks(cluster, encoder, image_dir, tmp_path):
     assert ray.is_initialized()
 
 
+@pytest.mark.slow  # one more actor start-up
+def test_an_actor_with_other_weights_is_refused(cluster, model, image_dir, tmp_path):
+    from xmr.errors import ModelMismatchError
+    from xmr.models import create_encoder
+
+    changed = create_encoder(model, device="cpu")
+    with torch.no_grad():  # in memory only: the actors load the files, without this change
+        next(changed.model.parameters()).add_(1.0)
+    with pytest.raises(ModelMismatchError, match="other weights or preprocessing"):
+        encode_split(
+            changed, photo_split(image_dir), tmp_path / "emb", kinds=["texts"], engine="ray",
+            progress=False,
+        )  # fmt: skip
+    assert not list((tmp_path / "emb" / "texts").glob("*.npz"))
+
+
 def test_cli_refuses_ray_options_without_the_ray_engine(model, image_dir, tmp_path, capsys):
     args = ["encode", "--model", model, "--data", str(image_dir), "--out", str(tmp_path / "o")]
     assert main([*args, "--actors", "1"]) == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xmr import errors
 from xmr.data.loading import ImageDataset, collate_images
 from xmr.errors import ModelMismatchError, XmrError
 
@@ -259,11 +261,25 @@ def _quiet_ray_data(ray):
 
 
 def _explain(exc: BaseException) -> XmrError:
-    """The xmr error an actor or task raised, else one naming the Ray failure."""
+    """The xmr error an actor or task raised, else one naming the Ray failure.
+
+    A task's error comes back as a chain of causes; an actor's ``__init__`` error only as the
+    text of an ``ActorDiedError``, so the xmr error is read back from its traceback text."""
     seen, cause = set(), exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, XmrError):
             return cause
         cause = getattr(cause, "cause", None) or cause.__cause__
-    return XmrError(f"the Ray encoding failed: {type(exc).__name__}: {exc}")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.findall(r"xmr\.errors\.(\w+): (.+)", text)
+    if found:
+        name, message = found[-1]
+        kind = getattr(errors, name, XmrError)
+        if isinstance(kind, type) and issubclass(kind, XmrError):
+            try:
+                return kind(message.strip())
+            except TypeError:  # an error class with other required arguments
+                return XmrError(message.strip())
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return XmrError(f"the Ray encoding failed: {type(exc).__name__}: {first}")
