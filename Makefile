@@ -27,7 +27,7 @@ $(VENV)/.stamp-demo: $(VENV)/.stamp-base pyproject.toml
 # torch-fidelity likewise (it requires torchvision): the t2i tests import its Inception
 # extractor and TF resize without its package __init__, to check xmr's against them.
 $(VENV)/.stamp-test: $(VENV)/.stamp-base pyproject.toml
-	$(PY) -m pip install -q -e ".[test,caption,t2i,onnx]"
+	$(PY) -m pip install -q -e ".[test,caption,t2i,onnx,ray]"
 	$(PY) -m pip install -q --no-deps "open_clip_torch>=2.24" ftfy wcwidth
 	$(PY) -m pip install -q --no-deps "torch-fidelity==0.4.0"
 	touch $@

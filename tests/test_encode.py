@@ -325,3 +325,15 @@ def test_cli_draft_is_opt_in_recorded_and_refused_when_mixed(tmp_path, encoder, 
     assert "not mixed" in capsys.readouterr().err
     assert main([*args, "--draft"]) == 0
     assert "t2i/R@1" in json.loads(capsys.readouterr().out)
+
+
+def test_a_shard_of_only_undecodable_images_is_written(encoder, split, tmp_path):
+    bad = [Item(f"bad{i}", ImageRef(data=b"not an image"), ["x"]) for i in range(3)]
+    mixed = Split("test", {**split.items, **{b.id: b for b in bad}}, split.queries)
+    # The last shard holds the three bad images and nothing else: (0, dim) vectors.
+    summary = encode_split(
+        encoder, mixed, tmp_path / "emb", kinds=["images"], shard_size=N_IMAGES, progress=False
+    )
+    assert (summary.kinds["images"].encoded, summary.kinds["images"].failed) == (N_IMAGES, 3)
+    emb = load_embeddings(tmp_path / "emb")
+    assert emb.ids == list(split.items) and emb.vectors.shape == (N_IMAGES, 32)

@@ -10,11 +10,15 @@ Layout of an embeddings directory ``OUT``::
     OUT/captions/00000.npz ... first caption of each item (ids = item ids), when asked for
     OUT/failed.jsonl           images that could not be decoded (kind, id, error with file:line)
 
+``encode_split(..., engine="ray")`` runs decoding and the model on a Ray cluster
+(:mod:`xmr.encode.ray_engine`) and writes the same directory (:mod:`xmr.encode.engines`).
+
 Shards are written atomically and cover fixed input ranges, so a killed run leaves only whole
 shards and a re-run skips every valid one (see :mod:`xmr.encode.store`). Re-running with another
 model, precision or input list is an error, not a silent mix.
 """
 
+from xmr.encode.engines import EngineOptions, list_engines, register_engine
 from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.pipeline import (
     DEFAULT_SHARD_SIZE,
@@ -38,6 +42,7 @@ __all__ = [
     "KINDS",
     "EncodeSummary",
     "Embeddings",
+    "EngineOptions",
     "ImageDataset",
     "KindSummary",
     "LoaderChoice",
@@ -46,6 +51,8 @@ __all__ = [
     "draft_size_for",
     "encode_split",
     "load_embeddings",
+    "list_engines",
     "load_metadata",
     "read_manifest",
+    "register_engine",
 ]

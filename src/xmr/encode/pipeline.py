@@ -31,6 +31,7 @@ import numpy as np
 
 from xmr.data.loading import ImageDataset, collate_images, worker_init
 from xmr.data.records import item_record
+from xmr.encode.engines import EngineOptions, open_engine, run_remote
 from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.store import (
     FORMAT,
@@ -89,10 +90,12 @@ class EncodeSummary:
     out_dir: str
     kinds: dict[str, KindSummary]
     loader: LoaderChoice | None = None
+    engine: dict[str, Any] = field(default_factory=lambda: {"engine": "local"})
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "out_dir": self.out_dir,
+            "engine": self.engine,
             "loader": asdict(self.loader) if self.loader else None,
             "kinds": {k: asdict(v) for k, v in self.kinds.items()},
         }
@@ -154,6 +157,8 @@ def encode_split(
     source: dict[str, Any] | None = None,
     on_batch: Callable[[str, int], None] | None = None,
     redo_hint: str | None = None,
+    engine: str = "local",
+    engine_options: EngineOptions | None = None,
 ) -> EncodeSummary:
     """Encode a split's images and texts into resumable embedding shards under ``out_dir``.
 
@@ -177,6 +182,11 @@ def encode_split(
         source: where the split came from (path, format, split), recorded in the manifest.
         on_batch: called as ``on_batch(kind, n_done)`` after every batch (progress hooks, tests).
         redo_hint: what the error about an unresumable ``out_dir`` tells the user to do.
+        engine: ``local`` (DataLoader workers and the model in this process) or ``ray``
+            (decoding tasks and model actors on a Ray cluster, see :mod:`xmr.encode.ray_engine`):
+            the same shards, manifest, failure list and resumption either way.
+        engine_options: the Ray address, actor count and GPUs per actor
+            (:class:`xmr.encode.engines.EngineOptions`).
 
     Returns:
         An :class:`EncodeSummary`: counts, speed and the first undecodable images.
@@ -214,16 +224,33 @@ def encode_split(
     atomic_write(out / QUERIES_FILE, lambda tmp: write_jsonl(tmp, queries))
 
     summaries: dict[str, KindSummary] = {}
-    for kind, (ids, inputs) in work.items():
-        info = manifest["kinds"][kind]
-        run = _KindRun(encoder, out, kind, ids, inputs, info, manifest["dim"])
-        summary = run.encode(loader.batch_size, loader.workers, draft, progress, on_batch)
-        info.update(complete=True, encoded=summary.encoded, failed=summary.failed)
-        manifest["updated"] = now()
-        atomic_write_json(out / MANIFEST, manifest)
-        summaries[kind] = summary
+    # Opened after the resume checks: a refused run starts no cluster.
+    remote = open_engine(engine, encoder, engine_options)
+    try:
+        runs = {
+            kind: _KindRun(
+                encoder, out, kind, ids, inputs, manifest["kinds"][kind], manifest["dim"]
+            )
+            for kind, (ids, inputs) in work.items()
+        }
+        if remote is not None:  # one pipeline (one model load per actor) for every kind
+            run_remote(remote, runs, loader.batch_size, draft, progress, on_batch)
+        for kind, run in runs.items():
+            summary = summaries[kind] = (
+                run.end() if remote is not None
+                else run.encode(loader.batch_size, loader.workers, draft, progress, on_batch)
+            )  # fmt: skip
+            manifest["kinds"][kind].update(
+                complete=True, encoded=summary.encoded, failed=summary.failed
+            )
+            manifest["updated"] = now()
+            atomic_write_json(out / MANIFEST, manifest)
+        described = remote.describe() if remote is not None else {"engine": "local"}
+    finally:
+        if remote is not None:
+            remote.close()
     write_failed(out, manifest)
-    return EncodeSummary(str(out), summaries, loader)
+    return EncodeSummary(str(out), summaries, loader, described)
 
 
 def _new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, Any]:
@@ -311,35 +338,60 @@ class _KindRun:
         self.buffers: dict[int, dict[str, list]] = {}
 
     def encode(self, batch_size, workers, draft, progress, on_batch) -> KindSummary:
+        self.begin(progress)
+        try:
+            for batch in self._batches(batch_size, workers, draft):
+                self.take(batch, on_batch)
+        finally:
+            self.close_bar()
+        return self.end()
+
+    def begin(self, progress: bool) -> None:
+        """Find the finished shards; start the clock and the progress bar."""
         (self.out / self.kind).mkdir(exist_ok=True)
         for stale in (self.out / self.kind).glob(".*.tmp"):
             stale.unlink(missing_ok=True)  # a temporary shard left by a killed run
         self._scan_finished()
         s = self.summary
-        done_before = s.count - sum(end - start for start, end in self.pending.values())
-        bar = _progress_bar(progress, s.count, done_before, self.kind)
-        started, done_now = time.perf_counter(), 0
-        self.waited = 0.0
-        try:
-            for shard, positions, vectors, failed in self._batches(batch_size, workers, draft):
-                self._collect(shard, positions, vectors, failed)
-                done_now += len(positions) + len(failed)
-                if bar is not None:
-                    bar.update(len(positions) + len(failed))
-                if on_batch is not None:
-                    on_batch(self.kind, done_before + done_now)
-        finally:
-            if bar is not None:
-                bar.close()
+        self.done_before = s.count - sum(end - start for start, end in self.pending.values())
+        self.bar = _progress_bar(progress, s.count, self.done_before, self.kind)
+        self.started, self.done_now, self.waited = time.perf_counter(), 0, 0.0
+
+    def take(self, batch, on_batch) -> None:
+        """One encoded batch: (shard, ok positions, vectors, [(position, error)])."""
+        shard, positions, vectors, failed = batch
+        self._collect(shard, positions, vectors, failed)
+        self.done_now += len(positions) + len(failed)
+        if self.bar is not None:
+            self.bar.update(len(positions) + len(failed))
+        if on_batch is not None:
+            on_batch(self.kind, self.done_before + self.done_now)
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def end(self) -> KindSummary:
+        s, done_now = self.summary, self.done_now
         s.first_failures = s.first_failures[:SHOW_FAILURES]
-        s.seconds = round(time.perf_counter() - started, 3)
+        s.seconds = round(time.perf_counter() - self.started, 3)
         s.items_per_s = round(done_now / s.seconds, 2) if s.seconds > 0 else 0.0
         s.data_wait_s = round(self.waited, 3)
         s.data_wait_share = round(self.waited / s.seconds, 3) if s.seconds > 0 else 0.0
         if self.kind == "images" and s.count and s.failed == s.count:
             first = s.first_failures[0]["error"] if s.first_failures else "?"
             raise XmrError(f"none of the {s.count} images could be decoded (first: {first})")
+        if self.pending:  # an engine that lost a batch must not leave a manifest saying complete
+            raise XmrError(f"{self.kind}: {len(self.pending)} shard(s) were not encoded")
         return s
+
+    def plan(self, batch_size: int) -> list[tuple[int, list[int]]]:
+        """(shard, input positions) of every batch still to encode; none straddles a shard."""
+        return [
+            (shard, list(range(b, min(end, b + batch_size))))
+            for shard, (start, end) in self.pending.items()
+            for b in range(start, end, batch_size)
+        ]
 
     def _scan_finished(self) -> None:
         for i, start, end in shard_ranges(self.info):
@@ -361,11 +413,7 @@ class _KindRun:
 
     def _batches(self, batch_size: int, workers: int, draft: bool):
         """Yield (shard, ok positions, vectors, [(position, error)]) in input order."""
-        plan = [
-            (shard, list(range(b, min(end, b + batch_size))))
-            for shard, (start, end) in self.pending.items()
-            for b in range(start, end, batch_size)
-        ]
+        plan = self.plan(batch_size)
         if not plan:
             return
         if self.kind != "images":
