@@ -43,12 +43,14 @@ def make_split(paths, extra=()):
     return Split("test", items, queries)
 
 
-def tiny_model(path, seed=0, embed_dim=32):
-    """A tiny random CLIP saved at ``path`` (32x32 images, one layer per tower); returns it."""
+def tiny_model(path, seed=0, embed_dim=32, texts=None):
+    """A tiny random CLIP saved at ``path`` (32x32 images, one layer per tower; ``texts``: words
+    its tokenizer knows whole, see ``create_tiny_clip``); returns it."""
     from xmr.models import create_tiny_clip
 
     return create_tiny_clip(
         path,
+        texts=texts,
         embed_dim=embed_dim,
         seed=seed,
         image_size=32,

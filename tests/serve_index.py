@@ -40,12 +40,12 @@ def _draw(colour: tuple[int, int, int], shape: str, size: int = 96, variant: int
 
 def build_index_dir(root: Path) -> dict:
     """Write images, a tiny CLIP and an index under ``root``; return what the tests need."""
+    from builders import tiny_model
     from xmr.data.dataset import Item, Split
     from xmr.data.images import ImageRef
     from xmr.encode import encode_split, load_embeddings, load_metadata
     from xmr.index import build_index
     from xmr.models import create_encoder
-    from xmr.models.tiny import create_tiny_clip
 
     images = root / "images"
     images.mkdir(parents=True)
@@ -80,19 +80,7 @@ def build_index_dir(root: Path) -> dict:
         BMP_ITEM, ImageRef(path=str(bmp)), captions=["a blue circle (bmp)"], category="circle"
     )
 
-    model_dir = create_tiny_clip(
-        root / "model",
-        texts=texts,
-        embed_dim=32,
-        image_size=32,
-        patch_size=8,
-        vision_width=64,
-        vision_layers=1,
-        text_width=64,
-        text_layers=1,
-        heads=2,
-        context_length=16,
-    )
+    model_dir = tiny_model(root / "model", texts=texts)
     encoder = create_encoder(f"hf:{model_dir}", device="cpu")
     emb_dir = root / "emb"
     encode_split(encoder, split, emb_dir, kinds=("images",), batch_size=16, progress=False)
