@@ -93,14 +93,13 @@ def test_cli_delete_on_a_faiss_index(tmp_path, data, capsys):
     assert len(load_index(tmp_path / "index")) == 28
 
 
-def test_service_delete_is_behind_the_token_and_all_or_nothing(tmp_path_factory, tmp_path):
+def test_service_delete_is_behind_the_token_and_all_or_nothing(serve_index, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from serve_index import shared_index
     from xmr.serve import ServeSettings, create_app
 
-    built = shared_index(tmp_path_factory)
+    built = serve_index
     index_dir = tmp_path / "index"
     shutil.copytree(built["index_dir"], index_dir)
     token = "delete-token"

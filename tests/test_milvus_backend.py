@@ -222,12 +222,11 @@ def test_a_milvus_build_never_writes_into_a_faiss_index(data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, serve_index):
     pytest.importorskip("fastapi")
-    from serve_index import shared_index
     from xmr.cli import main
 
-    built = shared_index(tmp_path_factory)
+    built = serve_index
     emb = built["index_dir"].parent / "emb"
     out = tmp_path_factory.mktemp("milvus-cli") / "index"
     assert main(["index", "build", str(emb), "--out", str(out), "--backend", "milvus"]) == 0

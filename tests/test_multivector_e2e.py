@@ -28,7 +28,7 @@ COMMON = ("--workers", "0", "--batch-size", "8", "--device", "cpu")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from test_encode import tiny_model
+    from builders import tiny_model
     from xmr.data.readers import load_dataset
     from xmr.data.synth import generate_synthetic
     from xmr.models import create_encoder
