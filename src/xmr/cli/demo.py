@@ -53,7 +53,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    "--fused` (default: tune, on the train split)")  # fmt: skip
     g.add_argument("--eval-split", default=None, metavar="S",
                    help="the split the table is scored on (default: test)")  # fmt: skip
-    g.add_argument("--device", default=None, metavar="D", help="where models run (default: cpu)")
+    options.add_device(g)
     p.add_argument("--epochs", type=options.positive_int, default=None, metavar="N",
                    help="training epochs (default: the demo's, 30)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="data and model seed (default: 0)")
@@ -69,8 +69,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.recipe == "tianchi":
         return run_tianchi(args)
-    only_tianchi = ("model", "data", "fused", "eval_split", "device")
+    only_tianchi = ("model", "data", "fused", "eval_split")
     given = [f"--{n.replace('_', '-')}" for n in only_tianchi if getattr(args, n) is not None]
+    if args.device != "auto":  # the traffic demo runs on the CPU, as recorded
+        given.append("--device")
     if given:
         raise XmrError(f"{', '.join(given)}: only for --recipe tianchi")
     args.out = args.out or "demo_out"

@@ -68,7 +68,7 @@ class TianchiRecipeConfig:
             ``lr``, ``train_overrides``: any other TrainConfig field; the default trains on
             every text of an item, ``text_source="both"``: its queries and its 3 captions).
             Its data-set fields are not used (the recipe's own are).
-        device: where models run.
+        device: where models run ("auto": cuda when available, else cpu).
     """
 
     data: str | None = None
@@ -82,7 +82,7 @@ class TianchiRecipeConfig:
     fused: str = "tune"
     eval_split: str = "test"
     batch_size: int = 128
-    device: str = "cpu"
+    device: str = "auto"
     demo: DemoConfig = field(default_factory=_demo_sizes)
 
     @classmethod
