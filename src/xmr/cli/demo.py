@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return run_tianchi(args)
     only_tianchi = ("model", "data", "fused", "eval_split")
     given = [f"--{n.replace('_', '-')}" for n in only_tianchi if getattr(args, n) is not None]
-    if args.device != "auto":  # the traffic demo's tiny model runs where its config says
+    if args.device != "auto":  # the traffic demo runs on the CPU, as recorded
         given.append("--device")
     if given:
         raise XmrError(f"{', '.join(given)}: only for --recipe tianchi")
@@ -111,10 +111,9 @@ def run_tianchi(args: argparse.Namespace) -> int:
         demo = replace(demo, workers=args.workers)
     given = {
         name: getattr(args, name)
-        for name in ("model", "data", "fused", "eval_split", "seed")
+        for name in ("model", "data", "fused", "eval_split", "device", "seed")
         if getattr(args, name) is not None
     }
-    given["device"] = args.device
     cfg = replace(cfg, demo=demo, **given)
     out = args.out or "tianchi_recipe_out"
     if args.json:

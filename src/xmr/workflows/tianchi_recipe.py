@@ -68,7 +68,7 @@ class TianchiRecipeConfig:
             ``lr``, ``train_overrides``: any other TrainConfig field; the default trains on
             every text of an item, ``text_source="both"``: its queries and its 3 captions).
             Its data-set fields are not used (the recipe's own are).
-        device: where models run (auto: cuda when available, else cpu).
+        device: where models run ("auto": cuda when available, else cpu).
     """
 
     data: str | None = None
