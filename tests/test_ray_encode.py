@@ -114,6 +114,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(cluster, encoder, image_
     # A finished Ray encoding is resumed like a local one: every shard reused, nothing run.
     again = encode_split(encoder, split, tmp_path / "ray", engine="ray", **common)
     assert all(s.shards_reused == s.shards for s in again.kinds.values())
+    assert again.engine["actors"] is None  # nothing to do: no actor pool was started
     # The module's Ray was joined, not started: it is still up.
     assert ray.is_initialized()
 

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         out = {**summary.to_dict(), **dataset.skip_record()}
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
-    if args.engine != "local":
+    if args.engine != "local" and summary.engine.get("actors"):
         e = summary.engine
         print(
             f"{e['engine']}: {e['actors']} model actor(s), {e['gpus_per_actor']:g} GPU(s) each, "

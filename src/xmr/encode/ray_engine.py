@@ -73,8 +73,15 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, encoder, options: EngineOptions) -> None:
+        import_ray()  # a missing extra is an error before any work
+        self.encoder, self.options = encoder, options
+        self.started = self.connected = False
+        self.actors, self.cpus, self.gpus = None, 0.0, 0.0
+
+    def _connect(self) -> None:
+        """Join or start Ray and size the actor pool (only once there is work to do)."""
         ray = import_ray()
-        self.encoder, self.options, self.started = encoder, options, False
+        options = self.options
         if ray.is_initialized():
             if options.address:
                 log.warning("Ray is already initialised in this process; using it, not %s",
@@ -89,12 +96,9 @@ class RayEngine:
                 logging_level=logging.WARNING,
             )
             self.started = True
-        try:
-            self._size_pool(ray.cluster_resources())
-        except BaseException:
-            self.close()
-            raise
-        model = encoder.manifest()
+        self.connected = True
+        self._size_pool(ray.cluster_resources())
+        model = self.encoder.manifest()
         self.expected = {"fingerprint": model["fingerprint"], "preprocess": _plain(model)}
 
     def _size_pool(self, resources: dict[str, float]) -> None:
@@ -117,6 +121,7 @@ class RayEngine:
         self.actors, self.cpus, self.gpus = int(actors), cpus, gpus
 
     def describe(self) -> dict[str, Any]:
+        """What ran where; ``actors`` is None when every shard was reused and Ray never ran."""
         return {
             "engine": self.name,
             "address": self.options.address,
@@ -135,7 +140,9 @@ class RayEngine:
             for shard, pos in plan
         ]
         if not rows:
-            return
+            return  # all finished: no cluster to start
+        if not self.connected:
+            self._connect()
         # One planned batch per block, so decoding and the model overlap batch by batch.
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         if "images" in plans:
@@ -168,6 +175,7 @@ class RayEngine:
                 raise _explain(exc) from exc
 
     def close(self) -> None:
+        self.connected = False
         if self.started:
             import ray
 
