@@ -312,3 +312,26 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 40), (10, 200, 200)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_rows_an_interrupted_add_left_are_never_returned(data, tmp_path, caplog):
+    x, ids, items = data
+    out = tmp_path / "index"
+    opts = {"lite_path": out / "milvus.db"}
+    build_index(
+        x[:40], ids[:40], "FLAT", items=items[:40], backend="milvus", backend_options=opts
+    ).save(out)
+    index = load_index(out)
+    # An add killed after its upsert, before the index files were saved: the row is in Milvus.
+    index.backend.add_records(x[:3] * -1, ["orphan-0", "orphan-1", "orphan-2"], [None] * 3)
+    with caplog.at_level("WARNING", logger="xmr.index.milvus_backend"):
+        again = load_index(out)
+    assert "43 rows, the index 40 ids" in caplog.text
+    found = again.search(-x[:3], 5)
+    assert all(len(row) == 5 and not any(h.id.startswith("orphan") for h in row) for row in found)
+    # Re-running the add finishes the job: the rows are upserted again, not duplicated.
+    again.add(x[:3] * -1, ["orphan-0", "orphan-1", "orphan-2"])
+    again.save()
+    final = load_index(out)
+    assert len(final) == 43 == final.backend.row_count()
+    assert final.search(-x[:1], 1)[0][0].id == "orphan-0"
