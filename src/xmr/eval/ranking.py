@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmr.errors import XmrError
+from xmr.vectors import max_sim
 
 if TYPE_CHECKING:
     import torch
@@ -187,6 +188,8 @@ def topk_from_embeddings(
     The similarity is computed one ``[query_chunk, item_chunk]`` block at a time; the item
     embeddings are moved to ``device`` once, the query embeddings a chunk at a time.
     """
+    if np.ndim(query_emb) == 3 or np.ndim(item_emb) == 3:
+        return _topk_max_sim(query_emb, item_emb, k, rows, query_chunk, item_chunk)
     dev = _device(device)
     if query_emb.shape[1] != item_emb.shape[1]:
         raise XmrError(
@@ -201,6 +204,27 @@ def topk_from_embeddings(
             cache.clear()
             cache[q0] = _as_tensor(query_emb[rows[q0:q1]], dev)
         return cache[q0] @ items[i0:i1].T
+
+    return topk_blocks(
+        block, len(rows), item_emb.shape[0], k, query_chunk=query_chunk, item_chunk=item_chunk
+    )
+
+
+def _topk_max_sim(query_emb, item_emb, k, rows, query_chunk, item_chunk):
+    """Top-``k`` when one side is multi-vector (N, K, D) (BLIP-2 images): scores are
+    ``xmr.vectors.max_sim``, the max over an image's vectors, in either direction."""
+    torch = _torch()
+    query_emb = np.asarray(query_emb, dtype=np.float32)
+    item_emb = np.asarray(item_emb, dtype=np.float32)
+    if query_emb.ndim == item_emb.ndim:
+        raise XmrError("max-sim ranks single-vector queries against multi-vector items or back")
+    rows = np.arange(query_emb.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def block(q0: int, q1: int, i0: int, i1: int) -> torch.Tensor:
+        queries, items = query_emb[rows[q0:q1]], item_emb[i0:i1]
+        if items.ndim == 3:  # texts -> images
+            return torch.from_numpy(max_sim(queries, items))
+        return torch.from_numpy(np.ascontiguousarray(max_sim(items, queries).T))
 
     return topk_blocks(
         block, len(rows), item_emb.shape[0], k, query_chunk=query_chunk, item_chunk=item_chunk

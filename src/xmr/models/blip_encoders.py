@@ -140,9 +140,21 @@ class Blip2Encoder(_BlipFamily):
 
     retrieval_class = "Blip2ForImageTextRetrieval"
 
+    # Training: the ViT stays frozen unless asked (BLIP-2 and seed 001 train the Q-Former only).
+    frozen_by_default = ("image",)
+
     def __init__(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.image_vectors = int(model.config.num_query_tokens)
+
+    @staticmethod
+    def parameter_tower(name: str) -> str:
+        """Training's tower of a parameter: "image" for the ViT, "other" for the temperature,
+        "text" for the Q-Former with its query tokens and both projections (the image side's
+        ``vision_projection`` is Q-Former, not ViT)."""
+        if name == "logit_scale":
+            return "other"
+        return "image" if name.startswith("vision_model.") else "text"
 
     def _text_config(self) -> Any:
         return self.model.config.qformer_config

@@ -318,11 +318,14 @@ def create_tiny_cross_encoder(
     words: Sequence[str] = (),
     embed_dim: int = 16,
     num_query_tokens: int = 4,
+    text_init_range: float = 0.02,
 ) -> Path:
     """Save a tiny random BLIP (``kind="blip"``) or BLIP-2 (``"blip2"``) retrieval model (ITM and
     ITC heads) with its processor to ``path`` (save_pretrained format); load it with
     ``create_cross_encoder(path)`` (ITM) or ``create_encoder("hf:path")`` (ITC bi-encoder).
-    ``embed_dim`` is the ITC space, ``num_query_tokens`` BLIP-2's K."""
+    ``embed_dim`` is the ITC space, ``num_query_tokens`` BLIP-2's K; ``text_init_range`` the
+    std of the text encoder's / Q-Former's random weights (BERT's 0.02 makes a one-layer random
+    text tower's CLS nearly the same for every text)."""
     import torch
     from transformers import (
         Blip2Config,
@@ -353,6 +356,7 @@ def create_tiny_cross_encoder(
         max_position_embeddings=64,
         encoder_hidden_size=hidden,
         pad_token_id=0,
+        initializer_range=text_init_range,
     )
     torch.manual_seed(seed)
     if kind == "blip":

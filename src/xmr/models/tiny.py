@@ -317,6 +317,7 @@ def create_tiny_blip(
     seed: int = 0,
     image_size: int = 32,
     num_query_tokens: int = 4,
+    text_init_range: float = 0.2,
 ) -> Path:
     """A random ``BlipForImageTextRetrieval`` (``family="blip"``) or
     ``Blip2ForImageTextRetrieval`` (``"blip2"``, ``num_query_tokens`` query tokens) with a BERT
@@ -324,6 +325,8 @@ def create_tiny_blip(
 
     One directory serves both roles: ``create_encoder("hf:OUT")`` (the ITC bi-encoder) and
     ``create_cross_encoder("blip2:OUT")`` (the ITM head), as a published checkpoint does.
+    ``text_init_range`` (default 0.2, not BERT's 0.02) keeps the random text tower's CLS apart
+    for different texts, so that a few training steps can move it.
     """
     from xmr.models.blip_itm import create_tiny_cross_encoder
 
@@ -338,4 +341,5 @@ def create_tiny_blip(
             words=words,
             embed_dim=embed_dim,
             num_query_tokens=num_query_tokens,
+            text_init_range=text_init_range,
         )

@@ -86,7 +86,9 @@ class TrainConfig(TrainerConfig):
         init_logit_scale / init_logit_bias: override the model's values (log-space scale);
         SigLIP on a model without a bias starts the bias at -10.
     Model surgery:
-        freeze_image / freeze_text: freeze a whole tower; freeze_image_layers /
+        freeze_image / freeze_text: freeze a whole tower (``freeze_image`` unset: the model's
+            default, frozen for BLIP-2 whose ViT is frozen in its published training, trained
+            otherwise; ``freeze_image=false`` trains it); freeze_image_layers /
         freeze_text_layers: freeze the embeddings and the lowest N transformer blocks.
         grad_checkpointing: recompute activations in backward (less memory, ~30% slower).
     Runtime:
@@ -136,7 +138,7 @@ class TrainConfig(TrainerConfig):
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
 
-    freeze_image: bool = False
+    freeze_image: bool | None = None
     freeze_text: bool = False
     freeze_image_layers: int = 0
     freeze_text_layers: int = 0

@@ -152,7 +152,10 @@ class RetrievalEvaluator(Evaluator):
                 )
         # Rows stay NaN for images that cannot be decoded: as in `xmr evaluate --model`, they
         # rank last for every text and, as image queries, find nothing.
-        emb = np.full((len(refs), int(encoder.embed_dim)), np.nan, dtype=np.float32)
+        # (N, K, D) for a multi-vector encoder (BLIP-2: K query embeddings per image).
+        vectors = int(getattr(encoder, "image_vectors", 1))
+        shape = (vectors, int(encoder.embed_dim)) if vectors > 1 else (int(encoder.embed_dim),)
+        emb = np.full((len(refs), *shape), np.nan, dtype=np.float32)
         if self._pixels is not None:
             emb[:] = np.asarray(encoder.encode_images(self._pixels, batch_size=self.batch_size))
             emb[[i for i, _ in self._failed]] = np.nan
@@ -186,7 +189,11 @@ class RetrievalEvaluator(Evaluator):
             text_emb, image_emb = self.embeddings(encoder)
         failed = [
             iid
-            for iid, bad in zip(self.split.items, np.isnan(image_emb).any(axis=1), strict=True)
+            for iid, bad in zip(
+                self.split.items,
+                np.isnan(image_emb.reshape(len(image_emb), -1)).any(axis=1),
+                strict=True,
+            )
             if bad
         ]
         emb = SplitEmbeddings(self.split, text_emb, image_emb, "images", failed)
