@@ -16,6 +16,7 @@ from xmr.fusion import (
     DEFAULT_TUNE_METRIC,
     DEFAULT_WEIGHT_GRID,
     FUSION_MODES,
+    MULTIMODAL,
     Fusion,
     ItemEmbeddings,
     WeightedFusion,
@@ -40,14 +41,17 @@ def evaluate_modes(
     items: ItemEmbeddings,
     relevance: Mapping[str, Any],
     *,
-    modes: Sequence[str] = FUSION_MODES,
+    modes: Sequence[str] | None = None,
     weight: float | Fusion = DEFAULT_FUSION_WEIGHT,
     ks: Sequence[int] = (1, 5, 10),
     k: int = 10,
     device: Any = "cpu",
 ) -> dict[str, float]:
     """Text->item metrics per mode from precomputed embeddings: ``{mode}/t2i/{metric}``; with a
-    learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate."""
+    learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate.
+    ``modes`` default: image, caption, fused, and multimodal when ``items`` have it."""
+    if modes is None:
+        modes = [m for m in FUSION_MODES if m != MULTIMODAL or items.multimodal is not None]
     depth = min(max(max(ks), k), len(items.ids))
     out: dict[str, float] = {}
     for mode in modes:
@@ -110,8 +114,10 @@ def evaluate_fused(
     batch_size: int | None = None,
     device: Any = "cpu",
     skip_empty: bool = False,
+    multimodal: bool | None = None,
 ) -> dict[str, float]:
-    """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``.
+    """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``,
+    and BLIP-2's multimodal items (``multimodal/t2i/...``) beside them.
 
     Args:
         encoder: a bi-encoder (``encode_texts`` / ``encode_images``).
@@ -124,6 +130,9 @@ def evaluate_fused(
         device: where rankings are computed.
         skip_empty: leave queries with an empty ground truth out of the means (lenient; the
             official scorers count them as 0, which is the default).
+        multimodal: also score the encoder's own image+caption item embedding
+            (``encoder.encode_items``: BLIP-2's Q-Former over image and caption); None: when the
+            encoder has one; True without one is an XmrError.
 
     Returns:
         ``{image,caption,fused}/t2i/<metric>``, ``fused/weight`` and, when tuned,
@@ -147,7 +156,9 @@ def evaluate_fused(
     else:
         check_weight(weight)
     qids, texts = _relevant_queries(split, skip_empty)
-    items = encode_items(encoder, split.items, batch_size)
+    if multimodal is None:
+        multimodal = callable(getattr(encoder, "encode_items", None))
+    items = encode_items(encoder, split.items, batch_size, multimodal=multimodal)
     query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
     out.update(
         evaluate_modes(

@@ -15,7 +15,10 @@ from xmr.errors import XmrError
 from xmr.fusion.models import Fusion, load_fusion
 from xmr.vectors import l2_normalize
 
-FUSION_MODES = ("image", "caption", "fused")
+# "multimodal": BLIP-2's own fused item (the Q-Former reading image and caption together,
+# ``Blip2Encoder.encode_items``), reported when the encoder has one.
+FUSION_MODES = ("image", "caption", "fused", "multimodal")
+MULTIMODAL = "multimodal"
 DEFAULT_FUSION_WEIGHT = 0.5
 DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_TUNE_METRIC = "MeanRecall"
@@ -29,15 +32,20 @@ def normalize(v: np.ndarray) -> np.ndarray:
 def fuse_embeddings(image_emb: np.ndarray, caption_emb: np.ndarray, weight: float) -> np.ndarray:
     """``normalize(w * image_emb + (1 - w) * caption_emb)`` row by row.
 
-    Rows that are NaN on one side (that side is missing) take the other side alone.
+    Rows that are NaN on one side (that side is missing) take the other side alone. A
+    multi-vector image ``(N, K, D)`` (BLIP-2) with ``(N, D)`` captions fuses each of its K
+    vectors with the caption: ``normalize(w * v_k + (1 - w) * e_cap)``, scored by max-sim.
     """
     check_weight(weight)
     image_emb = np.asarray(image_emb, dtype=np.float32)
     caption_emb = np.asarray(caption_emb, dtype=np.float32)
+    if image_emb.ndim == 3 and caption_emb.ndim == 2 and len(caption_emb) == len(image_emb):
+        caption_emb = np.broadcast_to(caption_emb[:, None, :], image_emb.shape)
     if image_emb.shape != caption_emb.shape:
         raise XmrError(f"image {image_emb.shape} and caption {caption_emb.shape} shapes differ")
-    no_image = np.isnan(image_emb).any(axis=-1)
-    no_caption = np.isnan(caption_emb).any(axis=-1)
+    n = len(image_emb)
+    no_image = np.isnan(image_emb.reshape(n, -1)).any(axis=1)
+    no_caption = np.isnan(caption_emb.reshape(n, -1)).any(axis=1)
     fused = normalize(
         weight * np.nan_to_num(image_emb) + (1.0 - weight) * np.nan_to_num(caption_emb)
     )
@@ -53,11 +61,14 @@ def check_weight(weight: float) -> None:
 
 @dataclass
 class ItemEmbeddings:
-    """Image and caption embeddings of a gallery; a missing side is a row of NaN."""
+    """Image and caption embeddings of a gallery; a missing side is a row of NaN. ``image`` is
+    ``(N, K, D)`` for a multi-vector encoder; ``multimodal`` the encoder's own image+caption
+    embedding (BLIP-2), None when it has none."""
 
     ids: list[str]
     image: np.ndarray
     caption: np.ndarray
+    multimodal: np.ndarray | None = None
 
     def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
         """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
@@ -70,13 +81,26 @@ class ItemEmbeddings:
             if isinstance(weight, Fusion):
                 return weight.fuse(self.image, self.caption)
             return fuse_embeddings(self.image, self.caption, weight)
+        if mode == MULTIMODAL:
+            if self.multimodal is None:
+                raise XmrError(
+                    "the multimodal item embedding needs an encoder that reads image and "
+                    "caption together (a BLIP-2 model: hf:<Blip2ForImageTextRetrieval dir or id>)"
+                )
+            return self.multimodal
         raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(FUSION_MODES)})")
 
 
 def encode_items(
-    encoder: Any, items: Mapping[str, Any] | Sequence[Any], batch_size: int | None = None
+    encoder: Any,
+    items: Mapping[str, Any] | Sequence[Any],
+    batch_size: int | None = None,
+    *,
+    multimodal: bool = False,
 ) -> ItemEmbeddings:
-    """Encode each item's image and captions (see the module docstring for the caption mean)."""
+    """Encode each item's image and captions (see the module docstring for the caption mean);
+    with ``multimodal``, also the encoder's own image+caption embedding
+    (:func:`multimodal_embeddings`)."""
     items = list(items.values()) if isinstance(items, Mapping) else list(items)
     if not items:
         raise XmrError("no items to encode")
@@ -97,12 +121,13 @@ def encode_items(
             encoder.encode_images([items[i].image for i in with_image], batch_size=batch_size),
             dtype=np.float32,
         )
-        dim = image_rows.shape[1]
+        dim = image_rows.shape[-1]
     text_rows = None
     if texts:
         text_rows = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
         dim = text_rows.shape[1]
-    image = np.full((len(items), dim), np.nan, dtype=np.float32)
+    image_shape = image_rows.shape[1:] if image_rows is not None else (dim,)
+    image = np.full((len(items), *image_shape), np.nan, dtype=np.float32)
     if image_rows is not None:
         image[with_image] = image_rows
     caption = np.full((len(items), dim), np.nan, dtype=np.float32)
@@ -111,7 +136,45 @@ def encode_items(
         np.add.at(sums, np.asarray(owner), text_rows)
         has = np.bincount(owner, minlength=len(items)) > 0
         caption[has] = normalize(sums[has])
-    return ItemEmbeddings(ids, image, caption)
+    fused = None
+    if multimodal:
+        fused = multimodal_embeddings(encoder, items, image, caption, batch_size)
+    return ItemEmbeddings(ids, image, caption, fused)
+
+
+def multimodal_embeddings(
+    encoder: Any,
+    items: Sequence[Any],
+    image: np.ndarray,
+    caption: np.ndarray,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """The encoder's ``encode_items(images, captions)`` for every item with an image and a
+    caption (its *first* caption: seed 001's validation items have one). An item lacking one
+    side takes the other alone, as the weighted fusion does: no caption, its image embedding
+    (the Q-Former without text is exactly the image path); no image, its caption embedding
+    (repeated over the K vectors)."""
+    encode = getattr(encoder, "encode_items", None)
+    if not callable(encode):
+        raise XmrError(
+            f"{type(encoder).__name__} has no multimodal item embedding (encode_items): it needs "
+            "a model that reads image and caption together, e.g. BLIP-2 "
+            "(hf:<Blip2ForImageTextRetrieval dir or hub id>)"
+        )
+    out = image.copy()
+    both = [i for i, it in enumerate(items) if it.image is not None and it.captions]
+    if both:
+        rows = encode(
+            [items[i].image for i in both],
+            [items[i].captions[0] for i in both],
+            batch_size=batch_size,
+        )
+        out[both] = np.asarray(rows, dtype=np.float32)
+    no_image = [i for i, it in enumerate(items) if it.image is None]
+    if no_image:
+        side = caption[no_image]
+        out[no_image] = side[:, None, :] if out.ndim == 3 else side
+    return out
 
 
 def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION_WEIGHT) -> Any:

@@ -152,12 +152,16 @@ def check_k(k: int) -> None:
         raise XmrError(f"k must be at least 1, not {k}")
 
 
+# ``fused="blip2"``: the side-by-side table with BLIP-2's multimodal items (weighted at w=0.5).
+BLIP2_FUSED = "blip2"
+
+
 def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
     """A fusion given as text (a weight, ``tune``, a directory) as what the evaluators take;
     a number or a Fusion passes through."""
     if not isinstance(fused, str):
         return fused
-    if allow_tune and fused == "tune":
+    if (allow_tune and fused == "tune") or fused == BLIP2_FUSED:
         return fused
     try:
         return float(fused)
@@ -166,8 +170,8 @@ def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
     if not Path(fused).expanduser().exists():
         tune = ", 'tune'" if allow_tune else ""
         raise XmrError(
-            f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (fusion.json "
-            f"and fusion.safetensors), not {fused!r}"
+            f"fused must be a weight in [0, 1]{tune}, '{BLIP2_FUSED}' or a learned fusion "
+            f"directory (fusion.json and fusion.safetensors), not {fused!r}"
         )
     return fused
 
@@ -260,7 +264,9 @@ def evaluate_model(
             (``rerank_mode`` ``itm`` or ``itm+sim`` with weight ``rerank_alpha``,
             ``rerank_batch_size`` pairs per forward pass).
         fused: also score fused image+caption items: a weight in [0, 1], ``"tune"`` (grid
-            search on ``tune_split`` for ``tune_metric``) or a learned fusion directory.
+            search on ``tune_split`` for ``tune_metric``), a learned fusion directory, or
+            ``"blip2"`` (image, caption, weighted w=0.5 and BLIP-2's multimodal items; a BLIP-2
+            model adds its multimodal column to every fused table).
         tune_split: the split to tune the fusion weight on (default: ``train`` when it has
             relevance, else the evaluated split, with a warning).
         tune_metric: the metric tuning maximises.
@@ -394,18 +400,22 @@ def fused_metrics(
     """Image-only, caption-only and fused text->item metrics of ``split`` side by side
     (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`).
 
-    ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), or ``"tune"``:
+    ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), ``"blip2"`` (w=0.5
+    and BLIP-2's multimodal items, required), or ``"tune"``:
     grid-search the weight for ``tune_metric`` on the split named ``tune_split`` of ``dataset``
     (default: ``train`` when it has relevance, else ``split`` itself, which appends a warning to
     ``warnings``: the fused numbers are then optimistic)."""
     fused = fusion_value(fused, allow_tune=True)
     tune = None
+    multimodal = None  # whenever the encoder has it
     if isinstance(fused, str) and fused == "tune":
         tune = _tune_split(dataset, split, tune_split, warnings if warnings is not None else [])
         fused = None
+    elif isinstance(fused, str) and fused == BLIP2_FUSED:
+        fused, multimodal = None, True  # required: an error without a BLIP-2 encoder
     return evaluate_fused(
         encoder, split, weight=fused, tune_split=tune, metric=tune_metric, ks=recall_ks(k),
-        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty,
+        k=k, batch_size=batch_size, device=device, skip_empty=skip_empty, multimodal=multimodal,
     )  # fmt: skip
 
 
