@@ -124,3 +124,27 @@ def test_evaluate_fused_blip2_side_by_side(blip2_dir, tmp_path, capsys):
     clip = tiny_model(tmp_path / "clip")
     assert main(["evaluate", "--model", f"hf:{clip}", "--data", str(data), "--fused", "blip2"]) == 2
     assert "no multimodal item embedding" in capsys.readouterr().err
+
+
+def test_itm_training_and_lavis_two_stage_evaluation_on_one_blip2_dir(tmp_path, capsys):
+    """One BLIP-2 directory is the first stage (ITC, max-sim) and the reranker (ITM): the
+    existing cross-encoder trainer fine-tunes its ITM head with the first stage's hard
+    negatives, and ``--rerank-mode itm+sim`` is LAVIS's k_test score = ITM logit + ITC."""
+    from test_cross_encoders import _color_tianchi
+    from xmr.cli import main
+
+    data = _color_tianchi(tmp_path / "data")
+    start = create_tiny_blip(tmp_path / "start", "blip2", texts=["a red thing", "a blue thing"])
+    out = tmp_path / "itm"
+    args = ["train", "--cross-encoder", f"blip2:{start}", "--model", f"hf:{start}"]
+    args += ["--data", str(data), "--out", str(out), "--device", "cpu", "--rerank-k", "4"]
+    assert main([*args, "--json", "steps=20", "batch_size=4", "lr=1e-3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["negatives"] == "first-stage" and summary["steps"] == 20
+    assert "first_stage/t2i/R@1" in summary["valid"]
+    evaluate = ["evaluate", "--model", f"hf:{start}", "--data", str(data), "--split", "valid"]
+    evaluate += ["--rerank", f"blip2:{out}", "--rerank-k", "4", "--rerank-mode", "itm+sim"]
+    evaluate += ["--device", "cpu"]
+    assert main([*evaluate, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["t2i/R@1"] <= 1.0 and "first_stage/t2i/R@1" in metrics
