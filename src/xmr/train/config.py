@@ -50,6 +50,7 @@ TRAJECTORY_FIELDS = (
     "seed",
     "max_train_items",
     "text_source",
+    "multimodal_items",
 )
 
 
@@ -66,6 +67,9 @@ class TrainConfig(TrainerConfig):
         max_train_items: use only the first N training items (quick experiments).
         skip_bad: skip malformed records of the data set instead of stopping at the first; the
             count and the first errors are recorded in ``train_config.json`` (``extra.derived``).
+        multimodal_items: train on the model's multimodal items (BLIP-2: the Q-Former over the
+            image and one of the item's captions, sampled per step, as seed 001 trains) instead
+            of its images; validation then ranks multimodal items (first caption) too.
         text_source: an item's training texts: "auto" (its pairs, else captions), "pairs",
             "captions" (seed 001: one of an image's captions per step) or "both".
     Optimisation:
@@ -139,6 +143,7 @@ class TrainConfig(TrainerConfig):
     init_logit_bias: float | None = None
 
     freeze_image: bool | None = None
+    multimodal_items: bool = False
     freeze_text: bool = False
     freeze_image_layers: int = 0
     freeze_text_layers: int = 0

@@ -106,7 +106,13 @@ class TwoTower(torch.nn.Module):
         return bias if bias is not None and bias.requires_grad else None
 
     def forward(self, pixels, tokens):
-        image = F.normalize(self.encoder.image_features(pixels).float(), dim=-1)
+        if isinstance(pixels, dict) and "item_input_ids" in pixels:
+            # Multimodal items (``multimodal_items``): image + one caption per row.
+            caption = {k.removeprefix("item_"): v for k, v in pixels.items() if k != "pixel_values"}
+            image = self.encoder.item_features(pixels["pixel_values"], caption)
+            image = F.normalize(image.float(), dim=-1)
+        else:
+            image = F.normalize(self.encoder.image_features(pixels).float(), dim=-1)
         text = F.normalize(self.encoder.text_features(tokens).float(), dim=-1)
         return image, text, self.logit_scale, self.logit_bias
 
