@@ -135,3 +135,20 @@ def test_model_tiny_cli_writes_loadable_blip2(tmp_path, capsys):
     assert main(["model", "tiny", "--family", "blip", "--out", str(tmp_path / "tb")]) == 0
     assert "--model hf:" in capsys.readouterr().out
     assert create_encoder(f"hf:{tmp_path / 'tb'}", device="cpu").image_vectors == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["blip", "blip2"])
+def test_cuda_embeddings_match_the_cpu(tiny_dirs, family):
+    images, texts = _images(), TEXTS
+    cpu = create_encoder(f"hf:{tiny_dirs[family]}", device="cpu")
+    want_images, want_texts = cpu.encode_images(images), cpu.encode_texts(texts)
+    for precision, tol in (("fp32", 1e-4), ("fp16", 2e-2), ("bf16", 5e-2)):
+        gpu = create_encoder(f"hf:{tiny_dirs[family]}", device="cuda", precision=precision)
+        np.testing.assert_allclose(gpu.encode_images(images), want_images, atol=tol)
+        np.testing.assert_allclose(gpu.encode_texts(texts), want_texts, atol=tol)
+        if family == "blip2":
+            fused = gpu.encode_items(images, texts[: len(images)])
+            want = cpu.encode_items(images, texts[: len(images)])
+            np.testing.assert_allclose(fused, want, atol=tol)

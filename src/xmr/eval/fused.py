@@ -17,6 +17,7 @@ from xmr.fusion import (
     DEFAULT_WEIGHT_GRID,
     FUSION_MODES,
     MULTIMODAL,
+    SIDE_BY_SIDE,
     Fusion,
     ItemEmbeddings,
     WeightedFusion,
@@ -51,7 +52,7 @@ def evaluate_modes(
     learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate.
     ``modes`` default: image, caption, fused, and multimodal when ``items`` have it."""
     if modes is None:
-        modes = [m for m in FUSION_MODES if m != MULTIMODAL or items.multimodal is not None]
+        modes = [*FUSION_MODES, *([MULTIMODAL] if items.multimodal is not None else [])]
     depth = min(max(max(ks), k), len(items.ids))
     out: dict[str, float] = {}
     for mode in modes:
@@ -166,4 +167,4 @@ def evaluate_fused(
         )
     )
     # Image, caption, fused; each mode's metrics in display order (a stable sort by mode).
-    return dict(sorted(out.items(), key=lambda kv: FUSION_MODES.index(kv[0].split("/")[0])))
+    return dict(sorted(out.items(), key=lambda kv: SIDE_BY_SIDE.index(kv[0].split("/")[0])))

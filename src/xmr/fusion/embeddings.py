@@ -15,10 +15,11 @@ from xmr.errors import XmrError
 from xmr.fusion.models import Fusion, load_fusion
 from xmr.vectors import l2_normalize
 
-# "multimodal": BLIP-2's own fused item (the Q-Former reading image and caption together,
-# ``Blip2Encoder.encode_items``), reported when the encoder has one.
-FUSION_MODES = ("image", "caption", "fused", "multimodal")
+FUSION_MODES = ("image", "caption", "fused")
+# BLIP-2's own fused item (the Q-Former reading image and caption together,
+# ``Blip2Encoder.encode_items``), reported after the three modes when the encoder has one.
 MULTIMODAL = "multimodal"
+SIDE_BY_SIDE = (*FUSION_MODES, MULTIMODAL)
 DEFAULT_FUSION_WEIGHT = 0.5
 DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_TUNE_METRIC = "MeanRecall"
@@ -88,7 +89,7 @@ class ItemEmbeddings:
                     "caption together (a BLIP-2 model: hf:<Blip2ForImageTextRetrieval dir or id>)"
                 )
             return self.multimodal
-        raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(FUSION_MODES)})")
+        raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(SIDE_BY_SIDE)})")
 
 
 def encode_items(

@@ -161,7 +161,7 @@ def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
     a number or a Fusion passes through."""
     if not isinstance(fused, str):
         return fused
-    if (allow_tune and fused == "tune") or fused == BLIP2_FUSED:
+    if allow_tune and fused in ("tune", BLIP2_FUSED):
         return fused
     try:
         return float(fused)
@@ -169,9 +169,10 @@ def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
         pass
     if not Path(fused).expanduser().exists():
         tune = ", 'tune'" if allow_tune else ""
+        blip2 = f" or '{BLIP2_FUSED}' (BLIP-2's multimodal items)" if allow_tune else ""
         raise XmrError(
-            f"fused must be a weight in [0, 1]{tune}, '{BLIP2_FUSED}' or a learned fusion "
-            f"directory (fusion.json and fusion.safetensors), not {fused!r}"
+            f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (fusion.json "
+            f"and fusion.safetensors){blip2}, not {fused!r}"
         )
     return fused
 
