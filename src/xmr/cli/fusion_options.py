@@ -12,14 +12,16 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
         "fused items (text -> image+caption)",
         "Also report image-only, caption-only and fused retrieval of items that carry captions "
         "(fused = normalize(W * image + (1 - W) * caption), or a fusion learned by "
-        "`xmr train --fused`), side by side on the same queries.",
+        "`xmr train --fused`), side by side on the same queries; with a BLIP-2 model also its "
+        "multimodal items (the Q-Former reading image and caption together, seed 001).",
     )
     g.add_argument(
         "--fused",
         default=None,
-        metavar="W|tune|DIR",
-        help="fusion weight W in [0, 1], 'tune' to grid-search it on --tune-split, or a learned "
-        "fusion directory (xmr train --fused)",
+        metavar="W|tune|DIR|blip2",
+        help="fusion weight W in [0, 1], 'tune' to grid-search it on --tune-split, a learned "
+        "fusion directory (xmr train --fused), or 'blip2': W=0.5 beside BLIP-2's multimodal "
+        "items (needs a BLIP-2 --model)",
     )
     g.add_argument(
         "--tune-split",

@@ -16,6 +16,8 @@ from xmr.fusion import (
     DEFAULT_TUNE_METRIC,
     DEFAULT_WEIGHT_GRID,
     FUSION_MODES,
+    MULTIMODAL,
+    SIDE_BY_SIDE,
     Fusion,
     ItemEmbeddings,
     WeightedFusion,
@@ -40,14 +42,17 @@ def evaluate_modes(
     items: ItemEmbeddings,
     relevance: Mapping[str, Any],
     *,
-    modes: Sequence[str] = FUSION_MODES,
+    modes: Sequence[str] | None = None,
     weight: float | Fusion = DEFAULT_FUSION_WEIGHT,
     ks: Sequence[int] = (1, 5, 10),
     k: int = 10,
     device: Any = "cpu",
 ) -> dict[str, float]:
     """Text->item metrics per mode from precomputed embeddings: ``{mode}/t2i/{metric}``; with a
-    learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate."""
+    learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate.
+    ``modes`` default: image, caption, fused, and multimodal when ``items`` have it."""
+    if modes is None:
+        modes = [*FUSION_MODES, *([MULTIMODAL] if items.multimodal is not None else [])]
     depth = min(max(max(ks), k), len(items.ids))
     out: dict[str, float] = {}
     for mode in modes:
@@ -111,8 +116,10 @@ def evaluate_fused(
     device: Any = "cpu",
     skip_empty: bool = False,
     workers: int = 0,
+    multimodal: bool | None = None,
 ) -> dict[str, float]:
-    """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``.
+    """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``,
+    and BLIP-2's multimodal items (``multimodal/t2i/...``) beside them.
 
     Args:
         encoder: a bi-encoder (``encode_texts`` / ``encode_images``).
@@ -127,6 +134,9 @@ def evaluate_fused(
             the images through :func:`xmr.encode.encode_split`).
         skip_empty: leave queries with an empty ground truth out of the means (lenient; the
             official scorers count them as 0, which is the default).
+        multimodal: also score the encoder's own image+caption item embedding
+            (``encoder.encode_items``: BLIP-2's Q-Former over image and caption); None: when the
+            encoder has one; True without one is an XmrError.
 
     Returns:
         ``{image,caption,fused}/t2i/<metric>``, ``fused/weight`` and, when tuned,
@@ -150,7 +160,9 @@ def evaluate_fused(
     else:
         check_weight(weight)
     qids, texts = _relevant_queries(split, skip_empty)
-    items = encode_items(encoder, split.items, batch_size, workers=workers)
+    if multimodal is None:
+        multimodal = callable(getattr(encoder, "encode_items", None))
+    items = encode_items(encoder, split.items, batch_size, workers=workers, multimodal=multimodal)
     query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
     out.update(
         evaluate_modes(
@@ -158,4 +170,4 @@ def evaluate_fused(
         )
     )
     # Image, caption, fused; each mode's metrics in display order (a stable sort by mode).
-    return dict(sorted(out.items(), key=lambda kv: FUSION_MODES.index(kv[0].split("/")[0])))
+    return dict(sorted(out.items(), key=lambda kv: SIDE_BY_SIDE.index(kv[0].split("/")[0])))

@@ -19,7 +19,10 @@ alone; in the image-only or caption-only mode an item lacking that side ranks la
 
 The weighted sum is the ``weighted`` kind of a small registry of fusions
 (:mod:`xmr.fusion.models`); ``gated`` is a gate learned by ``xmr train --fused``
-(:mod:`xmr.train.fusion`). Wherever a weight is taken, a :class:`Fusion` (or what
+(:mod:`xmr.train.fusion`). A BLIP-2 encoder brings a fourth, ``multimodal``: its Q-Former reads
+the image and the item's first caption together (``Blip2Encoder.encode_items``, the seed's fused
+item; see :mod:`xmr.models.blip_encoders`), (K, D) per item, scored by max-sim like its images.
+Wherever a weight is taken, a :class:`Fusion` (or what
 :func:`load_fusion` reads: a weight or a directory) may be given instead.
 """
 
@@ -28,11 +31,14 @@ from xmr.fusion.embeddings import (
     DEFAULT_TUNE_METRIC,
     DEFAULT_WEIGHT_GRID,
     FUSION_MODES,
+    MULTIMODAL,
+    SIDE_BY_SIDE,
     ItemEmbeddings,
     check_weight,
     encode_items,
     fuse_embeddings,
     fused_embeddings,
+    multimodal_embeddings,
     normalize,
 )
 from xmr.fusion.models import (
@@ -51,6 +57,8 @@ __all__ = [
     "DEFAULT_TUNE_METRIC",
     "DEFAULT_WEIGHT_GRID",
     "FUSION_MODES",
+    "MULTIMODAL",
+    "SIDE_BY_SIDE",
     "Fusion",
     "GatedFusion",
     "ItemEmbeddings",
@@ -62,6 +70,7 @@ __all__ = [
     "fused_embeddings",
     "fusion_digest",
     "list_fusions",
+    "multimodal_embeddings",
     "load_fusion",
     "normalize",
     "register_fusion",

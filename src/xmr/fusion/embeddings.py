@@ -18,6 +18,10 @@ from xmr.fusion.models import Fusion, load_fusion, per_vector_sides
 from xmr.vectors import l2_normalize
 
 FUSION_MODES = ("image", "caption", "fused")
+# BLIP-2's own fused item (the Q-Former reading image and caption together,
+# ``Blip2Encoder.encode_items``), reported after the three modes when the encoder has one.
+MULTIMODAL = "multimodal"
+SIDE_BY_SIDE = (*FUSION_MODES, MULTIMODAL)
 DEFAULT_FUSION_WEIGHT = 0.5
 DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_TUNE_METRIC = "MeanRecall"
@@ -42,8 +46,9 @@ def fuse_embeddings(image_emb: np.ndarray, caption_emb: np.ndarray, weight: floa
         return fuse_embeddings(image_emb, caption_emb, weight).reshape(n, k, -1)
     if image_emb.shape != caption_emb.shape:
         raise XmrError(f"image {image_emb.shape} and caption {caption_emb.shape} shapes differ")
-    no_image = np.isnan(image_emb).any(axis=-1)
-    no_caption = np.isnan(caption_emb).any(axis=-1)
+    n = len(image_emb)
+    no_image = np.isnan(image_emb.reshape(n, -1)).any(axis=1)
+    no_caption = np.isnan(caption_emb.reshape(n, -1)).any(axis=1)
     fused = normalize(
         weight * np.nan_to_num(image_emb) + (1.0 - weight) * np.nan_to_num(caption_emb)
     )
@@ -59,12 +64,15 @@ def check_weight(weight: float) -> None:
 
 @dataclass
 class ItemEmbeddings:
-    """Image and caption embeddings of a gallery; a missing side is a row of NaN."""
+    """Image and caption embeddings of a gallery; a missing side is a row of NaN. ``image`` is
+    ``(N, K, D)`` for a multi-vector encoder; ``multimodal`` the encoder's own image+caption
+    embedding (BLIP-2), None when it has none."""
 
     ids: list[str]
     image: np.ndarray
     caption: np.ndarray
     failed: list[str] = field(default_factory=list)  # items whose image could not be decoded
+    multimodal: np.ndarray | None = None  # the encoder's own image+caption items (BLIP-2)
 
     def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
         """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
@@ -77,7 +85,14 @@ class ItemEmbeddings:
             if isinstance(weight, Fusion):
                 return weight.fuse(self.image, self.caption)
             return fuse_embeddings(self.image, self.caption, weight)
-        raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(FUSION_MODES)})")
+        if mode == MULTIMODAL:
+            if self.multimodal is None:
+                raise XmrError(
+                    "the multimodal item embedding needs an encoder that reads image and "
+                    "caption together (a BLIP-2 model: hf:<Blip2ForImageTextRetrieval dir or id>)"
+                )
+            return self.multimodal
+        raise XmrError(f"unknown fusion mode '{mode}' (choose from {', '.join(SIDE_BY_SIDE)})")
 
 
 def encode_items(
@@ -87,8 +102,11 @@ def encode_items(
     *,
     workers: int = 0,
     progress: bool = False,
+    multimodal: bool = False,
 ) -> ItemEmbeddings:
-    """Encode each item's image and captions (see the module docstring for the caption mean).
+    """Encode each item's image and captions (see the module docstring for the caption mean);
+    with ``multimodal``, also the encoder's own image+caption embedding
+    (:func:`multimodal_embeddings`).
 
     The images are embedded the one way every xmr job embeds images,
     :func:`xmr.encode.encode_split` (into a temporary directory): ``workers`` decoding
@@ -124,7 +142,10 @@ def encode_items(
         np.add.at(sums, np.asarray(owner), text_rows)
         has = np.bincount(owner, minlength=len(items)) > 0
         caption[has] = normalize(sums[has])
-    return ItemEmbeddings(ids, image, caption, failed)
+    fused = None
+    if multimodal:
+        fused = multimodal_embeddings(encoder, items, image, caption, batch_size)
+    return ItemEmbeddings(ids, image, caption, failed, multimodal=fused)
 
 
 def _encode_images(encoder, items, with_image, image, batch_size, workers, progress) -> list[str]:
@@ -140,6 +161,41 @@ def _encode_images(encoder, items, with_image, image, batch_size, workers, progr
     image[[int(n) for n in emb.ids]] = emb.vectors
     done = set(emb.ids)
     return [str(items[n].id) for n in with_image if str(n) not in done]
+
+
+def multimodal_embeddings(
+    encoder: Any,
+    items: Sequence[Any],
+    image: np.ndarray,
+    caption: np.ndarray,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """The encoder's ``encode_items(images, captions)`` for every item with an image and a
+    caption (its *first* caption: seed 001's validation items have one). An item lacking one
+    side takes the other alone, as the weighted fusion does: no caption, its image embedding
+    (the Q-Former without text is exactly the image path); no image, its caption embedding
+    (repeated over the K vectors)."""
+    encode = getattr(encoder, "encode_items", None)
+    if not callable(encode):
+        raise XmrError(
+            f"{type(encoder).__name__} has no multimodal item embedding (encode_items): it needs "
+            "a model that reads image and caption together, e.g. BLIP-2 "
+            "(hf:<Blip2ForImageTextRetrieval dir or hub id>)"
+        )
+    out = image.copy()
+    both = [i for i, it in enumerate(items) if it.image is not None and it.captions]
+    if both:
+        rows = encode(
+            [items[i].image for i in both],
+            [items[i].captions[0] for i in both],
+            batch_size=batch_size,
+        )
+        out[both] = np.asarray(rows, dtype=np.float32)
+    no_image = [i for i, it in enumerate(items) if it.image is None]
+    if no_image:
+        side = caption[no_image]
+        out[no_image] = side[:, None, :] if out.ndim == 3 else side
+    return out
 
 
 def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION_WEIGHT) -> Any:

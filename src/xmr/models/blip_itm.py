@@ -316,9 +316,16 @@ def create_tiny_cross_encoder(
     patch_size: int = 8,
     seed: int = 0,
     words: Sequence[str] = (),
+    embed_dim: int = 16,
+    num_query_tokens: int = 4,
+    text_init_range: float = 0.02,
 ) -> Path:
-    """Save a tiny random BLIP (``kind="blip"``) or BLIP-2 (``"blip2"``) ITM model with its
-    processor to ``path`` (save_pretrained format); load it with ``create_cross_encoder(path)``."""
+    """Save a tiny random BLIP (``kind="blip"``) or BLIP-2 (``"blip2"``) retrieval model (ITM and
+    ITC heads) with its processor to ``path`` (save_pretrained format); load it with
+    ``create_cross_encoder(path)`` (ITM) or ``create_encoder("hf:path")`` (ITC bi-encoder).
+    ``embed_dim`` is the ITC space, ``num_query_tokens`` BLIP-2's K; ``text_init_range`` the
+    std of the text encoder's / Q-Former's random weights (BERT's 0.02 makes a one-layer random
+    text tower's CLS nearly the same for every text)."""
     import torch
     from transformers import (
         Blip2Config,
@@ -349,18 +356,25 @@ def create_tiny_cross_encoder(
         max_position_embeddings=64,
         encoder_hidden_size=hidden,
         pad_token_id=0,
+        initializer_range=text_init_range,
     )
     torch.manual_seed(seed)
     if kind == "blip":
         text.update(bos_token_id=2, sep_token_id=3)
         config = BlipConfig(
-            text_config=text, vision_config=vision, projection_dim=16, image_text_hidden_size=16
+            text_config=text,
+            vision_config=vision,
+            projection_dim=embed_dim,
+            image_text_hidden_size=embed_dim,
         )
         model = BlipForImageTextRetrieval(config)
     else:
         text.update(use_qformer_text_input=True, cross_attention_frequency=1)
         config = Blip2Config(
-            vision_config=vision, qformer_config=text, num_query_tokens=4, image_text_hidden_size=16
+            vision_config=vision,
+            qformer_config=text,
+            num_query_tokens=num_query_tokens,
+            image_text_hidden_size=embed_dim,
         )
         model = Blip2ForImageTextRetrieval(config)
     out = Path(path)

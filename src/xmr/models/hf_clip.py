@@ -32,6 +32,8 @@ IMAGE_PROCESSOR_TYPES = {
     "chinese_clip": "ChineseCLIPImageProcessor",
     "siglip": "SiglipImageProcessor",
     "siglip2": "Siglip2ImageProcessor",
+    "blip": "BlipImageProcessor",
+    "blip-2": "BlipImageProcessor",
 }
 # Token tensors each family's get_text_features takes.
 TEXT_INPUTS = {
@@ -39,7 +41,11 @@ TEXT_INPUTS = {
     "chinese_clip": ("input_ids", "attention_mask", "token_type_ids"),
     "siglip": ("input_ids",),
     "siglip2": ("input_ids",),
+    "blip": ("input_ids", "attention_mask"),
+    "blip-2": ("input_ids", "attention_mask"),
 }
+# The model types HFEncoder itself loads (BLIP and BLIP-2 are ``blip_encoders.BlipEncoder``).
+CLIP_MODEL_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
 
 
 def _transformers_version() -> tuple[int, int]:
@@ -122,6 +128,22 @@ def save_tokenizer(tokenizer: Any, out: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+# model_type -> the HFEncoder subclass that loads it (``register_hf_family``); the others load
+# as HFEncoder itself.
+HF_ENCODER_CLASSES: dict[str, type[HFEncoder]] = {}
+
+
+def register_hf_family(*model_types: str):
+    """Class decorator: ``HFEncoder.load`` builds models of ``model_types`` with this class."""
+
+    def decorate(klass: type[HFEncoder]) -> type[HFEncoder]:
+        for model_type in model_types:
+            HF_ENCODER_CLASSES[model_type] = klass
+        return klass
+
+    return decorate
+
+
 class HFEncoder(Encoder):
     """A transformers CLIP-family model with its tokenizer and image preprocessing."""
 
@@ -147,7 +169,7 @@ class HFEncoder(Encoder):
         self.processor_config = dict(processor_config or {})
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        text_cfg = model.config.text_config
+        text_cfg = self._text_config()
         if context_length is None:
             context_length = int(text_cfg.max_position_embeddings)
             tok_max = getattr(tokenizer, "model_max_length", None)
@@ -157,6 +179,10 @@ class HFEncoder(Encoder):
         self.embed_dim = self._embed_dim()
         self.model.to(self.device)
         self.model.eval()
+
+    def _text_config(self) -> Any:
+        """The config of the text tower (its ``max_position_embeddings`` bounds the context)."""
+        return self.model.config.text_config
 
     def _embed_dim(self) -> int:
         cfg = self.model.config
@@ -178,7 +204,7 @@ class HFEncoder(Encoder):
         local_files_only: bool | None = None,
     ) -> HFEncoder:
         """Load ``target`` (hub id or local directory) with transformers' from_pretrained."""
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig
 
         is_local = os.path.isdir(target)
         hub_kwargs: dict[str, Any] = {}
@@ -202,10 +228,13 @@ class HFEncoder(Encoder):
                 f"{where}: model_type '{model_type}' is not a CLIP-family model "
                 f"(supported: {', '.join(HF_MODEL_TYPES)})"
             )
+        if model_type in HF_ENCODER_CLASSES and not issubclass(cls, HF_ENCODER_CLASSES[model_type]):
+            cls = HF_ENCODER_CLASSES[model_type]  # noqa: PLW0642 - the family's own encoder
+        model_class = cls._model_class(config, where)
         dtype_kw = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
         try:
             with quiet_transformers():
-                model = AutoModel.from_pretrained(
+                model = model_class.from_pretrained(
                     target, config=config, **{dtype_kw: torch.float32}, **hub_kwargs
                 )
             tokenizer = load_tokenizer(target, **hub_kwargs)
@@ -228,6 +257,13 @@ class HFEncoder(Encoder):
             context_length=context_length,
             processor_config=processor_config,
         )
+
+    @classmethod
+    def _model_class(cls, config: Any, where: str) -> Any:
+        """The transformers class to load ``config`` with (subclasses pick their own)."""
+        from transformers import AutoModel
+
+        return AutoModel
 
     # ---- training-facing API ------------------------------------------------------------------
 

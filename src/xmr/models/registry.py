@@ -1,7 +1,8 @@
 """One registry of encoder backends; a model is named by a spec string.
 
 Spec forms:
-    ``hf:<hub id or local dir>``           transformers CLIP / ChineseCLIP / SigLIP / SigLIP2
+    ``hf:<hub id or local dir>``           transformers CLIP / ChineseCLIP / SigLIP / SigLIP2, and
+                                           BLIP / BLIP-2 retrieval models (ITC bi-encoders)
     ``open_clip:<arch>[@<tag or ckpt>]``   open_clip (optional extra ``xmr[open_clip]``)
     ``st:<hub id or local dir>``           a sentence-transformers text bi-encoder (``xmr[text]``)
     ``<local dir>``                         resolved by what is in it
@@ -29,7 +30,7 @@ BACKENDS: Registry[BackendFactory] = Registry("encoder backend")
 RUNTIMES = ("eager", "onnx")
 
 # config.json model_type values the hf backend loads.
-HF_MODEL_TYPES = ("clip", "chinese_clip", "siglip", "siglip2")
+HF_MODEL_TYPES = ("clip", "chinese_clip", "siglip", "siglip2", "blip", "blip-2")
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
@@ -161,6 +162,7 @@ def enable_text_runtime(encoder: Encoder, runtime: str) -> Encoder:
 
 @register_backend("hf")
 def _hf_backend(target: str, **kwargs: Any) -> Encoder:
+    from xmr.models import blip_encoders  # noqa: F401 - registers the BLIP families
     from xmr.models.hf_clip import HFEncoder
 
     return HFEncoder.load(target, **kwargs)

@@ -307,3 +307,39 @@ def create_tiny_siglip2(
     )
     _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("Siglip2ImageProcessor"))
     return out
+
+
+def create_tiny_blip(
+    out_dir: str | os.PathLike,
+    family: str = "blip2",
+    texts: Iterable[str] | None = None,
+    embed_dim: int = 16,
+    seed: int = 0,
+    image_size: int = 32,
+    num_query_tokens: int = 4,
+    text_init_range: float = 0.2,
+) -> Path:
+    """A random ``BlipForImageTextRetrieval`` (``family="blip"``) or
+    ``Blip2ForImageTextRetrieval`` (``"blip2"``, ``num_query_tokens`` query tokens) with a BERT
+    WordPiece tokenizer (characters plus the words of ``texts``) and its processor files.
+
+    One directory serves both roles: ``create_encoder("hf:OUT")`` (the ITC bi-encoder) and
+    ``create_cross_encoder("blip2:OUT")`` (the ITM head), as a published checkpoint does.
+    ``text_init_range`` (default 0.2, not BERT's 0.02) keeps the random text tower's CLS apart
+    for different texts, so that a few training steps can move it.
+    """
+    from xmr.models.blip_itm import create_tiny_cross_encoder
+
+    out = check_output_dir(out_dir)
+    words = sorted({w for text in texts or () for w in text.lower().split() if w.isalnum()})
+    with write_failures_named(out):
+        return create_tiny_cross_encoder(
+            out,
+            "blip" if family == "blip" else "blip2",
+            image_size=image_size,
+            seed=seed,
+            words=words,
+            embed_dim=embed_dim,
+            num_query_tokens=num_query_tokens,
+            text_init_range=text_init_range,
+        )

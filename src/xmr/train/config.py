@@ -51,6 +51,7 @@ TRAJECTORY_FIELDS = (
     "max_train_items",
     "text_source",
     "draft",
+    "multimodal_items",
 )
 
 
@@ -67,6 +68,9 @@ class TrainConfig(TrainerConfig):
         max_train_items: use only the first N training items (quick experiments).
         skip_bad: skip malformed records of the data set instead of stopping at the first; the
             count and the first errors are recorded in ``train_config.json`` (``extra.derived``).
+        multimodal_items: train on the model's multimodal items (BLIP-2: the Q-Former over the
+            image and one of the item's captions, sampled per step, as seed 001 trains) instead
+            of its images; validation then ranks multimodal items (first caption) too.
         text_source: an item's training texts: "auto" (its pairs, else captions), "pairs",
             "captions" (seed 001: one of an image's captions per step) or "both".
     Optimisation:
@@ -87,7 +91,9 @@ class TrainConfig(TrainerConfig):
         init_logit_scale / init_logit_bias: override the model's values (log-space scale);
         SigLIP on a model without a bias starts the bias at -10.
     Model surgery:
-        freeze_image / freeze_text: freeze a whole tower; freeze_image_layers /
+        freeze_image / freeze_text: freeze a whole tower (``freeze_image`` unset: the model's
+            default, frozen for BLIP-2 whose ViT is frozen in its published training, trained
+            otherwise; ``freeze_image=false`` trains it); freeze_image_layers /
         freeze_text_layers: freeze the embeddings and the lowest N transformer blocks.
         grad_checkpointing: recompute activations in backward (less memory, ~30% slower).
     Runtime:
@@ -139,7 +145,8 @@ class TrainConfig(TrainerConfig):
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
 
-    freeze_image: bool = False
+    freeze_image: bool | None = None
+    multimodal_items: bool = False
     freeze_text: bool = False
     freeze_image_layers: int = 0
     freeze_text_layers: int = 0

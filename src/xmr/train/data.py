@@ -36,12 +36,14 @@ class TrainExample:
         texts: the texts that describe it (one is sampled per step).
         group: the relevance group: items of one group are all relevant to each other's texts
             (Track2: the attribute string; otherwise the item's set of texts).
+        captions: the item's captions (training on multimodal items samples one per step).
     """
 
     item_id: str
     image: object
     texts: list[str]
     group: str
+    captions: tuple[str, ...] = ()
 
 
 TEXT_SOURCES = ("auto", "pairs", "captions", "both")
@@ -99,7 +101,8 @@ def training_examples(
         group = (
             f"attr:{item.attribute}" if item.attribute else "texts:" + "\x1f".join(sorted(texts))
         )
-        examples.append(TrainExample(iid, item.image, texts, group))
+        captions = tuple(c for c in captions if c and c.strip())
+        examples.append(TrainExample(iid, item.image, texts, group, captions))
         if max_items is not None and len(examples) >= max_items:
             break
     if skipped:

@@ -5,6 +5,7 @@ DataLoader workers) and the micro-batches of pixels, tokens and relevance-group 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -81,8 +82,11 @@ class TrainFeed:
         epochs: int,
         workers: int,
         seed: int,
+        multimodal: bool = False,
     ) -> None:
         self.examples = examples
+        self.multimodal = multimodal
+        self.seed = seed
         self.encoder = encoder
         self.plan = plan
         self.rank = info.rank
@@ -109,17 +113,31 @@ class TrainFeed:
     def step_batches(self, epoch: int, step: int) -> list[tuple[Any, Any, torch.Tensor]]:
         """The micro-batches of optimiser step ``step`` of ``epoch`` (in plan order)."""
         return [
-            self.assemble(mplan, *next(self._batches))
-            for mplan in self.plan.micro_batches(epoch, step, self.rank)
+            self.assemble(mplan, *next(self._batches), step_key=(epoch, step, j))
+            for j, mplan in enumerate(self.plan.micro_batches(epoch, step, self.rank))
         ]
+
+    def _item_tokens(self, mplan, position, step_key) -> dict[str, torch.Tensor]:
+        captions = []
+        fallback = next(ex for ex, _t in mplan if ex in position)
+        for ex, _t in mplan:
+            ex = ex if ex in position else fallback
+            options = self.examples[ex].captions
+            draw = zlib.crc32(f"{self.seed}:{step_key}:{ex}".encode())
+            captions.append(options[draw % len(options)])
+        item = self.encoder.tokenize(captions)
+        return {f"item_{k}": v for k, v in item.items()}
 
     def close(self) -> None:
         """Stop the DataLoader workers."""
         if hasattr(self._batches, "_shutdown_workers"):
             self._batches._shutdown_workers()
 
-    def assemble(self, mplan, indices, pixels, failed):
-        """Pixels, tokens and group keys of one micro-batch (see the class docstring)."""
+    def assemble(self, mplan, indices, pixels, failed, step_key=(0, 0, 0)):
+        """Pixels, tokens and group keys of one micro-batch (see the class docstring). With
+        ``multimodal``, the pixels are a dict that also holds the tokens of one caption per row
+        (``item_input_ids`` / ``item_attention_mask``), drawn from (seed, step, item): the
+        same on a resumed run."""
         position = {ex: k for k, ex in enumerate(indices)}
         for ex, err in failed:
             if ex not in self.warned_images:
@@ -143,6 +161,8 @@ class TrainFeed:
         else:
             pixels = {k: v[index] for k, v in pixels.items()}
         tokens = self.encoder.tokenize(texts)
+        if self.multimodal:
+            pixels = {"pixel_values": pixels, **self._item_tokens(mplan, position, step_key)}
         return (
             to_device(pixels, self.device),
             to_device(tokens, self.device),

@@ -123,6 +123,7 @@ class _Loop:
             epochs=cfg.epochs,
             workers=cfg.workers,
             seed=cfg.seed,
+            multimodal=cfg.multimodal_items,
         )
         bar = tqdm(
             total=s.total_steps,

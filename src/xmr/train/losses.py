@@ -113,11 +113,30 @@ def multi_positive_cross_entropy(
     )
 
 
+def image_text_similarity(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``(I, T)`` cosine scores of normalised image features ``(I, D)`` or ``(I, K, D)`` and text
+    features ``(T, D)``: with K vectors per image (BLIP-2's query tokens) the score is
+    ``max_k <v_ik, t>``, as LAVIS's ITC loss takes it (``sim_i2t = sim_q2t.max(-1)``) and
+    ``xmr.vectors.max_sim`` scores it at search time."""
+    if image.ndim == 2:
+        return image @ text.t()
+    return torch.einsum("ikd,td->itk", image, text).amax(dim=-1)
+
+
+def text_image_similarity(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """``(T, I)``: :func:`image_text_similarity` transposed (the text->image logits)."""
+    if image.ndim == 2:
+        return text @ image.t()
+    return torch.einsum("td,ikd->tik", text, image).amax(dim=-1)
+
+
 class ContrastiveLoss(torch.nn.Module):
     """Base class: ``forward`` returns a scalar loss for the local rows.
 
     Args (of ``forward``):
-        image_local, text_local: ``(B, D)`` normalised features of this rank's examples.
+        image_local, text_local: ``(B, D)`` normalised features of this rank's examples (images
+            may be ``(B, K, D)``: K vectors each, scored by their max, see
+            :func:`image_text_similarity`).
         image_all, text_all: ``(N, D)`` features of the global batch (``N = world * B``); the
             local tensors when not distributed.
         keys_local, keys_all: ``(B, G)`` / ``(N, G)`` int64 group keys (see ``positive_mask``).
@@ -173,8 +192,8 @@ class ClipLoss(ContrastiveLoss):
         scale = logit_scale.float().exp()
         image_local, text_local = image_local.float(), text_local.float()
         image_all, text_all = image_all.float(), text_all.float()
-        logits_i2t = scale * image_local @ text_all.t()
-        logits_t2i = scale * text_local @ image_all.t()
+        logits_i2t = scale * image_text_similarity(image_local, text_all)
+        logits_t2i = scale * text_image_similarity(text_local, image_all)
         positives = positive_mask(keys_local, keys_all, row_index)
         targets = row_indices(image_local.shape[0], row_index, image_local.device)
         loss_i2t = multi_positive_cross_entropy(logits_i2t, positives, targets, self.multi_positive)
@@ -208,7 +227,9 @@ class SigLipLoss(ContrastiveLoss):
         logit_bias=None,
         row_index=None,
     ):
-        logits = logit_scale.float().exp() * image_local.float() @ text_all.float().t()
+        logits = logit_scale.float().exp() * image_text_similarity(
+            image_local.float(), text_all.float()
+        )
         if logit_bias is not None:
             logits = logits + logit_bias.float()
         if self.multi_positive == "none":

@@ -37,6 +37,22 @@ def tower_of(name: str) -> str:
     return "text"
 
 
+def tower_in(module: TwoTower, name: str) -> str:
+    """The tower of parameter ``name`` of ``module.model``: the encoder's own split when it has
+    one (BLIP-2: the ViT is "image", the Q-Former and both projections "text"), else
+    :func:`tower_of`."""
+    own = getattr(module.encoder, "parameter_tower", None)
+    return own(name) if callable(own) else tower_of(name)
+
+
+def image_frozen(module: TwoTower, config: TrainConfig) -> bool:
+    """``freeze_image``, or when unset (None) the encoder's default: frozen for BLIP-2 (its ViT
+    is frozen in the published training and in seed 001), trained for the others."""
+    if config.freeze_image is not None:
+        return bool(config.freeze_image)
+    return "image" in getattr(module.encoder, "frozen_by_default", ())
+
+
 def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     """Norm gains, biases and the logit scale/bias are not decayed (open_clip's rule)."""
     lowered = name.lower()
@@ -90,7 +106,13 @@ class TwoTower(torch.nn.Module):
         return bias if bias is not None and bias.requires_grad else None
 
     def forward(self, pixels, tokens):
-        image = F.normalize(self.encoder.image_features(pixels).float(), dim=-1)
+        if isinstance(pixels, dict) and "item_input_ids" in pixels:
+            # Multimodal items (``multimodal_items``): image + one caption per row.
+            caption = {k.removeprefix("item_"): v for k, v in pixels.items() if k != "pixel_values"}
+            image = self.encoder.item_features(pixels["pixel_values"], caption)
+            image = F.normalize(image.float(), dim=-1)
+        else:
+            image = F.normalize(self.encoder.image_features(pixels).float(), dim=-1)
         text = F.normalize(self.encoder.text_features(tokens).float(), dim=-1)
         return image, text, self.logit_scale, self.logit_bias
 
@@ -104,10 +126,10 @@ def freeze(module: TwoTower, config: TrainConfig) -> dict[str, int]:
     """Apply ``freeze_image``/``freeze_text`` and ``freeze_*_layers``; returns frozen parameter
     counts per tower. Lower layers mean the embeddings plus blocks ``0..N-1``."""
     frozen = {"image": 0, "text": 0}
-    whole = {"image": config.freeze_image, "text": config.freeze_text}
+    whole = {"image": image_frozen(module, config), "text": config.freeze_text}
     layers = {"image": config.freeze_image_layers, "text": config.freeze_text_layers}
     for name, param in module.model.named_parameters():
-        tower = tower_of(name)
+        tower = tower_in(module, name)
         if tower == "other" or not param.requires_grad:
             continue
         if whole[tower]:
@@ -167,7 +189,8 @@ def param_groups(module: TwoTower, config: TrainConfig) -> tuple[list[dict], lis
             continue
         seen.add(id(param))
         short = name.removeprefix("model.")
-        key = (tower_of(short), not no_weight_decay(short, param))
+        tower = tower_in(module, short) if name.startswith("model.") else tower_of(short)
+        key = (tower, not no_weight_decay(short, param))
         buckets.setdefault(key, []).append(param)
     groups, infos = [], []
     for tower in TOWERS:

@@ -121,6 +121,8 @@ def build_session(
     encoder = create_encoder(
         cfg.model, device=str(info.device), precision=precision, draft=cfg.draft
     )
+    if cfg.multimodal_items:
+        _check_multimodal(encoder, examples, cfg)
     module = TwoTower(encoder, cfg)
     frozen = freeze(module, cfg)
     if cfg.grad_checkpointing:
@@ -330,6 +332,7 @@ def _retrieval_evaluator(
         ).split(cfg.valid_split)
         return RetrievalEvaluator(
             split,
+            multimodal=cfg.multimodal_items,
             primary_metric=best_metric,
             batch_size=cfg.eval_batch_size,
             workers=cfg.workers,
@@ -338,6 +341,22 @@ def _retrieval_evaluator(
     except XmrError as exc:
         say(f"warning: no validation ({exc})")
         return None
+
+
+def _check_multimodal(encoder: Any, examples: list[TrainExample], cfg: TrainConfig) -> None:
+    """multimodal_items needs a model with a multimodal item embedding and captions on every
+    training item."""
+    if not callable(getattr(encoder, "item_features", None)):
+        raise XmrError(
+            f"multimodal_items=true: {cfg.model} has no multimodal item embedding (a BLIP-2 model "
+            "has: hf:<Blip2ForImageTextRetrieval dir or hub id>)"
+        )
+    bare = [e.item_id for e in examples if not e.captions]
+    if bare:
+        raise XmrError(
+            f"multimodal_items=true: {len(bare)} training item(s) have no caption "
+            f"(first: {bare[0]}); every item needs one to be trained as image + caption"
+        )
 
 
 def _freeze_unused(module, encoder, examples, params, device, say) -> None:

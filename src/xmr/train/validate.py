@@ -21,6 +21,7 @@ from xmr.errors import XmrError
 from xmr.eval.embedded import SplitEmbeddings, evaluate_embedded
 from xmr.eval.evaluate import recall_ks
 from xmr.eval.metrics import metric_names
+from xmr.fusion import encode_items
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class RetrievalEvaluator(Evaluator):
         workers: int = 0,
         cache_max_mb: float = 1024,
         progress: bool = False,
+        multimodal: bool = False,
     ) -> None:
         if not split.has_relevance:
             raise XmrError(f"validation split '{split.name}' has no relevance judgements")
@@ -122,6 +124,7 @@ class RetrievalEvaluator(Evaluator):
         self.workers = int(workers)
         self.cache_max_mb = cache_max_mb
         self.progress = progress
+        self.multimodal = multimodal
         self._pixels: Any = None
         self._failed: list[tuple[int, str]] = []
 
@@ -139,6 +142,8 @@ class RetrievalEvaluator(Evaluator):
         from xmr.train.data import TrainImageDataset, cache_size_mb, collate, preprocess_all
 
         refs = [item.image for item in self.split.items.values()]
+        if self.multimodal:
+            return self._multimodal_embeddings(encoder)
         size = cache_size_mb(len(refs), encoder.preprocess)
         if self._pixels is None and size is not None and size <= self.cache_max_mb:
             self._pixels, self._failed = preprocess_all(
@@ -172,6 +177,12 @@ class RetrievalEvaluator(Evaluator):
                 emb[indices] = np.asarray(encoder.encode_images(pixels, batch_size=len(indices)))
         return emb
 
+    def _multimodal_embeddings(self, encoder) -> np.ndarray:
+        """Items as the model's multimodal embedding of image + first caption (items without a
+        caption: their image), as ``xmr evaluate --fused blip2`` scores them."""
+        items = encode_items(encoder, self.split.items, self.batch_size, multimodal=True)
+        return items.multimodal
+
     def embeddings(self, encoder) -> tuple[np.ndarray, np.ndarray]:
         """(text embeddings in ``split.queries`` order, image embeddings in ``split.items``
         order)."""
@@ -189,7 +200,11 @@ class RetrievalEvaluator(Evaluator):
             text_emb, image_emb = self.embeddings(encoder)
         failed = [
             iid
-            for iid, bad in zip(self.split.items, np.isnan(image_emb).any(axis=1), strict=True)
+            for iid, bad in zip(
+                self.split.items,
+                np.isnan(image_emb.reshape(len(image_emb), -1)).any(axis=1),
+                strict=True,
+            )
             if bad
         ]
         emb = SplitEmbeddings(self.split, text_emb, image_emb, "images", failed)

@@ -37,6 +37,7 @@ from xmr.io.atomic import check_output_file
 from xmr.rerank import DEFAULT_RERANK_K
 from xmr.workflows.evaluation_result import EvaluationResult
 from xmr.workflows.job_inputs import (
+    BLIP2_FUSED,
     check_k,
     check_rerank_options,
     embed,
@@ -109,7 +110,9 @@ def evaluate_model(
             (``rerank_mode`` ``itm`` or ``itm+sim`` with weight ``rerank_alpha``,
             ``rerank_batch_size`` pairs per forward pass).
         fused: also score fused image+caption items: a weight in [0, 1], ``"tune"`` (grid
-            search on ``tune_split`` for ``tune_metric``) or a learned fusion directory.
+            search on ``tune_split`` for ``tune_metric``), a learned fusion directory, or
+            ``"blip2"`` (image, caption, weighted w=0.5 and BLIP-2's multimodal items; a BLIP-2
+            model adds its multimodal column to every fused table).
         tune_split: the split to tune the fusion weight on (default: ``train`` when it has
             relevance, else the evaluated split, with a warning).
         tune_metric: the metric tuning maximises.
@@ -248,18 +251,23 @@ def fused_metrics(
     images are embedded through :func:`xmr.encode.encode_split` with ``workers`` decoding
     processes).
 
-    ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), or ``"tune"``:
+    ``fused`` is a weight in [0, 1], a learned fusion directory (or Fusion), ``"blip2"`` (w=0.5
+    and BLIP-2's multimodal items, required), or ``"tune"``:
     grid-search the weight for ``tune_metric`` on the split named ``tune_split`` of ``dataset``
     (default: ``train`` when it has relevance, else ``split`` itself, which appends a warning to
     ``warnings``: the fused numbers are then optimistic)."""
     fused = fusion_value(fused, allow_tune=True)
     tune = None
+    multimodal = None  # whenever the encoder has it
     if isinstance(fused, str) and fused == "tune":
         tune = _tune_split(dataset, split, tune_split, warnings if warnings is not None else [])
         fused = None
+    elif isinstance(fused, str) and fused == BLIP2_FUSED:
+        fused, multimodal = None, True  # required: an error without a BLIP-2 encoder
     return evaluate_fused(
         encoder, split, weight=fused, tune_split=tune, metric=tune_metric, ks=recall_ks(k),
         k=k, batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
+        multimodal=multimodal,
     )  # fmt: skip
 
 

@@ -75,12 +75,16 @@ def check_k(k: int) -> None:
         raise XmrError(f"k must be at least 1, not {k}")
 
 
+# ``fused="blip2"``: the side-by-side table with BLIP-2's multimodal items (weighted at w=0.5).
+BLIP2_FUSED = "blip2"
+
+
 def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
-    """A fusion given as text (a weight, ``tune``, a directory) as what the evaluators take;
-    a number or a Fusion passes through."""
+    """A fusion given as text (a weight, ``tune``, ``blip2``, a directory) as what the
+    evaluators take; a number or a Fusion passes through."""
     if not isinstance(fused, str):
         return fused
-    if allow_tune and fused == "tune":
+    if allow_tune and fused in ("tune", BLIP2_FUSED):
         return fused
     try:
         return float(fused)
@@ -88,9 +92,10 @@ def fusion_value(fused: Any, *, allow_tune: bool) -> Any:
         pass
     if not Path(fused).expanduser().exists():
         tune = ", 'tune'" if allow_tune else ""
+        blip2 = f" or '{BLIP2_FUSED}' (BLIP-2's multimodal items)" if allow_tune else ""
         raise XmrError(
             f"fused must be a weight in [0, 1]{tune} or a learned fusion directory (fusion.json "
-            f"and fusion.safetensors), not {fused!r}"
+            f"and fusion.safetensors){blip2}, not {fused!r}"
         )
     return fused
 
