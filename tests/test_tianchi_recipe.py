@@ -56,3 +56,57 @@ def test_recipe_refuses_options_of_the_other_recipe(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--model", "hf:x", "--smoke"]) != 0
     assert "--model: only for --recipe tianchi" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def _check_rows(rows):
+    assert list(rows) == [key for key, *_ in ROWS]
+    for key, row in rows.items():
+        for name in ("R@1", "R@5", "R@10", "R_mean"):
+            assert math.isfinite(row[name]) and 0.0 <= row[name] <= 1.0, (key, name)
+        assert row["R_mean"] == pytest.approx((row["R@1"] + row["R@5"] + row["R@10"]) / 3)
+
+
+def test_recipe_with_a_tiny_blip2_is_the_seeds_own(tmp_path, capsys):
+    """--family blip2: the text->(image+text) rows rank BLIP-2's multimodal items (--fused
+    blip2) and the fine-tuning trains them (multimodal_items=true), as seed 001 does."""
+    out = tmp_path / "recipe"
+    args = ["demo", "--recipe", "tianchi", "--family", "blip2", "--out", str(out), "--smoke"]
+    assert main([*args, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = summary["rows"]
+    _check_rows(rows)
+    assert summary["family"] == "blip2" and summary["fused"] == "blip2"
+    assert rows["fused/fine_tuned"]["R_mean"] > rows["fused/zero_shot"]["R_mean"]
+    # the multimodal rows are not the weighted fusion's (reported beside them)
+    weighted = summary["weighted_fused_R_mean"]
+    assert set(weighted) == {"zero_shot", "fine_tuned"}
+    assert all(math.isfinite(v) for v in weighted.values())
+    # the fine-tuning was on multimodal items, text_source pairs (the queries)
+    train_cfg = json.loads((out / "model" / "train_config.json").read_text())
+    flat = json.dumps(train_cfg)
+    assert '"multimodal_items": true' in flat and '"text_source": "pairs"' in flat
+    manifest = json.loads((out / "tiny_model" / "config.json").read_text())
+    assert manifest["model_type"] == "blip-2"
+
+    # The same recipe from a BLIP-2 directory `xmr model tiny --family blip2 --data D --split
+    # train` wrote: detected from its config, same seed's rows (one epoch: rows only).
+    tiny = tmp_path / "tiny"
+    data = out / "data"
+    assert main(["model", "tiny", "--family", "blip2", "--out", str(tiny), "--data", str(data),
+                 "--split", "train"]) == 0  # fmt: skip
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert main(["demo", "--recipe", "tianchi", "--model", f"hf:{tiny}", "--data", str(data),
+                 "--out", str(again), "--smoke", "--epochs", "1", "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    _check_rows(summary["rows"])
+    assert summary["family"] == "blip2" and summary["fused"] == "blip2"
+    assert "multimodal_items" in (again / "model" / "train_config.json").read_text()
+
+
+def test_recipe_family_needs_no_model(tmp_path, capsys):
+    args = ["demo", "--recipe", "tianchi", "--out", str(tmp_path / "r"), "--smoke"]
+    assert main([*args, "--family", "blip2", "--model", "hf:x"]) != 0
+    assert "--family: only without --model" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--family", "blip2", "--smoke"]) != 0
+    assert "--family: only for --recipe tianchi" in capsys.readouterr().err

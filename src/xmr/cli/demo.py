@@ -11,7 +11,13 @@ from dataclasses import replace
 from xmr.cli import options
 from xmr.errors import XmrError
 from xmr.workflows.demo import TARGET_METRIC, DemoConfig, run_demo
-from xmr.workflows.tianchi_recipe import TianchiRecipeConfig, run_tianchi_recipe
+from xmr.workflows.tianchi_recipe import (
+    FAMILIES,
+    TianchiRecipeConfig,
+    blip2_demo_sizes,
+    is_blip2,
+    run_tianchi_recipe,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +52,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, metavar="SPEC",
                    help="the encoder to start from (hf:DIR, hf:Salesforce/blip2-itm-vit-g); "
                    "default: the demo's tiny random CLIP")  # fmt: skip
+    g.add_argument("--family", default=None, choices=FAMILIES,
+                   help="the tiny random model made when --model is not given: the demo's "
+                   "CLIP (default) or a BLIP-2, whose rows are the seed's (multimodal items, "
+                   "multimodal_items fine-tuning)")  # fmt: skip
     g.add_argument("--data", default=None, metavar="PATH",
                    help="a tianchi-layout data set (default: generated into OUT/data)")  # fmt: skip
     g.add_argument("--fused", default=None, metavar="W|tune|DIR",
@@ -69,7 +79,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.recipe == "tianchi":
         return run_tianchi(args)
-    only_tianchi = ("model", "data", "fused", "eval_split")
+    only_tianchi = ("model", "family", "data", "fused", "eval_split")
     given = [f"--{n.replace('_', '-')}" for n in only_tianchi if getattr(args, n) is not None]
     if args.device != "auto":  # the traffic demo runs on the CPU, as recorded
         given.append("--device")
@@ -103,7 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_tianchi(args: argparse.Namespace) -> int:
     """``xmr demo --recipe tianchi``: seed 001's table (:func:`run_tianchi_recipe`)."""
-    cfg = TianchiRecipeConfig.smoke() if args.smoke else TianchiRecipeConfig()
+    if args.family is not None and args.model is not None:
+        raise XmrError("--family: only without --model (it picks the tiny model to make)")
+    cfg = TianchiRecipeConfig.for_family(args.family or "clip", smoke=args.smoke)
+    if args.model is not None and is_blip2(args.model):
+        cfg = replace(cfg, demo=blip2_demo_sizes(args.smoke))
     demo = cfg.demo
     if args.epochs is not None:
         demo = replace(demo, epochs=args.epochs)
