@@ -148,3 +148,29 @@ def test_itm_training_and_lavis_two_stage_evaluation_on_one_blip2_dir(tmp_path, 
     assert main([*evaluate, "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0.0 <= metrics["t2i/R@1"] <= 1.0 and "first_stage/t2i/R@1" in metrics
+
+
+def test_evaluate_report_has_the_multimodal_column(blip2_dir, tmp_path, capsys):
+    """`xmr evaluate --fused blip2 --report`: the multimodal items are a stage of their own
+    (a "multimodal · text → image" table, like image / caption / fused), its numbers the JSON's."""
+    import re
+
+    pytest.importorskip("matplotlib")
+    from test_fusion import write_tianchi
+    from xmr.cli import main
+
+    data = write_tianchi(tmp_path / "tianchi")
+    rep = tmp_path / "rep"
+    args = ["evaluate", "--model", f"hf:{blip2_dir}", "--data", str(data), "--device", "cpu",
+            "--directions", "t2i", "--fused", "blip2", "--json", "--report", str(rep)]  # fmt: skip
+    assert main(args) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    page = (rep / "index.html").read_text()
+    headings = re.findall(r"<h3>([^<]*)</h3>", page)
+    for stage in ("image", "caption", "fused", "multimodal"):
+        assert f"{stage} · text → image" in headings, headings
+    assert "multimodal" not in headings  # not a stray table of its own with a "t2i" row
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page))
+    assert set(cells) == set(metrics)
+    mm = {k: v for k, v in metrics.items() if k.startswith("multimodal/t2i/")}
+    assert mm and all(float(cells[k]) == v for k, v in mm.items())
