@@ -132,7 +132,7 @@ def blip2_demo_sizes(smoke: bool = False) -> DemoConfig:
     if smoke:
         return replace(DemoConfig.smoke(), epochs=6, batch_size=16, lr=1e-3,
                        train_overrides=overrides)  # fmt: skip
-    return DemoConfig(epochs=10, batch_size=64, lr=1e-3, train_overrides=overrides)
+    return DemoConfig(epochs=20, batch_size=64, lr=1e-3, train_overrides=overrides)
 
 
 def is_blip2(spec: str) -> bool:
