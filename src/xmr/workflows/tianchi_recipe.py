@@ -241,6 +241,9 @@ def run_tianchi_recipe(
         blip2 = is_blip2(model)
     # BLIP-2: the seed's fused items are its multimodal ones, and the seed fine-tunes them.
     fused = BLIP2_FUSED if blip2 else cfg.fused
+    if blip2 and cfg.fused not in (TianchiRecipeConfig.fused, BLIP2_FUSED):
+        _out(f"note: fused={cfg.fused!r} is not used: with BLIP-2 the fused rows are its "
+             "multimodal items (--fused blip2), the weighted w=0.5 fusion is reported beside")  # fmt: skip
     fused_prefix = "multimodal/t2i" if blip2 else "fused/t2i"
     demo = cfg.demo
     if blip2:
