@@ -30,12 +30,7 @@ class SearcherWrites:
         with self._index_lock:
             index = self.index
             index.add(vector, [str(record["id"])], [record])
-            if index.path is not None:
-                try:
-                    index.save()
-                except BaseException as exc:
-                    self._restore(index.path, exc)
-                    raise
+            self._save_or_restore(index)
             if self._missing is not None:
                 self._missing["image"] += not record.get("image")
                 self._missing["caption"] += not record.get("captions")
@@ -49,14 +44,20 @@ class SearcherWrites:
             index = self.index
             record = index.item(str(item_id))
             index.remove([str(item_id)])
-            if index.path is not None:
-                try:
-                    index.save()
-                except BaseException as exc:
-                    self._restore(index.path, exc)
-                    raise
+            self._save_or_restore(index)
             self._missing = None  # recounted on the next ask
         return record
+
+    def _save_or_restore(self, index: Any) -> None:
+        """Save ``index`` when it was loaded from a directory; when the save fails, put back
+        the previous version from there and raise the save's error."""
+        if index.path is None:
+            return
+        try:
+            index.save()
+        except BaseException as exc:
+            self._restore(index.path, exc)
+            raise
 
     def _restore(self, path: Path, cause: BaseException) -> None:
         """Put back the index as it is in ``path`` after a failed save."""
