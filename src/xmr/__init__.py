@@ -28,7 +28,7 @@ _EXPORTS = {
     "create_tiny_clip": "xmr.models",
     "encode_split": "xmr.encode",
     "load_embeddings": "xmr.encode",
-    "build_index": "xmr.index.store",
+    "build_index": "xmr.index.building",
     "load_index": "xmr.index.store",
     "Searcher": "xmr.search",
     "evaluate_split": "xmr.eval",

@@ -18,17 +18,12 @@ shards and a re-run skips every valid one (see :mod:`xmr.encode.store`). Re-runn
 model, precision or input list is an error, not a silent mix.
 """
 
+from xmr.data.loading import ImageDataset, collate_images
 from xmr.encode.engines import EngineOptions, list_engines, register_engine
+from xmr.encode.kind_run import KindSummary
 from xmr.encode.loader import LoaderChoice, choose_loader
-from xmr.encode.pipeline import (
-    DEFAULT_SHARD_SIZE,
-    EncodeSummary,
-    ImageDataset,
-    KindSummary,
-    collate_images,
-    draft_size_for,
-    encode_split,
-)
+from xmr.encode.manifest import draft_size_for
+from xmr.encode.pipeline import DEFAULT_SHARD_SIZE, EncodeSummary, encode_split
 from xmr.encode.store import (
     KINDS,
     Embeddings,

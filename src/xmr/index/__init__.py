@@ -14,10 +14,11 @@ from xmr.index.base import (
     register_index_backend,
 )
 from xmr.index.bm25_index import BM25Index, build_bm25_index, is_bm25_spec, load_bm25_index
+from xmr.index.building import build_index, measure_recall
 from xmr.index.faiss_index import resolve_auto_spec
 from xmr.index.multivector import exact_item_search, search_items
 from xmr.index.opening import is_lexical, open_index
-from xmr.index.store import Hit, Index, build_index, check_same_model, load_index, measure_recall
+from xmr.index.store import Hit, Index, check_same_model, load_index
 
 __all__ = [
     "AUTO_EXACT_MAX",

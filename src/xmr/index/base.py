@@ -5,7 +5,7 @@ order) and searches them by inner product. It knows nothing of string ids or met
 belong to :class:`xmr.index.Index`, which maps positions to ids and writes the index directory.
 Everything specific to one engine (its index type strings, what ``auto`` means for it, how
 much it trains on, its files) stays inside its backend; what is shared (exact search, recall
-measurement against it) lives here and in :mod:`xmr.index.store`.
+measurement against it) lives here and in :mod:`xmr.index.building`.
 """
 
 from __future__ import annotations

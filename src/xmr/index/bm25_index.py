@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from xmr.errors import XmrError
-from xmr.index.store import FORMAT, FORMAT_VERSION, IDS_FILE, ITEMS_FILE, MANIFEST, Hit
+from xmr.index.layout import FORMAT, FORMAT_VERSION, IDS_FILE, ITEMS_FILE, MANIFEST
+from xmr.index.store import Hit
 from xmr.index.tokenize import get_tokenizer, resolve_tokenizer
 from xmr.io.atomic import atomic_replace_dir
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from xmr.index.bm25_index import BACKEND as BM25_BACKEND
 from xmr.index.bm25_index import BM25Index, load_bm25_index
-from xmr.index.store import MANIFEST, Index, load_index
+from xmr.index.layout import MANIFEST
+from xmr.index.store import Index, load_index
 from xmr.io.jsonio import read_json
 
 

@@ -12,13 +12,14 @@ Layout of ``INDEX_DIR``::
 The directory is always written whole into a temporary sibling and swapped in atomically,
 except for a backend whose vectors live in a database (Milvus): its files are then written in
 place one by one, manifest last (see :mod:`xmr.index.milvus_backend` for what that guarantees).
+
+Building is in :mod:`xmr.index.building`, file names and directory checks in
+:mod:`xmr.index.layout`, input checks shared by building and adding in :mod:`xmr.index.item_vectors`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,23 +29,21 @@ import numpy as np
 
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.index.base import IndexBackend, get_backend
-from xmr.index.multivector import as_query_sets, exact_item_search, item_positions, search_items
+from xmr.index.item_vectors import add_records, check_inputs, vectors_per_item
+from xmr.index.layout import (
+    IDS_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    check_replaceable,
+    is_index_dir,
+    read_manifest,
+)
+from xmr.index.multivector import as_query_sets, item_positions, search_items
 from xmr.io.atomic import atomic_replace_dir, atomic_write, atomic_write_json, check_output_dir
 from xmr.io.failures import writing
 from xmr.io.jsonio import read_json, read_jsonl, write_jsonl
-from xmr.io.provenance import now, xmr_version
+from xmr.io.provenance import now
 from xmr.vectors import l2_normalize
-
-log = logging.getLogger(__name__)
-
-FORMAT = "xmr-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-IDS_FILE = "ids.json"
-ITEMS_FILE = "items.jsonl"
-RECALL_K = 10
-RECALL_QUERIES = 1000
-MULTI_VECTOR_MODES = ("all", "mean")
 
 
 class Hit(NamedTuple):
@@ -57,7 +56,7 @@ class Hit(NamedTuple):
 
 @dataclass
 class Index:
-    """Vectors with string ids and metadata. Build with :func:`build_index`, read with
+    """Vectors with string ids and metadata. Build with :func:`~xmr.index.building.build_index`, read with
     :func:`load_index`."""
 
     backend: IndexBackend
@@ -194,13 +193,13 @@ class Index:
         moves to the end)."""
         if model is not None:
             check_same_model(self.model, model, what="the embeddings to add")
-        x, ids, items = _check_inputs(embeddings, ids, items, dim=self.dim)
+        x, ids, items = check_inputs(embeddings, ids, items, dim=self.dim)
         pooled = self.manifest.get("pooled_vectors")
         if pooled and x.ndim == 3 and x.shape[1] == pooled:  # a --multi-vector mean index
             x = l2_normalize(x.mean(axis=1))
-        if _vectors_per_item(x) != self.item_vectors:
+        if vectors_per_item(x) != self.item_vectors:
             raise XmrError(
-                f"the embeddings to add have {_vectors_per_item(x)} vector(s) per item, the index "
+                f"the embeddings to add have {vectors_per_item(x)} vector(s) per item, the index "
                 f"holds {self.item_vectors} per item"
             )
         dup = [i for i in ids if i in self._positions]
@@ -211,7 +210,7 @@ class Index:
             )
         if dup:
             self.remove(dup)
-        _add_records(self.backend, x, ids, items)
+        add_records(self.backend, x, ids, items)
         start = len(self.ids)
         self.ids.extend(ids)
         self.items.extend(items)
@@ -295,7 +294,7 @@ class Index:
                     encoding="utf-8",
                 )
 
-        atomic_replace_dir(dest, fill, may_replace=_is_index_dir)
+        atomic_replace_dir(dest, fill, may_replace=is_index_dir)
         self.path = dest
         return dest
 
@@ -316,116 +315,7 @@ class Index:
         atomic_write_json(dest / MANIFEST, self.manifest)
 
 
-# --- building and loading ---------------------------------------------------------------------
-
-
-def build_index(
-    embeddings: np.ndarray,
-    ids: Sequence[str],
-    spec: str = "auto",
-    *,
-    items: Sequence[dict[str, Any]] | None = None,
-    model: dict[str, Any] | None = None,
-    backend: str = "faiss",
-    exact_max: int | None = None,
-    train_size: int | None = None,
-    recall_queries: np.ndarray | None = None,
-    recall_query_source: str = "queries",
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-    gpu: bool | None = None,
-    source: dict[str, Any] | None = None,
-    seed: int = 0,
-    multi_vector: str = "all",
-    backend_options: dict[str, Any] | None = None,
-) -> Index:
-    """Build an index over L2-normalised ``embeddings`` with string ``ids``.
-
-    Args:
-        embeddings: ``[n, dim]`` float array, or ``[n, K, dim]`` for multi-vector items (BLIP-2
-            images: K query embeddings each). Every vector is normalised here; the metric is
-            the inner product (cosine similarity), and an item scores the max over its vectors
-            (:mod:`xmr.index.multivector`).
-        ids: one unique string id per row; the backend's position i is ``ids[i]``.
-        spec: ``auto``, ``Flat``, ``HNSW32``, ``IVF4096,PQ64`` or any faiss ``index_factory``
-            string. ``auto`` builds Flat below ``exact_max`` vectors (50k) and an IVF index above.
-        items: metadata records aligned with ``ids`` (see :mod:`xmr.data.records`).
-        model: the manifest of the model that produced the embeddings; searching with another
-            model is then a :class:`~xmr.errors.ModelMismatchError`.
-        train_size: vectors sampled to train IVF/PQ indexes (default: 40 per list, at least 64k).
-        recall_queries: query vectors for measuring an approximate index's recall@10 against
-            exact search (default: up to 1000 vectors sampled from the embeddings themselves).
-        multi_vector: for ``[n, K, dim]`` embeddings, ``all`` stores every vector (exact
-            max-sim, K times the memory) and ``mean`` one vector per item, the normalised mean
-            of its K (K times smaller and faster, at a recall cost measured in
-            ``benchmarks/RESULTS.md``). Recorded in the manifest.
-        backend_options: what only one backend takes (Milvus: ``uri`` or ``lite_path``,
-            ``collection``, ``timeout``, ``token_env``).
-    """
-    _check_build_options(nprobe=nprobe, ef_search=ef_search, train_size=train_size)
-    if exact_max is not None and exact_max < 0:
-        raise XmrError(f"exact_max must be >= 0, got {exact_max}")
-    if multi_vector not in MULTI_VECTOR_MODES:
-        raise XmrError(
-            f"multi_vector must be one of {', '.join(MULTI_VECTOR_MODES)}, got {multi_vector!r}"
-        )
-    x, ids, items = _check_inputs(embeddings, ids, items, dim=None)
-    pooled = None
-    if x.ndim == 3 and multi_vector == "mean":
-        pooled = int(x.shape[1])
-        x = l2_normalize(x.mean(axis=1))
-    n, dim = x.shape[0], x.shape[-1]
-    per_item = _vectors_per_item(x)
-    flat = x.reshape(-1, dim)
-    opts: dict[str, Any] = {"nprobe": nprobe, "ef_search": ef_search, "gpu": gpu}
-    opts.update(backend_options or {})
-    auto_reason = None
-    resolved = spec
-    backend_cls = get_backend(backend)
-    if spec == "auto":
-        resolved, auto_reason = backend_cls.auto_spec(
-            len(flat), **({"exact_max": exact_max} if exact_max is not None else {})
-        )
-        log.info("index: auto picked %s", auto_reason)
-    index_backend = backend_cls.create(dim, resolved, n_expected=len(flat), **opts)
-    started = time.perf_counter()
-    trained_on = 0
-    if index_backend.needs_training:
-        trained_on = _train(index_backend, flat, resolved, train_size, seed)
-    _add_records(index_backend, x, ids, items)
-    build_s = time.perf_counter() - started
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "xmr_version": xmr_version(),
-        "created": now(),
-        "updated": now(),
-        "backend": backend,
-        "requested_spec": spec,
-        "auto_reason": auto_reason,
-        "index": index_backend.describe(),
-        "metric": "inner_product",
-        "normalized": True,
-        "dim": dim,
-        "count": n,
-        "item_vectors": per_item,
-        "multi_vector": None if pooled is None and per_item == 1 else multi_vector,
-        **({"pooled_vectors": pooled} if pooled else {}),
-        "trained_on": trained_on,
-        "build_seconds": round(build_s, 3),
-        "model": model,
-        "source": source,
-        "recall": None,
-    }
-    index = Index(index_backend, ids, items, manifest)
-    if not index_backend.is_exact:
-        if recall_queries is None:
-            recall_queries, recall_query_source = flat, "collection"
-        manifest["recall"] = measure_recall(
-            index_backend, x, recall_queries, source=recall_query_source, seed=seed
-        )
-        log.info("index: recall@%d vs exact = %.4f", RECALL_K, manifest["recall"]["value"])
-    return index
+# --- loading ---------------------------------------------------------------------------------
 
 
 def load_index(directory: str | Path, *, gpu: bool | None = None) -> Index:
@@ -435,7 +325,7 @@ def load_index(directory: str | Path, *, gpu: bool | None = None) -> Index:
         backups = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
         hint = f"; an interrupted save left the previous index at {backups[-1]}" if backups else ""
         raise XmrError(f"{path}: no such index directory{hint}")
-    manifest = _read_manifest(path)
+    manifest = read_manifest(path)
     config = dict(manifest.get("index") or {})
     if gpu is not None:
         config["gpu_override"] = gpu
@@ -469,138 +359,3 @@ def check_same_model(
             f"built with {expected.get('spec')!r} (fingerprint {fe}); rebuild the index with this "
             "model or search with the model that built it"
         )
-
-
-def measure_recall(
-    backend: IndexBackend,
-    base: np.ndarray,
-    queries: np.ndarray,
-    *,
-    k: int = RECALL_K,
-    n_queries: int = RECALL_QUERIES,
-    source: str = "queries",
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Recall@k of ``backend`` against exact search over ``base``: the items ``[n, dim]`` or
-    ``[n, K, dim]`` it holds (item i at positions ``[i*K, (i+1)*K)``), ranked by max-sim
-    (:func:`~xmr.index.multivector.exact_item_search`, the same reference for every backend;
-    for single-vector items, exact inner-product search). ``queries``: ``(Q, dim)`` or
-    ``(Q, Kq, dim)``."""
-    q = l2_normalize(queries)
-    if len(q) > n_queries:
-        q = q[np.sort(np.random.default_rng(seed).choice(len(q), n_queries, replace=False))]
-    k = min(k, len(base))
-    _, exact = exact_item_search(base, q, k)
-    _, approx = search_items(backend, q, k, item_vectors=_vectors_per_item(base))
-    hits = sum(len(set(a[a >= 0]) & set(e)) for a, e in zip(approx, exact, strict=True))
-    return {
-        "k": k,
-        "value": round(hits / (k * len(q)), 4),
-        "queries": len(q),
-        "query_source": source,
-    }
-
-
-def _train(
-    backend: IndexBackend, x: np.ndarray, spec: str, train_size: int | None, seed: int
-) -> int:
-    size = backend.training_size(len(x), train_size)
-    sample = x
-    if len(x) > size:
-        sample = x[np.sort(np.random.default_rng(seed).choice(len(x), size, replace=False))]
-    log.info("index: training %s on %d vectors", spec, len(sample))
-    backend.train(sample)
-    return len(sample)
-
-
-def _add_records(
-    backend: IndexBackend, x: np.ndarray, ids: Sequence[str], items: Sequence[dict[str, Any]]
-) -> None:
-    """Hand the backend every vector with its item's id and category (a database stores them;
-    an item's K vectors sit at consecutive positions, see :mod:`xmr.index.multivector`)."""
-    per_item = _vectors_per_item(x)
-    categories = [rec.get("category") for rec in items]
-    if per_item > 1:
-        if backend.filters_by_category or backend.stores_externally:
-            raise XmrError(
-                f"the {backend.name} backend stores one vector per item; these items have "
-                f"{per_item} each (build with --multi-vector mean, or use the faiss backend)"
-            )
-        ids = [i for i in ids for _ in range(per_item)]
-        categories = [c for c in categories for _ in range(per_item)]
-    backend.add_records(x.reshape(-1, x.shape[-1]), ids, categories)
-
-
-def _vectors_per_item(x: np.ndarray) -> int:
-    return int(x.shape[1]) if x.ndim == 3 else 1
-
-
-def _check_inputs(embeddings, ids, items, *, dim: int | None):
-    x = l2_normalize(embeddings)  # every vector, along the last axis
-    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[1] < 1):
-        raise XmrError(
-            f"expected embeddings of shape [n, dim] or [n, K, dim] (K vectors per item), "
-            f"got {x.shape}"
-        )
-    ids = [str(i) for i in ids]
-    if len(ids) != len(x):
-        raise XmrError(f"{len(x)} items' vectors but {len(ids)} ids")
-    if dim is not None and x.shape[-1] != dim:
-        raise XmrError(f"vectors have dimension {x.shape[-1]}, the index has {dim}")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
-        raise XmrError(f"duplicate id '{dup}'; ids must be unique")
-    if items is None:
-        items = [{"id": i} for i in ids]
-    else:
-        items = [dict(r) for r in items]
-        if len(items) != len(ids):
-            raise XmrError(f"{len(ids)} ids but {len(items)} metadata records")
-        for i, (id_, rec) in enumerate(zip(ids, items, strict=True)):
-            if str(rec.setdefault("id", id_)) != id_:
-                raise XmrError(f"metadata record {i} has id '{rec['id']}', expected '{id_}'")
-    return x, ids, items
-
-
-def _check_build_options(**options: int | None) -> None:
-    for name, value in options.items():
-        if value is not None and value < 1:
-            raise XmrError(f"{name} must be at least 1, got {value}")
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not (path / MANIFEST).exists():
-        raise XmrError(f"{path}: no {MANIFEST} (not an xmr index directory)")
-    manifest = read_json(path / MANIFEST)
-    if manifest.get("format") != FORMAT:
-        raise XmrError(f"{path}: not an xmr index (manifest format {manifest.get('format')!r})")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-        raise XmrError(f"{path}: index format {manifest['format_version']} is newer than this xmr")
-    return manifest
-
-
-def check_replaceable(dest: Path, backend: str | None, *, keep: Sequence[Path] = ()) -> None:
-    """Refuse to write a ``backend`` index into ``dest`` in place when ``dest`` holds anything
-    but an index of that backend (or the files in ``keep``, e.g. its own new database)."""
-    if not dest.is_dir():
-        return
-    if (dest / MANIFEST).exists():
-        found = read_json(dest / MANIFEST).get("backend", "faiss") if _is_index_dir(dest) else None
-        if found == backend:
-            return
-        what = f"a {found} index" if found else "something that is not an xmr index"
-        raise XmrError(f"{dest}: holds {what}; refusing to write a {backend} index into it")
-    others = [p for p in dest.iterdir() if p not in set(keep)]
-    if others:
-        raise XmrError(
-            f"{dest}: exists and is not an xmr index (holds {others[0].name}); refusing to "
-            "write an index into it"
-        )
-
-
-def _is_index_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -52,3 +52,9 @@ def check_query_texts(texts: Sequence[str]) -> list[str]:
         if not text.strip():
             raise XmrError(f"{where} is empty")
     return out
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or int(k) <= 0:
+        raise XmrError(f"k must be a positive number, got {k}")
+    return int(k)

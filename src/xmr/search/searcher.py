@@ -1,4 +1,9 @@
-"""The Searcher: an encoder, an index and its metadata -> ranked results (see :mod:`xmr.search`)."""
+"""The Searcher: an encoder, an index and its metadata -> ranked results (see :mod:`xmr.search`).
+
+Its parts live beside it: opening an index directory and its encoder in
+:mod:`xmr.search.loading`, the second stage in :mod:`xmr.search.second_stage`, item writes in
+:mod:`xmr.search.writes`.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,16 @@ import numpy as np
 from xmr.data.records import image_ref_from_record
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.fusion.hybrid import HYBRID_DEPTH, HYBRID_MODES, RRF_K
-from xmr.index import BM25Index, Hit, Index, check_same_model, is_lexical, load_index, open_index
-from xmr.models import create_encoder, enable_text_runtime
-from xmr.search.modes import SEARCH_MODES, check_query_texts, fuse_rows
-from xmr.search.reranking import Reranker, rerank_results
+from xmr.index import BM25Index, Hit, Index, check_same_model, is_lexical
+from xmr.search.loading import load_search_parts
+from xmr.search.modes import SEARCH_MODES, check_k, check_query_texts, fuse_rows
+from xmr.search.reranking import Reranker
 from xmr.search.results import SearchResult, TextQuery
+from xmr.search.second_stage import SearcherSecondStage
+from xmr.search.writes import SearcherWrites
 
 
-class Searcher:
+class Searcher(SearcherSecondStage, SearcherWrites):
     """Search an index by text, image, vector or item id, and rerank with a cross-encoder.
 
     Text queries have three modes: ``dense`` (the encoder and the vector index), ``bm25`` (a
@@ -117,39 +124,21 @@ class Searcher:
 
         Query images are decoded as the index's images were: ``draft`` None (the default) takes
         the index's JPEG decoding setting (``source.preprocessing.jpeg_draft``, see
-        :func:`index_draft`); True or False must agree with it, or this raises
+        :func:`~xmr.search.loading.index_draft`); True or False must agree with it, or this raises
         :class:`~xmr.errors.XmrError` (draft and full decoding are never mixed). ``runtime``:
         the text tower's, "eager" or "onnx" (see :func:`xmr.models.create_encoder`)."""
-        index = open_index(index_dir, gpu=gpu)
+        index, encoder, lexical = load_search_parts(
+            index_dir,
+            device,
+            model,
+            precision=precision,
+            gpu=gpu,
+            bm25_index=bm25_index,
+            draft=draft,
+            runtime=runtime,
+        )
         if is_lexical(index):
-            if bm25_index is not None:
-                raise XmrError(
-                    f"{index_dir} is a BM25 index already; bm25_index is for a vector one"
-                )
             return cls(index, None, reranker=reranker, **options)
-        lexical = open_index(bm25_index) if bm25_index is not None else None
-        if lexical is not None and not is_lexical(lexical):
-            raise XmrError(f"{bm25_index}: not a BM25 index (build it with --model bm25)")
-        if model is None or isinstance(model, str | Path):
-            spec = str(model) if model is not None else (index.model or {}).get("spec")
-            if not spec:
-                raise XmrError(f"{index_dir}: the index names no model; pass one (model=...)")
-            wanted = _query_draft(index, index_dir, draft)
-            try:
-                encoder = create_encoder(
-                    spec, device=device, precision=precision, draft=wanted, runtime=runtime
-                )
-            except XmrError as exc:
-                if model is not None:
-                    raise
-                raise XmrError(
-                    f"cannot load the model the index was built with ({exc}); pass a copy of it "
-                    "as the model"
-                ) from None
-        else:
-            encoder = _with_draft(model, _query_draft(index, index_dir, draft))
-            if runtime != "eager" and getattr(encoder, "text_runtime", None) is None:
-                enable_text_runtime(encoder, runtime)
         searcher = cls(index, encoder, reranker=reranker, lexical=lexical, **options)
         searcher._load_options = {"gpu": gpu}
         return searcher
@@ -196,7 +185,7 @@ class Searcher:
         if isinstance(texts, str):
             raise TypeError("search_texts takes a list of strings; use search_text for one")
         mode = self._check_mode(mode)
-        k = _check_k(k)
+        k = check_k(k)
         if mode != "dense":
             texts = check_query_texts(texts)
         if not texts:
@@ -255,7 +244,7 @@ class Searcher:
         if not queries:
             return []
         for q in queries:
-            _check_k(q.k)
+            check_k(q.k)
         modes = [self._check_mode(q.mode) for q in queries]
         if any(m != "dense" for m in modes):
             out_m: list[list[SearchResult]] = [[] for _ in queries]
@@ -324,7 +313,7 @@ class Searcher:
         ``exclude`` (its own example, in a query by example). ``vectors``: ``(Q, dim)``, or
         ``(Q, K, dim)`` for the images of a multi-vector encoder (scored by max-sim)."""
         self._dense_only("vector search")
-        k = _check_k(k)
+        k = check_k(k)
         q = np.asarray(vectors, dtype=np.float32)
         with self._index_lock:
             rows = self.index.search(q, k + (exclude is not None), category=category)
@@ -410,184 +399,3 @@ class Searcher:
             else "onnx",
         }
         return info
-
-    # --- the second stage (composed in xmr.search.reranking) -----------------------------------
-
-    def missing_sides(self) -> dict[str, int]:
-        """How many items have no image and how many no caption: a text query is reranked
-        against item images, an image query against item captions, so each direction needs
-        every item to have that side. Counted once, then kept up to date by :meth:`add_item`."""
-        with self._index_lock:
-            if self._missing is None:
-                no_image = sum(not rec.get("image") for rec in self.index.items)
-                no_caption = sum(not rec.get("captions") for rec in self.index.items)
-                self._missing = {"image": no_image, "caption": no_caption}
-            return dict(self._missing)
-
-    def rerank_unavailable(self, text_queries: bool) -> str | None:
-        """Why queries of this kind (texts, or images) cannot be reranked, or None."""
-        if self.reranker is None:
-            return "no reranker is set"
-        side = "image" if text_queries else "caption"
-        missing = self.missing_sides()[side]
-        if not missing:
-            return None
-        kind, pairs = ("text", "images") if text_queries else ("image", "captions")
-        return (
-            f"{kind} queries cannot be reranked: the cross-encoder reads item {pairs}, and "
-            f"{missing} of the {len(self)} indexed items have no {side}"
-        )
-
-    def rerank(
-        self,
-        queries: Sequence[Any],
-        first_stage: Sequence[Sequence[SearchResult]],
-        *,
-        depth: int | Sequence[int] | None = None,
-        reranker: Reranker | None = None,
-    ) -> list[list[SearchResult]]:
-        """Rescore the first ``depth`` results of each query's first-stage list.
-
-        Args:
-            queries: texts (scored against item images) or images (PIL, path, bytes, ImageRef:
-                scored against item captions); the two kinds may be mixed.
-            first_stage: each query's results, best first (from a search of this Searcher).
-            depth: how many to rescore, one for all or one per query (default: the reranker's
-                ``k``).
-            reranker: instead of the Searcher's own.
-
-        Returns:
-            New result lists in the final order (``rank`` renumbered, second-stage fields set);
-            the queries of one kind and depth share cross-encoder batches.
-        """
-        second = reranker or self.reranker
-        if second is None:
-            raise XmrError("no reranker: give the Searcher one, or pass reranker=")
-        with self._reranker_lock:
-            return rerank_results(self, queries, first_stage, second, depth)
-
-    def search_reranked(
-        self,
-        queries: Sequence[Any],
-        k: int = 10,
-        *,
-        rerank_k: int | None = None,
-        category: str | None = None,
-        reranker: Reranker | None = None,
-        mode: str | None = None,
-    ) -> list[list[SearchResult]]:
-        """Two-stage search: retrieve ``max(k, rerank_k)`` per query (text queries in ``mode``:
-        dense, bm25 or hybrid), rescore the first ``rerank_k`` with the cross-encoder, return
-        the best ``k``. ``queries`` are all texts or all images; a text cross-encoder (``ce:``)
-        reads the items' texts."""
-        second = reranker or self.reranker
-        if second is None:
-            raise XmrError("no reranker: give the Searcher one, or pass reranker=")
-        if not queries:
-            return []
-        text_queries = all(isinstance(q, str) for q in queries)
-        if not text_queries and any(isinstance(q, str) for q in queries):
-            raise XmrError("rerank: queries must be all texts or all images")
-        depth = int(rerank_k if rerank_k is not None else second.k)
-        fetch = max(_check_k(k), depth)
-        if text_queries:
-            first = self.search_texts(list(queries), fetch, category=category, mode=mode)
-        else:
-            first = self.search_images(list(queries), fetch, category=category)
-        reranked = self.rerank(queries, first, depth=depth, reranker=second)
-        return [row[:k] for row in reranked]
-
-    # --- writes ---------------------------------------------------------------------------------
-
-    def add_item(self, vector: np.ndarray, record: dict[str, Any]) -> None:
-        """Append one item (its vector ``(dim,)``, or ``(K, dim)`` in an index of multi-vector
-        items, and metadata record) and save the index directory when it
-        was loaded from one. All or nothing: when the save fails the in-memory index is put back
-        as it was (reloaded from the directory, whose previous version the atomic save left
-        intact) and the error is raised."""
-        self._dense_only("adding an item")
-        vector = np.asarray(vector, dtype=np.float32)
-        vector = vector[None] if vector.ndim in (1, 2) else vector
-        with self._index_lock:
-            index = self.index
-            index.add(vector, [str(record["id"])], [record])
-            if index.path is not None:
-                try:
-                    index.save()
-                except BaseException as exc:
-                    self._restore(index.path, exc)
-                    raise
-            if self._missing is not None:
-                self._missing["image"] += not record.get("image")
-                self._missing["caption"] += not record.get("captions")
-
-    def remove_item(self, item_id: str) -> dict[str, Any]:
-        """Delete one item and save the index directory when it was loaded from one; returns
-        the item's record. All or nothing as :meth:`add_item` (for a Milvus index the rows are
-        deleted first: see :mod:`xmr.index.milvus_backend` for what a failed save leaves)."""
-        self._dense_only("deleting an item")
-        with self._index_lock:
-            index = self.index
-            record = index.item(str(item_id))
-            index.remove([str(item_id)])
-            if index.path is not None:
-                try:
-                    index.save()
-                except BaseException as exc:
-                    self._restore(index.path, exc)
-                    raise
-            self._missing = None  # recounted on the next ask
-        return record
-
-    def _restore(self, path: Path, cause: BaseException) -> None:
-        """Put back the index as it is in ``path`` after a failed save."""
-        try:
-            self.index = load_index(path, **self._load_options)
-        except Exception as exc:  # noqa: BLE001 - reported with the save's own failure
-            raise XmrError(
-                f"{path}: saving the index failed ({cause}) and reloading its previous version "
-                f"failed too ({exc}); the in-memory index holds an unsaved item"
-            ) from cause
-        self._missing = None
-
-
-def index_draft(index: Index) -> bool:
-    """Whether the index's images were decoded in JPEG draft mode (``--draft``): its
-    ``source.preprocessing.jpeg_draft``, else its model manifest's ``preprocess.draft``."""
-    preprocessing = ((index.manifest or {}).get("source") or {}).get("preprocessing") or {}
-    if "jpeg_draft" in preprocessing:
-        return bool(preprocessing["jpeg_draft"])
-    return bool(((index.model or {}).get("preprocess") or {}).get("draft", False))
-
-
-def _query_draft(index: Index, index_dir: Any, draft: bool | None) -> bool:
-    """The query images' decoding: the index's, and an explicit other setting is an error."""
-    built = index_draft(index)
-    if draft is None or bool(draft) == built:
-        return built
-    said = {True: "with draft JPEG decoding (--draft)", False: "with full decoding (--no-draft)"}
-    raise XmrError(
-        f"{index_dir}: the index's images were decoded {said[built]}; query images must be "
-        f"decoded the same way, not {said[bool(draft)]} (leave the setting out to follow "
-        "the index)"
-    )
-
-
-def _with_draft(encoder: Any, draft: bool) -> Any:
-    """``encoder`` decoding query images with ``draft``: a shallow copy sharing the model when
-    it must change (the caller's encoder is left as it was)."""
-    preprocess = getattr(encoder, "preprocess", None)
-    if preprocess is None or bool(getattr(preprocess, "draft", False)) == draft:
-        return encoder
-    import copy
-    from dataclasses import replace
-
-    encoder = copy.copy(encoder)
-    encoder.preprocess = replace(preprocess, draft=draft)
-    return encoder
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or int(k) <= 0:
-        raise XmrError(f"k must be a positive number, got {k}")
-    return int(k)

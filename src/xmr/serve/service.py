@@ -3,19 +3,17 @@
 :class:`SearchService` holds a :class:`~xmr.search.Searcher` (the one search of xmr: the service
 never searches, looks up or converts results on its own), the micro-batchers that let concurrent
 requests share encoder and cross-encoder calls, the image store, and the service's policy: when
-a query is reranked, what a result looks like as JSON, what is shown of the models, how an
-upload is added. Its ``async`` methods take validated requests (:mod:`xmr.serve.models`) and
+a query is reranked, what a result looks like as JSON (:mod:`xmr.serve.result_json`), what is
+shown of the models, how an upload is added. Its ``async`` methods take validated requests (:mod:`xmr.serve.models`) and
 return JSON-ready dicts or raise :class:`~xmr.serve.limits.ApiError`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -26,11 +24,10 @@ from xmr.serve.batching import MicroBatcher
 from xmr.serve.images import ImageBody, ImageStore, decode_upload
 from xmr.serve.limits import ApiError, ServeSettings, check_rerank, public_model_name
 from xmr.serve.models import AddItemForm, ImageSearchForm, SearchRequest, ValidationContext
+from xmr.serve.result_json import record_fields, result_json
 from xmr.serve.writes import ItemWriter
 
 log = logging.getLogger("xmr.serve")
-
-_BITS = re.compile(r"\s*[01](\s*,\s*[01])+\s*")
 
 
 class RerankJob(NamedTuple):
@@ -221,7 +218,7 @@ class SearchService:
     def item_json(self, item_id: str) -> dict[str, Any]:
         """The item's metadata: captions, attribute, category and its image URLs."""
         record = self.known_item(item_id)
-        out = self.result_json(SearchResult(item_id, 0.0, 0, **_fields(record)))
+        out = self.result_json(SearchResult(item_id, 0.0, 0, **record_fields(record)))
         out.pop("score")
         return out
 
@@ -247,40 +244,8 @@ class SearchService:
         return self.searcher.image_ref(item_id)
 
     def result_json(self, r: SearchResult) -> dict[str, Any]:
-        """A result as the API shows it: image URLs instead of the server's paths, the first
-        caption (or the attribute's meaning) as ``caption``, the second stage when it ran."""
-        enc = quote(r.id, safe="")
-        labels = self.attribute_labels(r.attribute)
-        caption = r.captions[0] if r.captions else (", ".join(labels) if labels else r.attribute)
-        out = {
-            "id": r.id,
-            "score": round(float(r.score), 6),
-            "image_url": f"/api/items/{enc}/image" if r.image else None,
-            "thumbnail_url": f"/api/items/{enc}/thumbnail" if r.image else None,
-            "caption": caption,
-            "captions": list(r.captions),
-            "attribute": r.attribute,
-            "category": r.category,
-        }
-        if labels is not None:
-            out["attribute_labels"] = labels
-        if r.reranked is not None:
-            out["first_stage_score"] = round(float(r.first_stage_score or 0.0), 6)
-            out["first_stage_rank"] = r.first_stage_rank
-            out["match_prob"] = None if r.match_prob is None else round(float(r.match_prob), 6)
-            out["reranked"] = bool(r.reranked)
-        return out
-
-    def attribute_labels(self, attribute: str | None) -> list[str] | None:
-        """The names of the set positions of a 0/1 attribute vector, when the service knows the
-        vector's layout (``attribute_names``) and the vector has its length; else None."""
-        names = self.settings.attribute_names
-        if not names or not attribute or not _BITS.fullmatch(attribute):
-            return None
-        bits = [b.strip() for b in attribute.split(",")]
-        if len(bits) != len(names):
-            return None
-        return [n.replace("_", " ") for n, b in zip(names, bits, strict=True) if b == "1"]
+        """A result as the API shows it (see :func:`xmr.serve.result_json.result_json`)."""
+        return result_json(r, self.settings.attribute_names)
 
     # --- queries --------------------------------------------------------------------------------
 
@@ -416,15 +381,6 @@ class SearchService:
         finally:
             await run_in_threadpool(self._refresh)
         return {"deleted": item_id, "items": len(self.searcher)}
-
-
-def _fields(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "image": record.get("image"),
-        "captions": list(record.get("captions") or []),
-        "attribute": record.get("attribute"),
-        "category": record.get("category"),
-    }
 
 
 def text_search_options(settings: ServeSettings) -> dict[str, Any]:

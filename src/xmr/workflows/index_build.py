@@ -9,7 +9,9 @@ from typing import Any
 from xmr.encode import load_embeddings, load_metadata, read_manifest
 from xmr.errors import XmrError
 from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings, fusion_digest, load_fusion
-from xmr.index.store import Index, build_index, check_replaceable, load_index
+from xmr.index.building import build_index
+from xmr.index.layout import check_replaceable
+from xmr.index.store import Index, load_index
 from xmr.io.atomic import check_output_dir
 
 log = logging.getLogger(__name__)
