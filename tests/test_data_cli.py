@@ -155,7 +155,7 @@ def test_convert_refusals(track2, muge, tmp_path, capsys):
         convert_dataset(xmr.load_dataset(track2), "coco", tmp_path / "c")
     # Several splits: the user picks one.
     (muge / "MR_test_imgs.tsv").write_text(f"9\t{b64(0)}\n")
-    with pytest.raises(XmrError, match="choose a split with --split"):
+    with pytest.raises(XmrError, match="choose a split with split="):
         convert_dataset(xmr.load_dataset(muge), "csv", tmp_path / "c")
     # A bad image found while converting leaves no partial output.
     (muge / "MR_valid_imgs.tsv").write_text(f"1\t{b64(0)}\n2\tAAAA\n3\t{b64(1)}\n")

@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 
+from xmr.cli.error_terms import in_cli_terms, option_flags
 from xmr.cli.options import ArgumentParser
 from xmr.errors import XmrError
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         load_plugins()
         return int(args.func(args) or 0)
     except XmrError as exc:
-        print(f"xmr: error: {exc}", file=sys.stderr)
+        # The library names parameters (split=); the user typed flags (--split).
+        print(f"xmr: error: {in_cli_terms(str(exc), option_flags(parser))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -132,4 +132,4 @@ class RetrievalDataset:
             return candidates[0]
         what = "splits with relevance" if need_relevance else "splits"
         names = ", ".join(s.name for s in candidates) or "none"
-        raise XmrError(f"{self.root}: choose a split with --split ({what}: {names})")
+        raise XmrError(f"{self.root}: choose a split with split= ({what}: {names})")

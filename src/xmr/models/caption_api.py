@@ -154,7 +154,7 @@ class ApiCaptioner:
         backoff_base: float = 1.0,
     ) -> None:
         if not api_base:
-            raise XmrError("the api captioner needs an API base URL (--api-base)")
+            raise XmrError("the api captioner needs an API base URL (api_base=)")
         if concurrency < 1 or retries < 0 or timeout <= 0:
             raise XmrError("concurrency must be >= 1, retries >= 0 and timeout > 0")
         self.model = model_name

@@ -32,7 +32,7 @@ def load_search_parts(
         return index, None, None
     lexical = open_index(bm25_index) if bm25_index is not None else None
     if lexical is not None and not is_lexical(lexical):
-        raise XmrError(f"{bm25_index}: not a BM25 index (build it with --model bm25)")
+        raise XmrError(f"{bm25_index}: not a BM25 index (build it with model=bm25)")
     if model is None or isinstance(model, str | Path):
         spec = str(model) if model is not None else (index.model or {}).get("spec")
         if not spec:

@@ -75,7 +75,7 @@ class Searcher(SearcherSecondStage, SearcherWrites):
             self.index, self.encoder, self.lexical, self.dense = index, encoder, index, None
             return
         if lexical is not None and not is_lexical(lexical):
-            raise XmrError("lexical= must be a BM25 index (built with --model bm25)")
+            raise XmrError("lexical= must be a BM25 index (one built with model=bm25)")
         if encoder is None:
             raise XmrError("a vector index needs the encoder that built it")
         self.lexical = lexical

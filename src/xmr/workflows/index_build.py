@@ -85,7 +85,7 @@ def index_embeddings(
             out_dir, uri=options.pop("uri", None), collection=options.pop("collection", None)
         )
     elif options.pop("uri", None) or options.pop("collection", None):
-        raise XmrError("uri and collection are options of the milvus backend (--backend milvus)")
+        raise XmrError("uri= and collection= are options of the milvus backend (backend=milvus)")
     fusion = options.pop("fusion", None)
     weight = options.pop("fusion_weight", None)
     fusion = weight if fusion is None else fusion

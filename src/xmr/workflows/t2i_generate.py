@@ -121,7 +121,7 @@ def generate_t2i(
 
     out = check_output_file(out)
     if out.exists() and not overwrite:
-        raise XmrError(f"{out}: exists; pass overwrite (--overwrite) to replace it")
+        raise XmrError(f"{out}: exists; set overwrite= to replace it")
     if steps < 1 or batch_size < 1 or (size is not None and (size < 8 or size % 8)):
         raise XmrError("steps and batch size must be positive, size a multiple of 8 (>= 8)")
     if image_format not in IMAGE_FORMATS:

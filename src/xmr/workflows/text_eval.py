@@ -79,7 +79,7 @@ def text_runs(
     ``hybrid`` the fused run under ``""`` beside ``dense/`` and ``bm25/``."""
     if is_bm25_spec(model):
         if hybrid:
-            raise XmrError("hybrid fuses a dense model with BM25: give --model a dense model")
+            raise XmrError("hybrid fuses a dense model with BM25: give model= a dense model")
         return {"": bm25_run(split, model, depth=depth)}
     encoder = _encoder(model, device, precision)
     dense = dense_caption_run(encoder, split, depth, batch_size=batch_size, device=device)

@@ -52,7 +52,7 @@ def choose_splits(available: Iterable[str], requested: str | None, where: Path) 
     """The splits to read: all of ``available`` (in split order), or the requested one."""
     names = sorted(set(available), key=split_sort_key)
     if not names:
-        raise XmrError(f"{where}: no split found in the files there (is the --format right?)")
+        raise XmrError(f"{where}: no split found in the files there (is the format= right?)")
     if requested is None:
         return names
     if requested not in names:

@@ -206,7 +206,7 @@ def read_tsv_splits(
     """
     if images is not None:
         if len(names) > 1:
-            raise XmrError(f"{path}: --images applies to one split; choose it with --split")
+            raise XmrError(f"{path}: images= applies to one split; choose it with split=")
         require_path(Path(images))
         tsvs[names[0]] = Path(images)
     bad = BadRecords(skip_bad)

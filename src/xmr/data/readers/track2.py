@@ -113,7 +113,7 @@ def _layout(path: Path, split: str | None, images: Path | None) -> list[_SplitFi
     folders = {d.name: d for d in _split_dirs(path)}
     chosen = choose_splits(folders, split, path)
     if images is not None and len(chosen) > 1:
-        raise XmrError(f"{path}: --images applies to one split; choose it with --split")
+        raise XmrError(f"{path}: images= applies to one split; choose it with split=")
     return [_SplitFiles(name, folders[name], images, root=path) for name in chosen]
 
 
@@ -152,7 +152,7 @@ def _read_split(files: _SplitFiles, bad: BadRecords) -> Split:
     split = Split(files.name)
     index = DirectoryIndex()
     if not files.images.is_dir():
-        raise DataError("images directory not found (pass --images DIR)", file=str(files.images))
+        raise DataError("images directory not found (pass images=DIR)", file=str(files.images))
     for present in (files.label, files.text, files.gt):
         if present is not None:
             require_content(present)
