@@ -34,6 +34,9 @@ The layout of a data set written to ``OUT``::
     OUT/test/test_gt.txt                             text$img1$img2...  (image file names)
 
 An image is relevant to a text when it carries an attribute string that the text appears with.
+
+(One module, a little over 400 lines, on purpose: the attribute vocabulary, the sampling of
+attribute sets and the Track2 writer are one generator; the drawing is in ``synth_render``.)
 """
 
 from __future__ import annotations

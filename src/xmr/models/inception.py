@@ -23,6 +23,9 @@ them apart by content, not by name:
 
 Features: ``pool`` (2048-d, the FID feature), ``logits_unbiased`` (pool @ W^T, what the original
 IS code and torch-fidelity's ISC use) and ``logits`` (with the bias).
+
+(One module, just over 400 lines, on purpose: one network, its TF-exact resize and its loader,
+which checks the weights against this very architecture.)
 """
 
 from __future__ import annotations

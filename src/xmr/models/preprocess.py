@@ -23,6 +23,9 @@ a dict of uint8 patches, normalised per batch the same way.
 
 ``draft=True`` (opt-in, ``--draft``) lets JPEGs decode at 1/2..1/8 scale when at least twice the
 resize target: much faster for big photos, but not the processor's pixels.
+
+(One module, a little over 400 lines, on purpose: it is one class, ``ImagePreprocess``, and the
+two array helpers whose rounding it must share with it to match transformers bit for bit.)
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ Every module has the attribute name ModelScope's has, so a state-dict key of
 :data:`UNUSED_PREFIXES` for the keys the ITM path never reads). The fusion layers below
 ``start_layer`` exist in the checkpoint but are never run; they are ``nn.Identity``
 placeholders here, which keeps the indices of the others equal to ModelScope's.
+
+(One module, just over 400 lines, on purpose: one network, module for module as ModelScope
+writes it, so the two can be read side by side.)
 """
 
 from __future__ import annotations
