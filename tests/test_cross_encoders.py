@@ -13,7 +13,9 @@ pytest.importorskip("transformers")
 
 from PIL import Image  # noqa: E402
 
+from xmr.data.images import ImageRef  # noqa: E402
 from xmr.errors import XmrError  # noqa: E402
+from xmr.models.base import Encoder  # noqa: E402
 from xmr.models.blip_itm import create_tiny_cross_encoder, tiny_vocab  # noqa: E402
 from xmr.models.cross_encoders import (  # noqa: E402
     create_cross_encoder,
@@ -21,6 +23,7 @@ from xmr.models.cross_encoders import (  # noqa: E402
     match_probability,
     parse_cross_encoder_spec,
 )
+from xmr.models.preprocess import ImagePreprocess  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,14 @@ def tiny_dirs(tmp_path_factory):
     return {
         kind: create_tiny_cross_encoder(root / kind, kind, seed=1) for kind in ("blip", "blip2")
     }
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _images():
@@ -122,19 +133,30 @@ def test_tiny_vocab_spells_any_text():
 # ---- ITM fine-tuning --------------------------------------------------------------------------
 
 
-class _ColorWords:
-    """A hand-made first stage: images and texts embedded by how red/blue they are."""
+class _ColorWords(Encoder):
+    """A hand-made first stage: images and texts embedded by how red/blue they are. A real
+    :class:`~xmr.models.base.Encoder`, so its images go through the encode pipeline as a
+    model's do (hard-negative mining embeds them with ``xmr.encode.embed_image_refs``)."""
 
-    def encode_images(self, images, batch_size=None):
-        from xmr.models.base import load_image
+    spec, backend, embed_dim, context_length = "test:color-words", "test", 2, 8
 
-        rows = [np.asarray(load_image(im), dtype=float).reshape(-1, 3).mean(0) for im in images]
-        out = np.array([[r[0], r[2]] for r in rows], dtype=np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
+    def __init__(self):
+        self.model = torch.nn.Module()
+        self.model.logit_scale = torch.nn.Parameter(torch.zeros(()))
+        self.preprocess = ImagePreprocess(
+            mode="resize", size=(8, 8), crop_size=None, mean=None, std=None
+        )
+        self.device = torch.device("cpu")
 
-    def encode_texts(self, texts, batch_size=None):
-        out = np.array([[("red" in t) + 0.1, ("blue" in t) + 0.1] for t in texts], np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
+    def tokenize(self, texts):
+        bags = [[("red" in t) + 0.1, ("blue" in t) + 0.1] for t in texts]
+        return {"bags": torch.tensor(bags, dtype=torch.float32)}
+
+    def text_features(self, tokens):
+        return tokens["bags"]
+
+    def image_features(self, pixel_values):
+        return torch.stack([pixel_values[:, 0].mean((1, 2)), pixel_values[:, 2].mean((1, 2))], 1)
 
 
 def color_split():
@@ -159,7 +181,7 @@ def color_split():
 def test_hard_negatives_are_the_first_stage_top_non_matches():
     from xmr.train.itm import mine_hard_negatives
 
-    red, blue, _ = _images()
+    red, blue, _ = (ImageRef(data=_png(im)) for im in _images())
     images = [red, blue, red]
     texts = ["red", "blue", "a red car", "blue sky"]
     positives = [(0, 0), (1, 1), (2, 2)]

@@ -20,6 +20,7 @@ model, precision or input list is an error, not a silent mix.
 
 from xmr.data.loading import ImageDataset, collate_images
 from xmr.encode.engines import EngineOptions, list_engines, register_engine
+from xmr.encode.image_list import embed_image_refs
 from xmr.encode.kind_run import KindSummary
 from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.manifest import draft_size_for
@@ -44,6 +45,7 @@ __all__ = [
     "choose_loader",
     "collate_images",
     "draft_size_for",
+    "embed_image_refs",
     "encode_split",
     "load_embeddings",
     "list_engines",

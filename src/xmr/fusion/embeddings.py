@@ -4,15 +4,13 @@ See :mod:`xmr.fusion` for the formulas."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from xmr.data.dataset import Split
-from xmr.encode import Embeddings, encode_split, load_embeddings
+from xmr.encode import Embeddings, embed_image_refs, load_embeddings
 from xmr.errors import XmrError
 from xmr.fusion.models import Fusion, load_fusion, per_vector_sides
 from xmr.vectors import l2_normalize
@@ -149,18 +147,14 @@ def encode_items(
 
 
 def _encode_images(encoder, items, with_image, image, batch_size, workers, progress) -> list[str]:
-    """Fill ``image``'s rows of ``with_image`` through ``encode_split``; the ids that failed."""
-    # Positions, not ids, name the temporary split's items: a list of items may repeat an id.
-    split = Split("items", {str(n): replace(items[n], id=str(n)) for n in with_image})
-    with tempfile.TemporaryDirectory(prefix="xmr-items-") as tmp:
-        encode_split(
-            encoder, split, tmp, batch_size=batch_size, workers=workers, kinds=("images",),
-            progress=progress,
-        )  # fmt: skip
-        emb = load_embeddings(tmp, "images")
-    image[[int(n) for n in emb.ids]] = emb.vectors
-    done = set(emb.ids)
-    return [str(items[n].id) for n in with_image if str(n) not in done]
+    """Fill ``image``'s rows of ``with_image`` (:func:`xmr.encode.embed_image_refs`); the ids
+    that failed."""
+    rows, failed = embed_image_refs(
+        encoder, [items[n].image for n in with_image], batch_size=batch_size, workers=workers,
+        progress=progress,
+    )  # fmt: skip
+    image[with_image] = rows
+    return [str(items[with_image[n]].id) for n in failed]
 
 
 def multimodal_embeddings(

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xmr.encode import embed_image_refs
 from xmr.errors import XmrError
 from xmr.eval.ranking import topk_from_embeddings
 from xmr.models.base import load_image
@@ -42,19 +43,23 @@ def mine_hard_negatives(
     *,
     batch_size: int | None = None,
     device: Any = None,
+    workers: int = 0,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """The ``n`` highest-scoring non-matching texts of each image and images of each text.
 
     Args:
         encoder: the first-stage bi-encoder.
-        image_refs, texts: the candidates (anything ``encode_images`` reads; strings).
+        image_refs, texts: the candidates (ImageRefs, embedded the one way xmr embeds images,
+            :func:`xmr.encode.embed_image_refs`: an undecodable one ranks last; strings).
         positives: ``(image index, text index)`` matching pairs (excluded from the negatives).
         n: negatives kept per image and per text.
 
     Returns:
         ``(texts_for_image, images_for_text)``: lists of indices, hardest first.
     """
-    image_emb = np.asarray(encoder.encode_images(list(image_refs), batch_size=batch_size))
+    image_emb, _ = embed_image_refs(
+        encoder, list(image_refs), batch_size=batch_size, workers=workers
+    )
     text_emb = np.asarray(encoder.encode_texts(list(texts), batch_size=batch_size))
     match_of_image, match_of_text = _matches(positives)
     # Ask for enough candidates that n survive removing the matches.
