@@ -199,6 +199,33 @@ def create_tiny_chinese_clip(
     return out
 
 
+def _siglip_towers(vocab: dict[str, int], width: int, layers: int, heads: int, context_length: int):
+    """The text config and the vision config's shared part of a tiny SigLIP / SigLIP2."""
+    tower = {
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    }
+    text = {
+        **tower,
+        "vocab_size": len(vocab),
+        "max_position_embeddings": context_length,
+        "pad_token_id": vocab[PAD],
+        "eos_token_id": vocab[EOS],
+        "bos_token_id": vocab[BOS],
+    }
+    return text, tower
+
+
+def _save_tiny(out: Path, model: Any, tokenizer: Any, preprocess: Any, processor: str) -> Path:
+    with quiet_transformers():
+        model.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
+    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config(processor))
+    return out
+
+
 def create_tiny_siglip(
     out_dir: str | os.PathLike,
     texts: Iterable[str] | None = None,
@@ -218,37 +245,14 @@ def create_tiny_siglip(
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
-    vocab = tokenizer.get_vocab()
-    config = SiglipConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": width,
-            "intermediate_size": 2 * width,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "max_position_embeddings": context_length,
-            "pad_token_id": vocab[PAD],
-            "eos_token_id": vocab[EOS],
-            "bos_token_id": vocab[BOS],
-        },
-        vision_config={
-            "hidden_size": width,
-            "intermediate_size": 2 * width,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "image_size": image_size,
-            "patch_size": patch_size,
-        },
-    )
+    text, tower = _siglip_towers(tokenizer.get_vocab(), width, layers, heads, context_length)
+    vision = {**tower, "image_size": image_size, "patch_size": patch_size}
+    config = SiglipConfig(text_config=text, vision_config=vision)
     model = _seeded_init(seed, lambda: SiglipModel(config))
-    with quiet_transformers():
-        model.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
     preprocess = ImagePreprocess(
         mode="resize", size=(image_size, image_size), crop_size=None, mean=HALF, std=HALF
     )
-    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("SiglipImageProcessor"))
-    return out
+    return _save_tiny(out, model, tokenizer, preprocess, "SiglipImageProcessor")
 
 
 def create_tiny_siglip2(
@@ -269,32 +273,10 @@ def create_tiny_siglip2(
     out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_wordpiece(texts, model_max_length=context_length, bos=False, eos=True)
-    vocab = tokenizer.get_vocab()
-    config = Siglip2Config(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": width,
-            "intermediate_size": 2 * width,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "max_position_embeddings": context_length,
-            "pad_token_id": vocab[PAD],
-            "eos_token_id": vocab[EOS],
-            "bos_token_id": vocab[BOS],
-        },
-        vision_config={
-            "hidden_size": width,
-            "intermediate_size": 2 * width,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "patch_size": patch_size,
-            "num_patches": max_num_patches,
-        },
-    )
+    text, tower = _siglip_towers(tokenizer.get_vocab(), width, layers, heads, context_length)
+    vision = {**tower, "patch_size": patch_size, "num_patches": max_num_patches}
+    config = Siglip2Config(text_config=text, vision_config=vision)
     model = _seeded_init(seed, lambda: Siglip2Model(config))
-    with quiet_transformers():
-        model.save_pretrained(out)
-    save_tokenizer(tokenizer, out)
     preprocess = ImagePreprocess(
         mode="naflex",
         size=0,
@@ -305,8 +287,7 @@ def create_tiny_siglip2(
         patch_size=patch_size,
         max_num_patches=max_num_patches,
     )
-    _write_json(out / "preprocessor_config.json", preprocess.to_hf_config("Siglip2ImageProcessor"))
-    return out
+    return _save_tiny(out, model, tokenizer, preprocess, "Siglip2ImageProcessor")
 
 
 def create_tiny_blip(
