@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 COLOURS = ["white", "black", "red", "blue", "yellow", "green", "grey", "silver", "orange", "brown"]
@@ -127,9 +128,19 @@ def get_json(url: str):
 
 
 class Server:
+    """``python -m xmr serve INDEX`` on a free loopback port (``extra``: more serve options)."""
+
     def __init__(
-        self, index: Path, batching: bool, wait_ms: float, src: Path | None = None
+        self,
+        index: Path,
+        batching: bool,
+        wait_ms: float,
+        src: Path | None = None,
+        *,
+        extra: Sequence[str] = (),
+        startup_s: float = 120,
     ) -> None:
+        self.startup_s = startup_s
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [
@@ -149,6 +160,7 @@ class Server:
         ]
         if not batching:
             cmd.append("--no-batching")
+        cmd.extend(extra)
         env = None
         if src is not None:  # another checkout's package, first on the path
             env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
@@ -157,7 +169,7 @@ class Server:
         )
 
     def __enter__(self) -> Server:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.startup_s
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"server exited: {self.proc.stderr.read().decode()}")
@@ -166,7 +178,7 @@ class Server:
                 return self
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("server did not start in 120 s") from None
+                    raise SystemExit(f"server did not start in {self.startup_s:.0f} s") from None
                 time.sleep(0.2)
 
     def __exit__(self, *exc) -> None:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve import build_index, free_port, get_json, load, query_texts  # noqa: E402
+from bench_serve import Server, build_index, load, query_texts  # noqa: E402
+
+# The servers differ only in the text runtime (an ONNX export can take minutes to load cold).
+SERVE_ARGS = {r: ("--device", "cpu", "--runtime", r) for r in ("eager", "onnx")}
 
 
 def timed_pair(fns, repeats: int) -> list[float]:
@@ -42,38 +44,6 @@ def timed_pair(fns, repeats: int) -> list[float]:
             fn()
             total[i] += time.perf_counter() - t0
     return [t / repeats for t in total]
-
-
-class Server:
-    """``python -m xmr serve INDEX --runtime R`` on a free loopback port."""
-
-    def __init__(self, index: Path, runtime: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "xmr", "serve", str(index), "--host", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warning", "--device", "cpu",
-               "--runtime", runtime]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def __enter__(self) -> Server:
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {self.proc.stderr.read().decode()}")
-            try:
-                get_json(f"{self.base}/api/health")
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("server did not start in 300 s") from None
-                time.sleep(0.2)
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def main() -> None:
@@ -143,7 +113,10 @@ def main() -> None:
             return
         rows = {}
         with contextlib.ExitStack() as stack:
-            servers = {r: stack.enter_context(Server(index, r)) for r in ("eager", "onnx")}
+            servers = {
+                r: stack.enter_context(Server(index, True, 5.0, extra=SERVE_ARGS[r], startup_s=300))
+                for r in ("eager", "onnx")
+            }
             for clients in levels:
                 for runtime, server in servers.items():
                     r = asyncio.run(load(server.base, clients, args.requests, texts, 10))
