@@ -163,15 +163,60 @@ def bench_preprocess(model_dir: Path, paths: list[Path], batch: int = 32) -> Non
             out.append(pre.normalize(np.stack(crops)))
         return torch.cat(out)
 
+    def worker():  # a decoding worker's share when the batch is normalised on the device
+        for p in paths:
+            pre.crop(ImageRef(path=str(p)).open())
+
+    resample = getattr(Image.Resampling, pre.resample.upper())
+
+    def shared_floor():
+        # What both sides do with the very same PIL calls (decode, then the bicubic resize to
+        # the processor's size): no bit-exact path can go below it while PIL resamples.
+        for p in paths:
+            im = ImageRef(path=str(p)).open()
+            h, w = pre.target_size(im.height, im.width)
+            if (h, w) != (im.height, im.width):
+                im.resize((w, h), resample=resample)
+
+    from dataclasses import replace
+
+    pre_tv = replace(pre, backend="torchvision")
+
+    def ours_torchvision():
+        out = []
+        for i in range(0, len(paths), batch):
+            crops = [pre_tv.crop(ImageRef(path=str(p)).open()) for p in paths[i : i + batch]]
+            out.append(pre_tv.normalize(np.stack(crops)))
+        return torch.cat(out)
+
+    def worker_torchvision():
+        for p in paths:
+            pre_tv.crop(ImageRef(path=str(p)).open())
+
     reference(), ours()  # warm-up
     (expected, ref_s), (got, xmr_s) = timed(reference), timed(ours)
     _, dec_s = timed(decode_only)
+    _, worker_s = timed(worker)
+    _, floor_s = timed(shared_floor)
+    (got_tv, tv_s), (_, tv_worker_s) = timed(ours_torchvision), timed(worker_torchvision)
     n = len(paths)
     diff = float((got - expected).abs().max())
     print(
         f"decode+preprocess, 1 core: reference {type(processor).__name__} {ref_s / n * 1e3:.2f} "
         f"ms/img, xmr {xmr_s / n * 1e3:.2f} ms/img (of which decoding {dec_s / n * 1e3:.2f}): "
         f"x{ref_s / xmr_s:.2f}; max |diff| {diff:.1e}"
+    )
+    print(
+        f"  worker share (decode + uint8 crop; normalised on the device): "
+        f"{worker_s / n * 1e3:.2f} ms/img, x{ref_s / worker_s:.2f}; shared floor (decode + the "
+        f"same PIL resize): {floor_s / n * 1e3:.2f} ms/img, so at exact parity at most "
+        f"x{ref_s / floor_s:.2f}"
+    )
+    print(
+        f"xmr --image-backend torchvision (the torchvision processor's pixels, see "
+        f"crosscheck_processor_backends.py): {tv_s / n * 1e3:.2f} ms/img, x{ref_s / tv_s:.2f}; "
+        f"worker share {tv_worker_s / n * 1e3:.2f} ms/img, x{ref_s / tv_worker_s:.2f}; "
+        f"max |diff| from the pil processor {float((got_tv - expected).abs().max()):.1e}"
     )
     torch.set_num_threads(threads)
 

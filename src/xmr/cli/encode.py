@@ -63,6 +63,7 @@ def add_encode_arguments(p: argparse.ArgumentParser) -> None:
         help="inputs per shard",
     )  # fmt: skip
     options.add_draft(p)
+    options.add_image_backend(p)
     options.add_runtime(p)
     # The former opt-out: full decoding is the default now.
     p.add_argument("--no-draft", action="store_true", help=argparse.SUPPRESS)
@@ -170,14 +171,16 @@ def _driver_encoder(args: argparse.Namespace):
     fingerprint (on the CPU), while the actors load the model on their own devices."""
     if args.engine == "local":
         return create_encoder(
-            args.model, device=args.device, precision=args.precision, runtime=args.runtime
-        )
+            args.model, device=args.device, precision=args.precision, runtime=args.runtime,
+            image_backend=args.image_backend,
+        )  # fmt: skip
     if args.runtime != "eager":  # the actors load the model themselves, eagerly
         raise XmrError("--runtime onnx is an option of the local engine, not of --engine ray")
     gpu_actors = args.gpus_per_actor > 0
     encoder = create_encoder(
-        args.model, device="cpu", precision="fp32" if gpu_actors else args.precision
-    )
+        args.model, device="cpu", precision="fp32" if gpu_actors else args.precision,
+        image_backend=args.image_backend,
+    )  # fmt: skip
     if gpu_actors:  # fp16/bf16 are the GPU actors' autocast, whatever this CPU allows
         encoder.precision = args.precision
     return encoder

@@ -130,6 +130,7 @@ def add_model_arguments(p: argparse.ArgumentParser, *, evaluate: bool = True) ->
     options.add_device(g)
     options.add_precision(g)
     options.add_draft(g)
+    options.add_image_backend(g)
     options.add_runtime(g)
 
 
@@ -164,6 +165,7 @@ def model_kwargs(args: argparse.Namespace) -> dict:
         "rerank_batch_size": args.rerank_batch_size,
         "skip_bad": args.skip_bad,
         "draft": args.draft,
+        "image_backend": args.image_backend,
         "runtime": args.runtime,
         "text": text_options(args),
     }

@@ -87,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="image decoding processes (default: --config's, else 2)",
     )
     options.add_draft(p)
+    options.add_image_backend(p)
     p.add_argument(
         "--no-resume", action="store_true", help="start over even if OUT has a checkpoint"
     )
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     if args.draft and (args.fused or args.cross_encoder):
         which = "--fused" if args.fused else "--cross-encoder"
         raise XmrError(f"--draft is for contrastive training; {which} training decodes in full")
+    if args.image_backend and (args.fused or args.cross_encoder):
+        which = "--fused" if args.fused else "--cross-encoder"
+        raise XmrError(f"--image-backend is for contrastive training, not {which} training")
     if args.fused:
         from xmr.cli.train_fusion import run_fusion
 
@@ -136,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "skip_bad": True if args.skip_bad else None,
         # Not given: --config's setting (or off); the flag only turns it on.
         "draft": True if args.draft else None,
+        "image_backend": args.image_backend,
     }
     overrides = parse_overrides(args.overrides)
     if valid is not None:

@@ -103,6 +103,12 @@ def check_resumable(
             f"{'it' if new.get('draft') else 'full decoding'}: draft and full-decode embeddings "
             f"are not mixed; {redo}"
         )
+    changed = _preprocess_changes(om, nm)
+    if changed:
+        raise XmrError(
+            f"{out} was encoded with other preprocessing ({'; '.join(changed)}): embeddings of "
+            f"other pixels or token lengths are not mixed; {redo}"
+        )
     if old.get("precision") != new.get("precision"):
         raise XmrError(
             f"{out} was encoded with precision={old.get('precision')!r}, this run asks for "
@@ -123,3 +129,23 @@ def check_resumable(
                 f"{out}: the {kind} there were encoded from a different list of inputs (another "
                 f"data set or split, or another --shard-size); {redo}"
             )
+
+
+def _preprocess_changes(old_model: dict[str, Any], new_model: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for each preprocessing setting two runs differ in (draft is checked
+    on its own; an absent ``backend`` is pil, as manifests before it were)."""
+
+    def settings(model: dict[str, Any]) -> dict[str, Any]:
+        pre = {k: v for k, v in (model.get("preprocess") or {}).items() if k != "draft"}
+        if pre:
+            pre.setdefault("backend", "pil")
+        return pre
+
+    old, new = settings(old_model), settings(new_model)
+    if not old or not new:
+        return []
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]

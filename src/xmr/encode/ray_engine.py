@@ -158,6 +158,7 @@ class RayEngine:
                 "device": "cuda" if per_gpu > 0 else "cpu",
                 "precision": self.encoder.precision,
                 "expected": self.expected,
+                "image_backend": getattr(self.encoder.preprocess, "backend", None),
             },
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=self.actors),
@@ -210,10 +211,19 @@ def _decode_rows(batch: dict[str, np.ndarray], preprocess) -> dict[str, np.ndarr
 class _ModelActor:
     """Ray actor: loads the model once, then encodes one planned batch per call."""
 
-    def __init__(self, spec: str, device: str, precision: str, expected: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        spec: str,
+        device: str,
+        precision: str,
+        expected: dict[str, Any],
+        image_backend: str | None = None,
+    ) -> None:
         from xmr.models import create_encoder
 
-        self.encoder = create_encoder(spec, device=device, precision=precision)
+        self.encoder = create_encoder(
+            spec, device=device, precision=precision, image_backend=image_backend
+        )
         if self.encoder.precision != precision:
             raise XmrError(
                 f"precision {precision} is not available to a Ray actor on {device} (it ran "

@@ -15,6 +15,7 @@ from xmr.models.registry import (
     list_backends,
     parse_spec,
     register_backend,
+    with_image_backend,
 )
 
 _LAZY = {
@@ -33,6 +34,7 @@ __all__ = [
     "list_backends",
     "parse_spec",
     "register_backend",
+    "with_image_backend",
     *sorted(_LAZY),
 ]
 

@@ -112,6 +112,7 @@ def create_encoder(
     *,
     draft: bool = False,
     runtime: str = "eager",
+    image_backend: str | None = None,
     **kwargs: Any,
 ) -> Encoder:
     """Load the encoder named by ``spec`` onto ``device`` (default: cuda when available).
@@ -126,6 +127,9 @@ def create_encoder(
         runtime: "eager" (PyTorch) or "onnx": text queries (``encode_texts``) run on ONNX
             Runtime, from an export of the text tower cached by the weights' fingerprint
             (:mod:`xmr.models.onnx_text`; hf: models on the CPU in fp32; needs ``xmr[onnx]``).
+        image_backend: which transformers image-processor backend's pixels the preprocessing
+            reproduces: "pil" or "torchvision" (see :class:`~xmr.models.preprocess.
+            ImagePreprocess`); None keeps the model's (pil). Recorded in its manifest.
         **kwargs: backend options (e.g. ``context_length`` to override the text length).
     """
     check_runtime(runtime)
@@ -136,8 +140,25 @@ def create_encoder(
         from dataclasses import replace
 
         encoder.preprocess = replace(encoder.preprocess, draft=True)
+    if image_backend is not None:
+        encoder = with_image_backend(encoder, image_backend)
     if runtime != "eager":
         enable_text_runtime(encoder, runtime)
+    return encoder
+
+
+def with_image_backend(encoder: Encoder, backend: str) -> Encoder:
+    """``encoder`` with its preprocessing switched to ``backend`` (in place; a model without
+    image preprocessing is returned as it is). An impossible switch is an XmrError."""
+    from dataclasses import replace
+
+    preprocess = getattr(encoder, "preprocess", None)
+    if preprocess is None or getattr(preprocess, "backend", "pil") == backend:
+        return encoder
+    try:
+        encoder.preprocess = replace(preprocess, backend=backend)
+    except ValueError as exc:
+        raise XmrError(f"image_backend={backend!r}: {exc}") from None
     return encoder
 
 

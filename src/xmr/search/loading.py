@@ -8,7 +8,7 @@ from typing import Any
 
 from xmr.errors import XmrError
 from xmr.index import BM25Index, Index, is_lexical, open_index
-from xmr.models import create_encoder, enable_text_runtime
+from xmr.models import create_encoder, enable_text_runtime, with_image_backend
 
 
 def load_search_parts(
@@ -40,8 +40,9 @@ def load_search_parts(
         wanted = query_draft(index, index_dir, draft)
         try:
             encoder = create_encoder(
-                spec, device=device, precision=precision, draft=wanted, runtime=runtime
-            )
+                spec, device=device, precision=precision, draft=wanted, runtime=runtime,
+                image_backend=index_image_backend(index),
+            )  # fmt: skip
         except XmrError as exc:
             if model is not None:
                 raise
@@ -51,6 +52,11 @@ def load_search_parts(
             ) from None
     else:
         encoder = with_draft(model, query_draft(index, index_dir, draft))
+        backend = index_image_backend(index)
+        if getattr(getattr(encoder, "preprocess", None), "backend", backend) != backend:
+            import copy
+
+            encoder = with_image_backend(copy.copy(encoder), backend)  # the caller's unchanged
         if runtime != "eager" and getattr(encoder, "text_runtime", None) is None:
             enable_text_runtime(encoder, runtime)
     return index, encoder, lexical
@@ -63,6 +69,12 @@ def index_draft(index: Index) -> bool:
     if "jpeg_draft" in preprocessing:
         return bool(preprocessing["jpeg_draft"])
     return bool(((index.model or {}).get("preprocess") or {}).get("draft", False))
+
+
+def index_image_backend(index: Index) -> str:
+    """The image-processor backend the index's images were preprocessed with (its model
+    manifest's ``preprocess.backend``; absent means pil): query images follow it."""
+    return str(((index.model or {}).get("preprocess") or {}).get("backend", "pil"))
 
 
 def query_draft(index: Index, index_dir: Any, draft: bool | None) -> bool:

@@ -51,6 +51,7 @@ TRAJECTORY_FIELDS = (
     "max_train_items",
     "text_source",
     "draft",
+    "image_backend",
     "multimodal_items",
 )
 
@@ -102,6 +103,8 @@ class TrainConfig(TrainerConfig):
         training images in memory ("auto": when they fit in ``cache_max_mb``). draft: decode
         JPEGs in draft mode (``--draft``: faster on big photos, not the reference processor's
         pixels) for training and validation alike; a resumed run must use its checkpoint's.
+        image_backend: "pil" or "torchvision" (``--image-backend``): whose pixels the
+        preprocessing reproduces (see :func:`xmr.models.create_encoder`); likewise fixed on resume.
     Validation, checkpoints, logs:
         eval_every: validate every N optimiser steps (0: at the end of each epoch).
         best_metric: validation metric that picks the best model (None: ``t2i/mAP@10`` for
@@ -158,6 +161,7 @@ class TrainConfig(TrainerConfig):
     cache_images: str = "auto"
     cache_max_mb: int = 2048
     draft: bool = False
+    image_backend: str = "pil"
     seed: int = 0
 
     eval_every: int = 0

@@ -119,8 +119,9 @@ def build_session(
     precision = resolve_precision(cfg.precision, info.device)
     # Validation encodes through this encoder's preprocessing: the same decoding as training.
     encoder = create_encoder(
-        cfg.model, device=str(info.device), precision=precision, draft=cfg.draft
-    )
+        cfg.model, device=str(info.device), precision=precision, draft=cfg.draft,
+        image_backend=cfg.image_backend,
+    )  # fmt: skip
     if cfg.multimodal_items:
         _check_multimodal(encoder, examples, cfg)
     module = TwoTower(encoder, cfg)

@@ -83,6 +83,7 @@ def evaluate_model(
     skip_bad: bool = False,
     draft: bool = False,
     runtime: str = "eager",
+    image_backend: str | None = None,
     text: Mapping[str, Any] | None = None,
     keep_rankings: bool = False,
 ) -> EvaluationResult:
@@ -123,6 +124,8 @@ def evaluate_model(
             and in a warning) instead of stopping at the first.
         draft: decode JPEGs in draft mode (faster on big photos, not the reference pixels;
             recorded, and never mixed with fully decoded embeddings in ``emb_dir``).
+        image_backend: "pil" or "torchvision": whose pixels the image preprocessing
+            reproduces (see :func:`xmr.models.create_encoder`); None keeps the model's.
         runtime: the text tower's runtime, "eager" or "onnx" (see
             :func:`xmr.models.create_encoder`; the same embeddings within 1e-5).
         text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``,
@@ -167,7 +170,7 @@ def evaluate_model(
         )  # fmt: skip
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
-    encoder = load_encoder(model, device, precision, draft, runtime)
+    encoder = load_encoder(model, device, precision, draft, runtime, image_backend)
     emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                 workers=workers, progress=progress, warnings=warnings)  # fmt: skip
     directions = directions or default_directions(emb)

@@ -12,7 +12,7 @@ from typing import Any
 from xmr.data.readers import load_dataset
 from xmr.errors import XmrError
 from xmr.eval.embedded import SplitEmbeddings, embed_split
-from xmr.models import create_encoder, enable_text_runtime
+from xmr.models import create_encoder, enable_text_runtime, with_image_backend
 from xmr.models.cross_encoders import create_cross_encoder
 from xmr.rerank import RERANK_MODES
 
@@ -35,14 +35,23 @@ def read_data(
 
 
 def load_encoder(
-    model: Any, device: Any, precision: str, draft: bool = False, runtime: str = "eager"
+    model: Any,
+    device: Any,
+    precision: str,
+    draft: bool = False,
+    runtime: str = "eager",
+    image_backend: str | None = None,
 ):
     """A bi-encoder from a spec string (an encoder passes through; ``draft`` switches its JPEG
-    draft decoding on, ``runtime="onnx"`` its ONNX text runtime)."""
+    draft decoding on, ``runtime="onnx"`` its ONNX text runtime, ``image_backend`` its
+    preprocessing's backend)."""
     if isinstance(model, str):
         return create_encoder(
-            model, device=device, precision=precision, draft=draft, runtime=runtime
-        )
+            model, device=device, precision=precision, draft=draft, runtime=runtime,
+            image_backend=image_backend,
+        )  # fmt: skip
+    if image_backend is not None:
+        with_image_backend(model, image_backend)
     if draft and not getattr(model.preprocess, "draft", False):
         from dataclasses import replace
 

@@ -103,6 +103,7 @@ def predict(
     skip_bad: bool = False,
     draft: bool = False,
     runtime: str = "eager",
+    image_backend: str | None = None,
     text: Mapping[str, Any] | None = None,
 ) -> PredictionResult:
     """Rank every item for every query of a split and write the top ``k`` as a submission.
@@ -132,6 +133,7 @@ def predict(
             embeddings manifest) instead of stopping at the first.
         draft: decode JPEGs in draft mode (see :func:`xmr.workflows.evaluate.evaluate_model`).
         runtime: the text tower's runtime, "eager" or "onnx" (likewise).
+        image_backend: "pil" or "torchvision" (likewise).
         text: text retrieval options (``bm25``, ``hybrid``, ``hybrid_weights``, ``rrf_k``). A
             text -> text job (``bm25...``, ``st:...``, a ``hybrid``, a corpus without images) is
             written by :func:`xmr.workflows.text_eval.predict_text`, a TREC run by default,
@@ -173,7 +175,7 @@ def predict(
         return PredictionResult(Path(path), kind, chosen.name, len(chosen.queries), k,
                                 reranked=rerank is not None, warnings=warnings)  # fmt: skip
     kind = out_format or default_submission_format(dataset, chosen)
-    encoder = load_encoder(model, device, precision, draft, runtime)
+    encoder = load_encoder(model, device, precision, draft, runtime, image_backend)
     if fusion is not None:
         emb = embed_split_fused(encoder, chosen, fusion, batch_size=batch_size, workers=workers)
     else:
