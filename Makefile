@@ -56,8 +56,9 @@ format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-# FID/IS against torch-fidelity itself, which needs torchvision: its own venv with a torch and
-# torchvision that load together (~5.5 GB). Not part of `make test`.
+# FID/IS against torch-fidelity itself, and xmr's preprocessing against transformers' torchvision
+# processors, both need torchvision: its own venv with a torch and torchvision that load together
+# (~5.5 GB). Not part of `make test`.
 CROSSCHECK_VENV ?= $(VENV)/crosscheck
 $(CROSSCHECK_VENV)/.stamp:
 	$(PYTHON) -m venv $(CROSSCHECK_VENV)
@@ -68,6 +69,7 @@ $(CROSSCHECK_VENV)/.stamp:
 CROSSCHECK_ARGS ?= --images 30
 crosscheck: $(CROSSCHECK_VENV)/.stamp
 	$(CROSSCHECK_VENV)/bin/python benchmarks/crosscheck_torch_fidelity.py $(CROSSCHECK_ARGS)
+	$(CROSSCHECK_VENV)/bin/python benchmarks/crosscheck_processor_backends.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) $(RECIPE_OUT) .pytest_cache .ruff_cache
