@@ -99,8 +99,14 @@ def test_evaluate_st_and_hybrid_with_ce_rerank_on_beir(tmp_path, st_dir, ce_dir,
     dense = json.loads(capsys.readouterr().out)
     assert "t2t/ndcg_at_10" in dense and not any(k.startswith("t2i/") for k in dense)
     argv = ["evaluate", "--model", model, "--data", str(data), "--device", "cpu", "--json"]
-    assert main([*argv, "--hybrid", "rrf", "--rrf-k", "10"]) == 0
+    report = tmp_path / "report"
+    assert main([*argv, "--hybrid", "rrf", "--rrf-k", "10", "--report", str(report)]) == 0
     hybrid = json.loads(capsys.readouterr().out)
+    # The report draws each of the hybrid's runs: the fused one and its two retrievers.
+    assert set(json.loads((report / "rankings.json").read_text())) == {
+        "t2t", "dense/t2t", "bm25/t2t",
+    }  # fmt: skip
+    assert "dense · text → text" in (report / "index.html").read_text()
     assert hybrid["dense/t2t/ndcg_at_10"] == pytest.approx(dense["t2t/ndcg_at_10"])
     split = load_dataset(data).split("test")
     encoder = create_encoder(model, device="cpu")

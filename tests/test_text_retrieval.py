@@ -284,3 +284,31 @@ def test_compare_shows_image_caption_fused_hybrid_on_the_same_queries(tmp_path, 
     assert main(argv[:-1]) == 0
     table = capsys.readouterr().out
     assert "caption-bm25" in table and "ndcg_at_10" in table
+
+
+def test_evaluate_report_for_text_retrieval(tmp_path, capsys):
+    """``--report`` on a text -> text job: the report's rankings are BM25's own run, its
+    per-query rows the split's queries, its tables the t2t metrics printed with --json."""
+    pytest.importorskip("matplotlib")
+    from xmr.cli import main
+    from xmr.data.readers import load_dataset
+    from xmr.eval.text_retrieval import bm25_run
+
+    data = english_beir(tmp_path / "beir")
+    report = tmp_path / "report"
+    argv = ["evaluate", "--model", "bm25", "--data", str(data), "--json", "--report", str(report)]
+    assert main(argv) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    rankings = json.loads((report / "rankings.json").read_text())
+    assert list(rankings) == ["t2t"]
+    run = bm25_run(load_dataset(data).split("test"))
+    for qid, row in run.items():
+        assert rankings["t2t"][qid]["ranked"] == [i for i, _ in row][:10]
+    assert rankings["t2t"]["q4"] == {"ranked": [], "relevant_at": []}  # no shared token
+    saved = json.loads((report / "report.json").read_text())["metrics"]
+    assert saved["t2t/ndcg_at_10"] == pytest.approx(metrics["t2t/ndcg_at_10"])
+    rows = (report / "per_query.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[1] for r in rows) == sorted(run)
+    assert all(r.startswith("t2t,") for r in rows)
+    html = (report / "index.html").read_text()
+    assert "text → text" in html and ENGLISH_DOCS["d2"] in html  # documents shown as text

@@ -156,17 +156,13 @@ def evaluate_model(
     if not chosen.has_relevance:
         raise XmrError(f"{dataset.root}: split '{chosen.name}' has no relevance to score against")
     if is_text_job(model, chosen, (text or {}).get("hybrid")):
-        if keep_rankings:
-            raise XmrError(
-                "keep_rankings (a report) is not available for text -> text evaluation yet"
-            )
         return _evaluate_text(
             model, dataset, chosen, text, directions=directions, k=k, device=device,
             precision=precision, batch_size=batch_size, skip_empty=skip_empty, rerank=rerank,
             rerank_options={"rerank_k": rerank_k, "mode": rerank_mode, "alpha": rerank_alpha,
                             "batch_size": rerank_batch_size},
             refused={"per_query": per_query, "fused": fused, "depth": depth, "emb_dir": emb_dir},
-            warnings=warnings,
+            warnings=warnings, keep_rankings=keep_rankings,
         )  # fmt: skip
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
@@ -214,6 +210,7 @@ def _evaluate_text(
     directions: Sequence[str] | None,
     refused: Mapping[str, Any],
     warnings: list[str],
+    keep_rankings: bool = False,
     **options: Any,
 ) -> EvaluationResult:
     """:func:`evaluate_model` for a text -> text job (see its ``text`` parameter)."""
@@ -228,10 +225,24 @@ def _evaluate_text(
         )
     else:
         options.pop("rerank_options")
-    metrics = evaluate_text_model(model, dataset, split=chosen.name, **options, **dict(text or {}))
+    rankings: dict | None = {} if keep_rankings else None
+    metrics = evaluate_text_model(
+        model, dataset, split=chosen.name, rankings_out=rankings, **options, **dict(text or {})
+    )
     if options.get("skip_empty"):
         warnings.append(lenient_warning(metrics))
-    return EvaluationResult(metrics, chosen.name, "model", warnings=warnings)
+    result = EvaluationResult(metrics, chosen.name, "model", warnings=warnings)
+    if keep_rankings:
+        result.rankings, result.split_data = rankings, chosen
+        result.model_fingerprint = _text_fingerprint(model)
+    return result
+
+
+def _text_fingerprint(model: Any) -> str | None:
+    """The fingerprint of a loaded dense text model; None for a spec string (the provenance
+    shows the spec) and for BM25, which has no weights."""
+    manifest = getattr(model, "manifest", None)
+    return model_fingerprint(manifest()) if callable(manifest) else None
 
 
 def fused_metrics(

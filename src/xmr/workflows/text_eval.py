@@ -141,12 +141,15 @@ def evaluate_text_model(
     skip_empty: bool = False,
     rerank: Any = None,
     rerank_options: dict[str, Any] | None = None,
+    rankings_out: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, float]:
     """``xmr evaluate --model bm25|st:...|<any text model> [--hybrid rrf]`` on a text corpus or
     a data set's captions: ``t2t/`` MTEB metrics and xmr's R@K / MeanRecall (see
     :mod:`xmr.eval.text_retrieval`); with ``hybrid``, also ``dense/t2t/...`` and ``bm25/t2t/...``.
     ``rerank`` (a cross-encoder or spec, ``ce:...``) rescores the top ``rerank_k`` of
-    ``rerank_options``; the first stage is then reported as ``first_stage/t2t/...``."""
+    ``rerank_options``; the first stage is then reported as ``first_stage/t2t/...``.
+    ``rankings_out`` (a dict) receives each run's rankings as a report draws them:
+    ``t2t``, ``first_stage/t2t``, ``dense/t2t``... -> query id -> ranked item ids."""
     dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
     chosen = dataset.split(split, need_relevance=True)
     depth = run_depth(chosen, k_values, k)
@@ -162,6 +165,8 @@ def evaluate_text_model(
         out |= evaluate_text_run(
             run, chosen, k=k, k_values=k_values, skip_empty=skip_empty, prefix=prefix
         )
+        if rankings_out is not None:
+            rankings_out[f"{prefix}t2t"] = {q: [i for i, _ in row] for q, row in run.items()}
     return out
 
 

@@ -20,7 +20,7 @@ from xmr.io.atomic import atomic_replace_dir
 from xmr.io.outdirs import prepare_output_dir
 from xmr.workflows.report import page
 from xmr.workflows.report.evaluation import Thumbs, direction_name
-from xmr.workflows.report.ranks import base_direction
+from xmr.workflows.report.ranks import base_direction, ranks_items
 from xmr.workflows.report.sources import run_provenance
 
 
@@ -87,7 +87,7 @@ def _strip(label: str, top: dict[str, Any] | None, direction: str, thumbs, split
     rel = set(top.get("relevant_at", []))
     cells = []
     for n, ident in enumerate(top["ranked"], start=1):
-        url = thumbs.url(ident) if (thumbs and base_direction(direction) == "t2i") else None
+        url = thumbs.url(ident) if (thumbs and ranks_items(direction)) else None
         if url:
             inner = f'<img alt="{page.esc(ident)}" src="{url}">'
         else:

@@ -30,15 +30,17 @@ from xmr.workflows.report.ranks import (
     DirectionView,
     base_direction,
     direction_view,
+    ranks_items,
     worst_and_best,
 )
 
 THUMB = 96
 TOP = 10
-NAMES = {"t2i": "text → image", "i2t": "image → text"}
+NAMES = {"t2i": "text → image", "i2t": "image → text", "t2t": "text → text"}
 # Metric-key prefixes naming a ranking stage: reranked runs keep first_stage/..., fused runs
-# image/, caption/, fused/ and, with a BLIP-2 model, multimodal/ (xmr.rerank, xmr.eval.fused).
-STAGES = ("first_stage", "image", "caption", "fused", "multimodal")
+# image/, caption/, fused/ and, with a BLIP-2 model, multimodal/ (xmr.rerank, xmr.eval.fused);
+# a hybrid text run its two retrievers, dense/ and bm25/ (xmr.workflows.text_eval).
+STAGES = ("first_stage", "image", "caption", "fused", "multimodal", "dense", "bm25")
 
 
 def direction_name(direction: str) -> str:
@@ -123,7 +125,7 @@ def _metric_tables(metrics: Mapping[str, float]) -> str:
 
 def _cell(view: DirectionView, thumbs: Thumbs, split, ident: str, rank: int, cls: str) -> str:
     label = f"#{rank}" if rank else "not ranked"
-    if base_direction(view.direction) == "t2i":
+    if ranks_items(view.direction):
         url = thumbs.url(ident)
         item = split.items.get(ident)
         # A text corpus (BEIR) item shows its text; an image that cannot be read, its id.
@@ -269,7 +271,7 @@ def build_evaluation_report(
     Args:
         out_dir: the report directory (``index.html``, ``per_query.csv``, ``report.json``).
         metrics: the metric dict the evaluation returned (the ``--json`` numbers).
-        rankings: direction ("t2i"/"i2t") -> query id -> ranked ids, best first. Rank deeper
+        rankings: direction ("t2i"/"i2t"/"t2t") -> query id -> ranked ids, best first. Rank deeper
             than ``k`` (up to 100) for full Recall@K curves; curves stop at the ranked depth.
         split: the evaluated :class:`~xmr.data.dataset.Split` (texts, thumbnails, categories).
         k: the evaluation's cut-off (AP@K, hits).

@@ -48,11 +48,11 @@ def direction_view(
     *,
     skip_empty: bool = False,
 ) -> DirectionView:
-    """Rows and curves of ``direction`` ("t2i" or "i2t") from ``rankings`` (query id -> ranked
+    """Rows and curves of ``direction`` ("t2i", "t2t" or "i2t") from ``rankings`` (query id -> ranked
     ids, best first; deeper than K where the caller ranked deeper). Queries are the ones the
     official means count: judged ones, empty ground truth included (it scores 0) unless
     ``skip_empty``."""
-    if base_direction(direction) == "t2i":
+    if ranks_items(direction):
         relevance = split.relevance
         texts = {q: query.text for q, query in split.queries.items()}
     else:
@@ -89,6 +89,13 @@ def direction_view(
     for name, members in groups.items():
         view.curves[name] = hit_rate_curve([r.first_rank for r in members], depth)
     return view
+
+
+def ranks_items(direction: str) -> bool:
+    """Whether ``direction``'s queries are the split's queries and its results the items:
+    text -> image, and text -> text (a text corpus, or items' captions); image -> text is the
+    other way round."""
+    return base_direction(direction) in ("t2i", "t2t")
 
 
 def base_direction(direction: str) -> str:
