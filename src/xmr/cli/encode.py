@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and args.engine == "local":
         print(
             f"xmr encode: {loader.workers} decoding worker(s), batch {loader.batch_size} "
-            f"({loader.reason}){'; draft JPEG decoding' if args.draft else ''}",
+            f"({loader.reason}){'; draft JPEG decoding' if args.draft else ''}"
+            f"{'; torchvision image backend' if args.image_backend == 'torchvision' else ''}",
             file=sys.stderr,
         )
     summary = encode_split(
