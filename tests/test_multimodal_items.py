@@ -1,0 +1,129 @@
+"""BLIP-2 multimodal items (seed 001's image + caption items) as an encode kind and an index:
+`xmr encode --kinds multimodal` shards that equal `encode_items` and resume, `xmr index build
+--fused blip2` whose search equals `xmr evaluate --fused blip2`, adding and upserting such items
+(`xmr index add`, `POST /api/items`), and `xmr predict --fused blip2`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("faiss")
+
+from xmr.cli import main  # noqa: E402
+from xmr.data.dataset import Item, Split  # noqa: E402
+from xmr.data.images import ImageRef  # noqa: E402
+from xmr.errors import XmrError  # noqa: E402
+
+COMMON = ("--workers", "0", "--batch-size", "4", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from xmr.data.readers import load_dataset
+    from xmr.data.synth_tianchi import generate_tianchi
+    from xmr.models import create_encoder
+    from xmr.models.tiny import create_tiny_blip
+
+    root = tmp_path_factory.mktemp("mmitems")
+    data = generate_tianchi(root / "data", n_train=0, n_test=0, n_valid=10, image_size=16, seed=3)
+    split = load_dataset(data).split("valid")
+    texts = [c for it in split.items.values() for c in it.captions]
+    texts += [q.text for q in split.queries.values()]
+    model = create_tiny_blip(root / "blip2", "blip2", texts=texts, seed=4)
+    spec = f"hf:{model}"
+    return {"root": root, "data": data, "split": split, "spec": spec,
+            "encoder": create_encoder(spec, device="cpu")}  # fmt: skip
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def _mixed_split(split, tmp_path) -> Split:
+    """The data set's items plus one without a caption, one whose image is not an image and
+    one with a caption but no image."""
+    mixed = Split(name="valid")
+    mixed.items.update(split.items)
+    first = next(iter(split.items.values()))
+    mixed.items["nocap"] = Item("nocap", first.image, captions=[])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    mixed.items["broken"] = Item("broken", ImageRef(path=str(bad)), captions=["a caption"])
+    mixed.items["textonly"] = Item("textonly", None, captions=["blue shoe"])
+    mixed.queries.update(split.queries)
+    return mixed
+
+
+def test_multimodal_kind_equals_encode_items_lists_failures_and_resumes(world, tmp_path):
+    from xmr.encode import encode_split, load_embeddings
+
+    enc = world["encoder"]
+    split = _mixed_split(world["split"], tmp_path)
+    opts = {"kinds": ("multimodal",), "batch_size": 3, "shard_size": 4, "progress": False}
+    full = encode_split(enc, split, tmp_path / "full", **opts)
+    mm = load_embeddings(tmp_path / "full", "multimodal")
+    k = enc.image_vectors
+    assert "textonly" not in mm.ids and "broken" not in mm.ids  # no image; undecodable
+    assert full.kinds["multimodal"].failed == 1 and len(mm) == len(split.items) - 2
+    assert mm.vectors.shape == (len(mm), k, enc.embed_dim)
+    with_caption = [i for i in mm.ids if split.items[i].captions]
+    want = enc.encode_items([split.items[i].image for i in with_caption],
+                            [split.items[i].captions[0] for i in with_caption])  # fmt: skip
+    rows = {i: n for n, i in enumerate(mm.ids)}
+    np.testing.assert_allclose(mm.vectors[[rows[i] for i in with_caption]], want, atol=1e-5)
+    # the item without a caption is its image vectors (the Q-Former without text)
+    image = enc.encode_images([split.items["nocap"].image])[0]
+    np.testing.assert_allclose(mm.vectors[rows["nocap"]], image, atol=1e-5)
+    manifest = json.loads((tmp_path / "full" / "manifest.json").read_text())
+    entry = manifest["kinds"]["multimodal"]
+    assert entry["vectors"] == k and entry["image_only"] == 1 and "first caption" in entry["items"]
+    failed = [json.loads(line) for line in (tmp_path / "full" / "failed.jsonl").open()]
+    assert [(f["kind"], f["id"]) for f in failed] == [("multimodal", "broken")]
+
+    # killed after two batches (one whole shard), then resumed: the same vectors
+    def kill(kind, done):
+        if done >= 6:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        encode_split(enc, split, run, on_batch=kill, **opts)
+    assert [p.name for p in (run / "multimodal").glob("*.npz")] == ["00000.npz"]
+    again = encode_split(enc, split, run, **opts)
+    assert again.kinds["multimodal"].shards_reused == 1
+    resumed = load_embeddings(run, "multimodal")
+    assert resumed.ids == mm.ids
+    np.testing.assert_allclose(resumed.vectors, mm.vectors, atol=1e-6)
+
+    # the caption is part of the input: an edited caption is not resumed over
+    edited = _mixed_split(world["split"], tmp_path)
+    some = next(iter(world["split"].items))
+    edited.items[some] = Item(some, split.items[some].image, captions=["another caption"])
+    with pytest.raises(XmrError, match="different list of inputs"):
+        encode_split(enc, edited, run, **opts)
+    # K recorded and checked on resume
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["kinds"]["multimodal"]["vectors"] = 1
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(XmrError, match=f"hold 1 vector\\(s\\) each, this run makes {k}"):
+        encode_split(enc, split, run, **opts)
+
+
+def test_an_encoder_without_encode_items_is_refused_up_front(world, tmp_path, capsys):
+    from builders import tiny_model
+
+    clip = tiny_model(tmp_path / "clip")
+    out = tmp_path / "emb"
+    code = main(["encode", "--model", f"hf:{clip}", "--data", str(world["data"]), "--out",
+                 str(out), "--kinds", "multimodal,texts", *COMMON])  # fmt: skip
+    assert code == 2
+    assert "no multimodal item embedding (encode_items)" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
