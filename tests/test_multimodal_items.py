@@ -127,3 +127,72 @@ def test_an_encoder_without_encode_items_is_refused_up_front(world, tmp_path, ca
     assert code == 2
     assert "no multimodal item embedding (encode_items)" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
+
+
+def test_index_build_fused_blip2_searches_as_evaluate_fused_blip2_ranks(world, tmp_path, capsys):
+    from xmr.eval.metrics import reference_metrics
+    from xmr.index import load_index
+    from xmr.search import Searcher
+
+    data, spec, split = world["data"], world["spec"], world["split"]
+    emb, idx = tmp_path / "emb", tmp_path / "index"
+    run_cli(capsys, "encode", "--model", spec, "--data", data, "--out", emb, "--kinds",
+            "multimodal,captions,texts", *COMMON)  # fmt: skip
+    out = run_cli(capsys, "index", "build", emb, "--out", idx, "--fused", "blip2", "--spec", "Flat")
+    assert "BLIP-2 multimodal" in out and f"{len(split.items)} items" in out
+    info = json.loads(run_cli(capsys, "index", "info", idx, "--json"))
+    assert info["items"] == "multimodal" and info["fusion"]["kind"] == "multimodal"
+    assert "Q-Former" in run_cli(capsys, "index", "info", idx)
+    metrics = json.loads(run_cli(capsys, "evaluate", "--model", spec, "--data", data,
+                                 "--fused", "blip2", *COMMON, "--json"))  # fmt: skip
+    searcher = Searcher.from_index_dir(idx, device="cpu")
+    qids = list(split.queries)
+    hits = searcher.search_texts([split.queries[q].text for q in qids], 10)
+    rankings = {q: [h.id for h in row] for q, row in zip(qids, hits, strict=True)}
+    want = reference_metrics(rankings, split.relevance, ks=(1, 5, 10), k=10)
+    for name in ("R@1", "R@5", "R@10"):
+        assert metrics[f"multimodal/t2i/{name}"] == pytest.approx(want[name], abs=1e-9), name
+    # the stored items are the encoder's multimodal items
+    index = load_index(idx)
+    some = index.ids[0]
+    item = split.items[some]
+    np.testing.assert_allclose(index.vector(some),
+                               world["encoder"].encode_items([item.image], item.captions[:1])[0],
+                               atol=1e-5)  # fmt: skip
+    # xmr search with BLIP-2's ITM head reranking the multimodal first stage
+    query = split.queries[qids[0]].text
+    first = [h.id for h in hits[0][:4]]
+    body = json.loads(run_cli(capsys, "search", idx, query, "-k", "4", "--rerank",
+                              f"blip2:{spec[3:]}", "--rerank-k", "4", "--json"))  # fmt: skip
+    assert sorted(r["id"] for r in body["results"]) == sorted(first)
+
+
+def test_caption_only_items_take_their_caption_as_evaluate_does(world, tmp_path):
+    from xmr.encode import encode_split
+    from xmr.fusion import encode_items
+    from xmr.workflows.index_build import index_embeddings
+
+    enc = world["encoder"]
+    split = _mixed_split(world["split"], tmp_path)
+    del split.items["broken"]
+    emb = tmp_path / "emb"
+    encode_split(enc, split, emb, kinds=("multimodal", "captions"), progress=False)
+    index = index_embeddings(emb, spec="Flat", fusion="blip2")
+    fusion = index.manifest["source"]["fusion"]
+    assert (fusion["caption_only"], fusion["image_only"], fusion["caption_only_left_out"]) == (
+        1, 1, 0)  # fmt: skip
+    evaluated = encode_items(enc, split.items, multimodal=True)
+    assert sorted(index.ids) == sorted(evaluated.ids)
+    for n, item_id in enumerate(evaluated.ids):
+        np.testing.assert_allclose(index.vector(item_id), evaluated.multimodal[n], atol=1e-5)
+    # without the captions kind such items are left out, and said so
+    only = tmp_path / "only"
+    encode_split(enc, split, only, kinds=("multimodal",), progress=False)
+    index = index_embeddings(only, spec="Flat", fusion="blip2")
+    assert "textonly" not in index
+    assert index.manifest["source"]["fusion"]["caption_only_left_out"] == 1
+    # a directory without multimodal items: a clear error saying how to make them
+    plain = tmp_path / "plain"
+    encode_split(enc, split, plain, kinds=("captions",), progress=False)
+    with pytest.raises(XmrError, match="no multimodal embeddings.*--kinds multimodal"):
+        index_embeddings(plain, spec="Flat", fusion="blip2")
