@@ -196,3 +196,86 @@ def test_caption_only_items_take_their_caption_as_evaluate_does(world, tmp_path)
     encode_split(enc, split, plain, kinds=("captions",), progress=False)
     with pytest.raises(XmrError, match="no multimodal embeddings.*--kinds multimodal"):
         index_embeddings(plain, spec="Flat", fusion="blip2")
+
+
+def test_add_upsert_delete_and_serve_adds_on_a_multimodal_index(world, tmp_path, capsys):
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    from test_multivector_e2e import _get, _post_form, _serve
+    from xmr.encode import encode_split
+    from xmr.index import load_index
+    from xmr.search import Searcher
+
+    enc, split = world["encoder"], world["split"]
+    k = enc.image_vectors
+    emb, idx = tmp_path / "emb", tmp_path / "index"
+    encode_split(enc, split, emb, kinds=("multimodal",), progress=False)
+    run_cli(capsys, "index", "build", emb, "--out", idx, "--fused", "blip2", "--spec", "Flat")
+    n = len(split.items)
+    old_id, first = list(split.items)[:2]
+    # new items (xmr encode --kinds multimodal), one of them an old id with another caption
+    extra = Split(name="valid")
+    extra.items["new-one"] = Item("new-one", split.items[first].image, ["a new caption"])
+    extra.items[old_id] = Item(old_id, split.items[old_id].image, ["an edited caption"])
+    emb2 = tmp_path / "emb2"
+    encode_split(enc, extra, emb2, kinds=("multimodal",), progress=False)
+    code = main(["index", "add", str(idx), str(emb2)])
+    assert code == 2 and "already" in capsys.readouterr().err  # a known id without --upsert
+    run_cli(capsys, "index", "add", idx, emb2, "--upsert")
+    index = load_index(idx)
+    assert len(index) == n + 1 and index.backend.ntotal == (n + 1) * k
+    want = enc.encode_items([split.items[first].image, split.items[old_id].image],
+                            ["a new caption", "an edited caption"])  # fmt: skip
+    np.testing.assert_allclose(index.vector("new-one"), want[0], atol=1e-5)
+    np.testing.assert_allclose(index.vector(old_id), want[1], atol=1e-5)
+    assert index.item(old_id)["captions"] == ["an edited caption"]
+    run_cli(capsys, "index", "delete", idx, "new-one")
+    assert load_index(idx).backend.ntotal == n * k
+    # image-only vectors are not mixed into a multimodal index, and the error says what to do
+    images = tmp_path / "images"
+    encode_split(enc, extra, images, kinds=("images",), progress=False)
+    code = main(["index", "add", str(idx), str(images)])
+    assert code == 2 and "--kinds multimodal" in capsys.readouterr().err
+    code = main(["index", "add", str(idx), str(images), "--kind", "images"])
+    assert code == 2 and "the index holds multimodal items" in capsys.readouterr().err
+
+    # POST /api/items: the upload is read with its caption, as encode_items does
+    buf = io.BytesIO()
+    Image.open(split.items[first].image.path).convert("RGB").save(buf, format="PNG")
+    token = "multimodal-token-1"
+    searcher = Searcher.from_index_dir(idx, device="cpu")
+    server, thread, base = _serve(searcher, allow_writes=True, token=token)
+    try:
+        png = {"image": ("a.png", buf.getvalue(), "image/png")}
+        assert _post_form(f"{base}/api/items", {"id": "up", "caption": "red shoe"}, png, token)
+        assert _post_form(f"{base}/api/items", {"id": "bare"}, png, token)
+        assert _get(f"{base}/api/health")["items"] == n + 2
+        req = urllib.request.Request(f"{base}/api/items/bare", method="DELETE",
+                                     headers={"authorization": f"Bearer {token}"})  # fmt: skip
+        urllib.request.urlopen(req, timeout=30).close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    final = load_index(idx)
+    assert "bare" not in final and final.backend.ntotal == (n + 1) * k
+    upload = Image.open(io.BytesIO(buf.getvalue()))
+    np.testing.assert_allclose(final.vector("up"), enc.encode_items([upload], ["red shoe"])[0],
+                               atol=1e-4)  # fmt: skip
+
+    # a Searcher whose model cannot read image and caption together refuses the add
+    class ImagesAndTexts:
+        """The BLIP-2 encoder without its encode_items."""
+
+        def __init__(self, encoder):
+            self.encoder = encoder
+            self.embed_dim, self.spec = encoder.embed_dim, "images-and-texts"
+
+        def encode_images(self, images, **kw):
+            return self.encoder.encode_images(images, **kw)
+
+    plain = Searcher(final, ImagesAndTexts(enc), check_model=False)
+    with pytest.raises(XmrError, match="needs a model that reads image and caption together"):
+        plain.encode_item(upload, "red shoe")
