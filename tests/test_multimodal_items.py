@@ -127,6 +127,11 @@ def test_an_encoder_without_encode_items_is_refused_up_front(world, tmp_path, ca
     assert code == 2
     assert "no multimodal item embedding (encode_items)" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
+    sub = tmp_path / "sub.jsonl"
+    code = main(["predict", "--model", f"hf:{clip}", "--data", str(world["data"]), "--out",
+                 str(sub), "--fused", "blip2", *COMMON])  # fmt: skip
+    assert code == 2 and "no multimodal item embedding" in capsys.readouterr().err
+    assert not sub.exists()
 
 
 def test_index_build_fused_blip2_searches_as_evaluate_fused_blip2_ranks(world, tmp_path, capsys):
@@ -152,6 +157,15 @@ def test_index_build_fused_blip2_searches_as_evaluate_fused_blip2_ranks(world, t
     want = reference_metrics(rankings, split.relevance, ks=(1, 5, 10), k=10)
     for name in ("R@1", "R@5", "R@10"):
         assert metrics[f"multimodal/t2i/{name}"] == pytest.approx(want[name], abs=1e-9), name
+    # xmr predict --fused blip2, scored by the official-format scorer: the same numbers
+    sub = tmp_path / "sub.jsonl"
+    summary = json.loads(run_cli(capsys, "predict", "--model", spec, "--data", data, "--out",
+                                 sub, "--fused", "blip2", "--json", *COMMON))  # fmt: skip
+    assert summary["fused"] == "blip2"
+    scored = json.loads(run_cli(capsys, "evaluate", "--predictions", sub, "--data", data,
+                                "--json"))  # fmt: skip
+    for name in ("R@1", "R@5", "R@10", "MRR"):
+        assert scored[f"t2i/{name}"] == pytest.approx(metrics[f"multimodal/t2i/{name}"]), name
     # the stored items are the encoder's multimodal items
     index = load_index(idx)
     some = index.ids[0]
