@@ -127,6 +127,11 @@ def test_an_encoder_without_encode_items_is_refused_up_front(world, tmp_path, ca
     assert code == 2
     assert "no multimodal item embedding (encode_items)" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
+    from xmr.encode import encode_split
+
+    with pytest.raises(XmrError, match="ray engine does not encode multimodal"):
+        encode_split(world["encoder"], world["split"], out, kinds=("multimodal",), engine="ray")
+    assert not (out / "manifest.json").exists()
     sub = tmp_path / "sub.jsonl"
     code = main(["predict", "--model", f"hf:{clip}", "--data", str(world["data"]), "--out",
                  str(sub), "--fused", "blip2", *COMMON])  # fmt: skip
@@ -214,6 +219,7 @@ def test_caption_only_items_take_their_caption_as_evaluate_does(world, tmp_path)
 
 def test_add_upsert_delete_and_serve_adds_on_a_multimodal_index(world, tmp_path, capsys):
     import io
+    import urllib.parse
     import urllib.request
 
     from PIL import Image
@@ -263,6 +269,10 @@ def test_add_upsert_delete_and_serve_adds_on_a_multimodal_index(world, tmp_path,
     searcher = Searcher.from_index_dir(idx, device="cpu")
     server, thread, base = _serve(searcher, allow_writes=True, token=token)
     try:
+        query = next(iter(split.queries.values())).text
+        body = _get(f"{base}/api/search?" + urllib.parse.urlencode({"q": query, "k": 3}))
+        local = Searcher.from_index_dir(idx, device="cpu").search_text(query, 3)
+        assert [r["id"] for r in body["results"]] == [h.id for h in local]
         png = {"image": ("a.png", buf.getvalue(), "image/png")}
         assert _post_form(f"{base}/api/items", {"id": "up", "caption": "red shoe"}, png, token)
         assert _post_form(f"{base}/api/items", {"id": "bare"}, png, token)

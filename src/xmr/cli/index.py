@@ -208,11 +208,12 @@ def _print_items(source: dict) -> None:
     fusion = source.get("fusion") or {}
     if fusion.get("kind") != "multimodal":
         return
-    print(
-        f"items: BLIP-2 multimodal (image + first caption) {fusion['items']}"
-        f" (of which {fusion['image_only']} without a caption: image vectors), caption only "
-        f"{fusion['caption_only']} (caption vector repeated over K)"
-    )
+    parts = [f"items: {fusion['items']} BLIP-2 multimodal (image + first caption)"]
+    if fusion.get("image_only"):
+        parts.append(f"{fusion['image_only']} of them without a caption (image vectors)")
+    if fusion.get("caption_only"):
+        parts.append(f"{fusion['caption_only']} caption only (caption vector repeated over K)")
+    print(", ".join(parts))
     if fusion.get("caption_only_left_out"):
         print(
             f"left out: {fusion['caption_only_left_out']} item(s) with a caption but no image "
