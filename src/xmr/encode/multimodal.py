@@ -51,6 +51,8 @@ def encode_multimodal_batch(
     """(m, K, dim) rows of a decoded batch (``pixels``: the uint8 crops of ``encode_images``):
     ``encode_items`` for the rows with a caption, ``encode_images`` for the others."""
     encode = require_item_encoder(encoder)
+    if all(c is not None for c in captions):  # the usual batch: no row selection, no copy
+        return np.asarray(encode(pixels, list(captions)), dtype=np.float32)
     with_caption = [n for n, c in enumerate(captions) if c is not None]
     without = [n for n, c in enumerate(captions) if c is None]
     out: np.ndarray | None = None
