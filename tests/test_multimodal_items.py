@@ -213,7 +213,7 @@ def test_caption_only_items_take_their_caption_as_evaluate_does(world, tmp_path)
     # a directory without multimodal items: a clear error saying how to make them
     plain = tmp_path / "plain"
     encode_split(enc, split, plain, kinds=("captions",), progress=False)
-    with pytest.raises(XmrError, match="no multimodal embeddings.*--kinds multimodal"):
+    with pytest.raises(XmrError, match="no multimodal embeddings.*kinds=multimodal"):
         index_embeddings(plain, spec="Flat", fusion="blip2")
 
 
@@ -260,7 +260,8 @@ def test_add_upsert_delete_and_serve_adds_on_a_multimodal_index(world, tmp_path,
     code = main(["index", "add", str(idx), str(images)])
     assert code == 2 and "--kinds multimodal" in capsys.readouterr().err
     code = main(["index", "add", str(idx), str(images), "--kind", "images"])
-    assert code == 2 and "the index holds multimodal items" in capsys.readouterr().err
+    assert code == 2 and "the index holds multimodal items" in (err := capsys.readouterr().err)
+    assert "kinds=" not in err and "--kinds multimodal" in err  # the flag, on the command line
 
     # POST /api/items: the upload is read with its caption, as encode_items does
     buf = io.BytesIO()

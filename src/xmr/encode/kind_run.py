@@ -1,6 +1,7 @@
-"""Encoding one kind (images, texts, captions or multimodal items) into its shards: finding the finished shards,
-planning batches that never straddle a shard, the image DataLoader, and writing a shard as soon
-as its last batch is in (the data path is described in :mod:`xmr.encode.pipeline`)."""
+"""Encoding one kind (images, texts, captions or multimodal items) into its shards: finding the
+finished shards, planning batches that never straddle a shard, the image DataLoader, and writing
+a shard as soon as its last batch is in (the data path is described in
+:mod:`xmr.encode.pipeline`)."""
 
 from __future__ import annotations
 

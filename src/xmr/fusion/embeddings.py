@@ -234,7 +234,7 @@ def multimodal_items(emb_dir: Any) -> Any:
     if KIND not in kinds:
         raise XmrError(
             f"{emb_dir}: no {KIND} embeddings (encoded: {', '.join(kinds) or 'none'}); encode "
-            f"them with a BLIP-2 model: xmr encode --kinds {KIND},texts"
+            f"them with a BLIP-2 model and kinds={KIND}"
         )
     items = load_embeddings(emb_dir, KIND)
     meta = load_metadata(emb_dir, KIND)

@@ -208,9 +208,9 @@ def add_embeddings(
     if MULTIMODAL in (built, kind) and kind != built:
         # BLIP-2 multimodal items and other vectors (image only, captions) are not mixed
         raise XmrError(
-            f"the index holds {built or 'images'} items, these would be {kind} vectors: "
-            f"add to a {MULTIMODAL} index (built with --fused {BLIP2_FUSED}) the multimodal "
-            "items of `xmr encode --kinds multimodal` with its BLIP-2 model"
+            f"the index holds {built or 'images'} items, these would be {kind} vectors: a "
+            f"{MULTIMODAL} index (BLIP-2's image + caption items) takes the {MULTIMODAL} items "
+            f"of an encoding with kinds={MULTIMODAL} by its BLIP-2 model"
         )
     emb = _load_vectors(emb_dir, kind, _index_fusion(source) if kind == "fused" else None)
     adding = (getattr(emb, "manifest", None) or {}).get("preprocessing")
