@@ -304,3 +304,16 @@ def test_add_upsert_delete_and_serve_adds_on_a_multimodal_index(world, tmp_path,
     plain = Searcher(final, ImagesAndTexts(enc), check_model=False)
     with pytest.raises(XmrError, match="needs a model that reads image and caption together"):
         plain.encode_item(upload, "red shoe")
+
+
+def test_a_served_add_to_weighted_fused_items_is_refused_not_stored_unfused(world, tmp_path):
+    from xmr.encode import encode_split
+    from xmr.search import Searcher
+    from xmr.workflows.index_build import index_embeddings
+
+    enc, split = world["encoder"], world["split"]
+    encode_split(enc, split, tmp_path / "emb", kinds=("images", "captions"), progress=False)
+    fused = index_embeddings(tmp_path / "emb", spec="Flat", fusion=0.5)
+    item = next(iter(split.items.values()))
+    with pytest.raises(XmrError, match="fused image\\+caption items.*xmr index add"):
+        Searcher(fused, enc).encode_item(item.image, "a caption")
