@@ -44,8 +44,9 @@ def add_encode_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K,K",
         help="what to encode, comma-separated: images, texts (queries), captions (first "
-        "caption of each item) (default: images,texts; captions,texts for a corpus without "
-        "images)",
+        "caption of each item), multimodal (BLIP-2: each item's image read with its first "
+        "caption, K vectors; `xmr index build --fused blip2`) (default: images,texts; "
+        "captions,texts for a corpus without images)",
     )
     options.add_batch_size(
         p, default=None,

@@ -9,7 +9,7 @@ import logging
 from xmr.cli import options
 from xmr.workflows.index_build import add_embeddings, delete_items, index_embeddings
 
-KINDS = ("images", "captions", "texts")
+KINDS = ("images", "captions", "texts", "multimodal")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -113,10 +113,12 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--fused",
         default=None,
-        metavar="W|DIR",
+        metavar="W|DIR|blip2",
         help="index fused items from images and captions encoded together (xmr encode --kinds "
         "images,captions,texts): W = normalize(W * image + (1 - W) * caption), or DIR = a "
-        "learned fusion written by `xmr train --fused`",
+        "learned fusion written by `xmr train --fused`; blip2 = BLIP-2's multimodal items "
+        "(xmr encode --kinds multimodal,captions,texts: the Q-Former over image and caption, K "
+        "vectors, ranked by max-sim as `xmr evaluate --fused blip2` ranks them)",
     )
     b.add_argument(
         "--multi-vector",
@@ -196,8 +198,27 @@ def run_build(args: argparse.Namespace) -> int:
         f"built {m['index']['type']} index of {len(index)} {what}{per} (dim {index.dim}) in "
         f"{args.out}"
     )
+    _print_items(m.get("source") or {})
     _print_recall(m.get("recall"))
     return 0
+
+
+def _print_items(source: dict) -> None:
+    """What the items of a BLIP-2 multimodal index are, and which were left out."""
+    fusion = source.get("fusion") or {}
+    if fusion.get("kind") != "multimodal":
+        return
+    parts = [f"items: {fusion['items']} BLIP-2 multimodal (image + first caption)"]
+    if fusion.get("image_only"):
+        parts.append(f"{fusion['image_only']} of them without a caption (image vectors)")
+    if fusion.get("caption_only"):
+        parts.append(f"{fusion['caption_only']} caption only (caption vector repeated over K)")
+    print(", ".join(parts))
+    if fusion.get("caption_only_left_out"):
+        print(
+            f"left out: {fusion['caption_only_left_out']} item(s) with a caption but no image "
+            "(encode --kinds multimodal,captions to index them by their caption)"
+        )
 
 
 def _run_build_bm25(args: argparse.Namespace) -> int:
@@ -275,6 +296,11 @@ def run_info(args: argparse.Namespace) -> int:
         where = idx.get("uri") or f"{info['path']}/{idx.get('database')} (milvus-lite)"
         print(f"milvus:   collection {idx['collection']} at {where}")
     print(f"model:    {info['model']}")
+    if info.get("items"):
+        fusion = info.get("fusion") or {}
+        said = {"multimodal": "BLIP-2's Q-Former over image + first caption, K vectors",
+                "weighted": f"weight {fusion.get('weight')}"}.get(fusion.get("kind"))  # fmt: skip
+        print(f"items:    {info['items']}{f' ({said})' if said else ''}")
     if info.get("auto_reason"):
         print(f"auto:     {info['auto_reason']}")
     _print_recall(info.get("recall"), prefix="recall:   ")

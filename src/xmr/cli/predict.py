@@ -54,9 +54,10 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fused",
         default=None,
-        metavar="W|DIR",
+        metavar="W|DIR|blip2",
         help="rank items by their fused image+caption vector: normalize(W*image + (1-W)*caption) "
-        "or a learned fusion directory (xmr train --fused)",
+        "or a learned fusion directory (xmr train --fused); blip2: BLIP-2's multimodal items "
+        "(the Q-Former over image and first caption, as `xmr evaluate --fused blip2`)",
     )
     add_model_arguments(p, evaluate=False)
     add_rerank_arguments(p)

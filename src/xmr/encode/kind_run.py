@@ -1,6 +1,7 @@
-"""Encoding one kind (images, texts or captions) into its shards: finding the finished shards,
-planning batches that never straddle a shard, the image DataLoader, and writing a shard as soon
-as its last batch is in (the data path is described in :mod:`xmr.encode.pipeline`)."""
+"""Encoding one kind (images, texts, captions or multimodal items) into its shards: finding the
+finished shards, planning batches that never straddle a shard, the image DataLoader, and writing
+a shard as soon as its last batch is in (the data path is described in
+:mod:`xmr.encode.pipeline`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from xmr.data.loading import ImageDataset, collate_images, worker_init
+from xmr.encode.multimodal import KIND as MULTIMODAL
+from xmr.encode.multimodal import encode_multimodal_batch
 from xmr.encode.store import (
+    IMAGE_KINDS,
     kind_vectors,
     read_shard,
     shard_failures,
@@ -97,7 +101,7 @@ class KindRun:
         s.items_per_s = round(done_now / s.seconds, 2) if s.seconds > 0 else 0.0
         s.data_wait_s = round(self.waited, 3)
         s.data_wait_share = round(self.waited / s.seconds, 3) if s.seconds > 0 else 0.0
-        if self.kind == "images" and s.count and s.failed == s.count:
+        if self.kind in IMAGE_KINDS and s.count and s.failed == s.count:
             first = s.first_failures[0]["error"] if s.first_failures else "?"
             raise XmrError(f"none of the {s.count} images could be decoded (first: {first})")
         if self.pending:  # an engine that lost a batch must not leave a manifest saying complete
@@ -135,7 +139,7 @@ class KindRun:
         plan = self.plan(batch_size)
         if not plan:
             return
-        if self.kind != "images":
+        if self.kind not in IMAGE_KINDS:
             # A text model with separate query / document prompts (st:) encodes corpus
             # captions as documents; CLIP-family encoders have one text tower for both.
             encode = self.encoder.encode_texts
@@ -151,8 +155,10 @@ class KindRun:
         from torch.utils.data import DataLoader
 
         preprocess = replace(self.encoder.preprocess, draft=bool(draft))
+        # A multimodal input is (image, caption): the workers decode the image only.
+        refs = [x[0] for x in self.inputs] if self.kind == MULTIMODAL else self.inputs
         loader = DataLoader(
-            ImageDataset(self.inputs, preprocess.crop),
+            ImageDataset(refs, preprocess.crop),
             batch_sampler=[positions for _, positions in plan],
             num_workers=int(workers),
             collate_fn=collate_images,
@@ -167,6 +173,9 @@ class KindRun:
             self.waited += time.perf_counter() - waiting
             if pixels is None:
                 vectors = np.zeros((0, *self.shape), np.float32)
+            elif self.kind == MULTIMODAL:  # the Q-Former over each crop and its caption
+                captions = [self.inputs[p][1] for p in positions]
+                vectors = encode_multimodal_batch(self.encoder, pixels, captions)
             else:  # uint8 crops: normalised on the device inside encode_images
                 vectors = self.encoder.encode_images(pixels, batch_size=len(positions))
             yield shard, positions, np.asarray(vectors, dtype=np.float32), failed
@@ -222,7 +231,7 @@ def _progress_bar(progress: bool, total: int, initial: int, kind: str):
         return None
     from tqdm import tqdm
 
-    unit = "img" if kind == "images" else "text"
+    unit = {"images": "img", MULTIMODAL: "item"}.get(kind, "text")
     return tqdm(
         total=total, initial=initial, unit=unit, desc=f"encoding {kind}", dynamic_ncols=True
     )

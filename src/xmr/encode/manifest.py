@@ -5,12 +5,14 @@ precision, vectors per input and input list)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xmr.encode.store import FORMAT, FORMAT_VERSION, KINDS, kind_vectors
+from xmr.encode.multimodal import DESCRIPTION, KIND, multimodal_inputs
+from xmr.encode.store import FORMAT, FORMAT_VERSION, IMAGE_KINDS, KINDS, kind_vectors
 from xmr.errors import ModelMismatchError, XmrError
 from xmr.io.provenance import now, xmr_version
 
@@ -19,7 +21,10 @@ REDO_HINT = "use another --out or --overwrite"
 
 
 def split_inputs(split, kind: str) -> tuple[list[str], list[Any]]:
-    """(ids, inputs) of ``kind`` in the split's order: ImageRefs for images, strings otherwise."""
+    """(ids, inputs) of ``kind`` in the split's order: ImageRefs for images, (ImageRef, first
+    caption or None) for multimodal items, strings otherwise."""
+    if kind == KIND:
+        return multimodal_inputs(split)
     if kind == "images":
         pairs = [(i.id, i.image) for i in split.items.values() if i.image is not None]
     elif kind == "texts":
@@ -35,14 +40,20 @@ def inputs_hash(ids: Sequence[str], inputs: Sequence[Any]) -> str:
     """Identifies the input list: a resumed run must see exactly the same one."""
     h = hashlib.sha256()
     for id_, x in zip(ids, inputs, strict=True):
-        if isinstance(x, str):
-            source = x
-        elif x.data is not None:
-            source = hashlib.sha256(x.data).hexdigest()
+        if isinstance(x, tuple):  # a multimodal item: its image and its caption (JSON: exact)
+            source = f"{_source(x[0])}\t{json.dumps(x[1], ensure_ascii=False)}"
         else:
-            source = f"{x.describe()}@{x.offset}"
+            source = _source(x)
         h.update(f"{id_}\t{source}\n".encode())
     return h.hexdigest()
+
+
+def _source(x: Any) -> str:
+    if isinstance(x, str):
+        return x
+    if x.data is not None:
+        return hashlib.sha256(x.data).hexdigest()
+    return f"{x.describe()}@{x.offset}"
 
 
 def draft_size_for(preprocess) -> tuple[int, int] | None:
@@ -80,11 +91,17 @@ def new_manifest(encoder, split, work, shard_size, draft, source) -> dict[str, A
                 "n_shards": math.ceil(len(ids) / shard_size),
                 "inputs_hash": inputs_hash(ids, inputs),
                 "complete": False,
-                **({"vectors": image_vectors} if kind == "images" and image_vectors > 1 else {}),
+                **({"vectors": image_vectors} if kind in IMAGE_KINDS and image_vectors > 1 else {}),
+                **(_multimodal_entry(inputs) if kind == KIND else {}),
             }
             for kind, (ids, inputs) in work.items()
         },
     }
+
+
+def _multimodal_entry(inputs: list[Any]) -> dict[str, Any]:
+    """What a multimodal kind's rows are, and how many are an image alone (no caption)."""
+    return {"items": DESCRIPTION, "image_only": sum(caption is None for _, caption in inputs)}
 
 
 def check_resumable(

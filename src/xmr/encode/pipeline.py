@@ -30,6 +30,8 @@ from xmr.encode.engines import EngineOptions, open_engine, run_remote
 from xmr.encode.kind_run import KindRun, KindSummary
 from xmr.encode.loader import LoaderChoice, choose_loader
 from xmr.encode.manifest import REDO_HINT, check_resumable, new_manifest, split_inputs
+from xmr.encode.multimodal import KIND as MULTIMODAL
+from xmr.encode.multimodal import require_item_encoder
 from xmr.encode.store import (
     ITEMS_FILE,
     KINDS,
@@ -96,8 +98,11 @@ def encode_split(
             :func:`choose_loader`).
         workers: DataLoader processes decoding and cropping images (0: in this process;
             None: chosen from the machine).
-        kinds: any of ``images`` (item images), ``texts`` (query texts, ids = query ids) and
-            ``captions`` (each item's first caption, ids = item ids).
+        kinds: any of ``images`` (item images), ``texts`` (query texts, ids = query ids),
+            ``captions`` (each item's first caption, ids = item ids) and ``multimodal`` (each
+            item with an image: the encoder's ``encode_items(image, first caption)``, K vectors,
+            ids = item ids; an item without a caption: its image vectors; see
+            :mod:`xmr.encode.multimodal`; needs an encoder with ``encode_items``, e.g. BLIP-2).
         shard_size: inputs per shard, the unit of resumption.
         precision: ``fp32``/``fp16``/``bf16`` autocast (default: the encoder's).
         draft: let JPEGs decode at reduced scale when at least twice the model's input size
@@ -126,6 +131,13 @@ def encode_split(
         draft = bool(getattr(encoder.preprocess, "draft", False))
     if isinstance(kinds, str) or not kinds:
         raise XmrError(f"kinds: name what to encode, a list from {', '.join(KINDS)}")
+    if MULTIMODAL in kinds:  # refused before anything is written
+        require_item_encoder(encoder)
+        if engine != "local":
+            raise XmrError(
+                f"kinds={MULTIMODAL}: the {engine} engine does not encode multimodal items yet; "
+                "use engine=local"
+            )
     if precision is not None:
         from xmr.models.base import resolve_precision
 

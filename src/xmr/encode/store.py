@@ -2,9 +2,9 @@
 
 Shard ``i`` of a kind covers the fixed input positions ``[i*shard_size, (i+1)*shard_size)`` and
 holds ``embeddings`` (float32 ``[m, dim]``, or ``[m, K, dim]`` for a multi-vector kind: the
-images of a multi-vector encoder such as BLIP-2, whose K is the kind's ``vectors`` in the
-manifest and the model's ``image_vectors``; absent means 1, so older directories read as
-before), ``ids``, its ``start``/``end``, the hash of the whole
+images of a multi-vector encoder such as BLIP-2, and its ``multimodal`` items (image + first
+caption, :mod:`xmr.encode.multimodal`), whose K is the kind's ``vectors`` in the manifest and
+the model's ``image_vectors``; absent means 1, so older directories read as before), ``ids``, its ``start``/``end``, the hash of the whole
 input list, and the ids and errors of the inputs that failed. A shard is valid only when all of
 that matches the manifest, so a truncated or foreign shard is simply encoded again.
 """
@@ -32,7 +32,9 @@ MANIFEST = "manifest.json"
 ITEMS_FILE = "items.jsonl"
 QUERIES_FILE = "queries.jsonl"
 FAILED_FILE = "failed.jsonl"
-KINDS = ("images", "texts", "captions")
+KINDS = ("images", "texts", "captions", "multimodal")
+# The kinds whose inputs are images, decoded by the DataLoader workers and K vectors each.
+IMAGE_KINDS = ("images", "multimodal")
 
 
 @dataclass

@@ -238,3 +238,19 @@ def embed_split_fused(
     text = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
     fused = np.asarray(fusion.fuse(items.image, items.caption), dtype=np.float32)
     return SplitEmbeddings(split, text, fused, "fused", list(items.failed), None)
+
+
+def embed_split_multimodal(
+    encoder, split, *, batch_size: int = 64, workers: int = 0
+) -> SplitEmbeddings:
+    """Like :func:`embed_split_fused`, with each item its BLIP-2 multimodal embedding (the
+    encoder's ``encode_items``: image + first caption, K vectors, ranked by max-sim), computed
+    as ``xmr evaluate --fused blip2`` computes it (:func:`xmr.fusion.multimodal_embeddings`:
+    an item without a caption is its image vectors, one without an image its caption's)."""
+    from xmr.encode.multimodal import require_item_encoder
+
+    require_item_encoder(encoder)  # before the images are encoded
+    items = encode_items(encoder, split.items, batch_size, workers=workers, multimodal=True)
+    texts = [q.text for q in split.queries.values()]
+    text = np.asarray(encoder.encode_texts(texts, batch_size=batch_size), dtype=np.float32)
+    return SplitEmbeddings(split, text, items.multimodal, "multimodal", list(items.failed), None)

@@ -39,6 +39,7 @@ from xmr.fusion.embeddings import (
     fuse_embeddings,
     fused_embeddings,
     multimodal_embeddings,
+    multimodal_items,
     normalize,
 )
 from xmr.fusion.models import (
@@ -71,6 +72,7 @@ __all__ = [
     "fusion_digest",
     "list_fusions",
     "multimodal_embeddings",
+    "multimodal_items",
     "load_fusion",
     "normalize",
     "register_fusion",

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from xmr.encode import Embeddings, embed_image_refs, load_embeddings
+from xmr.encode.multimodal import require_item_encoder
 from xmr.errors import XmrError
 from xmr.fusion.models import Fusion, load_fusion, per_vector_sides
 from xmr.vectors import l2_normalize
@@ -169,13 +170,7 @@ def multimodal_embeddings(
     side takes the other alone, as the weighted fusion does: no caption, its image embedding
     (the Q-Former without text is exactly the image path); no image, its caption embedding
     (repeated over the K vectors)."""
-    encode = getattr(encoder, "encode_items", None)
-    if not callable(encode):
-        raise XmrError(
-            f"{type(encoder).__name__} has no multimodal item embedding (encode_items): it needs "
-            "a model that reads image and caption together, e.g. BLIP-2 "
-            "(hf:<Blip2ForImageTextRetrieval dir or hub id>)"
-        )
+    encode = require_item_encoder(encoder)
     out = image.copy()
     both = [i for i, it in enumerate(items) if it.image is not None and it.captions]
     if both:
@@ -220,3 +215,56 @@ def fused_embeddings(emb_dir: Any, weight: float | Fusion | str = DEFAULT_FUSION
     caption[[row[i] for i in captions.ids]] = captions.vectors
     manifest = {**images.manifest, "fusion": fusion.describe()}
     return Embeddings("fused", ids, fusion.fuse(image, caption), manifest)
+
+
+def multimodal_items(emb_dir: Any) -> Any:
+    """BLIP-2 multimodal items from an ``xmr encode --kinds multimodal`` directory, as ``xmr
+    evaluate --fused blip2`` ranks them: every item with an image is its ``multimodal`` row
+    (image + first caption; an item without a caption, its image vectors), and an item with a
+    caption but no image, when the directory also holds ``captions``, that caption's vector
+    repeated over the K vectors (without ``captions`` such items are left out, and counted).
+
+    Items whose image could not be decoded are in neither (the directory's ``failed.jsonl``).
+    Returns an ``Embeddings`` of kind ``multimodal`` whose manifest records the fusion
+    (``fusion``: ``{"kind": "multimodal", ...}``, with the counts of each sort of item)."""
+    from xmr.encode import load_metadata, read_manifest
+    from xmr.encode.multimodal import DESCRIPTION, KIND
+
+    kinds = read_manifest(emb_dir).get("kinds") or {}
+    if KIND not in kinds:
+        raise XmrError(
+            f"{emb_dir}: no {KIND} embeddings (encoded: {', '.join(kinds) or 'none'}); encode "
+            f"them with a BLIP-2 model and kinds={KIND}"
+        )
+    items = load_embeddings(emb_dir, KIND)
+    meta = load_metadata(emb_dir, KIND)
+    have = set(items.ids)
+    caption_only = [
+        i
+        for i, rec in meta.items()
+        if i not in have and not rec.get("image") and rec.get("captions")
+    ]
+    ids, vectors, used = list(items.ids), items.vectors, []
+    if caption_only and "captions" in kinds:
+        captions = load_embeddings(emb_dir, "captions")
+        if captions.model != items.model:
+            raise XmrError(
+                f"{emb_dir}: multimodal items and captions were encoded by different models"
+            )
+        row = {i: n for n, i in enumerate(captions.ids)}
+        used = [i for i in caption_only if i in row]
+        if used:
+            side = captions.vectors[[row[i] for i in used]]
+            k = vectors.shape[1] if vectors.ndim == 3 else 1
+            side = np.repeat(side[:, None, :], k, axis=1) if vectors.ndim == 3 else side
+            ids, vectors = ids + used, np.concatenate([vectors, side.astype(np.float32)])
+    fusion = {
+        "kind": KIND,
+        "formula": DESCRIPTION + "; an item with a caption but no image: its caption's vector "
+        "repeated over the K vectors (when captions were encoded)",
+        "items": len(items),
+        "image_only": int(kinds[KIND].get("image_only", 0)),
+        "caption_only": len(used),
+        "caption_only_left_out": len(caption_only) - len(used),
+    }
+    return Embeddings(KIND, ids, vectors, {**items.manifest, "fusion": fusion})

@@ -259,6 +259,9 @@ class Index:
             "multi_vector": m.get("multi_vector"),
             "metric": m.get("metric"),
             "model": (self.model or {}).get("spec"),
+            # what the items are: the embeddings kind indexed, and its fusion when fused
+            "items": (m.get("source") or {}).get("kind"),
+            "fusion": (m.get("source") or {}).get("fusion"),
             "recall": m.get("recall"),
             "created": m.get("created"),
             "updated": m.get("updated"),

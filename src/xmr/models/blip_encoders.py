@@ -214,7 +214,7 @@ class Blip2Encoder(_BlipFamily):
 
     def encode_items(
         self,
-        images: Sequence[Any],
+        images: Sequence[Any] | torch.Tensor,
         texts: Sequence[str],
         batch_size: int | None = None,
         *,
@@ -222,9 +222,22 @@ class Blip2Encoder(_BlipFamily):
         progress: bool = False,
     ) -> np.ndarray | torch.Tensor:
         """L2-normalised float32 (N, K, embed_dim) embeddings of image ``i`` with caption
-        ``texts[i]`` (images as for ``encode_images``: PIL, arrays, ``ImageRef``s, paths, bytes)."""
-        images = list(images)
+        ``texts[i]`` (images as for ``encode_images``: PIL, arrays, ``ImageRef``s, paths, bytes,
+        or a batch tensor of uint8 crops / preprocessed pixels, as the encode pipeline has)."""
         texts = check_texts(texts, what="caption")
+        if isinstance(images, torch.Tensor):
+            batch = images
+            if len(batch) != len(texts):
+                raise XmrError(f"encode_items: {len(batch)} images but {len(texts)} captions")
+            size = batch_size or len(texts) or 1
+
+            def run_slice(idx: slice) -> torch.Tensor:
+                tokens = self._to_device(self.tokenize(texts[idx]))
+                return self.item_features(self._pixels(batch[idx]), tokens)
+
+            chunks = [slice(i, i + size) for i in range(0, len(texts), size)]
+            return self._encode_chunks(chunks, len(texts), run_slice, as_tensor, progress, "items")
+        images = list(images)
         if len(images) != len(texts):
             raise XmrError(f"encode_items: {len(images)} images but {len(texts)} captions")
         batch_size = batch_size or self.default_image_batch_size

@@ -14,9 +14,44 @@ import numpy as np
 from xmr.errors import XmrError
 from xmr.index import load_index
 
+# The embeddings kind of an index of BLIP-2 multimodal items (xmr index build --fused blip2).
+MULTIMODAL = "multimodal"
+
 
 class SearcherWrites:
-    """:meth:`add_item` and :meth:`remove_item` of :class:`xmr.search.Searcher`."""
+    """:meth:`encode_item`, :meth:`add_item` and :meth:`remove_item` of
+    :class:`xmr.search.Searcher`."""
+
+    def encode_item(self, image: Any, caption: str | None = None) -> np.ndarray:
+        """What a new item with ``image`` (and ``caption``) is stored as in this index: its
+        image's vector(s); in an index of BLIP-2 multimodal items (built ``--fused blip2``) the
+        encoder reading image and caption together (``encode_items``; without a caption, the
+        image vectors, as ``xmr encode --kinds multimodal`` stores such an item).
+
+        Raises XmrError for an index of weighted or learned fused items (their fusion is not
+        redone here: encode the new items and ``xmr index add`` them) and for a multimodal
+        index whose encoder has no ``encode_items``."""
+        self._dense_only("adding an item")
+        kind = (self.index.manifest.get("source") or {}).get("kind")
+        if kind == "fused":
+            raise XmrError(
+                "this index holds fused image+caption items (xmr index build --fused W|DIR); an "
+                "item is not fused here: encode the new items with `xmr encode --kinds "
+                "images,captions` and add them with `xmr index add`"
+            )
+        if kind == MULTIMODAL and caption:
+            encode = getattr(self.encoder, "encode_items", None)
+            if not callable(encode):
+                raise XmrError(
+                    "this index holds BLIP-2 multimodal items (xmr index build --fused blip2): "
+                    f"adding one needs a model that reads image and caption together "
+                    f"(encode_items), and {getattr(self.encoder, 'spec', 'this model')!r} has "
+                    "none; serve the index with the BLIP-2 model that built it"
+                )
+            with self._encoder_lock:
+                vectors = encode([image], [caption])
+            return np.asarray(vectors, dtype=np.float32)[0]
+        return self.encode_images([image])[0]
 
     def add_item(self, vector: np.ndarray, record: dict[str, Any]) -> None:
         """Append one item (its vector ``(dim,)``, or ``(K, dim)`` in an index of multi-vector

@@ -1,6 +1,7 @@
 """Adding an uploaded image to a served index, and deleting an item, all or nothing.
 
-An add encodes the image, keeps its bytes beside the index directory (named by content hash,
+An add encodes the image (in an index of BLIP-2 multimodal items, the image with its caption:
+:meth:`xmr.search.Searcher.encode_item`), keeps its bytes beside the index directory (named by content hash,
 never by the id) and appends the item through :meth:`xmr.search.Searcher.add_item`, which saves
 the index atomically. Any failure (a full disk, a refused permission, a failing index write)
 removes the image file this add wrote, leaves the Searcher's index as it was before (the
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from xmr.errors import XmrError
 from xmr.io.atomic import atomic_write
 from xmr.search import Searcher
 from xmr.serve.images import sniff_web_type
@@ -52,7 +54,10 @@ class ItemWriter:
         with self._lock:
             if form.id in self.searcher:
                 raise ApiError(409, "duplicate_id", f"an item with id {form.id!r} already exists")
-            vector = self.searcher.encode_images([img])[0]
+            try:  # BLIP-2 multimodal items: the image read with its caption
+                vector = self.searcher.encode_item(img, form.caption)
+            except XmrError as exc:
+                raise ApiError(409, "not_supported", str(exc)) from exc
             kind = sniff_web_type(form.image)
             ext = {"image/png": ".png", "image/gif": ".gif", "image/webp": ".webp"}.get(
                 kind or "", ".jpg"

@@ -8,11 +8,19 @@ from typing import Any
 
 from xmr.encode import load_embeddings, load_metadata, read_manifest
 from xmr.errors import XmrError
-from xmr.fusion import DEFAULT_FUSION_WEIGHT, fused_embeddings, fusion_digest, load_fusion
+from xmr.fusion import (
+    DEFAULT_FUSION_WEIGHT,
+    MULTIMODAL,
+    fused_embeddings,
+    fusion_digest,
+    load_fusion,
+    multimodal_items,
+)
 from xmr.index.building import build_index
 from xmr.index.layout import check_replaceable
 from xmr.index.store import Index, load_index
 from xmr.io.atomic import check_output_dir
+from xmr.workflows.job_inputs import BLIP2_FUSED
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ def _load_vectors(emb_dir: Path, kind: str, fusion: Any):
 
     if kind == "fused":
         return fused_embeddings(emb_dir, DEFAULT_FUSION_WEIGHT if fusion is None else fusion)
+    if kind == MULTIMODAL:  # BLIP-2's image+caption items (and caption-only items), as evaluated
+        return multimodal_items(emb_dir)
     return load_embeddings(emb_dir, kind)
 
 
@@ -89,6 +99,12 @@ def index_embeddings(
     fusion = options.pop("fusion", None)
     weight = options.pop("fusion_weight", None)
     fusion = weight if fusion is None else fusion
+    if fusion == BLIP2_FUSED:  # BLIP-2's multimodal items (xmr encode --kinds multimodal)
+        if kind not in (None, MULTIMODAL):
+            raise XmrError(
+                f"fusion={BLIP2_FUSED!r} indexes the {MULTIMODAL} items, not kind={kind}"
+            )
+        fusion, kind = None, MULTIMODAL
     kind = "fused" if fusion is not None else kind or default_kind(emb_dir)
     emb = _load_vectors(emb_dir, kind, fusion)
     if len(emb) == 0:
@@ -119,7 +135,7 @@ def index_embeddings(
             "split": manifest.get("split"),
             "precision": manifest.get("precision"),
             "preprocessing": manifest.get("preprocessing"),
-            **(_fusion_source(manifest["fusion"]) if kind == "fused" else {}),
+            **(_fusion_source(manifest["fusion"]) if kind in ("fused", MULTIMODAL) else {}),
         },
         **options,
     )
@@ -187,7 +203,15 @@ def add_embeddings(
         index = load_index(index)
     emb_dir = Path(emb_dir)
     source = index.manifest.get("source") or {}
-    kind = kind or source.get("kind") or default_kind(emb_dir)
+    built = source.get("kind")
+    kind = kind or built or default_kind(emb_dir)
+    if MULTIMODAL in (built, kind) and kind != built:
+        # BLIP-2 multimodal items and other vectors (image only, captions) are not mixed
+        raise XmrError(
+            f"the index holds {built or 'images'} items, these would be {kind} vectors: a "
+            f"{MULTIMODAL} index (BLIP-2's image + caption items) takes the {MULTIMODAL} items "
+            f"of an encoding with kinds={MULTIMODAL} by its BLIP-2 model"
+        )
     emb = _load_vectors(emb_dir, kind, _index_fusion(source) if kind == "fused" else None)
     adding = (getattr(emb, "manifest", None) or {}).get("preprocessing")
     _check_same_decoding(source.get("preprocessing"), adding, emb_dir)

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from xmr.errors import XmrError
-from xmr.eval.embedded import embed_split_fused, rank_embedded
+from xmr.eval.embedded import embed_split_fused, embed_split_multimodal, rank_embedded
 from xmr.eval.submission import default_submission_format, write_submission
 from xmr.io.atomic import check_output_file
 from xmr.rerank import DEFAULT_RERANK_K, dataset_lookup, rerank_many
 from xmr.workflows.job_inputs import (
+    BLIP2_FUSED,
     check_k,
     check_rerank_options,
     embed,
@@ -127,7 +128,8 @@ def predict(
         fused: rank items by their fused image+caption vector: a weight in [0, 1] or a learned
             fusion directory (the images through the encode pipeline with ``workers``; the
             mean of all captions is not what an embeddings directory stores, so ``emb_dir`` is
-            not used).
+            not used); or ``"blip2"``: BLIP-2's multimodal items (image + first caption, K
+            vectors, max-sim), as ``evaluate(..., fused="blip2")`` ranks them.
         submission_format: the former name of ``out_format`` (deprecated).
         skip_bad: skip malformed records of the data set (counted in a warning and in the
             embeddings manifest) instead of stopping at the first.
@@ -152,7 +154,8 @@ def predict(
     check_k(k)
     if rerank is not None:
         check_rerank_options(rerank_k, rerank_mode, rerank_batch_size)
-    fusion = fusion_value(fused, allow_tune=False) if fused is not None else None
+    multimodal = fused == BLIP2_FUSED  # BLIP-2's own image+caption items
+    fusion = fusion_value(fused, allow_tune=False) if fused is not None and not multimodal else None
     check_output_file(out)  # before the work, not after it
     warnings: list[str] = []
     dataset = read_data(data, format, split, skip_bad, warnings)
@@ -176,7 +179,9 @@ def predict(
                                 reranked=rerank is not None, warnings=warnings)  # fmt: skip
     kind = out_format or default_submission_format(dataset, chosen)
     encoder = load_encoder(model, device, precision, draft, runtime, image_backend)
-    if fusion is not None:
+    if multimodal:
+        emb = embed_split_multimodal(encoder, chosen, batch_size=batch_size, workers=workers)
+    elif fusion is not None:
         emb = embed_split_fused(encoder, chosen, fusion, batch_size=batch_size, workers=workers)
     else:
         emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
