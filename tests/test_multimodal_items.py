@@ -317,3 +317,23 @@ def test_a_served_add_to_weighted_fused_items_is_refused_not_stored_unfused(worl
     item = next(iter(split.items.values()))
     with pytest.raises(XmrError, match="fused image\\+caption items.*xmr index add"):
         Searcher(fused, enc).encode_item(item.image, "a caption")
+
+
+def test_evaluate_side_takes_the_caption_of_an_undecodable_image(world, tmp_path):
+    """``encode_items(multimodal=True)`` (what ``evaluate`` / ``predict --fused blip2`` rank by)
+    lists an image that cannot be decoded and gives its item its caption, as the weighted fusion
+    and the multimodal index do, instead of failing the whole run."""
+    from xmr.fusion import encode_items
+
+    encoder = world["encoder"]
+    mixed = _mixed_split(world["split"], tmp_path)
+    got = encode_items(encoder, mixed.items, 4, multimodal=True)
+    assert got.failed == ["broken"]
+    row = got.ids.index("broken")
+    caption = np.asarray(encoder.encode_texts(["a caption"]), dtype=np.float32)[0]
+    np.testing.assert_allclose(got.multimodal[row], np.tile(caption, (encoder.image_vectors, 1)),
+                               atol=1e-6)  # fmt: skip
+    good = got.ids.index(next(iter(world["split"].items)))
+    first = next(iter(world["split"].items.values()))
+    direct = encoder.encode_items([first.image], [first.captions[0]], batch_size=4)[0]
+    np.testing.assert_allclose(got.multimodal[good], direct, atol=1e-5)

@@ -143,7 +143,7 @@ def encode_items(
         caption[has] = normalize(sums[has])
     fused = None
     if multimodal:
-        fused = multimodal_embeddings(encoder, items, image, caption, batch_size)
+        fused = multimodal_embeddings(encoder, items, image, caption, batch_size, failed=failed)
     return ItemEmbeddings(ids, image, caption, failed, multimodal=fused)
 
 
@@ -164,15 +164,21 @@ def multimodal_embeddings(
     image: np.ndarray,
     caption: np.ndarray,
     batch_size: int | None = None,
+    *,
+    failed: Sequence[str] = (),
 ) -> np.ndarray:
     """The encoder's ``encode_items(images, captions)`` for every item with an image and a
     caption (its *first* caption: seed 001's validation items have one). An item lacking one
     side takes the other alone, as the weighted fusion does: no caption, its image embedding
     (the Q-Former without text is exactly the image path); no image, its caption embedding
-    (repeated over the K vectors)."""
+    (repeated over the K vectors). An item of ``failed`` (its image could not be decoded, see
+    :func:`encode_items`) counts as one without an image, as in the weighted fusion and in an
+    index of multimodal items (where such an item is absent from the multimodal kind)."""
     encode = require_item_encoder(encoder)
     out = image.copy()
-    both = [i for i, it in enumerate(items) if it.image is not None and it.captions]
+    bad = {str(i) for i in failed}
+    has_image = [it.image is not None and str(it.id) not in bad for it in items]
+    both = [i for i, it in enumerate(items) if has_image[i] and it.captions]
     if both:
         rows = encode(
             [items[i].image for i in both],
@@ -180,7 +186,7 @@ def multimodal_embeddings(
             batch_size=batch_size,
         )
         out[both] = np.asarray(rows, dtype=np.float32)
-    no_image = [i for i, it in enumerate(items) if it.image is None]
+    no_image = [i for i in range(len(items)) if not has_image[i]]
     if no_image:
         side = caption[no_image]
         out[no_image] = side[:, None, :] if out.ndim == 3 else side
