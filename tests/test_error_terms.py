@@ -20,6 +20,10 @@ def test_parameters_become_the_parsers_flags_and_nothing_else_changes():
     assert in_cli_terms("uri= and collection= (backend=milvus)", flags) == (
         "--uri and --collection (--backend milvus)"
     )
+    # a switch's True is the bare flag
+    assert in_cli_terms("already there (upsert=True replaces it)", flags) == (
+        "already there (--upsert replaces it)"
+    )
     # unknown names, and key=value inside a spec, are left as written
     spec = "not a BM25 spec (bm25:k1=..,b=..,tokenizer=..); reranker= is missing"
     assert in_cli_terms(spec, flags) == spec

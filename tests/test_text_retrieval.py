@@ -15,6 +15,7 @@ from text_helpers import (
     SEED_QUERIES,
     english_beir,
     seed_muge_beir,
+    write_beir,
 )
 from xmr.errors import XmrError
 from xmr.fusion.hybrid import fuse_ranked_lists
@@ -312,3 +313,64 @@ def test_evaluate_report_for_text_retrieval(tmp_path, capsys):
     assert all(r.startswith("t2t,") for r in rows)
     html = (report / "index.html").read_text()
     assert "text → text" in html and ENGLISH_DOCS["d2"] in html  # documents shown as text
+
+
+def _scores(index, queries):
+    return {q: [(h.id, round(h.score, 5)) for h in hits]
+            for q, hits in zip(queries, index.search_texts(queries, k=10), strict=True)}  # fmt: skip
+
+
+def test_bm25_add_and_delete_equal_a_rebuild_over_the_new_corpus(tmp_path):
+    """BM25 has no vectors to append: adding or deleting documents re-scores the corpus (IDF and
+    mean length change), so the edited index must score exactly as a build over the new corpus,
+    saved and re-opened."""
+    from xmr.workflows.index_build import delete_items
+
+    ids, texts = list(ENGLISH_DOCS), list(ENGLISH_DOCS.values())
+    queries = list(ENGLISH_QUERIES.values())
+    index = build_bm25_index(texts[:4], ids[:4], "bm25:k1=1.2,b=0.7")
+    assert (
+        index.add([{"id": i, "captions": [t]} for i, t in zip(ids[4:], texts[4:], strict=True)])
+        == 4
+    )
+    full = build_bm25_index(texts, ids, "bm25:k1=1.2,b=0.7")
+    assert _scores(index, queries) == _scores(full, queries)
+    index.save(tmp_path / "ix")
+    assert _scores(open_index(tmp_path / "ix"), queries) == _scores(full, queries)
+    assert open_index(tmp_path / "ix").manifest["count"] == len(ids)
+
+    with pytest.raises(XmrError, match="already in the index"):
+        index.add([{"id": "d2", "captions": ["a red car"]}])
+    index.add([{"id": "d2", "captions": ["a red car"]}], upsert=True)
+    assert "d2" in {h.id for h in index.search_texts(["red car"], k=3)[0]}
+    assert "d2" not in {h.id for h in index.search_texts(["black cat"], k=10)[0]}
+
+    _, removed = delete_items(tmp_path / "ix", ["d0", "d5", "nope"], missing_ok=True)
+    assert removed == ["d0", "d5"]
+    kept = [n for n, i in enumerate(ids) if i not in ("d0", "d5")]
+    rebuilt = build_bm25_index(
+        [texts[n] for n in kept], [ids[n] for n in kept], "bm25:k1=1.2,b=0.7"
+    )
+    assert _scores(open_index(tmp_path / "ix"), queries) == _scores(rebuilt, queries)
+    with pytest.raises(XmrError, match="unknown item id 'nope'"):
+        delete_items(tmp_path / "ix", ["nope"])
+
+
+def test_cli_index_add_data_to_a_bm25_index(tmp_path, capsys):
+    from xmr.cli import main
+
+    data = english_beir(tmp_path / "beir")
+    index = tmp_path / "ix"
+    assert (
+        main(["index", "build", "--model", "bm25", "--data", str(data), "--out", str(index)]) == 0
+    )
+    more = write_beir(tmp_path / "more", {"n1": "A black cat on a red sofa."}, {"q": "cat"}, {})
+    capsys.readouterr()
+    assert main(["index", "add", str(index), "--data", str(more)]) == 0
+    assert "added 1 documents" in capsys.readouterr().out
+    assert main(["search", str(index), "black cat", "-k", "3", "--json"]) == 0
+    assert "n1" in [r["id"] for r in json.loads(capsys.readouterr().out)["results"]]
+    assert main(["index", "add", str(index), "--data", str(more)]) == 2
+    assert "(--upsert replaces it)" in capsys.readouterr().err
+    assert main(["index", "add", str(index), str(tmp_path)]) == 2
+    assert "a BM25 index takes texts" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 
-_PARAM = re.compile(r"(?<![^\s(])([a-z][a-z0-9_]*)=")
+# ``name=`` and, for a switch, ``name=True`` (spelt as the bare flag).
+_PARAM = re.compile(r"(?<![^\s(])([a-z][a-z0-9_]*)=(True\b)?")
 
 
 def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -33,12 +34,14 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def in_cli_terms(message: str, flags: dict[str, str]) -> str:
     """``message`` with every ``name=`` of a known parameter as its flag: ``split=`` ->
-    ``--split``, ``images=DIR`` -> ``--images DIR``."""
+    ``--split``, ``images=DIR`` -> ``--images DIR``, ``upsert=True`` -> ``--upsert``."""
 
     def flag(m: re.Match) -> str:
         name = m.group(1)
         if name not in flags:
             return m.group(0)
+        if m.group(2):
+            return flags[name]
         rest = message[m.end() : m.end() + 1]
         return flags[name] + (" " if rest and (rest.isalnum() or rest in "/.~") else "")
 

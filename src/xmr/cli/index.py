@@ -7,7 +7,7 @@ import json
 import logging
 
 from xmr.cli import options
-from xmr.workflows.index_build import add_embeddings, delete_items, index_embeddings
+from xmr.workflows.index_build import add_embeddings, add_texts, delete_items, index_embeddings
 
 KINDS = ("images", "captions", "texts", "multimodal")
 
@@ -149,7 +149,17 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
 def add_add_arguments(a: argparse.ArgumentParser) -> None:
     """Every option of ``xmr index add``."""
     a.add_argument("index_dir", metavar="INDEX_DIR", help="the index to extend (saved atomically)")
-    a.add_argument("emb_dir", metavar="EMB_DIR", help="embeddings of the same model, new ids")
+    a.add_argument(
+        "emb_dir", metavar="EMB_DIR", nargs="?", default=None,
+        help="embeddings of the same model, new ids (a vector index)",
+    )  # fmt: skip
+    a.add_argument(
+        "--data", default=None, metavar="PATH",
+        help="a BM25 index: add the items of this data set (their captions; every document is "
+        "re-scored, as a rebuild over the larger corpus would)",
+    )  # fmt: skip
+    a.add_argument("--format", default=None, help="--data's format (default: detected)")
+    a.add_argument("--split", default=None, help="--data's split (default: the only/test one)")
     a.add_argument(
         "--kind", default=None, choices=KINDS, help="which vectors (default: as the index's)"
     )
@@ -245,6 +255,21 @@ def _run_build_bm25(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from xmr.errors import XmrError
+
+    if (args.emb_dir is None) == (args.data is None):
+        raise XmrError("give EMB_DIR (a vector index) or --data PATH (a BM25 index), not both")
+    if args.data is not None:
+        if args.kind is not None:
+            raise XmrError("--kind is for embeddings; a BM25 index adds texts")
+        index, added = add_texts(
+            args.index_dir, args.data, format=args.format, split=args.split, upsert=args.upsert
+        )
+        if args.json:
+            print(json.dumps({"added": added, **index.info()}, indent=2, ensure_ascii=False))
+        else:
+            print(f"added {added} documents; {args.index_dir} now holds {len(index)}")
+        return 0
     index, added = add_embeddings(args.index_dir, args.emb_dir, kind=args.kind, upsert=args.upsert)
     if args.json:
         print(json.dumps({"added": added, **index.info()}, indent=2, ensure_ascii=False))

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from xmr.data.records import document_text
 from xmr.errors import XmrError
 from xmr.index.layout import FORMAT, FORMAT_VERSION, IDS_FILE, ITEMS_FILE, MANIFEST
 from xmr.index.store import Hit
@@ -196,6 +197,57 @@ class BM25Index:
             out.append([Hit(self.ids[p], float(s[p]), int(p)) for p in positions[order]])
         return out
 
+    def add(self, records: Sequence[dict[str, Any]], *, upsert: bool = False) -> int:
+        """Add documents (metadata records whose ``captions`` are their text, as
+        :func:`xmr.data.records.item_record` writes them); an id already there is an error
+        unless ``upsert`` replaces it. BM25's IDF and average length are corpus statistics, so
+        every document is re-scored: the index afterwards equals one built over the new corpus
+        (same k1, b, method and the tokenizer it resolved). Returns the number added."""
+        new = {str(r["id"]): dict(r) for r in records}
+        if len(new) != len(records):
+            raise XmrError("duplicate ids among the documents to add")
+        clash = [i for i in new if i in self._positions]
+        if clash and not upsert:
+            raise XmrError(f"id '{clash[0]}' is already in the index (upsert=True replaces it)")
+        kept = [(i, r) for i, r in zip(self.ids, self.items, strict=True) if i not in new]
+        self._reindex([*kept, *new.items()])
+        return len(new)
+
+    def remove(self, ids: Sequence[str], *, missing_ok: bool = False) -> list[str]:
+        """Remove documents by id and re-score the rest (see :meth:`add`); an unknown id is an
+        error unless ``missing_ok``. Returns the ids removed."""
+        unknown = [i for i in ids if i not in self._positions]
+        if unknown and not missing_ok:
+            raise XmrError(f"unknown item id '{unknown[0]}'")
+        gone = {i for i in ids if i in self._positions}
+        if gone:
+            if len(gone) == len(self.ids):
+                raise XmrError("that would remove every document; a BM25 index needs one")
+            self._reindex([(i, r) for i, r in zip(self.ids, self.items, strict=True)
+                           if i not in gone])  # fmt: skip
+        return [i for i in dict.fromkeys(ids) if i in gone]
+
+    def _reindex(self, documents: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        texts = [document_text(r.get("captions") or []) for _, r in documents]
+        empty = next((i for (i, _), t in zip(documents, texts, strict=True) if not t), None)
+        if empty is not None:
+            raise XmrError(
+                f"document '{empty}' has no text in its record (captions): this index cannot be "
+                "re-scored; rebuild it from the data set"
+            )
+        options = self.manifest["index"]
+        tokens = [self.tokenize(t) for t in texts]
+        retriever = _bm25s().BM25(k1=options["k1"], b=options["b"], method=options["method"])
+        retriever.index(tokens, show_progress=False)
+        self.retriever = retriever
+        self.ids = [i for i, _ in documents]
+        self.items = [r for _, r in documents]
+        self._positions = {i: n for n, i in enumerate(self.ids)}
+        self._by_category = None
+        options["vocabulary"] = len(retriever.vocab_dict)
+        self.manifest.update(count=len(self.ids), tokens=int(sum(len(t) for t in tokens)),
+                             updated=now())  # fmt: skip
+
     def info(self) -> dict[str, Any]:
         m = self.manifest
         out = {
@@ -257,7 +309,12 @@ def build_bm25_index(
         seen: set[str] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
         raise XmrError(f"duplicate id '{dup}'; ids must be unique")
-    records = [{"id": i} for i in ids] if items is None else [dict(r) for r in items]
+    # The text stays in the record (captions) so the index can be re-scored after an add/remove.
+    records = (
+        [{"id": i, "captions": [t]} for i, t in zip(ids, texts, strict=True)]
+        if items is None
+        else [dict(r) for r in items]
+    )
     if len(records) != len(ids):
         raise XmrError(f"{len(ids)} ids but {len(records)} metadata records")
     tokenizer, reason = resolve_tokenizer(options["tokenizer"], texts)

@@ -206,7 +206,7 @@ class Index:
         if dup and not upsert:
             raise XmrError(
                 f"{len(dup)} id(s) already in the index (first: '{dup[0]}'); ids must be unique "
-                "(--upsert replaces them)"
+                "(upsert=True replaces them)"
             )
         if dup:
             self.remove(dup)

@@ -18,7 +18,8 @@ from xmr.fusion import (
 )
 from xmr.index.building import build_index
 from xmr.index.layout import check_replaceable
-from xmr.index.store import Index, load_index
+from xmr.index.opening import is_lexical, open_index
+from xmr.index.store import Index
 from xmr.io.atomic import check_output_dir
 from xmr.workflows.job_inputs import BLIP2_FUSED
 
@@ -171,17 +172,55 @@ def delete_items(
     missing_ok: bool = False,
     save: bool = True,
 ) -> tuple[Index, list[str]]:
-    """``xmr index delete``: remove items (vector, id, metadata) by id from an index of either
-    backend; returns (index, ids deleted). An unknown id is an error unless ``missing_ok``. The
-    index directory is saved atomically when ``save`` (see :meth:`Index.save`)."""
-    if not isinstance(index, Index):
-        index = load_index(index)
+    """``xmr index delete``: remove items (vector, id, metadata) by id from an index of any
+    backend (FAISS, Milvus, BM25: its documents re-scored); returns (index, ids deleted). An
+    unknown id is an error unless ``missing_ok``. The index directory is saved atomically when
+    ``save`` (see :meth:`Index.save`)."""
+    if not hasattr(index, "remove"):
+        index = open_index(index)
     if not ids:
         raise XmrError("give at least one item id to delete")
     removed = index.remove(ids, missing_ok=missing_ok)
     if save and removed:
         index.save()
     return index, removed
+
+
+def add_texts(
+    index: Any,
+    data: Any,
+    *,
+    format: str | None = None,
+    split: str | None = None,
+    upsert: bool = False,
+    save: bool = True,
+) -> tuple[Any, int]:
+    """``xmr index add INDEX --data PATH``: add the items of a data set split (their captions,
+    as :func:`index_texts` indexes them) to a BM25 index; returns (index, n added). BM25 has no
+    vectors to append: the whole corpus is re-scored, so the result equals a build over the
+    larger corpus. An id already there is an error unless ``upsert``; items without text are
+    left out (logged). Saved atomically when ``save``."""
+    from xmr.data.readers import load_dataset
+    from xmr.data.records import item_record
+
+    if not is_lexical(index):
+        index = open_index(index)
+    if not is_lexical(index):
+        raise XmrError(
+            f"{index.path}: a vector index takes embeddings (xmr index add INDEX EMB_DIR), "
+            "not data=; encode the new items with its model first"
+        )
+    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    chosen = dataset.split(split)
+    items = [it for it in chosen.items.values() if it.captions]
+    if not items:
+        raise XmrError(f"{data}: split '{chosen.name}' has no item with a caption or text to add")
+    if len(items) < len(chosen.items):
+        log.warning("bm25: %d item(s) without text left out", len(chosen.items) - len(items))
+    added = index.add([item_record(it) for it in items], upsert=upsert)
+    if save:
+        index.save()
+    return index, added
 
 
 def add_embeddings(
@@ -200,7 +239,12 @@ def add_embeddings(
     """
 
     if not isinstance(index, Index):
-        index = load_index(index)
+        index = open_index(index)
+    if is_lexical(index):
+        raise XmrError(
+            f"{index.path}: a BM25 index takes texts, not embeddings: add the items of a data "
+            "set with data= (xmr index add INDEX --data PATH)"
+        )
     emb_dir = Path(emb_dir)
     source = index.manifest.get("source") or {}
     built = source.get("kind")
