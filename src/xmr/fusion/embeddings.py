@@ -72,6 +72,21 @@ class ItemEmbeddings:
     failed: list[str] = field(default_factory=list)  # items whose image could not be decoded
     multimodal: np.ndarray | None = None  # the encoder's own image+caption items (BLIP-2)
 
+    @property
+    def no_image(self) -> np.ndarray:
+        """``(N,)`` bool: the items without an image embedding (NaN rows, any K)."""
+        return np.isnan(self.image.reshape(len(self.image), -1)).any(axis=1)
+
+    @property
+    def no_caption(self) -> np.ndarray:
+        """``(N,)`` bool: the items without a caption embedding."""
+        return np.isnan(self.caption.reshape(len(self.caption), -1)).any(axis=1)
+
+    @property
+    def image_vectors(self) -> int:
+        """K, the image vectors per item (1 for a single-vector encoder)."""
+        return int(self.image.shape[1]) if self.image.ndim == 3 else 1
+
     def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
         """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
         weight in [0, 1] or a :class:`Fusion`)."""
