@@ -74,31 +74,46 @@ def test_training_on_multi_vector_items_moves_the_loss_and_never_loses_to_the_st
 
 @pytest.fixture(scope="module")
 def blip2(tmp_path_factory):
+    """A tiny BLIP-2, tianchi-format data and a gate trained on it with ``xmr train --fused``
+    (``summary``: what it printed with --json)."""
+    import contextlib
+    import io
+
+    from xmr.cli import main
+
     root = tmp_path_factory.mktemp("fused-blip2")
     model = create_tiny_blip(root / "blip2", "blip2", texts=["red", "blue", "circle", "square"])
     data = write_tianchi(root / "data", "valid")
     write_tianchi(data, "train")
-    return {"data": data, "model": f"hf:{model}"}
+    out = root / "gate"
+    argv = ["train", "--fused", "0.5", "--model", f"hf:{model}", "--data", str(data)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([*argv, "--out", str(out), "--device", "cpu", "--json", "epochs=4", "lr=0.5"])
+    assert code == 0
+    summary = json.loads(printed.getvalue())
+    return {"data": data, "model": f"hf:{model}", "gate": out, "summary": summary}
 
 
-def test_gate_trained_on_blip2_is_what_evaluate_reports(blip2, tmp_path, capsys):
+def _evaluate(blip2, capsys, *options: str) -> dict:
     from xmr.cli import main
+
+    args = ["evaluate", "--model", blip2["model"], "--data", str(blip2["data"]), "--split"]
+    assert main([*args, "valid", "--device", "cpu", "--json", *options]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_gate_trained_on_blip2_is_what_evaluate_reports(blip2, capsys):
     from xmr.data.readers import load_dataset
     from xmr.models import create_encoder
 
-    out = tmp_path / "gate"
-    argv = ["train", "--fused", "--model", blip2["model"], "--data", str(blip2["data"])]
-    argv += ["--out", str(out), "--device", "cpu", "--json", "epochs=4", "lr=0.5"]
-    assert main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = blip2["summary"]
     assert summary["kind"] == "gated" and summary["last_loss"] != summary["first_loss"]
-    fusion = load_fusion(out)
+    fusion = load_fusion(blip2["gate"])
     encoder = create_encoder(blip2["model"], device="cpu")
     assert encoder.image_vectors > 1 and fusion.dim == encoder.embed_dim
 
-    args = ["evaluate", "--model", blip2["model"], "--data", str(blip2["data"])]
-    assert main([*args, "--split", "valid", "--device", "cpu", "--fused", str(out), "--json"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+    metrics = _evaluate(blip2, capsys, "--fused", str(blip2["gate"]))
     # By hand: each item's K query vectors fused with its caption, ranked by max-sim.
     split = load_dataset(blip2["data"]).split("valid")
     items = FusionData.encode(encoder, split).items
@@ -113,3 +128,48 @@ def test_gate_trained_on_blip2_is_what_evaluate_reports(blip2, tmp_path, capsys)
     assert metrics["fused/image_share"] == pytest.approx(
         fusion.image_share(items.image, items.caption)
     )
+
+
+def test_the_whole_side_by_side_table_in_one_run(blip2, tmp_path, capsys):
+    """``--fused blip2 --gate DIR``: image, caption, weighted (0.5), gated, multimodal; the JSON,
+    the plain table and the report carry every column, each the number of its own run."""
+    import re
+
+    from xmr.cli import main
+
+    capsys.readouterr()
+    rep = tmp_path / "rep"
+    gate = str(blip2["gate"])
+    table = _evaluate(blip2, capsys, "--fused", "blip2", "--gate", gate, "--report", str(rep))
+    for mode in ("image", "caption", "fused", "gated", "multimodal"):
+        assert f"{mode}/t2i/R@1" in table, mode
+    assert table["fused/weight"] == 0.5 and 0.0 < table["gated/image_share"] < 1.0
+    modes = list(dict.fromkeys(k.split("/")[0] for k in table if "/t2i/" in k))
+    assert modes[-5:] == ["image", "caption", "fused", "gated", "multimodal"]
+    # Each column is what its own single-value run reports.
+    alone = _evaluate(blip2, capsys, "--fused", gate)
+    weighted = _evaluate(blip2, capsys, "--fused", "blip2")
+    for name in ("R@1", "R@5", "MeanRecall"):
+        assert table[f"gated/t2i/{name}"] == pytest.approx(alone[f"fused/t2i/{name}"])
+        for mode in ("image", "caption", "fused", "multimodal"):
+            key = f"{mode}/t2i/{name}"
+            assert table[key] == pytest.approx(weighted[key])
+    assert "gated/t2i/R@1" not in weighted
+    # --gate alone: the weighted default (0.5) beside it.
+    only_gate = _evaluate(blip2, capsys, "--gate", gate)
+    assert only_gate["fused/weight"] == 0.5 and "gated/t2i/R@1" in only_gate
+    page = (rep / "index.html").read_text()
+    headings = re.findall(r"<h3>([^<]*)</h3>", page)
+    for stage in ("image", "caption", "fused", "gated", "multimodal"):
+        assert f"{stage} · text → image" in headings, headings
+    cells = dict(re.findall(r'data-key="([^"]+)" data-value="([^"]+)"', page))
+    assert set(cells) == set(table)
+    args = ["evaluate", "--model", blip2["model"], "--data", str(blip2["data"])]
+    assert main([*args, "--split", "valid", "--fused", "blip2", "--gate", gate]) == 0
+    text = capsys.readouterr().out
+    assert "t2i side by side" in text and "gated" in text and "multimodal" in text
+    # A weight is not a learned gate; --gate needs --model.
+    assert main([*args, "--split", "valid", "--gate", "0.3"]) == 2
+    assert "learned fusion directory" in capsys.readouterr().err
+    assert main(["evaluate", "--predictions", "p.json", "--data", "d", "--gate", gate]) == 2
+    assert "--gate does not apply with --predictions" in capsys.readouterr().err

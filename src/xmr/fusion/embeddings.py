@@ -19,7 +19,9 @@ FUSION_MODES = ("image", "caption", "fused")
 # BLIP-2's own fused item (the Q-Former reading image and caption together,
 # ``Blip2Encoder.encode_items``), reported after the three modes when the encoder has one.
 MULTIMODAL = "multimodal"
-SIDE_BY_SIDE = (*FUSION_MODES, MULTIMODAL)
+# A learned fusion scored beside the weighted one (``evaluate --fused W --gate DIR``).
+GATED = "gated"
+SIDE_BY_SIDE = (*FUSION_MODES, GATED, MULTIMODAL)
 DEFAULT_FUSION_WEIGHT = 0.5
 DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_TUNE_METRIC = "MeanRecall"
@@ -88,12 +90,17 @@ class ItemEmbeddings:
         return int(self.image.shape[1]) if self.image.ndim == 3 else 1
 
     def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
-        """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
-        weight in [0, 1] or a :class:`Fusion`)."""
+        """The item embeddings for ``mode`` ("image", "caption", "fused" with ``weight``: a
+        weight in [0, 1] or a :class:`Fusion`, "gated" with a learned :class:`Fusion`, or
+        "multimodal")."""
         if mode == "image":
             return self.image
         if mode == "caption":
             return self.caption
+        if mode == GATED:
+            if not isinstance(weight, Fusion):
+                raise XmrError("the gated mode needs a learned fusion (xmr train --fused)")
+            return weight.fuse(self.image, self.caption)
         if mode == "fused":
             if isinstance(weight, Fusion):
                 return weight.fuse(self.image, self.caption)

@@ -37,8 +37,9 @@ THUMB = 96
 TOP = 10
 NAMES = {"t2i": "text → image", "i2t": "image → text"}
 # Metric-key prefixes naming a ranking stage: reranked runs keep first_stage/..., fused runs
-# image/, caption/, fused/ and, with a BLIP-2 model, multimodal/ (xmr.rerank, xmr.eval.fused).
-STAGES = ("first_stage", "image", "caption", "fused", "multimodal")
+# image/, caption/, fused/, gated/ (a learned fusion beside the weighted one) and, with a BLIP-2
+# model, multimodal/ (xmr.rerank, xmr.eval.fused).
+STAGES = ("first_stage", "image", "caption", "fused", "gated", "multimodal")
 
 
 def direction_name(direction: str) -> str:
