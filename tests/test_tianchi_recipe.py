@@ -85,6 +85,7 @@ def test_recipe_with_a_tiny_blip2_is_the_seeds_own(tmp_path, capsys):
     train_cfg = json.loads((out / "model" / "train_config.json").read_text())
     flat = json.dumps(train_cfg)
     assert '"multimodal_items": true' in flat and '"text_source": "pairs"' in flat
+    assert train_cfg["label_smoothing"] == 0.1  # LAVIS's ITC loss, as the seed trains
     manifest = json.loads((out / "tiny_model" / "config.json").read_text())
     assert manifest["model_type"] == "blip-2"
 

@@ -22,7 +22,9 @@ With a BLIP-2 model (``model="hf:<Blip2ForImageTextRetrieval dir or hub id>"``, 
 own: the text -> image+caption rows rank BLIP-2's multimodal items (the Q-Former over the image
 and its caption, ``xmr evaluate --fused blip2``; the weighted fusion w=0.5 is reported beside
 them) and the fine-tuning trains those items (``multimodal_items=true``: query text -> image +
-one sampled caption, the vision tower frozen).
+one sampled caption, the vision tower frozen) with LAVIS's ITC loss, label smoothing 0.1
+(``label_smoothing=0.1``, as LAVIS's Q-Former training that the seed fine-tunes with; a
+``train_overrides`` entry overrides it).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from xmr.workflows.evaluate import evaluate_model
 from xmr.workflows.job_inputs import BLIP2_FUSED
 
 RECALLS = ("R@1", "R@5", "R@10")
+# LAVIS's BLIP-2 ITC loss: cross-entropy with label smoothing 0.1 (blip2_qformer.py).
+BLIP2_LABEL_SMOOTHING = 0.1
 # (row key, task, which metrics of an evaluation: t2i = images only, fused = image+caption)
 ROWS = (
     ("image_text/zero_shot", "image-text", "zero-shot", "t2i"),
@@ -247,7 +251,8 @@ def run_tianchi_recipe(
     fused_prefix = "multimodal/t2i" if blip2 else "fused/t2i"
     demo = cfg.demo
     if blip2:
-        demo = replace(demo, train_overrides={**demo.train_overrides, "multimodal_items": True})
+        overrides = {"label_smoothing": BLIP2_LABEL_SMOOTHING, **demo.train_overrides}
+        demo = replace(demo, train_overrides={**overrides, "multimodal_items": True})
         if demo.train_overrides.get("text_source") == "both":
             # captions as positives of image+caption items would be learnt by copying: the
             # seed's positives are the queries
