@@ -37,6 +37,7 @@ def test_recipe_smoke_prints_the_seed_table(tmp_path, capsys):
     # text -> image+caption retrieval
     assert rows["fused/fine_tuned"]["R_mean"] > rows["fused/zero_shot"]["R_mean"]
     assert summary["fused_weight"] == {"zero_shot": 0.5, "fine_tuned": 0.5}
+    assert summary["label_smoothing"] == 0.0  # LAVIS's 0.1 is for BLIP-2 only
 
     # the printed table is the summary's, in the seed's layout (percentages)
     table = format_table(rows).splitlines()
@@ -90,7 +91,7 @@ def test_recipe_with_a_tiny_blip2_is_the_seeds_own(tmp_path, capsys):
     zero_shot_gate = json.loads((out / "zero_shot_gate" / "fusion.json").read_text())
     assert zero_shot_gate["kind"] == "gated" and zero_shot_gate["model"]["spec"] == summary["model"]
     assert (out / "fine_tuned_gate" / "fusion.json").is_file()
-    assert train_cfg["label_smoothing"] == 0.1  # LAVIS's ITC loss, as the seed trains
+    assert train_cfg["label_smoothing"] == summary["label_smoothing"] == 0.1  # LAVIS's ITC loss
     manifest = json.loads((out / "tiny_model" / "config.json").read_text())
     assert manifest["model_type"] == "blip-2"
 

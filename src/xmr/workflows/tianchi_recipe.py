@@ -335,6 +335,7 @@ def run_tianchi_recipe(
         "family": "blip2" if blip2 else ("clip" if cfg.model is None else None),
         "fine_tuned_model": str(model_dir),
         "fused": fused,
+        "label_smoothing": train_cfg.label_smoothing,
         "fused_weight": {
             "zero_shot": zero_shot.get("fused/weight"),
             "fine_tuned": tuned.get("fused/weight"),
