@@ -173,5 +173,9 @@ def test_the_whole_side_by_side_table_in_one_run(blip2, tmp_path, capsys):
     # A weight is not a learned gate; --gate needs --model.
     assert main([*args, "--split", "valid", "--gate", "0.3"]) == 2
     assert "learned fusion directory" in capsys.readouterr().err
+    other = GatedFusion.initial(16)
+    other.model = {"spec": "hf:/other", "fingerprint": "0" * 16, "embed_dim": 16}
+    assert main([*args, "--split", "valid", "--gate", str(other.save(tmp_path / "other"))]) == 2
+    assert "train a fusion for this model" in capsys.readouterr().err
     assert main(["evaluate", "--predictions", "p.json", "--data", "d", "--gate", gate]) == 2
     assert "--gate does not apply with --predictions" in capsys.readouterr().err

@@ -208,7 +208,7 @@ def evaluate_fused(
             k=k,
             device=device,
             gate=gate,
-        )  # fmt: skip
+        )
     )
     # Image, caption, fused, gated, multimodal: each mode's metrics in display order (stable).
     return dict(sorted(out.items(), key=lambda kv: SIDE_BY_SIDE.index(kv[0].split("/")[0])))

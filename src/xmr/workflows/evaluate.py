@@ -176,6 +176,9 @@ def evaluate_model(
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
     encoder = load_encoder(model, device, precision, draft, runtime)
+    if gate is not None:  # another model's gate: an error before the encoding, not after it
+        manifest = getattr(encoder, "manifest", None)
+        gate.check_model(manifest() if callable(manifest) else None, what="the embeddings")
     emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                 workers=workers, progress=progress, warnings=warnings)  # fmt: skip
     directions = directions or default_directions(emb)
