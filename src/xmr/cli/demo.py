@@ -63,7 +63,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    "--fused` (default: tune, on the train split)")  # fmt: skip
     g.add_argument("--gated", action=argparse.BooleanOptionalAction, default=None,
                    help="learn a gated fusion on each model (xmr train --fused) and add its "
-                   "text->(image+text) rows (xmr evaluate --gate; default: on)")  # fmt: skip
+                   "text->(image+text) rows, xmr evaluate --gate (default: on)")  # fmt: skip
     g.add_argument("--eval-split", default=None, metavar="S",
                    help="the split the table is scored on (default: test)")  # fmt: skip
     options.add_device(g)

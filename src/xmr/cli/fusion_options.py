@@ -30,7 +30,7 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="also score this learned fusion (xmr train --fused) as a column of its own, "
-        "'gated', beside --fused's (default --fused 0.5)",
+        "'gated', beside --fused's weighted one (without --fused: beside W=0.5)",
     )
     g.add_argument(
         "--tune-split",
