@@ -157,6 +157,50 @@ def test_unfrozen_vit_bf16_and_gradient_checkpointing_run(setup, tmp_path):
     assert derived["frozen_params"]["image"] == 0
 
 
+def test_gradient_checkpointing_recomputes_the_same_training_and_bf16_learns(setup, tmp_path):
+    """``grad_checkpointing=true`` on BLIP-2 recomputes the ViT and Q-Former layers in backward
+    and trains to exactly the weights of a run without it; ``precision=bf16`` with it learns
+    (the loss falls as in fp32) and saves float32 weights."""
+    from safetensors.torch import load_file
+
+    from xmr.models import create_encoder
+    from xmr.train import train
+    from xmr.train.model import enable_grad_checkpointing
+
+    # Checkpointing is on: a layer's attention runs again in backward.
+    encoder = create_encoder(setup["model"], device="cpu")
+    model = encoder.model
+    assert enable_grad_checkpointing(model)
+    model.train()
+    calls = {"qformer": 0, "vit": 0}
+
+    def count(name):
+        return lambda *_: calls.__setitem__(name, calls[name] + 1)
+
+    model.qformer.encoder.layer[0].attention.register_forward_hook(count("qformer"))
+    model.vision_model.encoder.layers[0].self_attn.register_forward_hook(count("vit"))
+    size = model.config.vision_config.image_size
+    features = encoder.image_features(torch.randn(2, 3, size, size))
+    (features * torch.randn(features.shape)).sum().backward()
+    assert calls == {"qformer": 2, "vit": 2}
+
+    common = dict(epochs=2, max_train_items=32, valid_split=None, freeze_image=False)
+    plain = train(_train_config(setup, tmp_path / "fp32", **common))
+    checkpointed = train(_train_config(setup, tmp_path / "gc", **common, grad_checkpointing=True))
+    assert checkpointed.losses == pytest.approx(plain.losses, abs=1e-6)
+    a = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+    b = load_file(str(tmp_path / "gc" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    bf16 = train(
+        _train_config(setup, tmp_path / "bf16", **common, grad_checkpointing=True, precision="bf16")
+    )
+    assert np.mean(bf16.losses[-2:]) < np.mean(bf16.losses[:2])
+    assert np.mean(bf16.losses[-2:]) == pytest.approx(np.mean(plain.losses[-2:]), rel=0.05)
+    saved = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+
+
 COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40)}
 SHAPES = {
     "circle": ["a circle", "round circle shape", "circle"],

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from xmr.cli import main  # noqa: E402
-from xmr.workflows.tianchi_recipe import ROWS, format_table  # noqa: E402
+from xmr.workflows.tianchi_recipe import GATED_ROWS, ROWS, format_table  # noqa: E402
 
 
 def test_recipe_smoke_prints_the_seed_table(tmp_path, capsys):
@@ -26,7 +26,7 @@ def test_recipe_smoke_prints_the_seed_table(tmp_path, capsys):
     assert json.loads(printed[-1]) == summary
 
     rows = summary["rows"]
-    assert list(rows) == [key for key, *_ in ROWS]
+    assert list(rows) == [key for key, *_ in (*ROWS, *GATED_ROWS)]  # xmr's gate after the seed's
     for key, row in rows.items():
         for name in ("R@1", "R@5", "R@10", "R_mean"):
             assert math.isfinite(row[name]) and 0.0 <= row[name] <= 1.0, (key, name)
@@ -37,6 +37,7 @@ def test_recipe_smoke_prints_the_seed_table(tmp_path, capsys):
     # text -> image+caption retrieval
     assert rows["fused/fine_tuned"]["R_mean"] > rows["fused/zero_shot"]["R_mean"]
     assert summary["fused_weight"] == {"zero_shot": 0.5, "fine_tuned": 0.5}
+    assert summary["label_smoothing"] == 0.0  # LAVIS's 0.1 is for BLIP-2 only
 
     # the printed table is the summary's, in the seed's layout (percentages)
     table = format_table(rows).splitlines()
@@ -58,8 +59,8 @@ def test_recipe_refuses_options_of_the_other_recipe(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def _check_rows(rows):
-    assert list(rows) == [key for key, *_ in ROWS]
+def _check_rows(rows, gated=True):
+    assert list(rows) == [key for key, *_ in (*ROWS, *(GATED_ROWS if gated else ()))]
     for key, row in rows.items():
         for name in ("R@1", "R@5", "R@10", "R_mean"):
             assert math.isfinite(row[name]) and 0.0 <= row[name] <= 1.0, (key, name)
@@ -85,11 +86,17 @@ def test_recipe_with_a_tiny_blip2_is_the_seeds_own(tmp_path, capsys):
     train_cfg = json.loads((out / "model" / "train_config.json").read_text())
     flat = json.dumps(train_cfg)
     assert '"multimodal_items": true' in flat and '"text_source": "pairs"' in flat
+    # xmr's gate, learned on each model's (N, K, D) items, is the last rows
+    assert rows["gated/fine_tuned"]["task"] == "text->(image+text) gated"
+    zero_shot_gate = json.loads((out / "zero_shot_gate" / "fusion.json").read_text())
+    assert zero_shot_gate["kind"] == "gated" and zero_shot_gate["model"]["spec"] == summary["model"]
+    assert (out / "fine_tuned_gate" / "fusion.json").is_file()
+    assert train_cfg["label_smoothing"] == summary["label_smoothing"] == 0.1  # LAVIS's ITC loss
     manifest = json.loads((out / "tiny_model" / "config.json").read_text())
     assert manifest["model_type"] == "blip-2"
 
     # The same recipe from a BLIP-2 directory `xmr model tiny --family blip2 --data D --split
-    # train` wrote: detected from its config, same seed's rows (one epoch: rows only).
+    # train` wrote: detected from its config, same seed's rows (one epoch: rows only; no gate).
     tiny = tmp_path / "tiny"
     data = out / "data"
     assert main(["model", "tiny", "--family", "blip2", "--out", str(tiny), "--data", str(data),
@@ -97,9 +104,10 @@ def test_recipe_with_a_tiny_blip2_is_the_seeds_own(tmp_path, capsys):
     capsys.readouterr()
     again = tmp_path / "again"
     assert main(["demo", "--recipe", "tianchi", "--model", f"hf:{tiny}", "--data", str(data),
-                 "--out", str(again), "--smoke", "--epochs", "1", "--json"]) == 0  # fmt: skip
+                 "--out", str(again), "--smoke", "--epochs", "1", "--no-gated", "--json"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
-    _check_rows(summary["rows"])
+    _check_rows(summary["rows"], gated=False)
+    assert not (again / "zero_shot_gate").exists()
     assert summary["family"] == "blip2" and summary["fused"] == "blip2"
     assert "multimodal_items" in (again / "model" / "train_config.json").read_text()
 

@@ -61,6 +61,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fused", default=None, metavar="W|tune|DIR",
                    help="the item fusion of the text->(image+text) rows, as `xmr evaluate "
                    "--fused` (default: tune, on the train split)")  # fmt: skip
+    g.add_argument("--gated", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn a gated fusion on each model (xmr train --fused) and add its "
+                   "text->(image+text) rows, xmr evaluate --gate (default: on)")  # fmt: skip
     g.add_argument("--eval-split", default=None, metavar="S",
                    help="the split the table is scored on (default: test)")  # fmt: skip
     options.add_device(g)
@@ -79,7 +82,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.recipe == "tianchi":
         return run_tianchi(args)
-    only_tianchi = ("model", "family", "data", "fused", "eval_split")
+    only_tianchi = ("model", "family", "data", "fused", "gated", "eval_split")
     given = [f"--{n.replace('_', '-')}" for n in only_tianchi if getattr(args, n) is not None]
     if args.device != "auto":  # the traffic demo runs on the CPU, as recorded
         given.append("--device")
@@ -125,7 +128,7 @@ def run_tianchi(args: argparse.Namespace) -> int:
         demo = replace(demo, workers=args.workers)
     given = {
         name: getattr(args, name)
-        for name in ("model", "data", "fused", "eval_split", "device", "seed")
+        for name in ("model", "data", "fused", "gated", "eval_split", "device", "seed")
         if getattr(args, name) is not None
     }
     cfg = replace(cfg, demo=demo, **given)

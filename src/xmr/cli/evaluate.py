@@ -172,8 +172,8 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 
 
 # Options that mean something with one source of rankings only: refusing them beats ignoring them.
-_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "tune_split", "hybrid", "bm25",
-               "hybrid_weights", "rrf_k")  # fmt: skip
+_MODEL_ONLY = ("directions", "depth", "emb_dir", "rerank", "fused", "gate", "tune_split", "hybrid",
+               "bm25", "hybrid_weights", "rrf_k")  # fmt: skip
 _PREDICTIONS_ONLY = ("predictions_format",)
 
 

@@ -13,7 +13,9 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
         "Also report image-only, caption-only and fused retrieval of items that carry captions "
         "(fused = normalize(W * image + (1 - W) * caption), or a fusion learned by "
         "`xmr train --fused`), side by side on the same queries; with a BLIP-2 model also its "
-        "multimodal items (the Q-Former reading image and caption together, seed 001).",
+        "multimodal items (the Q-Former reading image and caption together, seed 001). "
+        "`--fused blip2 --gate DIR` is the whole table: image, caption, weighted, gated, "
+        "multimodal.",
     )
     g.add_argument(
         "--fused",
@@ -22,6 +24,13 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
         help="fusion weight W in [0, 1], 'tune' to grid-search it on --tune-split, a learned "
         "fusion directory (xmr train --fused), or 'blip2': W=0.5 beside BLIP-2's multimodal "
         "items (needs a BLIP-2 --model)",
+    )
+    g.add_argument(
+        "--gate",
+        default=None,
+        metavar="DIR",
+        help="also score this learned fusion (xmr train --fused) as a column of its own, "
+        "'gated', beside --fused's weighted one (without --fused: beside W=0.5)",
     )
     g.add_argument(
         "--tune-split",
@@ -37,4 +46,9 @@ def add_fusion_arguments(p: argparse.ArgumentParser) -> None:
 
 def fusion_kwargs(args: argparse.Namespace) -> dict:
     """The library parameters of these options (:func:`xmr.workflows.evaluate.evaluate_model`)."""
-    return {"fused": args.fused, "tune_split": args.tune_split, "tune_metric": args.tune_metric}
+    return {
+        "fused": args.fused,
+        "gate": args.gate,
+        "tune_split": args.tune_split,
+        "tune_metric": args.tune_metric,
+    }

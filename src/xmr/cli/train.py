@@ -16,6 +16,7 @@ options as key=value (after the flags; any TrainConfig field, see `xmr.train.Tra
   epochs=10 batch_size=64 accum_steps=1 accum_mode=features|gradients
   lr=5e-4 image_lr=... text_lr=... weight_decay=0.1 warmup_ratio=0.05 min_lr_ratio=0
   grad_clip=1.0 loss=clip|siglip multi_positive=soft|mask|none max_logit_scale=100
+  label_smoothing=0 (clip loss; LAVIS trains BLIP-2's ITC with 0.1)
   freeze_image=true | freeze_text=true (one tower) freeze_image_layers=N freeze_text_layers=N
   grad_checkpointing=true precision=fp32|fp16|bf16 device=auto workers=2 seed=0
   eval_every=0 (0: every epoch) best_metric=t2i/mAP@10 save_every=0 resume=true

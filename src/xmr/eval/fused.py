@@ -16,6 +16,7 @@ from xmr.fusion import (
     DEFAULT_TUNE_METRIC,
     DEFAULT_WEIGHT_GRID,
     FUSION_MODES,
+    GATED,
     MULTIMODAL,
     SIDE_BY_SIDE,
     Fusion,
@@ -47,17 +48,25 @@ def evaluate_modes(
     ks: Sequence[int] = (1, 5, 10),
     k: int = 10,
     device: Any = "cpu",
+    gate: Fusion | None = None,
 ) -> dict[str, float]:
     """Text->item metrics per mode from precomputed embeddings: ``{mode}/t2i/{metric}``; with a
     learned ``weight`` (a Fusion other than weighted), ``fused/image_share`` is its mean gate.
-    ``modes`` default: image, caption, fused, and multimodal when ``items`` have it."""
+    ``gate``, a learned fusion, is the ``gated`` mode (``gated/image_share`` its mean gate).
+    ``modes`` default: image, caption, fused, gated when ``gate`` is given, and multimodal when
+    ``items`` have it."""
     if modes is None:
-        modes = [*FUSION_MODES, *([MULTIMODAL] if items.multimodal is not None else [])]
+        modes = [
+            *FUSION_MODES,
+            *([GATED] if gate is not None else []),
+            *([MULTIMODAL] if items.multimodal is not None else []),
+        ]
     depth = min(max(max(ks), k), len(items.ids))
     out: dict[str, float] = {}
     for mode in modes:
         # NaN rows (missing side) rank below every number.
-        top, _ = topk_from_embeddings(query_emb, items.mode(mode, weight), depth, device=device)
+        side = items.mode(mode, gate if mode == GATED else weight)
+        top, _ = topk_from_embeddings(query_emb, side, depth, device=device)
         table = hits_from_topk(top, list(query_ids), items.ids, relevance)
         for name, value in summarize(table, ks, k).items():
             out[f"{mode}/t2i/{name}"] = value
@@ -68,6 +77,8 @@ def evaluate_modes(
             out["fused/image_share"] = weight.image_share(items.image, items.caption)
         else:
             out["fused/weight"] = float(weight)
+    if GATED in modes and gate is not None:
+        out[f"{GATED}/image_share"] = gate.image_share(items.image, items.caption)
     return out
 
 
@@ -102,6 +113,18 @@ def tune_fusion_weight(
     return best, curve
 
 
+def load_gate(gate: Fusion | str) -> Fusion:
+    """The learned fusion of a ``gated`` column (a Fusion or a directory, :func:`load_fusion`);
+    a weight is refused: it is the ``fused`` column's."""
+    gate = load_fusion(gate)
+    if isinstance(gate, WeightedFusion):
+        raise XmrError(
+            "gate: a learned fusion directory (xmr train --fused) is its own column; a fixed "
+            "weight is the fused column's (weight / --fused W)"
+        )
+    return gate
+
+
 def evaluate_fused(
     encoder: Any,
     split: Any,
@@ -117,9 +140,11 @@ def evaluate_fused(
     skip_empty: bool = False,
     workers: int = 0,
     multimodal: bool | None = None,
+    gate: Fusion | str | None = None,
 ) -> dict[str, float]:
     """Image-only, caption-only and fused text->item retrieval on the same queries of ``split``,
-    and BLIP-2's multimodal items (``multimodal/t2i/...``) beside them.
+    a learned fusion (``gated/t2i/...``) and BLIP-2's multimodal items (``multimodal/t2i/...``)
+    beside them.
 
     Args:
         encoder: a bi-encoder (``encode_texts`` / ``encode_images``).
@@ -137,12 +162,21 @@ def evaluate_fused(
         multimodal: also score the encoder's own image+caption item embedding
             (``encoder.encode_items``: BLIP-2's Q-Former over image and caption); None: when the
             encoder has one; True without one is an XmrError.
+        gate: a learned fusion (a :class:`Fusion` or its directory, as ``xmr train --fused``
+            writes it) scored as a column of its own, ``gated``, beside the weighted ``fused``
+            one; it must belong to ``encoder`` (:meth:`Fusion.check_model`).
 
     Returns:
         ``{image,caption,fused}/t2i/<metric>``, ``fused/weight`` and, when tuned,
-        ``fused/tuned/w=<w>/<metric>`` for each grid point (on the tuning split).
+        ``fused/tuned/w=<w>/<metric>`` for each grid point (on the tuning split); with ``gate``,
+        ``gated/t2i/<metric>`` and ``gated/image_share``.
     """
     out: dict[str, float] = {}
+    manifest = getattr(encoder, "manifest", None)
+    model = manifest() if callable(manifest) else None
+    if gate is not None:
+        gate = load_gate(gate)
+        gate.check_model(model, what="the embeddings")
     if weight is None and tune_split is not None:
         t_qids, t_texts = _relevant_queries(tune_split)
         t_items = encode_items(encoder, tune_split.items, batch_size, workers=workers)
@@ -155,8 +189,7 @@ def evaluate_fused(
         weight = DEFAULT_FUSION_WEIGHT
     if isinstance(weight, str | Fusion):
         weight = load_fusion(weight)
-        manifest = getattr(encoder, "manifest", None)
-        weight.check_model(manifest() if callable(manifest) else None, what="the embeddings")
+        weight.check_model(model, what="the embeddings")
     else:
         check_weight(weight)
     qids, texts = _relevant_queries(split, skip_empty)
@@ -166,8 +199,16 @@ def evaluate_fused(
     query = np.asarray(encoder.encode_texts(texts, batch_size=batch_size))
     out.update(
         evaluate_modes(
-            query, qids, items, split.relevance, weight=weight, ks=ks, k=k, device=device
+            query,
+            qids,
+            items,
+            split.relevance,
+            weight=weight,
+            ks=ks,
+            k=k,
+            device=device,
+            gate=gate,
         )
     )
-    # Image, caption, fused; each mode's metrics in display order (a stable sort by mode).
+    # Image, caption, fused, gated, multimodal: each mode's metrics in display order (stable).
     return dict(sorted(out.items(), key=lambda kv: SIDE_BY_SIDE.index(kv[0].split("/")[0])))

@@ -22,6 +22,9 @@ The weighted sum is the ``weighted`` kind of a small registry of fusions
 (:mod:`xmr.train.fusion`). A BLIP-2 encoder brings a fourth, ``multimodal``: its Q-Former reads
 the image and the item's first caption together (``Blip2Encoder.encode_items``, the seed's fused
 item; see :mod:`xmr.models.blip_encoders`), (K, D) per item, scored by max-sim like its images.
+A learned fusion can also be scored as a column of its own, ``gated``, beside the weighted
+``fused`` one (``evaluate_fused(..., gate=DIR)``), so one run gives the whole table: image,
+caption, weighted, gated and multimodal.
 Wherever a weight is taken, a :class:`Fusion` (or what
 :func:`load_fusion` reads: a weight or a directory) may be given instead.
 """
@@ -31,6 +34,7 @@ from xmr.fusion.embeddings import (
     DEFAULT_TUNE_METRIC,
     DEFAULT_WEIGHT_GRID,
     FUSION_MODES,
+    GATED,
     MULTIMODAL,
     SIDE_BY_SIDE,
     ItemEmbeddings,
@@ -58,6 +62,7 @@ __all__ = [
     "DEFAULT_TUNE_METRIC",
     "DEFAULT_WEIGHT_GRID",
     "FUSION_MODES",
+    "GATED",
     "MULTIMODAL",
     "SIDE_BY_SIDE",
     "Fusion",

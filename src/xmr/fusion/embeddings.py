@@ -20,7 +20,9 @@ FUSION_MODES = ("image", "caption", "fused")
 # BLIP-2's own fused item (the Q-Former reading image and caption together,
 # ``Blip2Encoder.encode_items``), reported after the three modes when the encoder has one.
 MULTIMODAL = "multimodal"
-SIDE_BY_SIDE = (*FUSION_MODES, MULTIMODAL)
+# A learned fusion scored beside the weighted one (``evaluate --fused W --gate DIR``).
+GATED = "gated"
+SIDE_BY_SIDE = (*FUSION_MODES, GATED, MULTIMODAL)
 DEFAULT_FUSION_WEIGHT = 0.5
 DEFAULT_WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_TUNE_METRIC = "MeanRecall"
@@ -73,13 +75,33 @@ class ItemEmbeddings:
     failed: list[str] = field(default_factory=list)  # items whose image could not be decoded
     multimodal: np.ndarray | None = None  # the encoder's own image+caption items (BLIP-2)
 
+    @property
+    def no_image(self) -> np.ndarray:
+        """``(N,)`` bool: the items without an image embedding (NaN rows, any K)."""
+        return np.isnan(self.image.reshape(len(self.image), -1)).any(axis=1)
+
+    @property
+    def no_caption(self) -> np.ndarray:
+        """``(N,)`` bool: the items without a caption embedding."""
+        return np.isnan(self.caption.reshape(len(self.caption), -1)).any(axis=1)
+
+    @property
+    def image_vectors(self) -> int:
+        """K, the image vectors per item (1 for a single-vector encoder)."""
+        return int(self.image.shape[1]) if self.image.ndim == 3 else 1
+
     def mode(self, mode: str, weight: float | Fusion = DEFAULT_FUSION_WEIGHT) -> np.ndarray:
-        """The item embeddings for ``mode`` ("image", "caption" or "fused" with ``weight``: a
-        weight in [0, 1] or a :class:`Fusion`)."""
+        """The item embeddings for ``mode`` ("image", "caption", "fused" with ``weight``: a
+        weight in [0, 1] or a :class:`Fusion`, "gated" with a learned :class:`Fusion`, or
+        "multimodal")."""
         if mode == "image":
             return self.image
         if mode == "caption":
             return self.caption
+        if mode == GATED:
+            if not isinstance(weight, Fusion):
+                raise XmrError("the gated mode needs a learned fusion (xmr train --fused)")
+            return weight.fuse(self.image, self.caption)
         if mode == "fused":
             if isinstance(weight, Fusion):
                 return weight.fuse(self.image, self.caption)

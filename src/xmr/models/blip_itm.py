@@ -377,6 +377,11 @@ def create_tiny_cross_encoder(
             image_text_hidden_size=embed_dim,
         )
         model = Blip2ForImageTextRetrieval(config)
+        with torch.no_grad():
+            # transformers starts the query tokens at zero: all K would be the same vector, and
+            # max-sim over K (or a per-vector fusion) could not be told from one vector. Trained
+            # BLIP-2 query tokens differ; so do these (the Q-Former's layer norm sets the scale).
+            model.query_tokens.normal_(0.0, 1.0)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():

@@ -39,6 +39,7 @@ TRAJECTORY_FIELDS = (
     "grad_clip",
     "loss",
     "multi_positive",
+    "label_smoothing",
     "max_logit_scale",
     "init_logit_scale",
     "init_logit_bias",
@@ -88,7 +89,10 @@ class TrainConfig(TrainerConfig):
         floor), grad_clip (max global norm; None/0 disables).
     Loss:
         loss: "clip" (symmetric InfoNCE) or "siglip" (sigmoid). multi_positive: "soft", "mask" or
-        "none" (see ``xmr.train.losses``). max_logit_scale: the temperature's cap (CLIP: 100).
+        "none" (see ``xmr.train.losses``). label_smoothing: the CLIP loss's label smoothing in
+        [0, 1) (LAVIS trains BLIP-2's ITC with 0.1; how it is spread over several positives:
+        ``xmr.train.losses``); 0, the default, is the unsmoothed loss; SigLIP refuses it.
+        max_logit_scale: the temperature's cap (CLIP: 100).
         init_logit_scale / init_logit_bias: override the model's values (log-space scale);
         SigLIP on a model without a bias starts the bias at -10.
     Model surgery:
@@ -144,6 +148,7 @@ class TrainConfig(TrainerConfig):
 
     loss: str = "clip"
     multi_positive: str = "soft"
+    label_smoothing: float = 0.0
     max_logit_scale: float = 100.0
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
@@ -227,6 +232,15 @@ class TrainConfig(TrainerConfig):
                 )
         if self.freeze_image and self.freeze_text:
             raise XmrError("training config: freezing both towers leaves nothing to train")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise XmrError(
+                f"training config: 'label_smoothing' must be in [0, 1), got {self.label_smoothing}"
+            )
+        if self.label_smoothing and self.loss == "siglip":
+            raise XmrError(
+                "training config: 'label_smoothing' smooths the softmax cross-entropy of "
+                "loss=clip; the sigmoid loss of loss=siglip has none"
+            )
         if self.max_logit_scale <= 0:
             raise XmrError("training config: 'max_logit_scale' must be > 0")
         if len(tuple(self.betas)) != 2:

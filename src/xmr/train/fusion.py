@@ -7,6 +7,11 @@ items (multi-positive: every relevant item of the query counts as a positive)::
 
     loss_q = logsumexp_c(s_qc / T) - logsumexp_{c relevant to q}(s_qc / T),  s_qc = q . fused_c
 
+A multi-vector encoder (BLIP-2: ``(N, K, D)`` image vectors, ``(N, D)`` captions) is fused the
+way :meth:`~xmr.fusion.Fusion.fuse` fuses it, each of the K vectors with the item's caption
+through the same gate, and scored the way it is evaluated, by max-sim:
+``s_qc = max_k q . fused_ck``.
+
 over the candidates ``c`` of the step: the batch's items plus ``negatives`` random items of the
 split (all of them when the split is that small). Training starts from the weighted sum with
 ``init_weight``, and after each epoch the fused text->item ``metric`` is measured on the
@@ -139,13 +144,13 @@ def train_fusion(
     if len(pairs) == 0:
         raise XmrError(f"split '{train.name}': no relevant item with an embedding to learn from")
     items = train.items
-    both = ~(np.isnan(items.image).any(1) | np.isnan(items.caption).any(1))
+    both = ~(items.no_image | items.no_caption)
     if not both.any():
         raise XmrError(
             f"split '{train.name}': no item has both an image and a caption; there is nothing "
             "to fuse"
         )
-    dim = items.image.shape[1]
+    dim = items.image.shape[-1]  # (N, D), or (N, K, D) for a multi-vector encoder (BLIP-2)
     if train.query_emb.shape[1] != dim:
         raise XmrError(f"queries are {train.query_emb.shape[1]}-d, items {dim}-d")
 

@@ -43,7 +43,7 @@ class FusionData:
     def pairs(self) -> np.ndarray:
         """(query row, item row) for every relevant item that has an embedding."""
         row = {item_id: n for n, item_id in enumerate(self.items.ids)}
-        usable = ~(np.isnan(self.items.image).all(1) & np.isnan(self.items.caption).all(1))
+        usable = ~(self.items.no_image & self.items.no_caption)
         out = [
             (qi, row[i])
             for qi, q in enumerate(self.query_ids)

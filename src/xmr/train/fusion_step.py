@@ -30,15 +30,18 @@ class Gate:
         return [p for p in (self.bias, self.weight) if p is not None]
 
     def fuse(self, img, cap, no_img, no_cap):
+        """``img`` ``(C, K, D)``, ``cap`` ``(C, D)``, the flags ``(C,)``: ``(C, K, D)``, each
+        of the K image vectors fused with the caption (as ``Fusion.fuse`` does)."""
         import torch
 
+        cap = cap[:, None, :].expand_as(img)
         z = self.bias.expand_as(img)
         if self.weight is not None:
             z = z + torch.cat([img, cap], dim=-1) @ self.weight.T
         g = torch.sigmoid(z)
         mixed = torch.nn.functional.normalize(g * img + (1 - g) * cap, dim=-1, eps=1e-12)
-        mixed = torch.where(no_img[:, None], cap, mixed)
-        return torch.where(no_cap[:, None], img, mixed)
+        mixed = torch.where(no_img[:, None, None], cap, mixed)
+        return torch.where(no_cap[:, None, None], img, mixed)
 
     def export(self) -> GatedFusion:
         weight = None if self.weight is None else self.weight.detach().cpu().numpy()
@@ -47,7 +50,8 @@ class Gate:
 
 @dataclass
 class ItemTensors:
-    """A split's embeddings on the training device (missing sides as zeros plus a flag)."""
+    """A split's embeddings on the training device (missing sides as zeros plus a flag); the
+    image side is ``(N, K, D)`` (K=1 for a single-vector encoder), the captions ``(N, D)``."""
 
     image: Any
     caption: Any
@@ -64,11 +68,12 @@ class ItemTensors:
             return torch.tensor(a, device=device)
 
         items = data.items
+        image = np.nan_to_num(items.image)
         return cls(
-            as_t(np.nan_to_num(items.image)),
+            as_t(image.reshape(len(image), items.image_vectors, -1)),
             as_t(np.nan_to_num(items.caption)),
-            as_t(np.isnan(items.image).any(1)),
-            as_t(np.isnan(items.caption).any(1)),
+            as_t(items.no_image),
+            as_t(items.no_caption),
             as_t(data.query_emb),
             device,
         )
@@ -89,7 +94,8 @@ def fusion_step(
     temperature: float,
 ) -> float:
     """One step: InfoNCE of the queries of ``pairs`` (query row, item row) against the fused
-    candidates ``cand`` (``positive``: query x candidate relevance), and the update."""
+    candidates ``cand`` (``positive``: query x candidate relevance), and the update. A
+    candidate scores ``max_k q . fused_k`` (max-sim over its K vectors, as evaluation ranks)."""
     import torch
 
     cand_t = tensors.tensor(cand)
@@ -99,7 +105,8 @@ def fusion_step(
         tensors.no_image[cand_t],
         tensors.no_caption[cand_t],
     )
-    logits = tensors.queries[tensors.tensor(pairs[:, 0])] @ fused.T / temperature
+    queries = tensors.queries[tensors.tensor(pairs[:, 0])]
+    logits = torch.einsum("bd,ckd->bck", queries, fused).amax(-1) / temperature
     positive = tensors.tensor(positive)
     loss = (
         torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positive, -torch.inf), 1)

@@ -25,6 +25,17 @@ and text ``j`` are positives when any key matches, and always on the diagonal.
 - ``"none"``: plain CLIP InfoNCE (other positives are negatives); for ablations.
 
 For SigLIP, positives simply get label +1 (the sigmoid loss is multi-label by nature).
+
+Label smoothing (CLIP loss, ``label_smoothing = eps``, default 0): LAVIS's BLIP-2 Q-Former ITC
+takes ``cross_entropy(..., label_smoothing=0.1)`` in both directions. The smoothed target of a row
+is ``(1 - eps) * target + eps / C``, ``target`` being the row's target above (one-hot on the
+paired column, or ``P / P.sum(1)`` spread over its positives with ``"soft"``) and ``C`` the number
+of columns in the row's softmax: all of them, but without the masked positives with ``"mask"``.
+So with several positives the ``1 - eps`` mass is shared by the positives (``"soft"``) or goes to
+the paired column (``"mask"``, ``"none"``), and the ``eps`` mass is spread evenly over every
+candidate column, positives included. A single-positive row gets exactly
+``torch.nn.functional.cross_entropy(logits, target, label_smoothing=eps)``; ``eps = 0`` is the
+unsmoothed loss, computed by the same code as without the option.
 """
 
 from __future__ import annotations
@@ -87,7 +98,11 @@ def positive_mask(
 
 
 def multi_positive_cross_entropy(
-    logits: torch.Tensor, positives: torch.Tensor, targets: torch.Tensor, mode: str = "soft"
+    logits: torch.Tensor,
+    positives: torch.Tensor,
+    targets: torch.Tensor,
+    mode: str = "soft",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean over rows of the cross-entropy of ``logits`` (R, C).
 
@@ -95,8 +110,12 @@ def multi_positive_cross_entropy(
         positives: ``(R, C)`` bool, True where the column is a true match of the row.
         targets: ``(R,)`` index of each row's own (paired) column.
         mode: ``"soft"``, ``"mask"`` or ``"none"`` (see the module docstring).
+        label_smoothing: ``eps`` in [0, 1): the share of each row's target spread evenly over
+            its softmax's columns (module docstring); 0 is the unsmoothed loss.
     """
     logits = logits.float()
+    if label_smoothing:
+        return _smoothed_cross_entropy(logits, positives, targets, mode, float(label_smoothing))
     if mode == "none":
         return F.cross_entropy(logits, targets)
     if mode == "mask":
@@ -111,6 +130,32 @@ def multi_positive_cross_entropy(
     raise XmrError(
         f"unknown multi_positive mode '{mode}' (choose from {', '.join(MULTI_POSITIVE_MODES)})"
     )
+
+
+def _smoothed_cross_entropy(logits, positives, targets, mode: str, eps: float) -> torch.Tensor:
+    """:func:`multi_positive_cross_entropy` with label smoothing ``eps`` > 0."""
+    if mode == "none":
+        return F.cross_entropy(logits, targets, label_smoothing=eps)
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    own = torch.zeros_like(positives)
+    own[rows, targets] = True
+    if mode == "mask":
+        # The other positives leave the softmax, so they get no smoothing mass either
+        # (a share of -inf would make the loss infinite).
+        kept = ~(positives & ~own)
+        target = own.float()
+    elif mode == "soft":
+        kept = torch.ones_like(positives)
+        target = positives.float() / positives.float().sum(dim=1, keepdim=True)
+    else:
+        raise XmrError(
+            f"unknown multi_positive mode '{mode}' (choose from {', '.join(MULTI_POSITIVE_MODES)})"
+        )
+    uniform = kept.float() / kept.float().sum(dim=1, keepdim=True)
+    smoothed = (1.0 - eps) * target + eps * uniform
+    log_p = F.log_softmax(logits.masked_fill(~kept, float("-inf")), dim=1)
+    # Columns outside the softmax have zero target weight: leave them out of the sum (0 * -inf).
+    return -(smoothed * log_p.masked_fill(~kept, 0.0)).sum(dim=1).mean()
 
 
 def image_text_similarity(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -164,18 +209,21 @@ class ContrastiveLoss(torch.nn.Module):
 @register_loss("clip")
 class ClipLoss(ContrastiveLoss):
     """Symmetric InfoNCE (CLIP): the mean of image->text and text->image cross-entropies over
-    ``exp(logit_scale) * cosine`` logits, with multi-positive targets (module docstring)."""
+    ``exp(logit_scale) * cosine`` logits, with multi-positive targets and optional label
+    smoothing (module docstring; BLIP-2's ITC as LAVIS trains it is ``label_smoothing=0.1``)."""
 
     needs_bias = False
 
-    def __init__(self, multi_positive: str = "soft") -> None:
+    def __init__(self, multi_positive: str = "soft", label_smoothing: float = 0.0) -> None:
         super().__init__()
         if multi_positive not in MULTI_POSITIVE_MODES:
             raise XmrError(
                 f"unknown multi_positive mode '{multi_positive}' "
                 f"(choose from {', '.join(MULTI_POSITIVE_MODES)})"
             )
+        check_label_smoothing(label_smoothing)
         self.multi_positive = multi_positive
+        self.label_smoothing = float(label_smoothing)
 
     def forward(
         self,
@@ -196,8 +244,9 @@ class ClipLoss(ContrastiveLoss):
         logits_t2i = scale * text_image_similarity(text_local, image_all)
         positives = positive_mask(keys_local, keys_all, row_index)
         targets = row_indices(image_local.shape[0], row_index, image_local.device)
-        loss_i2t = multi_positive_cross_entropy(logits_i2t, positives, targets, self.multi_positive)
-        loss_t2i = multi_positive_cross_entropy(logits_t2i, positives, targets, self.multi_positive)
+        mode, eps = self.multi_positive, self.label_smoothing
+        loss_i2t = multi_positive_cross_entropy(logits_i2t, positives, targets, mode, eps)
+        loss_t2i = multi_positive_cross_entropy(logits_t2i, positives, targets, mode, eps)
         return (loss_i2t + loss_t2i) / 2
 
 
@@ -242,9 +291,26 @@ class SigLipLoss(ContrastiveLoss):
         return -F.logsigmoid(labels * logits).sum() / image_local.shape[0]
 
 
-def create_loss(name: str, multi_positive: str = "soft") -> ContrastiveLoss:
-    """The registered loss ``name`` ("clip" or "siglip")."""
-    return LOSSES.get(name)(multi_positive=multi_positive)
+def check_label_smoothing(value: float) -> None:
+    if not 0.0 <= float(value) < 1.0:
+        raise XmrError(f"label_smoothing must be in [0, 1), got {value}")
+
+
+def create_loss(
+    name: str, multi_positive: str = "soft", label_smoothing: float = 0.0
+) -> ContrastiveLoss:
+    """The registered loss ``name`` ("clip" or "siglip"); ``label_smoothing`` > 0 is passed
+    only to losses that take it (CLIP's; SigLIP's sigmoid loss has no softmax to smooth)."""
+    factory = LOSSES.get(name)
+    if not label_smoothing:
+        return factory(multi_positive=multi_positive)
+    try:
+        return factory(multi_positive=multi_positive, label_smoothing=label_smoothing)
+    except TypeError:
+        raise XmrError(
+            f"the {name!r} loss takes no label_smoothing (it smooths a softmax cross-entropy: "
+            "loss=clip)"
+        ) from None
 
 
 # SigLIP's initialisation (paper, section 3): t' = log 10, b = -10.

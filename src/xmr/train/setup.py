@@ -221,7 +221,9 @@ def build_session(
         f"training {cfg.model} on {len(examples)} examples: {cfg.epochs} epoch(s) x "
         f"{plan.steps_per_epoch} steps, global batch {plan.step_size}"
         f" ({info.world_size} process(es)), {precision}, loss {cfg.loss}/"
-        f"{cfg.multi_positive}" + (f", best by {best_metric}" if validating else "")
+        f"{cfg.multi_positive}"
+        + (f", label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "")
+        + (f", best by {best_metric}" if validating else "")
     )
 
     ddp = None
@@ -241,7 +243,7 @@ def build_session(
         )
     step = ContrastiveStep(
         module,
-        create_loss(cfg.loss, cfg.multi_positive),
+        create_loss(cfg.loss, cfg.multi_positive, cfg.label_smoothing),
         optimizer,
         scheduler,
         scaler,

@@ -29,7 +29,7 @@ from xmr.eval.evaluate import (
     recall_ks,
     write_per_query_csv,
 )
-from xmr.eval.fused import evaluate_fused
+from xmr.eval.fused import evaluate_fused, load_gate
 from xmr.eval.metrics import hits_from_rankings
 from xmr.eval.reranked import evaluate_reranked
 from xmr.fusion import DEFAULT_TUNE_METRIC
@@ -79,6 +79,7 @@ def evaluate_model(
     fused: Any = None,
     tune_split: str | None = None,
     tune_metric: str = DEFAULT_TUNE_METRIC,
+    gate: Any = None,
     skip_empty: bool = False,
     skip_bad: bool = False,
     draft: bool = False,
@@ -117,6 +118,10 @@ def evaluate_model(
         tune_split: the split to tune the fusion weight on (default: ``train`` when it has
             relevance, else the evaluated split, with a warning).
         tune_metric: the metric tuning maximises.
+        gate: a learned fusion directory (``xmr train --fused``) scored as its own ``gated``
+            column beside ``fused``'s (default weight 0.5 when ``fused`` is None), so
+            ``fused="blip2", gate=DIR`` is the whole table: image, caption, weighted, gated,
+            multimodal.
         skip_empty: LENIENT, not the official numbers: leave queries whose ground truth lists
             no relevant item out of every mean (the official scorers count each as 0; the
             result then carries ``n_empty_skipped`` and a warning says so).
@@ -146,6 +151,8 @@ def evaluate_model(
     if rerank is not None:
         check_rerank_options(rerank_k, rerank_mode, rerank_batch_size)
     fused = fusion_value(fused, allow_tune=True) if fused is not None else None
+    if gate is not None:
+        gate = load_gate(gate)  # a bad gate is an error before the encoding, not after it
     if per_query is not None:
         check_output_file(per_query)  # before the work, not after it
     tuning = isinstance(fused, str) and fused == "tune"
@@ -161,12 +168,16 @@ def evaluate_model(
             precision=precision, batch_size=batch_size, skip_empty=skip_empty, rerank=rerank,
             rerank_options={"rerank_k": rerank_k, "mode": rerank_mode, "alpha": rerank_alpha,
                             "batch_size": rerank_batch_size},
-            refused={"per_query": per_query, "fused": fused, "depth": depth, "emb_dir": emb_dir},
+            refused={"per_query": per_query, "fused": fused, "gate": gate, "depth": depth,
+                     "emb_dir": emb_dir},
             warnings=warnings, keep_rankings=keep_rankings,
         )  # fmt: skip
     if tuning:  # a bad tuning split is an error before the encoding, not after it
         _tune_split(dataset, chosen, tune_split, warnings)
     encoder = load_encoder(model, device, precision, draft, runtime, image_backend)
+    if gate is not None:  # another model's gate: an error before the encoding, not after it
+        manifest = getattr(encoder, "manifest", None)
+        gate.check_model(manifest() if callable(manifest) else None, what="the embeddings")
     emb = embed(encoder, data, dataset, chosen, emb_dir=emb_dir, batch_size=batch_size,
                 workers=workers, progress=progress, warnings=warnings)  # fmt: skip
     directions = directions or default_directions(emb)
@@ -182,10 +193,11 @@ def evaluate_model(
             rerank_k=rerank_k, mode=rerank_mode, alpha=rerank_alpha, directions=directions,
             k=k, batch_size=rerank_batch_size, device=device, rankings_out=rankings,
         )  # fmt: skip
-    if fused is not None:
+    if fused is not None or gate is not None:
         metrics |= fused_metrics(
             encoder, dataset, chosen, fused, tune_split=tune_split, tune_metric=tune_metric, k=k,
             batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
+            gate=gate,
         )  # fmt: skip
     rows = path = None
     if per_query is not None:
@@ -259,6 +271,7 @@ def fused_metrics(
     warnings: list[str] | None = None,
     skip_empty: bool = False,
     workers: int = 0,
+    gate: Any = None,
 ) -> dict[str, float]:
     """Image-only, caption-only and fused text->item metrics of ``split`` side by side
     (``{image,caption,fused}/t2i/<metric>``, see :func:`xmr.eval.fused.evaluate_fused`; its
@@ -269,7 +282,8 @@ def fused_metrics(
     and BLIP-2's multimodal items, required), or ``"tune"``:
     grid-search the weight for ``tune_metric`` on the split named ``tune_split`` of ``dataset``
     (default: ``train`` when it has relevance, else ``split`` itself, which appends a warning to
-    ``warnings``: the fused numbers are then optimistic)."""
+    ``warnings``: the fused numbers are then optimistic); None is the weight 0.5. ``gate``, a
+    learned fusion directory, adds its ``gated/`` column."""
     fused = fusion_value(fused, allow_tune=True)
     tune = None
     multimodal = None  # whenever the encoder has it
@@ -281,7 +295,7 @@ def fused_metrics(
     return evaluate_fused(
         encoder, split, weight=fused, tune_split=tune, metric=tune_metric, ks=recall_ks(k),
         k=k, batch_size=batch_size, device=device, skip_empty=skip_empty, workers=workers,
-        multimodal=multimodal,
+        multimodal=multimodal, gate=gate,
     )  # fmt: skip
 
 

@@ -38,9 +38,10 @@ THUMB = 96
 TOP = 10
 NAMES = {"t2i": "text → image", "i2t": "image → text", "t2t": "text → text"}
 # Metric-key prefixes naming a ranking stage: reranked runs keep first_stage/..., fused runs
-# image/, caption/, fused/ and, with a BLIP-2 model, multimodal/ (xmr.rerank, xmr.eval.fused);
-# a hybrid text run its two retrievers, dense/ and bm25/ (xmr.workflows.text_eval).
-STAGES = ("first_stage", "image", "caption", "fused", "multimodal", "dense", "bm25")
+# image/, caption/, fused/, gated/ (a learned fusion beside the weighted one) and, with a BLIP-2
+# model, multimodal/ (xmr.rerank, xmr.eval.fused); a hybrid text run its two retrievers, dense/
+# and bm25/ (xmr.workflows.text_eval).
+STAGES = ("first_stage", "image", "caption", "fused", "gated", "multimodal", "dense", "bm25")
 
 
 def direction_name(direction: str) -> str:
