@@ -158,7 +158,7 @@ def add_add_arguments(a: argparse.ArgumentParser) -> None:
         help="a BM25 index: add the items of this data set (their captions; every document is "
         "re-scored, as a rebuild over the larger corpus would)",
     )  # fmt: skip
-    a.add_argument("--format", default=None, help="--data's format (default: detected)")
+    a.add_argument("--format", default=None, help="--data's data set format (default: detected)")
     a.add_argument("--split", default=None, help="--data's split (default: the only/test one)")
     a.add_argument(
         "--kind", default=None, choices=KINDS, help="which vectors (default: as the index's)"

@@ -199,7 +199,7 @@ def multimodal_embeddings(
     encode = require_item_encoder(encoder)
     out = image.copy()
     bad = {str(i) for i in failed}
-    has_image = [it.image is not None and str(it.id) not in bad for it in items]
+    has_image = [it.image is not None and not (bad and str(it.id) in bad) for it in items]
     both = [i for i, it in enumerate(items) if has_image[i] and it.captions]
     if both:
         rows = encode(
