@@ -127,11 +127,6 @@ def test_an_encoder_without_encode_items_is_refused_up_front(world, tmp_path, ca
     assert code == 2
     assert "no multimodal item embedding (encode_items)" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
-    from xmr.encode import encode_split
-
-    with pytest.raises(XmrError, match="ray engine does not encode multimodal"):
-        encode_split(world["encoder"], world["split"], out, kinds=("multimodal",), engine="ray")
-    assert not (out / "manifest.json").exists()
     sub = tmp_path / "sub.jsonl"
     code = main(["predict", "--model", f"hf:{clip}", "--data", str(world["data"]), "--out",
                  str(sub), "--fused", "blip2", *COMMON])  # fmt: skip

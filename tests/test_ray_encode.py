@@ -213,3 +213,31 @@ def test_missing_ray_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(XmrError, match=r"pip install 'xmr\[ray\]'"):
         import_ray()
+
+
+def test_ray_engine_encodes_blip2_multimodal_items(cluster, image_dir, tmp_path):
+    """The multimodal kind (BLIP-2's image + first caption) on Ray: the tasks decode the image
+    and pass the caption on, the actor runs the Q-Former over both; the shards equal the local
+    engine's, the undecodable image is listed, an item without a caption gets its image vectors."""
+    from xmr.models import create_encoder
+    from xmr.models.tiny import create_tiny_blip
+
+    split = photo_split(image_dir)
+    first = next(iter(split.items))
+    split.items[first] = Item(first, split.items[first].image, [])  # no caption: image vectors
+    texts = [c for it in split.items.values() for c in it.captions]
+    blip2 = create_tiny_blip(tmp_path / "blip2", "blip2", texts=texts, seed=1)
+    encoder = create_encoder(f"hf:{blip2}", device="cpu")
+    common = dict(kinds=["multimodal"], shard_size=SHARD + 1, batch_size=3, progress=False)
+    encode_split(encoder, split, tmp_path / "local", **common)
+    summary = encode_split(
+        encoder, split, tmp_path / "ray", engine="ray", engine_options=EngineOptions(actors=1),
+        **common,
+    )  # fmt: skip
+    assert_same_embeddings(tmp_path / "local", tmp_path / "ray", ["multimodal"])
+    got = summary.kinds["multimodal"]
+    assert (got.encoded, got.failed) == (N_IMAGES, 1)
+    emb = load_embeddings(tmp_path / "ray", "multimodal")
+    assert emb.vectors.shape[1] == encoder.image_vectors > 1
+    alone = encoder.encode_images([split.items[first].image])[0]
+    np.testing.assert_allclose(emb.vectors[emb.ids.index(first)], alone, atol=1e-5)

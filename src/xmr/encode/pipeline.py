@@ -133,11 +133,6 @@ def encode_split(
         raise XmrError(f"kinds: name what to encode, a list from {', '.join(KINDS)}")
     if MULTIMODAL in kinds:  # refused before anything is written
         require_item_encoder(encoder)
-        if engine != "local":
-            raise XmrError(
-                f"kinds={MULTIMODAL}: the {engine} engine does not encode multimodal items yet; "
-                "use engine=local"
-            )
     if precision is not None:
         from xmr.models.base import resolve_precision
 

@@ -6,7 +6,8 @@ One pipeline for all the kinds of a run (so each actor loads the model once), bu
     from_items(one row per planned batch: kind, shard, positions, image references or texts)
       -> map_batches(decode + crop)      Ray tasks, 1 CPU each: each image is read and decoded
                                          there (never on the driver), uint8 crops
-                                         (ImagePreprocess.crop, the local engine's ImageDataset)
+                                         (ImagePreprocess.crop, the local engine's ImageDataset;
+                                         a multimodal item's caption travels with its crop)
       -> map_batches(model actor)        ActorPoolStrategy(size=actors): one model load per
                                          actor, num_gpus=gpus_per_actor; the local engine's
                                          collate and per-batch normalisation on the actor's
@@ -35,6 +36,8 @@ import numpy as np
 
 from xmr import errors
 from xmr.data.loading import ImageDataset, collate_images
+from xmr.encode.multimodal import KIND as MULTIMODAL
+from xmr.encode.multimodal import encode_multimodal_batch
 from xmr.errors import ModelMismatchError, XmrError
 
 if TYPE_CHECKING:
@@ -145,7 +148,7 @@ class RayEngine:
             self._connect()
         # One planned batch per block, so decoding and the model overlap batch by batch.
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        if "images" in plans:
+        if "images" in plans or MULTIMODAL in plans:
             preprocess = replace(self.encoder.preprocess, draft=bool(draft))
             ds = ds.map_batches(
                 _decode_rows, batch_size=1, fn_kwargs={"preprocess": preprocess}, num_cpus=1
@@ -199,12 +202,19 @@ def _decode_rows(batch: dict[str, np.ndarray], preprocess) -> dict[str, np.ndarr
     text rows pass through."""
     out = []
     for kind, payload in zip(batch["kind"], batch["payload"], strict=True):
-        if kind != "images":
+        if kind not in ("images", MULTIMODAL):
             out.append(payload)
             continue
-        positions, refs = pickle.loads(payload)
+        positions, inputs = pickle.loads(payload)
+        # A multimodal input is (image, caption): the image is decoded, the caption travels on.
+        refs = [x[0] for x in inputs] if kind == MULTIMODAL else inputs
         images = ImageDataset(refs, preprocess.crop)
-        out.append(_dump([(p, *images[j][1:]) for j, p in enumerate(positions)]))
+        decoded = [(p, *images[j][1:]) for j, p in enumerate(positions)]
+        if kind == MULTIMODAL:
+            captions = {p: x[1] for p, x in zip(positions, inputs, strict=True)}
+            out.append(_dump((decoded, captions)))
+        else:
+            out.append(_dump(decoded))
     return {**batch, "payload": np.array(out, dtype=object)}
 
 
@@ -249,10 +259,15 @@ class _ModelActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
         for kind, payload in zip(batch["kind"], batch["payload"], strict=True):
-            if kind == "images":
-                positions, pixels, failed = collate_images(pickle.loads(payload))
+            if kind in ("images", MULTIMODAL):
+                decoded = pickle.loads(payload)
+                decoded, captions = decoded if kind == MULTIMODAL else (decoded, None)
+                positions, pixels, failed = collate_images(decoded)
                 if pixels is None:
                     vectors = np.zeros((0, int(self.encoder.embed_dim)), np.float32)
+                elif captions is not None:  # the Q-Former over each crop and its caption
+                    row_captions = [captions[p] for p in positions]
+                    vectors = encode_multimodal_batch(self.encoder, pixels, row_captions)
                 else:  # uint8 crops: rescaled and normalised on the device, as locally
                     vectors = self.encoder.encode_images(pixels, batch_size=len(positions))
             else:
