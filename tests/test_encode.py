@@ -337,3 +337,22 @@ def test_a_shard_of_only_undecodable_images_is_written(encoder, split, tmp_path)
     assert (summary.kinds["images"].encoded, summary.kinds["images"].failed) == (N_IMAGES, 3)
     emb = load_embeddings(tmp_path / "emb")
     assert emb.ids == list(split.items) and emb.vectors.shape == (N_IMAGES, 32)
+
+
+def test_resume_refuses_other_preprocessing_but_not_an_older_manifests_gap(tmp_path):
+    """Shards made from other pixels or token lengths are never reused; a key an older manifest
+    does not record (``backend`` there means pil) is not a change."""
+    from xmr.encode.manifest import check_resumable
+    from xmr.errors import XmrError
+
+    def manifest(**preprocess):
+        return {"model": {"fingerprint": "f", "preprocess": preprocess}, "kinds": {},
+                "precision": "fp32"}  # fmt: skip
+
+    new = manifest(size=224, context_length=77, backend="pil")
+    check_resumable(manifest(size=224), new, tmp_path)  # an older manifest: no change
+    check_resumable(manifest(size=224, context_length=77), new, tmp_path)
+    with pytest.raises(XmrError, match="context_length: 32 -> 77"):
+        check_resumable(manifest(size=224, context_length=32), new, tmp_path)
+    with pytest.raises(XmrError, match="backend: 'torchvision' -> 'pil'"):
+        check_resumable(manifest(size=224, backend="torchvision"), new, tmp_path)

@@ -150,7 +150,8 @@ def check_resumable(
 
 def _preprocess_changes(old_model: dict[str, Any], new_model: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for each preprocessing setting two runs differ in (draft is checked
-    on its own; an absent ``backend`` is pil, as manifests before it were)."""
+    on its own; an absent ``backend`` is pil, as manifests before it were; any other key only
+    one side records, an older manifest's gap, is not a change)."""
 
     def settings(model: dict[str, Any]) -> dict[str, Any]:
         pre = {k: v for k, v in (model.get("preprocess") or {}).items() if k != "draft"}
@@ -163,6 +164,6 @@ def _preprocess_changes(old_model: dict[str, Any], new_model: dict[str, Any]) ->
         return []
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
+        for key in sorted(set(old) & set(new))
+        if old[key] != new[key]
     ]
