@@ -40,7 +40,6 @@ import numpy as np
 from xmr.data.images import to_rgb
 from xmr.models.naflex import naflex_size, patchify_uint8
 from xmr.models.preprocess_torchvision import (
-    as_uint8_array,
     center_crop_torchvision,
     check_torchvision_resample,
     resize_uint8,
@@ -321,7 +320,7 @@ class ImagePreprocess:
         uint8 array (NaFlex: a dict of uint8 patches, their mask and grid)."""
         pil = to_rgb_pil(image)
         if self.backend == "torchvision":
-            return self._crop_torchvision(as_uint8_array(pil))
+            return self._crop_torchvision(np.asarray(pil))  # torchvision's pil_to_tensor
         if self.mode != "none":
             from PIL import Image
 

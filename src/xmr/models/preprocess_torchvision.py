@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import platform
 import warnings
-from typing import Any
 
 import numpy as np
 
@@ -122,8 +121,3 @@ def torchvision_table(
     else:
         out = values.clone()
     return out.to(torch.float32).numpy()
-
-
-def as_uint8_array(pil: Any) -> np.ndarray:
-    """The RGB PIL image as an HxWx3 uint8 array (what torchvision's ``pil_to_tensor`` holds)."""
-    return np.asarray(pil, dtype=np.uint8)

@@ -200,7 +200,6 @@ def add_texts(
     vectors to append: the whole corpus is re-scored, so the result equals a build over the
     larger corpus. An id already there is an error unless ``upsert``; items without text are
     left out (logged). Saved atomically when ``save``."""
-    from xmr.data.readers import load_dataset
     from xmr.data.records import item_record
 
     if not is_lexical(index):
@@ -210,13 +209,7 @@ def add_texts(
             f"{index.path}: a vector index takes embeddings (xmr index add INDEX EMB_DIR), "
             "not data=; encode the new items with its model first"
         )
-    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
-    chosen = dataset.split(split)
-    items = [it for it in chosen.items.values() if it.captions]
-    if not items:
-        raise XmrError(f"{data}: split '{chosen.name}' has no item with a caption or text to add")
-    if len(items) < len(chosen.items):
-        log.warning("bm25: %d item(s) without text left out", len(chosen.items) - len(items))
+    _, _, items = _text_items(data, format, split, "add")
     added = index.add([item_record(it) for it in items], upsert=upsert)
     if save:
         index.save()
@@ -281,19 +274,12 @@ def index_texts(
     Every item with text is indexed, with its metadata record (image, captions, category), so
     ``xmr search`` and ``xmr serve`` show the same results as from a vector index. Items
     without a caption have no text to match and are left out (counted in the log)."""
-    from xmr.data.readers import load_dataset
     from xmr.data.records import document_text, item_record
     from xmr.index.bm25_index import build_bm25_index
 
     if out_dir is not None:
         check_output_dir(out_dir)
-    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
-    chosen = dataset.split(split)
-    items = [it for it in chosen.items.values() if it.captions]
-    if not items:
-        raise XmrError(f"{data}: split '{chosen.name}' has no item with a caption or text to index")
-    if len(items) < len(chosen.items):
-        log.warning("bm25: %d item(s) without text left out", len(chosen.items) - len(items))
+    dataset, chosen, items = _text_items(data, format, split, "index")
     index = build_bm25_index(
         [document_text(it.captions) for it in items],
         [it.id for it in items],
@@ -305,6 +291,23 @@ def index_texts(
     if out_dir is not None:
         index.save(out_dir)
     return index
+
+
+def _text_items(data: Any, format: str | None, split: str | None, what: str):
+    """(dataset, split, its items with text) for a BM25 index: items without a caption have
+    no text to match and are left out (counted in the log)."""
+    from xmr.data.readers import load_dataset
+
+    dataset = data if hasattr(data, "splits") else load_dataset(data, format, split)
+    chosen = dataset.split(split)
+    items = [it for it in chosen.items.values() if it.captions]
+    if not items:
+        raise XmrError(
+            f"{data}: split '{chosen.name}' has no item with a caption or text to {what}"
+        )
+    if len(items) < len(chosen.items):
+        log.warning("bm25: %d item(s) without text left out", len(chosen.items) - len(items))
+    return dataset, chosen, items
 
 
 def _check_same_decoding(built: Any, adding: Any, emb_dir: Path) -> None:
